@@ -1,0 +1,1 @@
+//! Lossless, reversible edits of a compose file's build sections (placeholder).

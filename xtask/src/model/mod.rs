@@ -1,0 +1,8 @@
+//! Pure models: they parse and compute, and never touch the filesystem, the network or
+//! Docker. Where a model needs another file (an `extends`, an `-r` include), the caller
+//! hands it a reader, so tests run on strings.
+
+pub mod compose;
+pub mod compose_patch;
+pub mod dockerfile;
+pub mod requirements;

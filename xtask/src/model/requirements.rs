@@ -1,0 +1,1 @@
+//! pip requirements files (placeholder).
