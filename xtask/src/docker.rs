@@ -1,1 +1,193 @@
-//! The one module that spells `docker`.
+//! The Docker engine: the one module that spells `docker`.
+//!
+//! Every call goes through xshell's `cmd!`, so arguments are quoted by construction. The
+//! engine is the one `docker` talks to (`DOCKER_HOST`, or the default socket). Streams
+//! (`docker save`, `docker load`) are spawned as `std::process::Command`s built from
+//! `cmd!`, so the data never sits whole in memory.
+
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context as _};
+use camino::Utf8Path;
+use serde::Serialize;
+use xshell::{cmd, Shell};
+
+/// What the engine can do, probed once per command.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub server_version: String,
+    pub api_version: String,
+    pub os: String,
+    pub arch: String,
+    /// `docker buildx` is installed (needed for `type=local` cache export).
+    pub buildx: Option<String>,
+    /// The image store is containerd's (`docker info`: driver-type io.containerd.snapshotter.v1).
+    pub containerd_store: bool,
+    pub storage_driver: String,
+    /// `docker compose` (v2) version, if present.
+    pub compose_v2: Option<String>,
+    /// `docker-compose` (v1) version, if present.
+    pub compose_v1: Option<String>,
+    /// Free bytes where the engine keeps its data, if known.
+    pub docker_root_dir: String,
+}
+
+pub struct Docker<'a> {
+    sh: &'a Shell,
+}
+
+impl<'a> Docker<'a> {
+    pub fn new(sh: &'a Shell) -> Docker<'a> {
+        Docker { sh }
+    }
+
+    /// Probes the engine; fails with what to do when it does not answer.
+    pub fn probe(&self) -> anyhow::Result<EngineInfo> {
+        let sh = self.sh;
+        let format = "{{json .Server}}";
+        let version = cmd!(sh, "docker version --format {format}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the Docker engine does not answer (`docker version` failed); \
+                     start it (e.g. `systemctl start docker`) or set DOCKER_HOST"
+                )
+            })?;
+        let version: serde_json::Value =
+            serde_json::from_str(&version).context("reading `docker version` output")?;
+        let format = "{{json .}}";
+        let info = cmd!(sh, "docker info --format {format}").quiet().read()?;
+        let info: serde_json::Value =
+            serde_json::from_str(&info).context("reading `docker info` output")?;
+        let driver_status = info["DriverStatus"].as_array().cloned().unwrap_or_default();
+        let containerd_store = driver_status.iter().any(|pair| {
+            pair.get(1)
+                .and_then(|v| v.as_str())
+                .is_some_and(|v| v.starts_with("io.containerd.snapshotter"))
+        });
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let buildx = cmd!(sh, "docker buildx version")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .ok()
+            .map(|s| s.trim().to_string());
+        let compose_v2 = cmd!(sh, "docker compose version --short")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .ok()
+            .map(|s| s.trim().to_string());
+        let compose_v1 = if compose_v2.is_none() {
+            cmd!(sh, "docker-compose version --short")
+                .quiet()
+                .ignore_stderr()
+                .read()
+                .ok()
+                .map(|s| s.trim().to_string())
+        } else {
+            None
+        };
+        Ok(EngineInfo {
+            server_version: text(&version["Version"]),
+            api_version: text(&version["ApiVersion"]),
+            os: text(&version["Os"]),
+            arch: text(&version["Arch"]),
+            buildx,
+            containerd_store,
+            storage_driver: text(&info["Driver"]),
+            compose_v2,
+            compose_v1,
+            docker_root_dir: text(&info["DockerRootDir"]),
+        })
+    }
+
+    /// The image's ID, or `None` when the engine does not have it.
+    pub fn image_id(&self, image: &str) -> anyhow::Result<Option<String>> {
+        let sh = self.sh;
+        let format = "{{.Id}}";
+        let out = cmd!(sh, "docker image inspect --format {format} {image}")
+            .quiet()
+            .ignore_stderr()
+            .ignore_status()
+            .output()?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+
+    pub fn pull(&self, image: &str) -> anyhow::Result<()> {
+        let sh = self.sh;
+        cmd!(sh, "docker pull --quiet {image}").quiet().run()?;
+        Ok(())
+    }
+
+    /// `docker save` of all `images` in one call (shared layers once), stdout piped.
+    pub fn spawn_save(&self, images: &[String]) -> anyhow::Result<Child> {
+        let sh = self.sh;
+        let mut command: Command = cmd!(sh, "docker save {images...}").into();
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.spawn().context("starting `docker save`")
+    }
+
+    /// `docker load`, stdin piped, its report on stdout.
+    pub fn spawn_load(&self) -> anyhow::Result<Child> {
+        let sh = self.sh;
+        let mut command: Command = cmd!(sh, "docker load").into();
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.spawn().context("starting `docker load`")
+    }
+
+    /// Runs `argv` in a throwaway container of `image` with no network; its stdout.
+    pub fn run_offline(&self, image: &str, argv: &[&str]) -> anyhow::Result<String> {
+        let sh = self.sh;
+        let Some((entrypoint, rest)) = argv.split_first() else {
+            bail!("no command to run in image {image}");
+        };
+        let out = cmd!(sh, "docker run --rm --network none --entrypoint {entrypoint} {image}")
+            .args(rest)
+            .quiet()
+            .ignore_status()
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "`{}` in image {image} failed: {}",
+                argv.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `docker compose -f <files…> build <services…>` with the given environment.
+    pub fn compose_build(
+        &self,
+        project_dir: &Utf8Path,
+        files: &[&Utf8Path],
+        project_name: &str,
+        services: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let sh = self.sh;
+        let mut args = Vec::new();
+        for f in files {
+            args.push("-f".to_string());
+            args.push(f.to_string());
+        }
+        let mut c = cmd!(
+            sh,
+            "docker compose --project-directory {project_dir} -p {project_name} {args...} build {services...}"
+        );
+        for (k, v) in env {
+            c = c.env(k, v);
+        }
+        c.run()?;
+        Ok(())
+    }
+}

@@ -13,9 +13,11 @@ mod cache_status;
 mod cache_verify;
 mod docker;
 mod model;
+mod npm_cache;
 mod patch_compose;
 mod plan;
 mod project;
+mod wheelhouse;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,1 @@
+//! npm cache holding every tarball of a lockfile (being built).

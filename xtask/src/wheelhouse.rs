@@ -1,0 +1,1 @@
+//! Python wheelhouse for the image's interpreter (being built).
