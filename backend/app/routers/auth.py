@@ -1,0 +1,56 @@
+"""POST /api/auth/register, POST /api/auth/login (JSON body), GET /api/auth/me."""
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..db import get_db
+from ..models import User
+from ..schemas import Credentials, TokenOut, UserOut
+from ..security import create_access_token, get_current_user
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+
+def _token_response(request: Request, user: User) -> TokenOut:
+    token = create_access_token(request.app.state.settings, user.id)
+    return TokenOut(access_token=token, user=UserOut.model_validate(user))
+
+
+@router.post("/register", response_model=TokenOut, status_code=status.HTTP_201_CREATED)
+def register(body: Credentials, request: Request, db: Session = Depends(get_db)) -> TokenOut:
+    if db.scalar(select(User.id).where(User.username == body.username)) is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken")
+    user = User(username=body.username, password_hash=request.app.state.pwd.hash(body.password))
+    db.add(user)
+    try:
+        db.commit()
+    except IntegrityError:  # lost a race with a concurrent registration
+        db.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken") from None
+    return _token_response(request, user)
+
+
+@router.post("/login", response_model=TokenOut)
+def login(body: Credentials, request: Request, db: Session = Depends(get_db)) -> TokenOut:
+    user = db.scalar(select(User).where(User.username == body.username))
+    pwd = request.app.state.pwd
+    if user is None:
+        pwd.dummy_verify()  # same cost as a real check: no user-enumeration by timing
+        raise _bad_credentials()
+    if not pwd.verify(body.password, user.password_hash):
+        raise _bad_credentials()
+    return _token_response(request, user)
+
+
+def _bad_credentials() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "Incorrect username or password",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+@router.get("/me", response_model=UserOut)
+def me(user: User = Depends(get_current_user)) -> User:
+    return user
