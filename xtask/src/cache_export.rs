@@ -1,17 +1,817 @@
-//! `cargo xtask cache-export` (not yet built).
-use std::process::ExitCode;
+//! `cargo xtask cache-export`: writes the bundle an offline rebuild needs.
+//!
+//! Order of work: plan, probe the engine and pick the strategy, make sure every base image
+//! is present, fill the dependency caches, build every service with exactly the settings
+//! `patch-compose` writes on the target (so the target's build hits the cache), save all
+//! images in one `docker save` (shared layers once), then move the staged files into the
+//! bundle folder and write `manifest.yaml` last. Until that last rename the folder holds
+//! no manifest, so an interrupted export never leaves a bundle that verifies.
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
-use crate::project::ProjectArgs;
+use crate::bundle::{self, human_bytes, BundleLock, HashingWriter};
+use crate::docker::{Docker, EngineInfo, StageBuild};
+use crate::model::manifest::{
+    Compression, EngineSummary, FileEntry, ImageEntry, ImageRole, Manifest, ServiceEntry, Strategy,
+    FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT, MANIFEST_FILE, SUMS_FILE,
+};
+use crate::plan::{BuildService, Plan, RealFs};
+use crate::project::{Project, ProjectArgs};
 
-/// Not yet available.
+/// Export base images, build cache and dependency caches for an offline rebuild
 #[derive(clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:\n  cargo xtask cache-export\n  \
+    cargo xtask cache-export --only base-images,build-cache --compression zstd\n  \
+    cargo xtask cache-export --strategy legacy --output /mnt/usb/docker-build-cache")]
+pub struct Args {
+    /// Bundle folder to write (default: docker-build-cache/ beside the compose file)
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<Utf8PathBuf>,
+    /// Build-cache strategy (default: the strongest the engine supports)
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+    /// Compression of the images archive (default: none on the containerd image store,
+    /// whose layers are already compressed; zstd otherwise)
+    #[arg(long, value_enum)]
+    pub compression: Option<Compression>,
+    /// Export only these parts
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PARTS")]
+    pub only: Vec<Part>,
+    /// Pull missing base images (`missing`), or fail on them (`never`)
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Part {
+    BaseImages,
+    BuildCache,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum PullPolicy {
+    Missing,
+    Never,
+}
+
+/// What an export adds to one service's build, shared with `patch-compose`.
+pub fn service_contexts(service: &BuildService) -> BTreeMap<String, String> {
+    let _ = service;
+    BTreeMap::new()
+}
 
 impl Args {
-    pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
-        let _ = (sh, project);
-        anyhow::bail!("`cache-export` is not available yet in this version of xtask")
+    pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
+        let started = Instant::now();
+        let project = project_args.load(sh)?;
+        let plan = Plan::build(&project.model, &project.name, &RealFs)?;
+        for warning in &plan.warnings {
+            eprintln!("warning: {warning}");
+        }
+        let docker = Docker::new(sh);
+        let engine = docker.probe()?;
+        let strategy = choose_strategy(&engine, self.strategy)?;
+        let compression = self.compression.unwrap_or(if engine.containerd_store {
+            Compression::None
+        } else {
+            Compression::Zstd
+        });
+        let wants = |part: Part| self.only.is_empty() || self.only.contains(&part);
+        let cwd = crate::project::current_dir(sh)?;
+        let out = match &self.output {
+            Some(dir) => crate::project::absolute(&cwd, dir),
+            None => project.dir.join(bundle::DEFAULT_DIR),
+        };
+        eprintln!(
+            "   Exporting {} ({} build services, {} base images) to {out}",
+            project.name,
+            plan.build_services.len(),
+            plan.base_images.len()
+        );
+        eprintln!(
+            "      Engine {} ({} image store), strategy {}, compression {}",
+            engine.server_version,
+            if engine.containerd_store {
+                "containerd"
+            } else {
+                "classic"
+            },
+            strategy.as_str(),
+            match compression {
+                Compression::Zstd => "zstd",
+                Compression::Gzip => "gzip",
+                Compression::None => "none",
+            }
+        );
+
+        let _lock = BundleLock::acquire(&out, "cache-export")?;
+        let staging = out.join(".export-partial");
+        if staging.exists() {
+            // Only an interrupted export leaves it, and we hold the lock.
+            std::fs::remove_dir_all(&staging).with_context(|| {
+                format!("removing the leftovers of an interrupted export in {staging}")
+            })?;
+        }
+        std::fs::create_dir_all(&staging).with_context(|| format!("creating {staging}"))?;
+
+        let mut images = Vec::new();
+        if wants(Part::BaseImages) || strategy != Strategy::Local {
+            images = ensure_base_images(&docker, &plan, self.pull)?;
+        }
+        let mut services = Vec::new();
+        let mut cache_images = Vec::new();
+        if wants(Part::BuildCache) {
+            for service in &plan.build_services {
+                let entry = match strategy {
+                    Strategy::Local => {
+                        build_local(&docker, &project, &plan, service, &out, &staging)?
+                    }
+                    Strategy::Inline | Strategy::Legacy => {
+                        let entry = build_cache_images(&docker, &project, service, strategy)?;
+                        cache_images.extend(entry.cache_images.iter().cloned());
+                        entry
+                    }
+                };
+                services.push(entry);
+            }
+        }
+        for name in &cache_images {
+            let id = docker
+                .image_id(name)?
+                .with_context(|| format!("the cache image {name} vanished after its build"))?;
+            images.push(ImageEntry {
+                name: name.clone(),
+                id,
+                role: ImageRole::BuildCache,
+            });
+        }
+        for service in &plan.build_services {
+            if !services
+                .iter()
+                .any(|s: &ServiceEntry| s.name == service.name)
+            {
+                services.push(ServiceEntry {
+                    name: service.name.clone(),
+                    ..ServiceEntry::default()
+                });
+            }
+        }
+        for entry in &mut services {
+            if let Some(service) = plan.build_services.iter().find(|s| s.name == entry.name) {
+                entry.inputs = fingerprints(&project, service)?;
+            }
+        }
+
+        let mut files = Vec::new();
+        if !images.is_empty() {
+            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+            let archive = format!("base-images.tar{}", compression.suffix());
+            files.push(save_images(
+                &docker,
+                &names,
+                compression,
+                &staging.join(&archive),
+                &archive,
+            )?);
+        }
+
+        let mut manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            created: now_rfc3339(),
+            project_name: project.name.clone(),
+            engine: EngineSummary {
+                server_version: engine.server_version.clone(),
+                arch: engine.arch.clone(),
+                containerd_store: engine.containerd_store,
+            },
+            strategy,
+            compression,
+            images,
+            services,
+            files: Vec::new(),
+        };
+        std::fs::write(staging.join(HUMAN_MANIFEST_FILE), human_manifest(&manifest))?;
+        std::fs::write(staging.join(IMPORT_SCRIPT), import_script(&manifest))?;
+        set_executable(&staging.join(IMPORT_SCRIPT))?;
+
+        // Hash what was not hashed while streaming (build-cache folders, small files).
+        let listed = bundle::list_files(&staging)?;
+        let pending: Vec<String> = listed
+            .into_iter()
+            .filter(|f| !files.iter().any(|e: &FileEntry| &e.path == f))
+            .collect();
+        let hashed = bundle::hash_files(&staging, &pending, &|_, _| {});
+        for (path, result) in pending.into_iter().zip(hashed) {
+            let (size, sha256) = result.with_context(|| format!("hashing {staging}/{path}"))?;
+            files.push(FileEntry { path, size, sha256 });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        manifest.files = files;
+
+        publish(&out, &staging, &manifest)?;
+        let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+        eprintln!(
+            "    Finished export of {} files ({}) in {:.1}s: {out}",
+            manifest.files.len(),
+            human_bytes(total),
+            started.elapsed().as_secs_f64()
+        );
+        eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import` (or `sh {IMPORT_SCRIPT}`) there");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The strongest strategy the engine supports, or the forced one if it can work.
+pub fn choose_strategy(engine: &EngineInfo, forced: Option<Strategy>) -> anyhow::Result<Strategy> {
+    let can_local =
+        engine.containerd_store && engine.buildx.is_some() && engine.compose_v2.is_some();
+    let can_inline = !engine.containerd_store && engine.buildx.is_some();
+    match forced {
+        None if can_local => Ok(Strategy::Local),
+        None if can_inline => Ok(Strategy::Inline),
+        None => Ok(Strategy::Legacy),
+        Some(Strategy::Local) if !can_local => bail!(
+            "strategy `local` needs the containerd image store, buildx and compose v2 \
+             (this engine: {} store, buildx {}, compose v2 {}); the docker driver cannot export \
+             a local cache from the classic store. Use --strategy inline or legacy, or enable \
+             the containerd image store (\"features\": {{\"containerd-snapshotter\": true}} in daemon.json)",
+            if engine.containerd_store { "containerd" } else { "classic" },
+            if engine.buildx.is_some() { "present" } else { "missing" },
+            if engine.compose_v2.is_some() { "present" } else { "missing" },
+        ),
+        Some(Strategy::Inline) if !can_inline => bail!(
+            "strategy `inline` cannot work on this engine: with the containerd image store, \
+             BuildKit looks cache images up in a registry and misses offline{}. Use --strategy \
+             local (the default here) or legacy",
+            if engine.buildx.is_none() { ", and buildx is missing" } else { "" }
+        ),
+        Some(s) => Ok(s),
+    }
+}
+
+fn ensure_base_images(
+    docker: &Docker,
+    plan: &Plan,
+    pull: PullPolicy,
+) -> anyhow::Result<Vec<ImageEntry>> {
+    let mut missing = Vec::new();
+    let mut entries = Vec::new();
+    for image in &plan.base_images {
+        let mut id = docker.image_id(image)?;
+        if id.is_none() && pull == PullPolicy::Missing {
+            eprintln!("     Pulling {image}");
+            if let Err(err) = docker.pull(image) {
+                eprintln!("warning: pulling {image} failed: {err:#}");
+            }
+            id = docker.image_id(image)?;
+        }
+        match id {
+            Some(id) => entries.push(ImageEntry {
+                name: image.clone(),
+                id,
+                role: ImageRole::Base,
+            }),
+            None => missing.push(image.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} base image(s) are not on this engine{}:\n  {}\nprovide each with \
+             `docker pull IMAGE`, `docker load -i FILE`, or `docker tag EXISTING IMAGE`, then export again",
+            missing.len(),
+            if pull == PullPolicy::Never { " (--pull never)" } else { " and could not be pulled" },
+            missing.join("\n  ")
+        );
+    }
+    Ok(entries)
+}
+
+fn build_local(
+    docker: &Docker,
+    project: &Project,
+    plan: &Plan,
+    service: &BuildService,
+    out: &Utf8Path,
+    staging: &Utf8Path,
+) -> anyhow::Result<ServiceEntry> {
+    let _ = (plan, out);
+    let rel = format!("build-cache/{}", service.name);
+    let dest = staging.join(&rel);
+    let contexts = service_contexts(service);
+    let mut build = serde_yaml::Mapping::new();
+    build.insert(
+        "cache_to".into(),
+        serde_yaml::Value::Sequence(vec![format!("type=local,dest={dest},mode=max").into()]),
+    );
+    if !contexts.is_empty() {
+        let mut map = serde_yaml::Mapping::new();
+        for (name, rel_dir) in &contexts {
+            map.insert(
+                name.clone().into(),
+                staging.join(rel_dir).to_string().into(),
+            );
+        }
+        build.insert("additional_contexts".into(), map.into());
+    }
+    let mut svc = serde_yaml::Mapping::new();
+    svc.insert("build".into(), build.into());
+    let mut services = serde_yaml::Mapping::new();
+    services.insert(service.name.clone().into(), svc.into());
+    let mut root = serde_yaml::Mapping::new();
+    root.insert("services".into(), services.into());
+    let override_file = staging.join(format!(".compose-export-{}.yml", service.name));
+    std::fs::write(&override_file, serde_yaml::to_string(&root)?)?;
+    eprintln!("    Building {} (cache to {rel})", service.name);
+    let started = Instant::now();
+    docker
+        .compose_build(
+            &project.dir,
+            &[&project.compose_file, &override_file],
+            &project.name,
+            std::slice::from_ref(&service.name),
+            &[],
+        )
+        .with_context(|| format!("building service {} for its build cache", service.name))?;
+    std::fs::remove_file(&override_file)?;
+    eprintln!(
+        "       Built {} in {:.1}s",
+        service.name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ServiceEntry {
+        name: service.name.clone(),
+        build_cache: Some(rel),
+        contexts,
+        ..ServiceEntry::default()
+    })
+}
+
+/// Cache images for the classic store or the classic builder: one per stage, since
+/// inline cache covers the final stage only and the legacy builder needs every stage.
+fn build_cache_images(
+    docker: &Docker,
+    project: &Project,
+    service: &BuildService,
+    strategy: Strategy,
+) -> anyhow::Result<ServiceEntry> {
+    let Some(dockerfile) = &service.dockerfile else {
+        bail!(
+            "service {}: dockerfile_inline cannot be built with strategy {}; use --strategy local",
+            service.name,
+            strategy.as_str()
+        );
+    };
+    let args: Vec<(String, String)> = service.args.clone().into_iter().collect();
+    let mut cache_from: Vec<String> = Vec::new();
+    let mut tags = Vec::new();
+    let stages = named_stages(service);
+    for (i, stage) in stages.iter().enumerate() {
+        let last = i + 1 == stages.len();
+        let tag = cache_image_name(
+            &project.name,
+            &service.name,
+            if last { None } else { Some(stage) },
+        );
+        eprintln!("    Building {} stage {stage} → {tag}", service.name);
+        let target = if last {
+            service.target.as_deref()
+        } else {
+            Some(stage.as_str())
+        };
+        let build = StageBuild {
+            context: &service.context,
+            dockerfile,
+            target,
+            tag: &tag,
+            args: &args,
+            cache_from: &cache_from,
+        };
+        match strategy {
+            Strategy::Legacy => docker.build_legacy(&build),
+            _ => docker.build_inline(&build),
+        }
+        .with_context(|| format!("building stage {stage} of service {}", service.name))?;
+        cache_from.push(tag.clone());
+        tags.push(tag);
+    }
+    Ok(ServiceEntry {
+        name: service.name.clone(),
+        cache_images: tags,
+        args: service.args.clone(),
+        ..ServiceEntry::default()
+    })
+}
+
+/// The stages to tag: every named stage before the last, then the last one.
+fn named_stages(service: &BuildService) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let count = service.stages.len();
+    for (i, stage) in service.stages.iter().enumerate() {
+        let named = stage.parse::<usize>().is_err();
+        if i + 1 == count || named {
+            stages.push(stage.clone());
+        }
+    }
+    stages
+}
+
+pub fn cache_image_name(project: &str, service: &str, stage: Option<&str>) -> String {
+    let tag = stage.map_or_else(|| "latest".to_string(), sanitize_tag);
+    format!("{project}-{service}-cache:{tag}")
+}
+
+fn sanitize_tag(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+fn fingerprints(
+    project: &Project,
+    service: &BuildService,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut inputs = BTreeMap::new();
+    let files = service
+        .dockerfile
+        .iter()
+        .chain(&service.python_requirements)
+        .chain(&service.node_lockfiles);
+    for file in files {
+        let (_, digest) = bundle::hash_file(file).with_context(|| format!("hashing {file}"))?;
+        let rel = file
+            .strip_prefix(&project.dir)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|_| file.to_string());
+        inputs.insert(rel, digest);
+    }
+    Ok(inputs)
+}
+
+/// One `docker save` of every image, compressed and hashed while it streams.
+fn save_images(
+    docker: &Docker,
+    names: &[String],
+    compression: Compression,
+    path: &Utf8Path,
+    rel: &str,
+) -> anyhow::Result<FileEntry> {
+    eprintln!("      Saving {} images to {rel}", names.len());
+    let started = Instant::now();
+    let mut child = docker.spawn_save(names)?;
+    let mut stdout = child.stdout.take().context("docker save has no stdout")?;
+    let file = File::create(path).with_context(|| format!("creating {path}"))?;
+    let hashing = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
+    let mut progress = crate::progress::Progress::new("Saving", None);
+    let copy = |reader: &mut dyn Read,
+                writer: &mut dyn Write,
+                progress: &mut crate::progress::Progress|
+     -> std::io::Result<u64> {
+        let mut buf = vec![0u8; bundle::BUFFER];
+        let mut total = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            writer.write_all(&buf[..n])?;
+            total += n as u64;
+            progress.set(total);
+        }
+        Ok(total)
+    };
+    let (writer, raw) = match compression {
+        Compression::None => {
+            let mut w = hashing;
+            let raw = copy(&mut stdout, &mut w, &mut progress)?;
+            (w, raw)
+        }
+        Compression::Zstd => {
+            let mut enc = zstd::stream::Encoder::new(hashing, 3)?;
+            enc.multithread(2)?;
+            let raw = copy(&mut stdout, &mut enc, &mut progress)?;
+            (enc.finish()?, raw)
+        }
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
+            let raw = copy(&mut stdout, &mut enc, &mut progress)?;
+            (enc.finish()?, raw)
+        }
+    };
+    progress.done();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`docker save` failed: {}", stderr.trim());
+    }
+    let (mut buffered, size, sha256) = writer.finish();
+    buffered.flush()?;
+    buffered
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "       Saved {} images: {} → {} in {secs:.1}s ({}/s)",
+        names.len(),
+        human_bytes(raw),
+        human_bytes(size),
+        human_bytes((raw as f64 / secs.max(1e-6)) as u64)
+    );
+    Ok(FileEntry {
+        path: rel.to_string(),
+        size,
+        sha256,
+    })
+}
+
+/// Moves the staged bundle into `out`: the old manifest goes first, the new one last.
+fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::Result<()> {
+    let old = bundle::read_manifest(out).ok();
+    for name in [MANIFEST_FILE, SUMS_FILE] {
+        let path = out.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing the old {path}"))?;
+        }
+    }
+    // Remove what the previous bundle listed (and only that): its top-level entries.
+    let mut old_tops: Vec<String> = old
+        .iter()
+        .flat_map(|m| m.files.iter().map(|f| top_level(&f.path)))
+        .collect();
+    old_tops.extend([HUMAN_MANIFEST_FILE.to_string(), IMPORT_SCRIPT.to_string()]);
+    old_tops.sort();
+    old_tops.dedup();
+    for top in old_tops {
+        remove_path(&out.join(&top))?;
+    }
+    let mut tops: Vec<String> = manifest.files.iter().map(|f| top_level(&f.path)).collect();
+    tops.sort();
+    tops.dedup();
+    for top in &tops {
+        let target = out.join(top);
+        remove_path(&target)?;
+        std::fs::rename(staging.join(top), &target)
+            .with_context(|| format!("moving {top} into {out}"))?;
+    }
+    std::fs::remove_dir_all(staging).with_context(|| format!("removing {staging}"))?;
+    bundle::write_atomic(&out.join(SUMS_FILE), manifest.sha256sums().as_bytes())?;
+    bundle::write_atomic(&out.join(MANIFEST_FILE), manifest.to_yaml().as_bytes())?;
+    Ok(())
+}
+
+fn top_level(path: &str) -> String {
+    path.split('/').next().unwrap_or(path).to_string()
+}
+
+fn remove_path(path: &Utf8Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            std::fs::remove_dir_all(path).with_context(|| format!("removing {path}"))
+        }
+        Ok(_) => std::fs::remove_file(path).with_context(|| format!("removing {path}")),
+        Err(_) => Ok(()),
+    }
+}
+
+fn set_executable(path: &Utf8Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {path} executable"))
+}
+
+/// The bundle's `cache-manifest.txt`, for people.
+pub fn human_manifest(m: &Manifest) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "Docker build cache for {}\ncreated {} by xtask {} on Docker {} ({}, {} image store)\nstrategy: {}\n\n",
+        m.project_name,
+        m.created,
+        m.tool_version,
+        m.engine.server_version,
+        m.engine.arch,
+        if m.engine.containerd_store { "containerd" } else { "classic" },
+        m.strategy.as_str()
+    ));
+    s.push_str("Images:\n");
+    for image in &m.images {
+        let role = match image.role {
+            ImageRole::Base => "base",
+            ImageRole::BuildCache => "build cache",
+        };
+        s.push_str(&format!(
+            "  {:<40} {:<12} {}\n",
+            image.name,
+            role,
+            short_id(&image.id)
+        ));
+    }
+    s.push_str("\nServices:\n");
+    for service in &m.services {
+        s.push_str(&format!("  {}\n", service.name));
+        if let Some(dir) = &service.build_cache {
+            s.push_str(&format!("    build cache: {dir}/\n"));
+        }
+        for image in &service.cache_images {
+            s.push_str(&format!("    cache image: {image}\n"));
+        }
+        for (name, dir) in &service.contexts {
+            s.push_str(&format!("    build context {name}: {dir}/\n"));
+        }
+    }
+    s.push_str("\nFiles:\n");
+    let mut dirs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for f in &m.files {
+        let e = dirs.entry(top_level(&f.path)).or_default();
+        e.0 += 1;
+        e.1 += f.size;
+    }
+    for (top, (count, size)) in dirs {
+        s.push_str(&format!(
+            "  {top:<40} {count:>6} files {:>12}\n",
+            human_bytes(size)
+        ));
+    }
+    s.push_str("\nCheck with `sha256sum -c SHA256SUMS` or `cargo xtask cache-verify`.\n");
+    s
+}
+
+fn short_id(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}
+
+/// `import-build-cache.sh`: verifies every checksum, then loads the images, for servers
+/// without Rust. POSIX sh.
+pub fn import_script(m: &Manifest) -> String {
+    let archive = m
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .find(|p| p.starts_with("base-images.tar"))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("base-images.tar{}", m.compression.suffix()));
+    let load = match m.compression {
+        Compression::None => "docker load -i \"$archive\"".to_string(),
+        Compression::Gzip => "gzip -dc \"$archive\" | docker load".to_string(),
+        Compression::Zstd => "if ! command -v zstd >/dev/null 2>&1; then\n        \
+             echo \"error: $archive is zstd-compressed and this server has no zstd; install zstd, or import with cargo xtask cache-import\" >&2\n        \
+             exit 1\n    fi\n    zstd -dc \"$archive\" | docker load"
+            .to_string(),
+    };
+    format!(
+        r#"#!/bin/sh
+# Imports this Docker build-cache bundle ({project}, strategy {strategy}) on a server
+# without Rust. Written by `cargo xtask cache-export`; `cargo xtask cache-import` does the
+# same and more. Nothing is loaded unless every checksum in SHA256SUMS matches.
+set -eu
+
+cd "$(dirname "$0")"
+
+if ! command -v docker >/dev/null 2>&1; then
+    echo "error: docker is not installed or not on PATH" >&2
+    exit 1
+fi
+if ! docker version >/dev/null 2>&1; then
+    echo "error: the Docker engine does not answer; start it or set DOCKER_HOST" >&2
+    exit 1
+fi
+
+echo "Verifying checksums (SHA256SUMS)..."
+if ! sha256sum -c --quiet SHA256SUMS; then
+    echo "error: the bundle is damaged or incomplete (see the files named above); nothing was loaded. Copy them again from the export machine." >&2
+    exit 1
+fi
+
+archive="{archive}"
+if [ -f "$archive" ]; then
+    echo "Loading images from $archive..."
+    {load}
+else
+    echo "No images archive in this bundle."
+fi
+
+echo "Done. Next, from the project folder: cargo xtask patch-compose (or add the cache_from"
+echo "and additional_contexts entries shown in cache-manifest.txt), then docker compose build."
+"#,
+        project = m.project_name,
+        strategy = m.strategy.as_str(),
+    )
+}
+
+/// The current time as RFC 3339 (UTC), without a date crate.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_000_000), "2026-11-28T01:33:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    fn engine(containerd_store: bool, buildx: bool) -> EngineInfo {
+        EngineInfo {
+            server_version: "26.1.5".into(),
+            api_version: "1.45".into(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            buildx: buildx.then(|| "v0.13.1".into()),
+            containerd_store,
+            storage_driver: "overlayfs".into(),
+            compose_v2: Some("2.26.1".into()),
+            compose_v1: None,
+            docker_root_dir: "/var/lib/docker".into(),
+        }
+    }
+
+    #[test]
+    fn strategy_follows_the_engine() {
+        let check = |e: EngineInfo, forced, expected: Result<Strategy, &str>| match (
+            choose_strategy(&e, forced),
+            expected,
+        ) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(err), Err(text)) => assert!(format!("{err:#}").contains(text), "{err:#}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        };
+        check(engine(true, true), None, Ok(Strategy::Local));
+        check(engine(false, true), None, Ok(Strategy::Inline));
+        check(engine(false, false), None, Ok(Strategy::Legacy));
+        check(
+            engine(true, true),
+            Some(Strategy::Legacy),
+            Ok(Strategy::Legacy),
+        );
+        check(
+            engine(true, true),
+            Some(Strategy::Inline),
+            Err("looks cache images up in a registry"),
+        );
+        check(
+            engine(false, true),
+            Some(Strategy::Local),
+            Err("containerd image store"),
+        );
+    }
+
+    #[test]
+    fn cache_image_names() {
+        assert_eq!(
+            cache_image_name("llm-chat", "backend", None),
+            "llm-chat-backend-cache:latest"
+        );
+        assert_eq!(
+            cache_image_name("p", "web", Some("build")),
+            "p-web-cache:build"
+        );
     }
 }

@@ -116,7 +116,9 @@ impl<'a> Docker<'a> {
         if !out.status.success() {
             return Ok(None);
         }
-        Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+        Ok(Some(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
     }
 
     pub fn pull(&self, image: &str) -> anyhow::Result<()> {
@@ -150,11 +152,14 @@ impl<'a> Docker<'a> {
         let Some((entrypoint, rest)) = argv.split_first() else {
             bail!("no command to run in image {image}");
         };
-        let out = cmd!(sh, "docker run --rm --network none --entrypoint {entrypoint} {image}")
-            .args(rest)
-            .quiet()
-            .ignore_status()
-            .output()?;
+        let out = cmd!(
+            sh,
+            "docker run --rm --network none --entrypoint {entrypoint} {image}"
+        )
+        .args(rest)
+        .quiet()
+        .ignore_status()
+        .output()?;
         if !out.status.success() {
             bail!(
                 "`{}` in image {image} failed: {}",
@@ -189,5 +194,115 @@ impl<'a> Docker<'a> {
         }
         c.run()?;
         Ok(())
+    }
+}
+
+/// One classic-builder or BuildKit build of one stage into a tagged image.
+pub struct StageBuild<'p> {
+    pub context: &'p Utf8Path,
+    pub dockerfile: &'p Utf8Path,
+    pub target: Option<&'p str>,
+    pub tag: &'p str,
+    pub args: &'p [(String, String)],
+    pub cache_from: &'p [String],
+}
+
+impl Docker<'_> {
+    /// `DOCKER_BUILDKIT=0 docker build`: the classic builder, whose cache survives
+    /// `docker save`/`docker load` on every engine.
+    pub fn build_legacy(&self, b: &StageBuild<'_>) -> anyhow::Result<()> {
+        let sh = self.sh;
+        let (context, dockerfile, tag) = (b.context, b.dockerfile, b.tag);
+        let mut extra = Vec::new();
+        if let Some(target) = b.target {
+            extra.extend(["--target".to_string(), target.to_string()]);
+        }
+        for (k, v) in b.args {
+            extra.extend(["--build-arg".to_string(), format!("{k}={v}")]);
+        }
+        for c in b.cache_from {
+            extra.extend(["--cache-from".to_string(), c.clone()]);
+        }
+        cmd!(
+            sh,
+            "docker build --quiet -f {dockerfile} -t {tag} {extra...} {context}"
+        )
+        .env("DOCKER_BUILDKIT", "0")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+        Ok(())
+    }
+
+    /// `docker buildx build` with inline cache metadata, loaded into the image store.
+    pub fn build_inline(&self, b: &StageBuild<'_>) -> anyhow::Result<()> {
+        let sh = self.sh;
+        let (context, dockerfile, tag) = (b.context, b.dockerfile, b.tag);
+        let mut extra = Vec::new();
+        if let Some(target) = b.target {
+            extra.extend(["--target".to_string(), target.to_string()]);
+        }
+        for (k, v) in b.args {
+            extra.extend(["--build-arg".to_string(), format!("{k}={v}")]);
+        }
+        for c in b.cache_from {
+            extra.extend(["--cache-from".to_string(), c.clone()]);
+        }
+        cmd!(
+            sh,
+            "docker buildx build --progress=quiet --load --build-arg BUILDKIT_INLINE_CACHE=1 -f {dockerfile} -t {tag} {extra...} {context}"
+        )
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+        Ok(())
+    }
+
+    /// Free bytes on the filesystem of `dir`, when it is on this machine.
+    pub fn free_bytes(&self, dir: &Utf8Path) -> Option<u64> {
+        let sh = self.sh;
+        if !dir.exists() {
+            return None;
+        }
+        let out = cmd!(sh, "df --output=avail -B1 {dir}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .ok()?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// [`Docker::run_offline`] with host directories bind-mounted (`(host, container)`,
+    /// host paths absolute), e.g. to build a wheel from a downloaded sdist.
+    pub fn run_offline_with_mounts(
+        &self,
+        image: &str,
+        mounts: &[(&Utf8Path, &str)],
+        argv: &[&str],
+    ) -> anyhow::Result<String> {
+        let sh = self.sh;
+        let Some((entrypoint, rest)) = argv.split_first() else {
+            bail!("no command to run in image {image}");
+        };
+        let volumes: Vec<String> = mounts
+            .iter()
+            .flat_map(|(host, container)| ["--volume".to_string(), format!("{host}:{container}")])
+            .collect();
+        let out = cmd!(
+            sh,
+            "docker run --rm --network none {volumes...} --entrypoint {entrypoint} {image}"
+        )
+        .args(rest)
+        .quiet()
+        .ignore_status()
+        .output()?;
+        if !out.status.success() {
+            bail!(
+                "`{}` in image {image} (no network) failed: {}",
+                argv.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -6,6 +6,7 @@
 //! The models of the compose file, the Dockerfiles and the bundle live in `model/` and do
 //! no I/O; `docker.rs` is the only module that spells `docker`.
 
+mod bundle;
 mod cache_export;
 mod cache_import;
 mod cache_plan;
@@ -16,6 +17,7 @@ mod model;
 mod npm_cache;
 mod patch_compose;
 mod plan;
+mod progress;
 mod project;
 mod wheelhouse;
 

@@ -1,17 +1,215 @@
-//! `cargo xtask patch-compose` (not yet built).
+//! `cargo xtask patch-compose`: points the compose file's builds at the imported bundle.
+//!
+//! What to add comes from the bundle's manifest when there is one (the strategy it was
+//! exported with, its cache folders and images), else from the plan, with the names and
+//! paths the export will produce. The edit itself is `model::compose_patch`: lossless,
+//! idempotent and reversible. Paths are absolute: compose resolves a `type=local,src=` in
+//! `cache_from` against the directory it is run from, not the compose file's folder.
+
 use std::process::ExitCode;
 
-use xshell::Shell;
+use anyhow::Context as _;
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::{cmd, Shell};
 
+use crate::bundle;
+use crate::cache_export::{cache_image_name, choose_strategy, service_contexts};
+use crate::cache_verify::BundleArg;
+use crate::docker::Docker;
+use crate::model::compose_patch::{self, ServicePatch};
+use crate::model::manifest::{Manifest, Strategy};
+use crate::plan::{Plan, RealFs};
 use crate::project::ProjectArgs;
 
-/// Not yet available.
+/// Rewrite the compose file so builds use the imported bundle
 #[derive(clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:\n  cargo xtask patch-compose\n  \
+    cargo xtask patch-compose --check      # exit 1 when not fully patched (CI)\n  \
+    cargo xtask patch-compose --diff       # show what would change\n  \
+    cargo xtask patch-compose --revert     # take the additions back out\n  \
+    cargo xtask patch-compose --output docker-compose.offline.yml")]
+pub struct Args {
+    #[command(flatten)]
+    pub bundle: BundleArg,
+    /// Remove what patch-compose added, restoring the original bytes
+    #[arg(long)]
+    pub revert: bool,
+    /// Write nothing; exit 1 when the file is not (fully) patched, 0 when it is
+    #[arg(long, conflicts_with_all = ["diff", "output"])]
+    pub check: bool,
+    /// Write nothing; print the unified diff of the change
+    #[arg(long, conflicts_with = "output")]
+    pub diff: bool,
+    /// Write the result to FILE instead of rewriting the compose file
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<Utf8PathBuf>,
+    /// Strategy to patch for when there is no bundle yet (default: the engine's best)
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+}
 
 impl Args {
-    pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
-        let _ = (sh, project);
-        anyhow::bail!("`patch-compose` is not available yet in this version of xtask")
+    pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
+        let project = project_args.load(sh)?;
+        let file = &project.compose_file;
+        let original = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        let bundle_dir = self.bundle.dir(sh, project_args)?;
+        let patched = if self.revert {
+            compose_patch::revert(&original).with_context(|| format!("reverting {file}"))?
+        } else {
+            let plan = Plan::build(&project.model, &project.name, &RealFs)?;
+            let manifest = bundle::read_manifest(&bundle_dir).ok();
+            let strategy = match (&manifest, self.strategy) {
+                (Some(m), _) => m.strategy,
+                (None, Some(s)) => s,
+                (None, None) => match Docker::new(sh).probe() {
+                    Ok(engine) => choose_strategy(&engine, None)?,
+                    Err(_) => Strategy::Local,
+                },
+            };
+            if manifest.is_none() {
+                eprintln!(
+                    "    Patching from the plan: no bundle in {bundle_dir} yet; paths are those \
+                     cache-export will write (strategy {})",
+                    strategy.as_str()
+                );
+            }
+            let patches = offline_patches(&plan, &bundle_dir, manifest.as_ref(), strategy);
+            compose_patch::apply(&original, &patches).with_context(|| format!("patching {file}"))?
+        };
+        let verb = if self.revert { "reverted" } else { "patched" };
+        if self.check {
+            return Ok(if patched == original {
+                eprintln!("    {file} is {verb}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "error: {file} is not {verb}; run `cargo xtask patch-compose{}`",
+                    if self.revert { " --revert" } else { "" }
+                );
+                ExitCode::FAILURE
+            });
+        }
+        if self.diff {
+            print_diff(sh, file, &original, &patched)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let target = match &self.output {
+            Some(out) => crate::project::absolute(&crate::project::current_dir(sh)?, out),
+            None => file.clone(),
+        };
+        if self.output.is_none() && patched == original {
+            eprintln!("   Unchanged {file} (already {verb})");
+            return Ok(ExitCode::SUCCESS);
+        }
+        write_keeping_permissions(&target, file, patched.as_bytes())?;
+        eprintln!(
+            "     {} {target}",
+            if self.revert { "Reverted" } else { "Patched" }
+        );
+        Ok(ExitCode::SUCCESS)
     }
+}
+
+/// What each build service gets: its build cache, its base images (for the image
+/// strategies), and its dependency caches as build contexts. Absolute paths.
+pub fn offline_patches(
+    plan: &Plan,
+    bundle_dir: &Utf8Path,
+    manifest: Option<&Manifest>,
+    strategy: Strategy,
+) -> Vec<ServicePatch> {
+    plan.build_services
+        .iter()
+        .map(|service| {
+            let entry = manifest.and_then(|m| m.services.iter().find(|s| s.name == service.name));
+            let mut cache_from = Vec::new();
+            match strategy {
+                Strategy::Local => {
+                    let rel = entry
+                        .and_then(|e| e.build_cache.clone())
+                        .unwrap_or_else(|| format!("build-cache/{}", service.name));
+                    cache_from.push(format!("type=local,src={}", bundle_dir.join(rel)));
+                }
+                Strategy::Inline | Strategy::Legacy => {
+                    match entry.filter(|e| !e.cache_images.is_empty()) {
+                        Some(e) => cache_from.extend(e.cache_images.iter().cloned()),
+                        None => cache_from.push(cache_image_name(
+                            &plan.project_name,
+                            &service.name,
+                            None,
+                        )),
+                    }
+                    cache_from.extend(service.base_images.iter().cloned());
+                }
+            }
+            let contexts = match entry {
+                Some(e) => e.contexts.clone(),
+                None => service_contexts(service),
+            };
+            ServicePatch {
+                service: service.name.clone(),
+                cache_from,
+                additional_contexts: contexts
+                    .into_iter()
+                    .map(|(name, rel)| (name, bundle_dir.join(rel).to_string()))
+                    .collect(),
+                args: entry
+                    .map(|e| {
+                        e.args
+                            .clone()
+                            .into_iter()
+                            .filter(|(k, _)| !service.args.contains_key(k))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+fn print_diff(sh: &Shell, file: &Utf8Path, old: &str, new: &str) -> anyhow::Result<()> {
+    if old == new {
+        eprintln!("   Unchanged {file}");
+        return Ok(());
+    }
+    let dir = sh.create_temp_dir()?;
+    let dir = Utf8PathBuf::from_path_buf(dir.path().to_path_buf())
+        .map_err(|p| anyhow::anyhow!("temporary folder {} is not UTF-8", p.display()))?;
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::write(&a, old)?;
+    std::fs::write(&b, new)?;
+    let (la, lb) = (
+        format!("a/{}", file.file_name().unwrap_or("compose")),
+        format!("b/{}", file.file_name().unwrap_or("compose")),
+    );
+    let out = cmd!(sh, "diff -u --label {la} --label {lb} {a} {b}")
+        .ignore_status()
+        .quiet()
+        .read()?;
+    println!("{out}");
+    Ok(())
+}
+
+/// Writes through a temporary file beside `target` and a rename, with the permissions of
+/// `like` (the compose file).
+fn write_keeping_permissions(
+    target: &Utf8Path,
+    like: &Utf8Path,
+    bytes: &[u8],
+) -> anyhow::Result<()> {
+    let perms = std::fs::metadata(like).map(|m| m.permissions()).ok();
+    let tmp = bundle::temp_sibling(target);
+    let result = (|| -> std::io::Result<()> {
+        std::fs::write(&tmp, bytes)?;
+        if let Some(perms) = perms {
+            std::fs::set_permissions(&tmp, perms)?;
+        }
+        std::fs::rename(&tmp, target)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {target}"));
+    }
+    Ok(())
 }

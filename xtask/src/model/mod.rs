@@ -5,4 +5,6 @@
 pub mod compose;
 pub mod compose_patch;
 pub mod dockerfile;
+pub mod interpolate;
+pub mod manifest;
 pub mod requirements;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's one test command: installs what a fresh machine of this kind lacks, then
+# runs every test: the xtask crate (unit tests, and the Docker suite on private engines
+# that the tests start and stop themselves), the backend's pytest suite, and the
+# frontend's lint, unit tests and production build.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "installing test dependencies (Docker engine, buildx, compose v2, debootstrap)"
+bash scripts/install-test-deps.sh
+
+step "cargo fmt --check, cargo clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "xtask tests, with the Docker suite (XTASK_DOCKER_TESTS=1)"
+XTASK_DOCKER_TESTS=1 cargo test --workspace
+
+step "backend: pytest"
+if [ ! -x backend/.venv/bin/python ]; then
+    python3 -m venv backend/.venv
+fi
+backend/.venv/bin/python -m pip install --quiet --disable-pip-version-check -r backend/requirements-dev.txt
+(cd backend && .venv/bin/python -m pytest -q)
+
+step "frontend: npm ci, lint, test, build"
+(
+    cd frontend
+    export NEXT_TELEMETRY_DISABLED=1
+    npm ci --no-audit --no-fund
+    npm run lint
+    npm test
+    npm run build
+)
+step "all tests passed"

@@ -1,0 +1,395 @@
+//! The bundle on disk: hashing while writing, verifying against the manifest, and the
+//! export lock.
+//!
+//! Every digest is computed while data streams (one pass, 1 MiB buffers, sha2 with the
+//! CPU's SHA extensions); verification hashes files on all cores.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context as _};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::model::manifest::{
+    is_safe_relative_path, FileEntry, Manifest, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT, MANIFEST_FILE,
+    SUMS_FILE,
+};
+
+pub const BUFFER: usize = 1 << 20;
+
+/// The folder `cache-export` writes and `cache-import` reads by default.
+pub const DEFAULT_DIR: &str = "docker-build-cache";
+
+/// Files of the bundle folder that belong to the repository, not to a bundle.
+pub const REPOSITORY_FILES: [&str; 2] = ["README.md", ".gitignore"];
+
+/// A writer that hashes and counts what passes through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+    pub fn finish(self) -> (W, u64, String) {
+        (self.inner, self.bytes, hex(&self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Size and sha256 of a file, streaming.
+pub fn hash_file(path: &Utf8Path) -> io::Result<(u64, String)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUFFER];
+    let mut bytes = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((bytes, hex(&hasher.finalize())))
+}
+
+/// Every regular file under `dir`, relative and `/`-separated, sorted. Symlinks and other
+/// special files are refused: a bundle holds regular files only.
+pub fn list_files(dir: &Utf8Path) -> anyhow::Result<Vec<String>> {
+    fn walk(root: &Utf8Path, dir: &Utf8Path, out: &mut Vec<String>) -> anyhow::Result<()> {
+        let entries = dir
+            .read_dir_utf8()
+            .with_context(|| format!("reading folder {dir}"))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading folder {dir}"))?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(root, path, out)?;
+            } else if kind.is_file() {
+                let rel = path.strip_prefix(root).unwrap_or(path);
+                out.push(rel.as_str().replace('\\', "/"));
+            } else {
+                bail!("{path} is not a regular file or folder (a symlink or device); a bundle holds neither");
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Hashes `files` (relative to `dir`) on every core; results in the input order.
+pub fn hash_files(
+    dir: &Utf8Path,
+    files: &[String],
+    progress: &(dyn Fn(&str, u64) + Sync),
+) -> Vec<io::Result<(u64, String)>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<io::Result<(u64, String)>>>> =
+        Mutex::new((0..files.len()).map(|_| None).collect());
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(rel) = files.get(i) else { break };
+                let result = hash_file(&dir.join(rel));
+                if let Ok((size, _)) = &result {
+                    progress(rel, *size);
+                }
+                if let Ok(mut all) = results.lock() {
+                    all[i] = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("not hashed"))))
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "problem", rename_all = "kebab-case")]
+pub enum FileProblem {
+    Missing {
+        path: String,
+    },
+    Size {
+        path: String,
+        expected: u64,
+        actual: u64,
+        sha256: String,
+    },
+    Digest {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    Unreadable {
+        path: String,
+        error: String,
+    },
+    UnsafePath {
+        path: String,
+    },
+}
+
+impl std::fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileProblem::Missing { path } => write!(f, "{path}: missing"),
+            FileProblem::Size { path, expected, actual, sha256 } => write!(
+                f,
+                "{path}: {actual} bytes, expected {expected} (truncated or grown; actual sha256 {sha256})"
+            ),
+            FileProblem::Digest { path, expected, actual } => {
+                write!(f, "{path}: sha256 {actual}, expected {expected} (corrupted)")
+            }
+            FileProblem::Unreadable { path, error } => write!(f, "{path}: cannot be read: {error}"),
+            FileProblem::UnsafePath { path } => {
+                write!(f, "{path}: the manifest names a path outside the bundle")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Verification {
+    pub files: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub problems: Vec<FileProblem>,
+    /// Files in the folder that the manifest does not list.
+    pub unlisted: Vec<String>,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Reads the bundle's manifest, checks that SHA256SUMS agrees with it.
+pub fn read_manifest(dir: &Utf8Path) -> anyhow::Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "{dir} holds no bundle ({MANIFEST_FILE} is missing): run `cargo xtask cache-export` \
+             there, or copy the whole folder again if an export or a copy was interrupted"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+    };
+    let manifest = Manifest::from_yaml(&text).with_context(|| format!("reading {path}"))?;
+    let sums_path = dir.join(SUMS_FILE);
+    let sums = std::fs::read_to_string(&sums_path)
+        .with_context(|| format!("reading {sums_path}: the bundle is incomplete; copy it again"))?;
+    manifest
+        .check_sums_agree(&sums)
+        .with_context(|| format!("checking {sums_path}"))?;
+    Ok(manifest)
+}
+
+/// Checks every file of the bundle against the manifest.
+pub fn verify(
+    dir: &Utf8Path,
+    manifest: &Manifest,
+    progress: &(dyn Fn(&str, u64) + Sync),
+) -> anyhow::Result<Verification> {
+    let start = std::time::Instant::now();
+    let mut report = Verification {
+        files: manifest.files.len(),
+        ..Verification::default()
+    };
+    let mut to_hash: Vec<&FileEntry> = Vec::new();
+    for entry in &manifest.files {
+        if !is_safe_relative_path(&entry.path) {
+            report.problems.push(FileProblem::UnsafePath {
+                path: entry.path.clone(),
+            });
+            continue;
+        }
+        match std::fs::symlink_metadata(dir.join(&entry.path)) {
+            Ok(meta) if meta.is_file() => to_hash.push(entry),
+            Ok(_) => report.problems.push(FileProblem::Unreadable {
+                path: entry.path.clone(),
+                error: "not a regular file".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                report.problems.push(FileProblem::Missing {
+                    path: entry.path.clone(),
+                })
+            }
+            Err(e) => report.problems.push(FileProblem::Unreadable {
+                path: entry.path.clone(),
+                error: e.to_string(),
+            }),
+        }
+    }
+    let names: Vec<String> = to_hash.iter().map(|e| e.path.clone()).collect();
+    let results = hash_files(dir, &names, progress);
+    for (entry, result) in to_hash.iter().zip(results) {
+        match result {
+            Err(e) => report.problems.push(FileProblem::Unreadable {
+                path: entry.path.clone(),
+                error: e.to_string(),
+            }),
+            Ok((size, digest)) => {
+                report.bytes += size;
+                if size != entry.size {
+                    report.problems.push(FileProblem::Size {
+                        path: entry.path.clone(),
+                        expected: entry.size,
+                        actual: size,
+                        sha256: digest,
+                    });
+                } else if digest != entry.sha256 {
+                    report.problems.push(FileProblem::Digest {
+                        path: entry.path.clone(),
+                        expected: entry.sha256.clone(),
+                        actual: digest,
+                    });
+                }
+            }
+        }
+    }
+    let listed: std::collections::BTreeSet<&str> =
+        manifest.files.iter().map(|f| f.path.as_str()).collect();
+    for file in list_files(dir)? {
+        let ours = [MANIFEST_FILE, SUMS_FILE, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT];
+        let top_level_known = !file.contains('/')
+            && (ours.contains(&file.as_str()) || REPOSITORY_FILES.contains(&file.as_str()));
+        if !listed.contains(file.as_str()) && !top_level_known && !file.starts_with(".") {
+            report.unlisted.push(file);
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Writes `contents` to `path` through a temporary file beside it and a rename.
+pub fn write_atomic(path: &Utf8Path, contents: &[u8]) -> anyhow::Result<()> {
+    let tmp = temp_sibling(path);
+    let result = (|| -> io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {path}"));
+    }
+    Ok(())
+}
+
+pub fn temp_sibling(path: &Utf8Path) -> Utf8PathBuf {
+    let name = path.file_name().unwrap_or("file");
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// An exclusive lock on a bundle folder, held while an export or import writes there.
+pub struct BundleLock {
+    _file: File,
+}
+
+impl BundleLock {
+    pub fn acquire(dir: &Utf8Path, what: &str) -> anyhow::Result<BundleLock> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        let path = dir.join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {path}"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(BundleLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another cache-export or cache-import is using {dir} (it holds {path}); \
+                 wait for it to finish, then run {what} again"
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {path}"))
+            }
+        }
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_writer_matches_known_digest() {
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"abc").unwrap();
+        let (inner, bytes, digest) = w.finish();
+        assert_eq!(inner, b"abc");
+        assert_eq!(bytes, 3);
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn human_sizes() {
+        let check = |n, s: &str| assert_eq!(human_bytes(n), s);
+        check(5, "5 B");
+        check(2048, "2.0 KiB");
+        check(3 * 1024 * 1024 * 1024 / 2, "1.5 GiB");
+    }
+}

@@ -1,0 +1,346 @@
+//! The bundle's manifest (`manifest.yaml`) and checksum list (`SHA256SUMS`).
+//!
+//! `manifest.yaml` is what the tool reads: format version, what made the bundle, the
+//! strategy, every image with its ID, every file with its size and sha256, and the
+//! fingerprints of the inputs (Dockerfiles, requirements, lockfiles). `SHA256SUMS` is the
+//! same file list in `sha256sum -c` form, for operators and the POSIX import script; the
+//! two must agree.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a reader of an older version could not understand a newer bundle.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const MANIFEST_FILE: &str = "manifest.yaml";
+pub const SUMS_FILE: &str = "SHA256SUMS";
+pub const HUMAN_MANIFEST_FILE: &str = "cache-manifest.txt";
+pub const IMPORT_SCRIPT: &str = "import-build-cache.sh";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// BuildKit `type=local` cache directories (every stage); needs the containerd store.
+    Local,
+    /// Cache images built with inline cache, one per stage; needs the classic store.
+    Inline,
+    /// The classic builder (`DOCKER_BUILDKIT=0`) and cache images per stage.
+    Legacy,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Local => "local",
+            Strategy::Inline => "inline",
+            Strategy::Legacy => "legacy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl Compression {
+    /// The suffix after `.tar`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::Zstd => ".zst",
+            Compression::Gzip => ".gz",
+            Compression::None => "",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub tool_version: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub project_name: String,
+    pub engine: EngineSummary,
+    pub strategy: Strategy,
+    pub compression: Compression,
+    /// The images archive (`base-images.tar…`) holds these.
+    pub images: Vec<ImageEntry>,
+    pub services: Vec<ServiceEntry>,
+    /// Every file of the bundle but the manifest and SHA256SUMS themselves.
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSummary {
+    pub server_version: String,
+    pub arch: String,
+    pub containerd_store: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    pub name: String,
+    pub id: String,
+    pub role: ImageRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageRole {
+    Base,
+    BuildCache,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceEntry {
+    pub name: String,
+    /// Bundle-relative folder of the BuildKit local cache (strategy `local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_cache: Option<String>,
+    /// Cache images (strategies `inline` and `legacy`), final stage last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_images: Vec<String>,
+    /// Build contexts handed to the build: context name → bundle-relative folder.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contexts: BTreeMap<String, String>,
+    /// Build args the export used and patch-compose writes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    /// sha256 of each input, by path relative to the compose file's folder.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Bundle-relative, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl Manifest {
+    pub fn to_yaml(&self) -> String {
+        let body = serde_yaml::to_string(self).expect("a manifest always serialises");
+        format!(
+            "# Written by `cargo xtask cache-export`; read by cache-import, cache-verify,\n\
+             # cache-status and patch-compose. Do not edit: SHA256SUMS must agree with it.\n{body}"
+        )
+    }
+
+    /// Reads a manifest; a newer format version is refused with what to do.
+    pub fn from_yaml(text: &str) -> anyhow::Result<Manifest> {
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let version: Version = serde_yaml::from_str(text)
+            .context("manifest.yaml is not a bundle manifest (no format_version)")?;
+        if version.format_version > FORMAT_VERSION {
+            bail!(
+                "manifest.yaml has format version {}, this xtask reads up to {FORMAT_VERSION}; \
+                 update the repository (and xtask) on this machine to the one that exported the bundle",
+                version.format_version
+            );
+        }
+        serde_yaml::from_str(text).context("manifest.yaml is malformed")
+    }
+
+    /// `SHA256SUMS` text: `<hex>  <path>` lines, sorted by path.
+    pub fn sha256sums(&self) -> String {
+        let mut files: Vec<&FileEntry> = self.files.iter().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+            .iter()
+            .map(|f| format!("{}  {}\n", f.sha256, f.path))
+            .collect()
+    }
+
+    /// Checks that `SHA256SUMS` lists exactly the manifest's files with the same digests.
+    pub fn check_sums_agree(&self, sums: &str) -> anyhow::Result<()> {
+        let listed = parse_sha256sums(sums)?;
+        let ours: BTreeMap<&str, &str> = self
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.sha256.as_str()))
+            .collect();
+        let mut problems = Vec::new();
+        for (path, digest) in &listed {
+            match ours.get(path.as_str()) {
+                None => problems.push(format!("{path} is in SHA256SUMS but not in manifest.yaml")),
+                Some(d) if *d != digest => problems.push(format!(
+                    "{path}: SHA256SUMS says {digest}, manifest.yaml says {d}"
+                )),
+                Some(_) => {}
+            }
+        }
+        for path in ours.keys() {
+            if !listed.contains_key(*path) {
+                problems.push(format!("{path} is in manifest.yaml but not in SHA256SUMS"));
+            }
+        }
+        if !problems.is_empty() {
+            bail!(
+                "SHA256SUMS and manifest.yaml disagree:\n  {}",
+                problems.join("\n  ")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parses `sha256sum` output (text or binary mode marker).
+pub fn parse_sha256sums(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = line.split_once(' ').and_then(|(digest, rest)| {
+            let path = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('*'))?;
+            let ok = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+            ok.then(|| (digest.to_ascii_lowercase(), path.to_string()))
+        });
+        let Some((digest, path)) = parsed else {
+            bail!(
+                "SHA256SUMS line {} is not `<sha256>  <path>`: {line:?}",
+                n + 1
+            );
+        };
+        if out.insert(path.clone(), digest).is_some() {
+            bail!("SHA256SUMS lists {path} twice");
+        }
+    }
+    Ok(out)
+}
+
+/// A bundle-relative path that stays inside the bundle: no absolute paths, no `..`, no
+/// empty or `.` segments, no backslashes.
+pub fn is_safe_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            tool_version: "0.1.0".into(),
+            created: "2026-11-29T12:00:00Z".into(),
+            project_name: "llm-chat".into(),
+            engine: EngineSummary {
+                server_version: "26.1.5".into(),
+                arch: "amd64".into(),
+                containerd_store: true,
+            },
+            strategy: Strategy::Local,
+            compression: Compression::None,
+            images: vec![ImageEntry {
+                name: "python:3.9-slim".into(),
+                id: "sha256:abc".into(),
+                role: ImageRole::Base,
+            }],
+            services: vec![ServiceEntry {
+                name: "backend".into(),
+                build_cache: Some("build-cache/backend".into()),
+                ..ServiceEntry::default()
+            }],
+            files: vec![
+                FileEntry {
+                    path: "base-images.tar".into(),
+                    size: 3,
+                    sha256: "a".repeat(64),
+                },
+                FileEntry {
+                    path: "build-cache/backend/index.json".into(),
+                    size: 2,
+                    sha256: "b".repeat(64),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_through_yaml() {
+        let m = sample();
+        assert_eq!(Manifest::from_yaml(&m.to_yaml()).unwrap(), m);
+    }
+
+    #[test]
+    fn future_format_is_refused_with_what_to_do() {
+        let text = sample()
+            .to_yaml()
+            .replace("format_version: 1", "format_version: 99");
+        let err = format!("{:#}", Manifest::from_yaml(&text).unwrap_err());
+        assert!(err.contains("format version 99"), "{err}");
+        assert!(err.contains("update"), "{err}");
+    }
+
+    #[test]
+    fn malformed_manifest_is_an_error() {
+        assert!(Manifest::from_yaml("format_version: 1\nfiles: 3\n").is_err());
+        assert!(Manifest::from_yaml("- not a map").is_err());
+        assert!(Manifest::from_yaml("").is_err());
+    }
+
+    #[test]
+    fn sums_agree_with_their_manifest() {
+        let m = sample();
+        let sums = m.sha256sums();
+        assert_eq!(
+            sums,
+            format!(
+                "{}  base-images.tar\n{}  build-cache/backend/index.json\n",
+                "a".repeat(64),
+                "b".repeat(64)
+            )
+        );
+        m.check_sums_agree(&sums).unwrap();
+    }
+
+    #[test]
+    fn sums_that_disagree_are_named() {
+        let m = sample();
+        let check = |sums: String, expected: &str| {
+            let err = format!("{:#}", m.check_sums_agree(&sums).unwrap_err());
+            assert!(err.contains(expected), "{err}");
+        };
+        check(
+            m.sha256sums().replace(&"a".repeat(64), &"c".repeat(64)),
+            "base-images.tar: SHA256SUMS says ccc",
+        );
+        check(
+            m.sha256sums().lines().next().unwrap().to_string(),
+            "build-cache/backend/index.json is in manifest.yaml but not in SHA256SUMS",
+        );
+        check(
+            format!("{}{}  extra\n", m.sha256sums(), "d".repeat(64)),
+            "extra is in SHA256SUMS but not in manifest.yaml",
+        );
+        check("garbage\n".into(), "line 1");
+    }
+
+    #[test]
+    fn safe_relative_paths() {
+        for ok in ["a", "a/b", "build-cache/x/blobs/sha256/00"] {
+            assert!(is_safe_relative_path(ok), "{ok}");
+        }
+        for bad in ["", "/a", "a/../b", "..", "./a", "a//b", "a\\b", "a/"] {
+            assert!(!is_safe_relative_path(bad), "{bad}");
+        }
+    }
+}
