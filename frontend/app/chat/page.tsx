@@ -104,6 +104,8 @@ export default function ChatPage() {
     } finally {
       abortRef.current = null;
       setStreaming(false);
+      // Drop the reply bubble if nothing arrived (error or abort before the first delta).
+      setMessages((m) => m.filter((x) => x.id !== replyId || x.content !== ''));
     }
   }
 
