@@ -15,8 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::manifest::{
-    is_safe_relative_path, FileEntry, Manifest, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT, MANIFEST_FILE,
-    SUMS_FILE,
+    is_safe_relative_path, FileEntry, Manifest, MANIFEST_FILE, SUMS_FILE,
 };
 
 pub const BUFFER: usize = 1 << 20;
@@ -293,7 +292,7 @@ pub fn verify(
     let listed: std::collections::BTreeSet<&str> =
         manifest.files.iter().map(|f| f.path.as_str()).collect();
     for file in list_files(dir)? {
-        let ours = [MANIFEST_FILE, SUMS_FILE, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT];
+        let ours = [MANIFEST_FILE, SUMS_FILE];
         let top_level_known = !file.contains('/')
             && (ours.contains(&file.as_str()) || REPOSITORY_FILES.contains(&file.as_str()));
         if !listed.contains(file.as_str()) && !top_level_known && !file.starts_with(".") {

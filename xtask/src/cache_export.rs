@@ -25,6 +25,7 @@ use crate::model::manifest::{
 };
 use crate::plan::{BuildService, Plan, RealFs};
 use crate::project::{Project, ProjectArgs};
+use crate::{npm_cache, wheelhouse};
 
 /// Export base images, build cache and dependency caches for an offline rebuild
 #[derive(clap::Args)]
@@ -48,12 +49,20 @@ pub struct Args {
     /// Pull missing base images (`missing`), or fail on them (`never`)
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
     pub pull: PullPolicy,
+    /// Python version of the wheelhouse (default: asked of the image, else its name says)
+    #[arg(long, value_name = "X.Y")]
+    pub python_version: Option<String>,
+    /// pip platform tag of the wheelhouse, repeatable (e.g. manylinux2014_x86_64)
+    #[arg(long = "platform", value_name = "TAG")]
+    pub platforms: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Part {
     BaseImages,
     BuildCache,
+    PipCache,
+    NpmCache,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -62,10 +71,31 @@ pub enum PullPolicy {
     Never,
 }
 
-/// What an export adds to one service's build, shared with `patch-compose`.
+/// The build contexts an export hands to a service's build (and patch-compose writes):
+/// the wheelhouse as `wheels` and the npm cache as `npm-cache`, where the Dockerfile has a
+/// stage of that name to replace (`FROM scratch AS wheels`) and the service has the
+/// dependency manifest. Context name → bundle-relative folder.
 pub fn service_contexts(service: &BuildService) -> BTreeMap<String, String> {
-    let _ = service;
-    BTreeMap::new()
+    let mut contexts = BTreeMap::new();
+    let has_stage = |name: &str| service.stage_names.iter().any(|s| s == name);
+    if has_stage(WHEELS_CONTEXT) && !service.python_requirements.is_empty() {
+        contexts.insert(WHEELS_CONTEXT.to_string(), wheelhouse_dir(&service.name));
+    }
+    if has_stage(NPM_CONTEXT) && !service.node_lockfiles.is_empty() {
+        contexts.insert(NPM_CONTEXT.to_string(), npm_cache_dir(&service.name));
+    }
+    contexts
+}
+
+pub const WHEELS_CONTEXT: &str = "wheels";
+pub const NPM_CONTEXT: &str = "npm-cache";
+
+fn wheelhouse_dir(service: &str) -> String {
+    format!("pip-cache/{service}")
+}
+
+fn npm_cache_dir(service: &str) -> String {
+    format!("npm-cache/{service}")
 }
 
 impl Args {
@@ -122,25 +152,51 @@ impl Args {
         }
         std::fs::create_dir_all(&staging).with_context(|| format!("creating {staging}"))?;
 
-        let mut images = Vec::new();
-        if wants(Part::BaseImages) || strategy != Strategy::Local {
-            images = ensure_base_images(&docker, &plan, self.pull)?;
-        }
+        // Every build and the Python probe need the base images, whatever is exported.
+        let base_images = ensure_base_images(&docker, &plan, self.pull)?;
+        let mut images = if wants(Part::BaseImages) || strategy != Strategy::Local {
+            base_images
+        } else {
+            Vec::new()
+        };
         let mut services = Vec::new();
+        for service in &plan.build_services {
+            let mut entry = ServiceEntry {
+                name: service.name.clone(),
+                ..ServiceEntry::default()
+            };
+            if wants(Part::PipCache) && !service.python_requirements.is_empty() {
+                let rel = wheelhouse_dir(&service.name);
+                self.export_wheelhouse(sh, &docker, &engine, service, &staging.join(&rel))?;
+                entry.wheelhouse = Some(rel);
+            }
+            if wants(Part::NpmCache) {
+                if let Some(lockfile) = service.node_lockfiles.first() {
+                    let rel = npm_cache_dir(&service.name);
+                    export_npm_cache(sh, &engine, lockfile, &staging.join(&rel))?;
+                    entry.npm_cache = Some(rel);
+                }
+            }
+            // Only the caches exported now are handed to the build, so the target's build
+            // (patched from this manifest) gets exactly the same contexts.
+            entry.contexts = service_contexts(service)
+                .into_iter()
+                .filter(|(_, rel)| {
+                    Some(rel) == entry.wheelhouse.as_ref() || Some(rel) == entry.npm_cache.as_ref()
+                })
+                .collect();
+            services.push(entry);
+        }
         let mut cache_images = Vec::new();
         if wants(Part::BuildCache) {
-            for service in &plan.build_services {
-                let entry = match strategy {
-                    Strategy::Local => {
-                        build_local(&docker, &project, &plan, service, &out, &staging)?
-                    }
+            for (service, entry) in plan.build_services.iter().zip(&mut services) {
+                match strategy {
+                    Strategy::Local => build_local(&docker, &project, service, entry, &staging)?,
                     Strategy::Inline | Strategy::Legacy => {
-                        let entry = build_cache_images(&docker, &project, service, strategy)?;
+                        build_cache_images(&docker, &project, service, strategy, entry)?;
                         cache_images.extend(entry.cache_images.iter().cloned());
-                        entry
                     }
-                };
-                services.push(entry);
+                }
             }
         }
         for name in &cache_images {
@@ -152,17 +208,6 @@ impl Args {
                 id,
                 role: ImageRole::BuildCache,
             });
-        }
-        for service in &plan.build_services {
-            if !services
-                .iter()
-                .any(|s: &ServiceEntry| s.name == service.name)
-            {
-                services.push(ServiceEntry {
-                    name: service.name.clone(),
-                    ..ServiceEntry::default()
-                });
-            }
         }
         for entry in &mut services {
             if let Some(service) = plan.build_services.iter().find(|s| s.name == entry.name) {
@@ -199,22 +244,14 @@ impl Args {
             services,
             files: Vec::new(),
         };
-        std::fs::write(staging.join(HUMAN_MANIFEST_FILE), human_manifest(&manifest))?;
         std::fs::write(staging.join(IMPORT_SCRIPT), import_script(&manifest))?;
         set_executable(&staging.join(IMPORT_SCRIPT))?;
-
-        // Hash what was not hashed while streaming (build-cache folders, small files).
-        let listed = bundle::list_files(&staging)?;
-        let pending: Vec<String> = listed
-            .into_iter()
-            .filter(|f| !files.iter().any(|e: &FileEntry| &e.path == f))
-            .collect();
-        let hashed = bundle::hash_files(&staging, &pending, &|_, _| {});
-        for (path, result) in pending.into_iter().zip(hashed) {
-            let (size, sha256) = result.with_context(|| format!("hashing {staging}/{path}"))?;
-            files.push(FileEntry { path, size, sha256 });
-        }
-        files.sort_by(|a, b| a.path.cmp(&b.path));
+        // Hash what was not hashed while streaming (build-cache folders, small files);
+        // the human manifest comes last so that it can list the others.
+        hash_pending(&staging, &mut files)?;
+        manifest.files = files.clone();
+        std::fs::write(staging.join(HUMAN_MANIFEST_FILE), human_manifest(&manifest))?;
+        hash_pending(&staging, &mut files)?;
         manifest.files = files;
 
         publish(&out, &staging, &manifest)?;
@@ -228,6 +265,102 @@ impl Args {
         eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import` (or `sh {IMPORT_SCRIPT}`) there");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Adds an entry for every staged file that has none yet, hashing on all cores.
+fn hash_pending(staging: &Utf8Path, files: &mut Vec<FileEntry>) -> anyhow::Result<()> {
+    let pending: Vec<String> = bundle::list_files(staging)?
+        .into_iter()
+        .filter(|f| !files.iter().any(|e| &e.path == f))
+        .collect();
+    let hashed = bundle::hash_files(staging, &pending, &|_, _| {});
+    for (path, result) in pending.into_iter().zip(hashed) {
+        let (size, sha256) = result.with_context(|| format!("hashing {staging}/{path}"))?;
+        files.push(FileEntry { path, size, sha256 });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(())
+}
+
+impl Args {
+    /// The wheelhouse for the Python of the first base image that has one.
+    fn export_wheelhouse(
+        &self,
+        sh: &Shell,
+        docker: &Docker,
+        engine: &EngineInfo,
+        service: &BuildService,
+        out: &Utf8Path,
+    ) -> anyhow::Result<()> {
+        let mut found = None;
+        for image in &service.base_images {
+            match wheelhouse::probe_image(docker, image) {
+                Ok(target) => {
+                    found = Some((target, image.clone()));
+                    break;
+                }
+                Err(err) => eprintln!("        Note {image} has no Python to ask ({err:#})"),
+            }
+        }
+        if found.is_none() {
+            found = service.base_images.iter().find_map(|image| {
+                wheelhouse::target_from_image_name(image, &engine.arch).map(|t| (t, image.clone()))
+            });
+        }
+        let (target, image) = match (found, &self.python_version) {
+            (Some((t, image)), _) => (
+                t.with_overrides(self.python_version.as_deref(), &self.platforms)?,
+                image,
+            ),
+            (None, Some(version)) => (
+                wheelhouse::PythonTarget::from_overrides(version, &self.platforms)?,
+                String::new(),
+            ),
+            (None, None) => bail!(
+                "service {}: none of its base images ({}) tells which Python runs pip; \
+                 give it with --python-version X.Y --platform TAG",
+                service.name,
+                service.base_images.join(", ")
+            ),
+        };
+        eprintln!("  Wheelhouse {} for {}", service.name, target.describe());
+        let sdists = if image.is_empty() {
+            wheelhouse::Sdists::Refuse
+        } else {
+            wheelhouse::Sdists::BuildInImage {
+                docker,
+                image: &image,
+            }
+        };
+        let report = wheelhouse::export(sh, &service.python_requirements, &target, out, &sdists)
+            .with_context(|| format!("service {}: exporting its wheelhouse", service.name))?;
+        if let Some(err) = &report.verify_error {
+            bail!(
+                "service {}: the wheelhouse does not satisfy its requirements: {err}",
+                service.name
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Every tarball of the lockfile for the engine's os and cpu, both libcs, checked with
+/// `npm ci --offline` for glibc and musl.
+fn export_npm_cache(
+    sh: &Shell,
+    engine: &EngineInfo,
+    lockfile: &Utf8Path,
+    out: &Utf8Path,
+) -> anyhow::Result<()> {
+    eprintln!("   npm cache for {lockfile}");
+    let platform = |libc: &str| npm_cache::NodePlatform::from_docker("linux", &engine.arch, libc);
+    let selection = npm_cache::Selection::OsCpu(vec![platform("")]);
+    npm_cache::fill(sh, lockfile, out, &selection)
+        .with_context(|| format!("filling the npm cache from {lockfile}"))?;
+    let project_dir = lockfile.parent().unwrap_or(lockfile);
+    npm_cache::verify(sh, project_dir, out, &[platform("glibc"), platform("musl")])
+        .with_context(|| format!("checking the npm cache of {lockfile} offline"))?;
+    Ok(())
 }
 
 /// The strongest strategy the engine supports, or the forced one if it can work.
@@ -298,23 +431,20 @@ fn ensure_base_images(
 fn build_local(
     docker: &Docker,
     project: &Project,
-    plan: &Plan,
     service: &BuildService,
-    out: &Utf8Path,
+    entry: &mut ServiceEntry,
     staging: &Utf8Path,
-) -> anyhow::Result<ServiceEntry> {
-    let _ = (plan, out);
+) -> anyhow::Result<()> {
     let rel = format!("build-cache/{}", service.name);
     let dest = staging.join(&rel);
-    let contexts = service_contexts(service);
     let mut build = serde_yaml::Mapping::new();
     build.insert(
         "cache_to".into(),
         serde_yaml::Value::Sequence(vec![format!("type=local,dest={dest},mode=max").into()]),
     );
-    if !contexts.is_empty() {
+    if !entry.contexts.is_empty() {
         let mut map = serde_yaml::Mapping::new();
-        for (name, rel_dir) in &contexts {
+        for (name, rel_dir) in &entry.contexts {
             map.insert(
                 name.clone().into(),
                 staging.join(rel_dir).to_string().into(),
@@ -347,12 +477,8 @@ fn build_local(
         service.name,
         started.elapsed().as_secs_f64()
     );
-    Ok(ServiceEntry {
-        name: service.name.clone(),
-        build_cache: Some(rel),
-        contexts,
-        ..ServiceEntry::default()
-    })
+    entry.build_cache = Some(rel);
+    Ok(())
 }
 
 /// Cache images for the classic store or the classic builder: one per stage, since
@@ -362,7 +488,8 @@ fn build_cache_images(
     project: &Project,
     service: &BuildService,
     strategy: Strategy,
-) -> anyhow::Result<ServiceEntry> {
+    entry: &mut ServiceEntry,
+) -> anyhow::Result<()> {
     let Some(dockerfile) = &service.dockerfile else {
         bail!(
             "service {}: dockerfile_inline cannot be built with strategy {}; use --strategy local",
@@ -403,12 +530,8 @@ fn build_cache_images(
         cache_from.push(tag.clone());
         tags.push(tag);
     }
-    Ok(ServiceEntry {
-        name: service.name.clone(),
-        cache_images: tags,
-        args: service.args.clone(),
-        ..ServiceEntry::default()
-    })
+    entry.cache_images = tags;
+    Ok(())
 }
 
 /// The stages to tag: every named stage before the last, then the last one.

@@ -30,6 +30,9 @@ pub struct Args {
     /// Print a summary as JSON on stdout
     #[arg(long)]
     pub json: bool,
+    /// Leave the host alone: do not merge the npm cache into ~/.npm
+    #[arg(long)]
+    pub no_host_caches: bool,
 }
 
 #[derive(Serialize)]
@@ -40,6 +43,7 @@ struct Summary {
     images_loaded: Vec<String>,
     images_present: Vec<String>,
     build_caches: Vec<String>,
+    npm_merged_into: Vec<String>,
     seconds: f64,
 }
 
@@ -99,6 +103,37 @@ impl Args {
         for cache in &build_caches {
             eprintln!("       Ready build cache {cache}");
         }
+        let mut npm_merged = Vec::new();
+        if !self.no_host_caches {
+            for service in &manifest.services {
+                if let Some(rel) = &service.wheelhouse {
+                    eprintln!(
+                        "        Hint {}: pip on this host can install from the wheelhouse: {}",
+                        service.name,
+                        crate::wheelhouse::host_hint(&dir.join(rel))
+                    );
+                }
+            }
+            let npm_dirs: Vec<&String> = manifest
+                .services
+                .iter()
+                .filter_map(|s| s.npm_cache.as_ref())
+                .collect();
+            if !npm_dirs.is_empty() {
+                let home =
+                    std::env::var("HOME").context("HOME is not set; pass --no-host-caches")?;
+                let dest = camino::Utf8PathBuf::from(home).join(".npm");
+                for rel in npm_dirs {
+                    let report = crate::npm_cache::merge_into(&dir.join(rel), &dest)
+                        .with_context(|| format!("merging {rel} into {dest}"))?;
+                    eprintln!(
+                        "      Merged {rel} into {dest} ({} new files, nothing deleted)",
+                        report.content_files
+                    );
+                    npm_merged.push(dest.to_string());
+                }
+            }
+        }
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "    Finished import of {} images ({} loaded, {} already present) in {secs:.1}s",
@@ -115,6 +150,7 @@ impl Args {
                 images_loaded: to_load,
                 images_present: present,
                 build_caches,
+                npm_merged_into: npm_merged,
                 seconds: secs,
             };
             println!("{}", serde_json::to_string_pretty(&summary)?);

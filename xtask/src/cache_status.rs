@@ -1,17 +1,198 @@
-//! `cargo xtask cache-status` (not yet built).
+//! `cargo xtask cache-status`: is the bundle still good for what the repository holds now?
+//!
+//! Per build service: which inputs changed since the export (Dockerfile, requirements,
+//! lockfile fingerprints), and whether the bundle can still rebuild it offline: its base
+//! images are in the bundle, every pinned requirement has a wheel in the wheelhouse, every
+//! lockfile tarball is in the npm cache. Exit code 1 when a service cannot be rebuilt.
+
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use camino::Utf8Path;
+use serde::Serialize;
 use xshell::Shell;
 
+use crate::bundle;
+use crate::cache_verify::BundleArg;
+use crate::model::manifest::Manifest;
+use crate::model::requirements;
+use crate::npm_cache;
+use crate::plan::{BuildService, Plan, RealFs};
 use crate::project::ProjectArgs;
+use crate::wheelhouse;
 
-/// Not yet available.
+/// Say per service whether the bundle is stale and whether it can still rebuild offline
 #[derive(clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:\n  cargo xtask cache-status\n  \
+    cargo xtask cache-status --json   # exit 1 when a service cannot be rebuilt offline")]
+pub struct Args {
+    #[command(flatten)]
+    pub bundle: BundleArg,
+    /// Print the status as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// Inputs whose content differs from the export (or that are new or gone).
+    pub changed: Vec<String>,
+    /// Why the bundle cannot rebuild this service offline; empty when it can.
+    pub missing: Vec<String>,
+    pub can_rebuild_offline: bool,
+}
 
 impl Args {
-    pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
-        let _ = (sh, project);
-        anyhow::bail!("`cache-status` is not available yet in this version of xtask")
+    pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
+        let project = project_args.load(sh)?;
+        let plan = Plan::build(&project.model, &project.name, &RealFs)?;
+        let dir = self.bundle.dir(sh, project_args)?;
+        let manifest = bundle::read_manifest(&dir)?;
+        let statuses = plan
+            .build_services
+            .iter()
+            .map(|service| service_status(&project.dir, &dir, &manifest, service))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&statuses)?);
+        }
+        for s in &statuses {
+            let state = match (s.changed.is_empty(), s.can_rebuild_offline) {
+                (true, true) => "fresh",
+                (false, true) => "stale, can rebuild offline",
+                (_, false) => "CANNOT rebuild offline",
+            };
+            eprintln!("{:>12} {state}", s.name);
+            for c in &s.changed {
+                eprintln!("             changed since the export: {c}");
+            }
+            for m in &s.missing {
+                eprintln!("             missing from the bundle: {m}");
+            }
+        }
+        let blocked: Vec<&str> = statuses
+            .iter()
+            .filter(|s| !s.can_rebuild_offline)
+            .map(|s| s.name.as_str())
+            .collect();
+        if blocked.is_empty() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            eprintln!(
+                "error: the bundle in {dir} cannot rebuild {} offline; run `cargo xtask \
+                 cache-export` again on a machine with network and carry the new bundle over",
+                blocked.join(", ")
+            );
+            Ok(ExitCode::FAILURE)
+        }
     }
+}
+
+fn service_status(
+    project_dir: &Utf8Path,
+    bundle_dir: &Utf8Path,
+    manifest: &Manifest,
+    service: &BuildService,
+) -> anyhow::Result<ServiceStatus> {
+    let entry = manifest.services.iter().find(|s| s.name == service.name);
+    let mut changed = Vec::new();
+    let mut missing = Vec::new();
+    let Some(entry) = entry else {
+        return Ok(ServiceStatus {
+            name: service.name.clone(),
+            changed: vec!["the service is not in the bundle".into()],
+            missing: vec!["the whole service: it was added after the export".into()],
+            can_rebuild_offline: false,
+        });
+    };
+
+    let mut now = BTreeMap::new();
+    for file in service
+        .dockerfile
+        .iter()
+        .chain(&service.python_requirements)
+        .chain(&service.node_lockfiles)
+    {
+        let (_, digest) = bundle::hash_file(file).with_context(|| format!("hashing {file}"))?;
+        let rel = file
+            .strip_prefix(project_dir)
+            .map_or_else(|_| file.to_string(), |p| p.to_string());
+        now.insert(rel, digest);
+    }
+    for (path, digest) in &now {
+        match entry.inputs.get(path) {
+            Some(old) if old == digest => {}
+            Some(_) => changed.push(path.clone()),
+            None => changed.push(format!("{path} (new)")),
+        }
+    }
+    for path in entry.inputs.keys() {
+        if !now.contains_key(path) {
+            changed.push(format!("{path} (gone)"));
+        }
+    }
+
+    let bundled: Vec<&str> = manifest.images.iter().map(|i| i.name.as_str()).collect();
+    for image in &service.base_images {
+        if !bundled.contains(&image.as_str()) {
+            missing.push(format!("base image {image}"));
+        }
+    }
+
+    if !service.python_requirements.is_empty() {
+        let read = |p: &Utf8Path| std::fs::read_to_string(p);
+        let set = requirements::collect(&service.python_requirements, &read)?;
+        let pins: Vec<String> = set
+            .requirements
+            .iter()
+            .filter(|r| r.pinned.is_some())
+            .map(|r| format!("{}=={}", r.name, r.pinned.as_deref().unwrap_or_default()))
+            .collect();
+        match &entry.wheelhouse {
+            None => missing.push("the wheelhouse (exported without pip-cache)".into()),
+            Some(rel) => {
+                let wheels: Vec<String> = bundle::list_files(&bundle_dir.join(rel))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|f| f.ends_with(".whl"))
+                    .collect();
+                for pin in wheelhouse::missing_pins(&wheels, &pins) {
+                    missing.push(format!("wheel for {pin} in {rel}/"));
+                }
+            }
+        }
+    }
+
+    for lockfile in &service.node_lockfiles {
+        let text =
+            std::fs::read_to_string(lockfile).with_context(|| format!("reading {lockfile}"))?;
+        let tarballs =
+            npm_cache::parse_lockfile(&text).with_context(|| format!("reading {lockfile}"))?;
+        match &entry.npm_cache {
+            None => missing.push("the npm cache (exported without npm-cache)".into()),
+            Some(rel) => {
+                // The export keeps the engine's os/cpu (both libcs), not every platform.
+                let platform =
+                    npm_cache::NodePlatform::from_docker("linux", &manifest.engine.arch, "");
+                let selection = npm_cache::Selection::OsCpu(vec![platform]);
+                let wanted: Vec<npm_cache::Tarball> = tarballs
+                    .into_iter()
+                    .filter(|t| selection.includes(t))
+                    .collect();
+                let check = npm_cache::missing(&bundle_dir.join(rel), &wanted);
+                for t in check.missing {
+                    missing.push(format!("npm tarball {} in {rel}/", t.spec()));
+                }
+            }
+        }
+    }
+
+    Ok(ServiceStatus {
+        name: service.name.clone(),
+        can_rebuild_offline: missing.is_empty(),
+        changed,
+        missing,
+    })
 }

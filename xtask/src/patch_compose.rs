@@ -67,6 +67,14 @@ impl Args {
                     Err(_) => Strategy::Local,
                 },
             };
+            if strategy == Strategy::Legacy {
+                eprintln!(
+                    "warning: strategy legacy: the cache images serve the classic builder through \
+                     `cache_from` with docker-compose v1 or `DOCKER_BUILDKIT=0 docker build \
+                     --cache-from …`; compose v2 does not pass `cache_from` to the classic builder. \
+                     With compose v2, export with --strategy local (containerd image store) or inline"
+                );
+            }
             if manifest.is_none() {
                 eprintln!(
                     "    Patching from the plan: no bundle in {bundle_dir} yet; paths are those \

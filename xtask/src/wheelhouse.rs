@@ -410,6 +410,7 @@ pub fn export(
             Sdists::Refuse => bail!("{}", no_wheel_message(&missing, target, None)),
         }
     }
+    complete_for_target(sh, &requirements, target, &out)?;
     let files = list_files(&out)?;
     let total_bytes = files.iter().map(|f| f.size).sum();
     eprintln!(
@@ -504,6 +505,140 @@ fn build_wheel_in_image(
     Ok(())
 }
 
+/// Walks the dependency tree of `requirements` through the wheels' own metadata, with the
+/// environment markers evaluated for `target` (not for the host), and names what `dir`
+/// lacks. pip evaluates markers against the interpreter it runs on even with
+/// `--python-version`: on a 3.11 host a 3.9 target loses `exceptiongroup` (anyio needs it
+/// below 3.11), and pip's own dry run passes all the same.
+const CLOSURE_SCRIPT: &str = r#"
+import json, os, sys, zipfile
+try:
+    from pip._vendor.packaging.markers import default_environment
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name, parse_wheel_filename
+except ImportError:
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+version, machine, wheel_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+specs = json.loads(sys.argv[4])
+env = default_environment()
+env.update(python_version=version, python_full_version=version + ".0",
+           implementation_name="cpython", platform_python_implementation="CPython",
+           sys_platform="linux", platform_system="Linux", os_name="posix",
+           platform_machine=machine)
+have = {}
+for f in os.listdir(wheel_dir):
+    if f.endswith(".whl"):
+        name, ver, _, _ = parse_wheel_filename(f)
+        have[canonicalize_name(name)] = (ver, os.path.join(wheel_dir, f))
+def applies(req, extras):
+    if req.marker is None:
+        return True
+    return any(req.marker.evaluate(dict(env, extra=e)) for e in (set(extras) | {""}))
+queue = [(Requirement(s), ()) for s in specs]
+seen, missing = set(), []
+while queue:
+    req, parent_extras = queue.pop()
+    if not applies(req, parent_extras):
+        continue
+    name = canonicalize_name(req.name)
+    key = (name, tuple(sorted(req.extras)))
+    if key in seen:
+        continue
+    seen.add(key)
+    found = have.get(name)
+    if found is None or (req.specifier and not req.specifier.contains(found[0], prereleases=True)):
+        req.marker = None
+        missing.append(str(req))
+        continue
+    with zipfile.ZipFile(found[1]) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        text = z.read(meta).decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.startswith("Requires-Dist:"):
+            queue.append((Requirement(line[len("Requires-Dist:"):].strip()), tuple(req.extras)))
+print(json.dumps(sorted(set(missing))))
+"#;
+
+/// The requirements (as written in the files) that the target needs but `dir` lacks,
+/// markers evaluated for the target.
+pub fn missing_for_target(
+    sh: &Shell,
+    requirements: &[Utf8PathBuf],
+    target: &PythonTarget,
+    dir: &Utf8Path,
+) -> anyhow::Result<Vec<String>> {
+    let read = |p: &Utf8Path| std::fs::read_to_string(p);
+    let set = crate::model::requirements::collect(requirements, &read)?;
+    let specs: Vec<&str> = set.requirements.iter().map(|r| r.spec.as_str()).collect();
+    let specs = serde_json::to_string(&specs)?;
+    let machine = target_machine(target);
+    let version = &target.version;
+    let out = cmd!(
+        sh,
+        "{PYTHON} -c {CLOSURE_SCRIPT} {version} {machine} {dir} {specs}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()?;
+    if !out.status.success() {
+        bail!(
+            "checking the wheelhouse {dir} against the requirements failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("reading the dependency check of {dir}"))?)
+}
+
+fn target_machine(target: &PythonTarget) -> &'static str {
+    if target.platforms.iter().any(|p| p.ends_with("aarch64")) {
+        "aarch64"
+    } else {
+        "x86_64"
+    }
+}
+
+/// Adds what the target's markers need and the host's pip left out, until nothing lacks.
+fn complete_for_target(
+    sh: &Shell,
+    requirements: &[Utf8PathBuf],
+    target: &PythonTarget,
+    out: &Utf8Path,
+) -> anyhow::Result<()> {
+    let target_args = target.pip_args();
+    for _ in 0..8 {
+        let missing = missing_for_target(sh, requirements, target, out)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        eprintln!(
+            "wheelhouse: adding what {} needs and the host's pip left out: {}",
+            target.describe(),
+            missing.join(", ")
+        );
+        let (target_args, specs) = (&target_args, &missing);
+        let output = cmd!(
+            sh,
+            "{PYTHON} -m pip download --disable-pip-version-check --progress-bar off --no-color
+                --no-deps --dest {out} {target_args...} {specs...}"
+        )
+        .quiet()
+        .ignore_status()
+        .output()?;
+        if !output.status.success() {
+            bail!(
+                "downloading {} for {} failed:\n{}",
+                missing.join(", "),
+                target.describe(),
+                pip_errors(&String::from_utf8_lossy(&output.stderr))
+            );
+        }
+    }
+    bail!("the wheelhouse {out} is still incomplete after 8 rounds of downloads")
+}
+
 /// pip's resolver alone, offline: the wheelhouse `dir` satisfies `requirements` for `target`.
 pub fn verify(
     sh: &Shell,
@@ -528,6 +663,16 @@ pub fn verify(
     .ignore_status()
     .output()?;
     if output.status.success() {
+        let missing = missing_for_target(sh, &requirements, target, &dir)?;
+        if !missing.is_empty() {
+            bail!(
+                "the wheelhouse {dir} lacks {} for {} (needed through environment markers of \
+                 the target, which pip's own check evaluates for the host); run `cargo xtask \
+                 cache-export` again where PyPI is reachable",
+                missing.join(", "),
+                target.describe()
+            );
+        }
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -106,6 +106,12 @@ pub struct ServiceEntry {
     /// Cache images (strategies `inline` and `legacy`), final stage last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache_images: Vec<String>,
+    /// Bundle-relative wheelhouse for the image's Python (`pip-cache/<service>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wheelhouse: Option<String>,
+    /// Bundle-relative npm cache holding every tarball of the lockfile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npm_cache: Option<String>,
     /// Build contexts handed to the build: context name → bundle-relative folder.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contexts: BTreeMap<String, String>,

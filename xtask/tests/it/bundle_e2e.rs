@@ -1,0 +1,412 @@
+//! The heart of the tool, end to end on real engines: an "online" private engine exports a
+//! fixture project (two services, one multi-stage, slow RUN steps, a stand-in base image);
+//! an "offline" one, empty and with no way out, imports the bundle, the compose file is
+//! patched, and `docker compose build` reports every step of every service as cached.
+
+use anyhow::{ensure, Context};
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::{cmd, Shell};
+
+use crate::support::{self, standins, Engine, EngineOptions};
+
+const COMPOSE: &str = "\
+name: fixture
+services:
+  api:
+    build: ./api
+    image: fixture-api:latest
+  web:
+    # a multi-stage build: the builder stage must be cached too
+    build:
+      context: ./web
+      target: final
+    image: fixture-web:latest
+  cache:
+    image: busybox:latest
+";
+
+const API_DOCKERFILE: &str = "\
+FROM busybox:latest
+RUN sleep 2 && echo api-ready > /api.txt
+COPY hello.txt /hello.txt
+CMD [\"cat\", \"/api.txt\", \"/hello.txt\"]
+";
+
+const WEB_DOCKERFILE: &str = "\
+FROM busybox:latest AS builder
+RUN sleep 2 && echo web-built > /out.txt
+FROM busybox:latest AS final
+COPY --from=builder /out.txt /out.txt
+RUN sleep 1 && cat /out.txt > /copy.txt
+CMD [\"cat\", \"/copy.txt\"]
+";
+
+/// Writes the fixture project into `dir`.
+pub fn write_fixture(dir: &Utf8Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("api"))?;
+    std::fs::create_dir_all(dir.join("web"))?;
+    std::fs::write(dir.join("compose.yaml"), COMPOSE)?;
+    std::fs::write(dir.join("api/Dockerfile"), API_DOCKERFILE)?;
+    std::fs::write(dir.join("api/hello.txt"), "hello\n")?;
+    std::fs::write(dir.join("web/Dockerfile"), WEB_DOCKERFILE)?;
+    Ok(())
+}
+
+pub fn xtask_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_xtask")
+}
+
+/// Runs `cargo xtask ARGS` in `dir` against `engine`; its stderr, or an error with it.
+pub fn xtask(sh: &Shell, dir: &Utf8Path, args: &[&str]) -> anyhow::Result<String> {
+    let bin = xtask_bin();
+    let _cd = sh.push_dir(dir);
+    let out = cmd!(sh, "{bin} {args...}").ignore_status().output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        out.status.success(),
+        "xtask {} failed ({}):\n{stderr}",
+        args.join(" "),
+        out.status
+    );
+    Ok(stderr)
+}
+
+/// Steps of a `--progress plain` BuildKit log that ran instead of coming from the cache.
+pub fn uncached_steps(log: &str) -> Vec<String> {
+    let mut steps: Vec<(String, String)> = Vec::new();
+    let mut cached = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((id, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        if text.trim() == "CACHED" {
+            cached.insert(id.to_string());
+        } else if text.starts_with('[') && (text.contains("] RUN ") || text.contains("] COPY ")) {
+            if !steps.iter().any(|(i, _)| i == id) {
+                steps.push((id.to_string(), text.to_string()));
+            }
+        }
+    }
+    steps
+        .into_iter()
+        .filter(|(id, _)| !cached.contains(id))
+        .map(|(_, text)| text)
+        .collect()
+}
+
+fn copy_tree(sh: &Shell, from: &Utf8Path, to: &Utf8Path) -> anyhow::Result<()> {
+    cmd!(sh, "cp -a {from} {to}").quiet().run()?;
+    Ok(())
+}
+
+fn temp_dir(sh: &Shell) -> anyhow::Result<(xshell::TempDir, Utf8PathBuf)> {
+    let tmp = sh.create_temp_dir()?;
+    let path = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf())
+        .map_err(|p| anyhow::anyhow!("non-UTF-8 temp dir {}", p.display()))?;
+    Ok((tmp, path))
+}
+
+/// Exports the fixture on `online`, copies project and bundle to a new folder (the
+/// offline server), imports and patches there against `offline`, and builds.
+fn export_import_build(
+    online: &Engine,
+    offline: &Engine,
+    strategy: Option<&str>,
+) -> anyhow::Result<(String, Utf8PathBuf, xshell::TempDir)> {
+    let online_sh = online.shell()?;
+    let offline_sh = offline.shell()?;
+    let (tmp, root) = temp_dir(&online_sh)?;
+    let src = root.join("release");
+    write_fixture(&src)?;
+    let mut args = vec!["cache-export"];
+    if let Some(s) = strategy {
+        args.extend(["--strategy", s]);
+    }
+    xtask(&online_sh, &src, &args).context("export on the online engine")?;
+
+    let server = root.join("server");
+    copy_tree(&online_sh, &src, &server)?;
+    let import = xtask(&offline_sh, &server, &["cache-import"]).context("import offline")?;
+    ensure!(
+        import.contains("Verified"),
+        "import did not verify first:\n{import}"
+    );
+    xtask(&offline_sh, &server, &["patch-compose"]).context("patch-compose offline")?;
+
+    let _cd = offline_sh.push_dir(&server);
+    let mut build = cmd!(offline_sh, "docker compose build --progress plain");
+    if strategy == Some("legacy") {
+        build = build.env("DOCKER_BUILDKIT", "0");
+    }
+    let out = build.ignore_status().output()?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "offline build failed:\n{log}");
+    Ok((log, server, tmp))
+}
+
+fn check_images_run(offline: &Engine) -> anyhow::Result<()> {
+    let sh = offline.shell()?;
+    let api = cmd!(sh, "docker run --rm --network none fixture-api:latest").read()?;
+    ensure!(api == "api-ready\nhello", "api printed {api:?}");
+    let web = cmd!(sh, "docker run --rm --network none fixture-web:latest").read()?;
+    ensure!(web == "web-built", "web printed {web:?}");
+    Ok(())
+}
+
+#[test]
+fn local_strategy_rebuilds_every_step_from_cache_offline() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("online", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("offline", EngineOptions::default())?;
+
+    let (log, server, _tmp) = export_import_build(&online, &offline, None)?;
+    let manifest = std::fs::read_to_string(server.join("docker-build-cache/manifest.yaml"))?;
+    ensure!(manifest.contains("strategy: local"), "{manifest}");
+    let uncached = uncached_steps(&log);
+    ensure!(
+        uncached.is_empty(),
+        "steps not from the cache: {uncached:#?}\n{log}"
+    );
+    ensure!(
+        log.contains("[web builder 2/2] RUN"),
+        "the builder stage did not run:\n{log}"
+    );
+    check_images_run(&offline)?;
+
+    // A second import changes nothing and loads nothing.
+    let again = xtask(&offline.shell()?, &server, &["cache-import", "--json"])?;
+    ensure!(
+        again.contains("0 loaded"),
+        "second import loaded again:\n{again}"
+    );
+    // patch-compose is idempotent.
+    let check = xtask(&offline.shell()?, &server, &["patch-compose", "--check"])?;
+    ensure!(check.contains("is patched"), "{check}");
+    Ok(())
+}
+
+#[test]
+fn inline_strategy_works_on_the_classic_image_store() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let classic = EngineOptions {
+        containerd_store: false,
+        ..EngineOptions::default()
+    };
+    let online = suite.engine("online-classic", classic.clone())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("offline-classic", classic)?;
+
+    let (log, server, _tmp) = export_import_build(&online, &offline, None)?;
+    let manifest = std::fs::read_to_string(server.join("docker-build-cache/manifest.yaml"))?;
+    ensure!(manifest.contains("strategy: inline"), "{manifest}");
+    let uncached = uncached_steps(&log);
+    ensure!(
+        uncached.is_empty(),
+        "steps not from the cache: {uncached:#?}\n{log}"
+    );
+    check_images_run(&offline)?;
+    Ok(())
+}
+
+#[test]
+fn a_damaged_bundle_is_refused_before_anything_is_loaded() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("online-damage", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("offline-damage", EngineOptions::default())?;
+    let sh = online.shell()?;
+    let (_tmp, root) = temp_dir(&sh)?;
+    let src = root.join("release");
+    write_fixture(&src)?;
+    xtask(&sh, &src, &["cache-export"])?;
+    let bundle = src.join("docker-build-cache");
+    let blob = support_first_blob(&bundle)?;
+
+    type Damage = fn(&Utf8Path) -> anyhow::Result<()>;
+    let cases: [(&str, String, Damage); 3] = [
+        ("flipped byte", "base-images.tar".into(), |p| {
+            let mut bytes = std::fs::read(p)?;
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x01;
+            Ok(std::fs::write(p, bytes)?)
+        }),
+        ("truncated", blob.clone(), |p| {
+            let bytes = std::fs::read(p)?;
+            Ok(std::fs::write(p, &bytes[..bytes.len() / 2])?)
+        }),
+        ("missing", "import-build-cache.sh".into(), |p| {
+            Ok(std::fs::remove_file(p)?)
+        }),
+    ];
+    let offline_sh = offline.shell()?;
+    for (what, file, damage) in cases {
+        let server = root.join(format!("server-{}", what.replace(' ', "-")));
+        copy_tree(&sh, &src, &server)?;
+        damage(&server.join("docker-build-cache").join(&file))?;
+        let err = xtask(&offline_sh, &server, &["cache-import"])
+            .err()
+            .with_context(|| format!("{what}: the import succeeded"))?;
+        let err = format!("{err:#}");
+        ensure!(
+            err.contains(&file),
+            "{what}: the error does not name {file}:\n{err}"
+        );
+        let images = cmd!(offline_sh, "docker images -q").read()?;
+        ensure!(images.is_empty(), "{what}: images were loaded: {images}");
+    }
+    Ok(())
+}
+
+fn support_first_blob(bundle: &Utf8Path) -> anyhow::Result<String> {
+    let dir = bundle.join("build-cache/api/blobs/sha256");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let name = names.first().with_context(|| format!("no blob in {dir}"))?;
+    Ok(format!("build-cache/api/blobs/sha256/{name}"))
+}
+
+#[test]
+fn an_interrupted_export_leaves_no_bundle_that_verifies() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("online-kill", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let sh = online.shell()?;
+    let (_tmp, root) = temp_dir(&sh)?;
+    let src = root.join("release");
+    write_fixture(&src)?;
+    // A first, complete export; then exports killed at several points (the whole process
+    // group, as Ctrl-C or a dying session would) must leave either no bundle that
+    // verifies, or the previous bundle whole.
+    xtask(&sh, &src, &["cache-export"])?;
+    let previous = std::fs::read(src.join("docker-build-cache/manifest.yaml"))?;
+    std::fs::write(src.join("api/hello.txt"), "changed\n")?;
+    let bin = xtask_bin();
+    for delay_ms in [500u64, 2500, 5000] {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::from(
+            cmd!(sh, "{bin} -f {src}/compose.yaml cache-export").quiet(),
+        );
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        let mut child = command.spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait()?.is_some() {
+            continue;
+        }
+        let group = format!("-{}", child.id());
+        cmd!(sh, "kill -KILL -- {group}").quiet().run()?;
+        child.wait()?;
+        let verify = {
+            let _cd = sh.push_dir(&src);
+            cmd!(sh, "{bin} cache-verify")
+                .ignore_status()
+                .quiet()
+                .output()?
+        };
+        if verify.status.success() {
+            let now = std::fs::read(src.join("docker-build-cache/manifest.yaml"))?;
+            ensure!(
+                now == previous,
+                "after an export killed at {delay_ms} ms a bundle verifies that is not the previous one"
+            );
+        }
+    }
+    xtask(&sh, &src, &["cache-export"]).context("the export after a killed one")?;
+    xtask(&sh, &src, &["cache-verify"])?;
+    Ok(())
+}
+
+#[test]
+fn uncached_steps_are_found_in_a_plain_log() {
+    let log = "\
+#5 [api 2/3] RUN sleep 2
+#5 CACHED
+#6 [web builder 2/2] RUN sleep 2
+#6 0.2 running
+#6 DONE 2.1s
+#7 [web final 2/3] COPY --from=builder /out.txt /out.txt
+#7 CACHED
+";
+    assert_eq!(uncached_steps(log), vec!["[web builder 2/2] RUN sleep 2"]);
+}
+
+/// The legacy strategy: cache images per stage for the classic builder. Compose v2 does
+/// not pass `cache_from` to the classic builder (its classic build options have no
+/// CacheFrom), so the offline build here is what compose v1 and plain `docker build` do
+/// with the patched compose file's `cache_from`: the classic builder with `--cache-from`.
+#[test]
+fn legacy_strategy_cache_images_serve_the_classic_builder_offline() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("online-legacy", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("offline-legacy", EngineOptions::default())?;
+    let sh = online.shell()?;
+    let (_tmp, root) = temp_dir(&sh)?;
+    let src = root.join("release");
+    write_fixture(&src)?;
+    xtask(&sh, &src, &["cache-export", "--strategy", "legacy"])?;
+    let server = root.join("server");
+    copy_tree(&sh, &src, &server)?;
+    let offline_sh = offline.shell()?;
+    xtask(&offline_sh, &server, &["cache-import"])?;
+    xtask(&offline_sh, &server, &["patch-compose"])?;
+
+    let _cd = offline_sh.push_dir(&server);
+    let config = cmd!(offline_sh, "docker compose config --format json").read()?;
+    let config: serde_json::Value = serde_json::from_str(&config)?;
+    for (service, tag) in [("api", "fixture-api:latest"), ("web", "fixture-web:latest")] {
+        let build = &config["services"][service]["build"];
+        let context = build["context"].as_str().context("context")?;
+        let mut args: Vec<String> = Vec::new();
+        for cache in build["cache_from"].as_array().context("cache_from")? {
+            args.extend([
+                "--cache-from".into(),
+                cache.as_str().unwrap_or_default().into(),
+            ]);
+        }
+        if let Some(target) = build["target"].as_str() {
+            args.extend(["--target".into(), target.into()]);
+        }
+        let out = cmd!(offline_sh, "docker build {args...} -t {tag} {context}")
+            .env("DOCKER_BUILDKIT", "0")
+            .ignore_status()
+            .output()?;
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(out.status.success(), "{service}: build failed:\n{log}");
+        let lines: Vec<&str> = log.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.contains(" : RUN ") || line.contains(" : COPY ") {
+                ensure!(
+                    lines
+                        .get(i + 1)
+                        .is_some_and(|next| next.contains("Using cache")),
+                    "{service}: `{line}` did not come from the cache:\n{log}"
+                );
+            }
+        }
+    }
+    check_images_run(&offline)?;
+    Ok(())
+}

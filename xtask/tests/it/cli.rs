@@ -1,0 +1,315 @@
+//! The built binary against temporary projects: what users see, exit codes included.
+//! 1 for bad input (with a message naming the file), 2 for usage errors.
+
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::{cmd, Shell};
+
+use crate::support::repo_root;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn xtask(dir: &Utf8Path, args: &[&str]) -> Run {
+    let sh = Shell::new().unwrap();
+    sh.change_dir(dir);
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let out = cmd!(sh, "{bin} {args...}")
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .ignore_status()
+        .quiet()
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A fresh project folder with the given files.
+fn project(files: &[(&str, &str)]) -> (tempdir::Dir, Utf8PathBuf) {
+    let dir = tempdir::Dir::new();
+    let root = dir.path().to_path_buf();
+    for (path, text) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    (dir, root)
+}
+
+mod tempdir {
+    use camino::{Utf8Path, Utf8PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub struct Dir(Utf8PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let path = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap()).join(format!(
+                "xtask-cli-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+        pub fn path(&self) -> &Utf8Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn cache_plan_shows_the_repositorys_three_base_images() {
+    let root = repo_root();
+    let run = xtask(&root, &["cache-plan", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        plan["base_images"],
+        serde_json::json!(["nginx:alpine", "node:18-alpine", "python:3.9-slim"])
+    );
+    assert_eq!(plan["project_name"], "llm-chat");
+    assert_eq!(plan["compose_file"], root.join("docker-compose.yml").as_str());
+    let backend = &plan["build_services"][0];
+    assert_eq!(backend["name"], "backend");
+    assert_eq!(backend["context"], root.join("backend").as_str());
+    assert_eq!(backend["dockerfile"], root.join("backend/Dockerfile").as_str());
+    assert_eq!(backend["base_images"], serde_json::json!(["python:3.9-slim"]));
+    assert!(backend["python_requirements"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(root.join("backend/requirements.txt").as_str())));
+    assert_eq!(
+        plan["build_services"][1]["node_lockfiles"],
+        serde_json::json!([root.join("frontend/package-lock.json").as_str()])
+    );
+    assert_eq!(
+        plan["image_services"],
+        serde_json::json!([{"name": "nginx", "image": "nginx:alpine"}])
+    );
+
+    let table = xtask(&root.join("backend"), &["cache-plan"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    for image in ["nginx:alpine", "node:18-alpine", "python:3.9-slim"] {
+        assert!(table.stdout.contains(image), "{}", table.stdout);
+    }
+}
+
+#[test]
+fn compose_file_is_found_upwards_in_compose_order() {
+    let (_d, root) = project(&[
+        ("compose.yaml", "services:\n  a:\n    image: first:1\n"),
+        ("docker-compose.yml", "services:\n  b:\n    image: second:1\n"),
+        ("sub/dir/.keep", ""),
+    ]);
+    let run = xtask(&root.join("sub/dir"), &["cache-plan", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("first:1"), "{}", run.stdout);
+    assert!(!run.stdout.contains("second:1"), "{}", run.stdout);
+}
+
+#[test]
+fn a_git_context_is_listed_with_a_warning_and_the_rest_goes_on() {
+    let (_d, root) = project(&[
+        (
+            "compose.yaml",
+            "services:\n  remote:\n    build: https://github.com/example/app.git#main\n  \
+             local:\n    build: ./local\n",
+        ),
+        ("local/Dockerfile", "FROM alpine:3.20\n"),
+    ]);
+    let run = xtask(&root, &["cache-plan", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("warning: service remote"), "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["remote_build_services"][0]["name"], "remote");
+    assert_eq!(plan["base_images"], serde_json::json!(["alpine:3.20"]));
+}
+
+#[test]
+fn bad_input_exits_1_with_a_message_naming_the_place() {
+    let check = |files: &[(&str, &str)], expected: &[&str]| {
+        let (_d, root) = project(files);
+        let run = xtask(&root, &["cache-plan"]);
+        assert_eq!(run.code, 1, "stderr: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        for text in expected {
+            assert!(run.stderr.contains(text), "{text:?} not in {}", run.stderr);
+        }
+    };
+    check(
+        &[("compose.yaml", "services:\n  a:\n    image: [unclosed\n")],
+        &["compose.yaml:"],
+    );
+    check(
+        &[("compose.yaml", "services:\n  a:\n    build: ./missing\n")],
+        &["service a", "missing"],
+    );
+    check(
+        &[
+            ("compose.yaml", "services:\n  a:\n    build: ./a\n"),
+            ("a/Dockerfile", "RUN echo no from\n"),
+        ],
+        &["service a", "FROM"],
+    );
+    check(
+        &[
+            ("compose.yaml", "services:\n  a:\n    build: ./a\n"),
+            ("a/Dockerfile", "ARG BASE\nFROM ${BASE}\n"),
+        ],
+        &["service a", "BASE"],
+    );
+    check(
+        &[
+            ("compose.yaml", "services:\n  a:\n    build: ./a\n"),
+            (
+                "a/Dockerfile",
+                "FROM alpine AS one\nCOPY --from=two /x /x\nFROM alpine AS two\nCOPY --from=one /y /y\n",
+            ),
+        ],
+        &["service a", "cycle"],
+    );
+    check(
+        &[("compose.yaml", "services:\n  a:\n    image: ${TAG:?set TAG first}\n")],
+        &["TAG", "set TAG first"],
+    );
+    check(
+        &[(
+            "compose.yaml",
+            "services:\n  a:\n    build:\n      context: .\n      dockerfile: Dockerfile\n      \
+             dockerfile_inline: FROM alpine\n",
+        )],
+        &["a", "dockerfile_inline"],
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_has_examples() {
+    let root = repo_root();
+    let run = xtask(&root, &["cache-plan", "--no-such-flag"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let run = xtask(&root, &["no-such-command"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    for command in [
+        "cache-plan",
+        "cache-export",
+        "cache-import",
+        "cache-verify",
+        "cache-status",
+        "patch-compose",
+    ] {
+        let help = xtask(&root, &[command, "--help"]);
+        assert_eq!(help.code, 0, "{command}: {}", help.stderr);
+        assert!(
+            help.stdout.contains("Examples:") && help.stdout.contains("cargo xtask"),
+            "{command} --help has no example:\n{}",
+            help.stdout
+        );
+    }
+}
+
+#[test]
+fn patch_compose_from_the_plan_is_idempotent_and_reverts_to_the_byte() {
+    let compose = "# the app\r\nservices:\r\n  web:   # front\r\n    build: ./web\r\n    image: web:1\r\n";
+    let (_d, root) = project(&[
+        ("compose.yaml", compose),
+        ("web/Dockerfile", "FROM alpine:3.20\nRUN echo hi\n"),
+    ]);
+    let patch = xtask(&root, &["patch-compose", "--strategy", "local"]);
+    assert_eq!(patch.code, 0, "{}", patch.stderr);
+    let patched = std::fs::read_to_string(root.join("compose.yaml")).unwrap();
+    assert!(patched.contains(&format!(
+        "type=local,src={}",
+        root.join("docker-build-cache/build-cache/web")
+    )));
+    assert!(patched.contains("# the app\r\n"), "{patched:?}");
+
+    let check = xtask(&root, &["patch-compose", "--check", "--strategy", "local"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    let again = xtask(&root, &["patch-compose", "--strategy", "local"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(std::fs::read_to_string(root.join("compose.yaml")).unwrap(), patched);
+
+    let revert = xtask(&root, &["patch-compose", "--revert"]);
+    assert_eq!(revert.code, 0, "{}", revert.stderr);
+    assert_eq!(std::fs::read_to_string(root.join("compose.yaml")).unwrap(), compose);
+    let check = xtask(&root, &["patch-compose", "--check", "--strategy", "local"]);
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    let diff = xtask(&root, &["patch-compose", "--diff", "--strategy", "local"]);
+    assert_eq!(diff.code, 0, "{}", diff.stderr);
+    assert!(diff.stdout.contains("+      cache_from:"), "{}", diff.stdout);
+    assert_eq!(std::fs::read_to_string(root.join("compose.yaml")).unwrap(), compose);
+}
+
+#[test]
+fn verify_names_each_bad_file_without_docker() {
+    let (_d, root) = project(&[("compose.yaml", "services: {}\n")]);
+    let bundle = root.join("docker-build-cache");
+    std::fs::create_dir_all(bundle.join("build-cache/a")).unwrap();
+    std::fs::write(bundle.join("one.bin"), b"hello").unwrap();
+    std::fs::write(bundle.join("build-cache/a/index.json"), b"{}").unwrap();
+    let sha = |b: &[u8]| {
+        use sha2::Digest;
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    let files = [("build-cache/a/index.json", &b"{}"[..]), ("one.bin", &b"hello"[..])];
+    let mut manifest = String::from(
+        "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
+         project_name: p\nengine: {server_version: '26', arch: amd64, containerd_store: true}\n\
+         strategy: local\ncompression: none\nimages: []\nservices: []\nfiles:\n",
+    );
+    let mut sums = String::new();
+    for (path, bytes) in files {
+        manifest.push_str(&format!(
+            "- path: {path}\n  size: {}\n  sha256: {}\n",
+            bytes.len(),
+            sha(bytes)
+        ));
+        sums.push_str(&format!("{}  {path}\n", sha(bytes)));
+    }
+    std::fs::write(bundle.join("manifest.yaml"), &manifest).unwrap();
+    std::fs::write(bundle.join("SHA256SUMS"), &sums).unwrap();
+    let ok = xtask(&root, &["cache-verify"]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+
+    std::fs::write(bundle.join("one.bin"), b"hellO").unwrap();
+    std::fs::remove_file(bundle.join("build-cache/a/index.json")).unwrap();
+    std::fs::write(bundle.join("stray.txt"), b"?").unwrap();
+    let bad = xtask(&root, &["cache-verify", "--json"]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(bad.stderr.contains(&format!("one.bin: sha256 {}", sha(b"hellO"))), "{}", bad.stderr);
+    assert!(bad.stderr.contains(&format!("expected {}", sha(b"hello"))), "{}", bad.stderr);
+    assert!(bad.stderr.contains("build-cache/a/index.json: missing"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("warning: stray.txt"), "{}", bad.stderr);
+    let report: serde_json::Value = serde_json::from_str(&bad.stdout).unwrap();
+    assert_eq!(report["problems"].as_array().unwrap().len(), 2);
+
+    // A future format is refused with what to do.
+    std::fs::write(
+        bundle.join("manifest.yaml"),
+        manifest.replace("format_version: 1", "format_version: 7"),
+    )
+    .unwrap();
+    let future = xtask(&root, &["cache-verify"]);
+    assert_eq!(future.code, 1);
+    assert!(future.stderr.contains("format version 7"), "{}", future.stderr);
+    // SHA256SUMS that disagrees with the manifest.
+    std::fs::write(bundle.join("manifest.yaml"), &manifest).unwrap();
+    std::fs::write(bundle.join("SHA256SUMS"), sums.lines().next().unwrap()).unwrap();
+    let disagree = xtask(&root, &["cache-verify"]);
+    assert_eq!(disagree.code, 1);
+    assert!(disagree.stderr.contains("disagree"), "{}", disagree.stderr);
+}

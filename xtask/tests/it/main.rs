@@ -1,0 +1,11 @@
+//! The integration tests of `cargo xtask`: one test crate, one binary.
+//!
+//! The Docker suite (private engines, stand-in base images, real builds) runs only with
+//! `XTASK_DOCKER_TESTS=1`; see `support/mod.rs`.
+
+mod support;
+
+mod app_stack;
+mod bundle_e2e;
+mod cli;
+mod docker_smoke;
