@@ -267,7 +267,26 @@ fn a_damaged_bundle_is_refused_before_anything_is_loaded() -> anyhow::Result<()>
         );
         let images = cmd!(offline_sh, "docker images -q").read()?;
         ensure!(images.is_empty(), "{what}: images were loaded: {images}");
+        // The POSIX script refuses the same bundle (unless it is the missing one).
+        let script = server.join("docker-build-cache/import-build-cache.sh");
+        if script.exists() {
+            let out = cmd!(offline_sh, "sh {script}").ignore_status().quiet().output()?;
+            ensure!(!out.status.success(), "{what}: import-build-cache.sh accepted the bundle");
+            let images = cmd!(offline_sh, "docker images -q").read()?;
+            ensure!(images.is_empty(), "{what}: the script loaded images: {images}");
+        }
     }
+
+    // An intact bundle: the generated script is shellcheck-clean and imports it on an
+    // empty engine, where Rust is not needed.
+    let script = bundle.join("import-build-cache.sh");
+    cmd!(sh, "shellcheck --shell=sh {script}").run()?;
+    let server = root.join("server-script");
+    copy_tree(&sh, &src, &server)?;
+    let script = server.join("docker-build-cache/import-build-cache.sh");
+    cmd!(offline_sh, "sh {script}").quiet().run()?;
+    let loaded = cmd!(offline_sh, "docker images --quiet busybox:latest").read()?;
+    ensure!(!loaded.is_empty(), "the script did not load busybox:latest");
     Ok(())
 }
 
