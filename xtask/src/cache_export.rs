@@ -31,7 +31,7 @@ use crate::{npm_cache, wheelhouse};
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  cargo xtask cache-export\n  \
     cargo xtask cache-export --only base-images,build-cache --compression zstd\n  \
-    cargo xtask cache-export --strategy legacy --output /mnt/usb/docker-build-cache")]
+    cargo xtask cache-export --strategy inline --output /mnt/usb/docker-build-cache")]
 pub struct Args {
     /// Bundle folder to write (default: docker-build-cache/ beside the compose file)
     #[arg(short, long, value_name = "DIR")]
@@ -193,7 +193,7 @@ impl Args {
                 match strategy {
                     Strategy::Local => build_local(&docker, &project, service, entry, &staging)?,
                     Strategy::Inline | Strategy::Legacy => {
-                        build_cache_images(&docker, &project, service, strategy, entry)?;
+                        build_cache_images(&docker, &project, service, strategy, entry, &staging)?;
                         cache_images.extend(entry.cache_images.iter().cloned());
                     }
                 }
@@ -489,6 +489,7 @@ fn build_cache_images(
     service: &BuildService,
     strategy: Strategy,
     entry: &mut ServiceEntry,
+    staging: &Utf8Path,
 ) -> anyhow::Result<()> {
     let Some(dockerfile) = &service.dockerfile else {
         bail!(
@@ -500,7 +501,12 @@ fn build_cache_images(
     let args: Vec<(String, String)> = service.args.clone().into_iter().collect();
     let mut cache_from: Vec<String> = Vec::new();
     let mut tags = Vec::new();
-    let stages = named_stages(service);
+    let stages = named_stages(service, entry);
+    let contexts: Vec<(String, Utf8PathBuf)> = entry
+        .contexts
+        .iter()
+        .map(|(name, rel)| (name.clone(), staging.join(rel)))
+        .collect();
     for (i, stage) in stages.iter().enumerate() {
         let last = i + 1 == stages.len();
         let tag = cache_image_name(
@@ -521,6 +527,7 @@ fn build_cache_images(
             tag: &tag,
             args: &args,
             cache_from: &cache_from,
+            contexts: &contexts,
         };
         match strategy {
             Strategy::Legacy => docker.build_legacy(&build),
@@ -535,12 +542,15 @@ fn build_cache_images(
 }
 
 /// The stages to tag: every named stage before the last, then the last one.
-fn named_stages(service: &BuildService) -> Vec<String> {
+/// Stages replaced by a build context (`FROM scratch AS wheels`) have nothing to cache.
+fn named_stages(service: &BuildService, entry: &ServiceEntry) -> Vec<String> {
     let mut stages: Vec<String> = Vec::new();
     let count = service.stages.len();
     for (i, stage) in service.stages.iter().enumerate() {
         let named = stage.parse::<usize>().is_err();
-        if i + 1 == count || named {
+        let replaced = entry.contexts.contains_key(stage)
+            || [WHEELS_CONTEXT, NPM_CONTEXT].contains(&stage.as_str());
+        if i + 1 == count || (named && !replaced) {
             stages.push(stage.clone());
         }
     }

@@ -17,7 +17,7 @@ use xshell::Shell;
 use crate::bundle::{self, human_bytes, BundleLock};
 use crate::cache_verify::{verify_bundle, BundleArg};
 use crate::docker::Docker;
-use crate::model::manifest::{Compression, Manifest};
+use crate::model::manifest::{Compression, Manifest, Strategy};
 use crate::project::ProjectArgs;
 
 /// Verify a bundle and load it into the Docker engine
@@ -59,6 +59,20 @@ impl Args {
             bail!("nothing was imported from {dir}: it does not verify (files named above)");
         }
         let manifest = bundle::read_manifest(&dir)?;
+        match (manifest.strategy, engine.containerd_store) {
+            (Strategy::Local, false) => eprintln!(
+                "warning: the bundle's build cache is BuildKit `type=local` (exported from a \
+                 containerd image store), which this engine's classic store cannot read: the \
+                 images load, but builds will not use that cache. Export again with \
+                 --strategy inline for this engine, or enable its containerd image store"
+            ),
+            (Strategy::Inline, true) => eprintln!(
+                "warning: the bundle's cache images carry inline cache, which BuildKit on this \
+                 engine's containerd image store looks up in a registry: builds will not use \
+                 it offline. Export again with --strategy local for this engine"
+            ),
+            _ => {}
+        }
 
         let mut present = Vec::new();
         let mut to_load = Vec::new();

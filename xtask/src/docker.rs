@@ -205,6 +205,8 @@ pub struct StageBuild<'p> {
     pub tag: &'p str,
     pub args: &'p [(String, String)],
     pub cache_from: &'p [String],
+    /// Named build contexts (`--build-context name=dir`); BuildKit only.
+    pub contexts: &'p [(String, camino::Utf8PathBuf)],
 }
 
 impl Docker<'_> {
@@ -222,6 +224,14 @@ impl Docker<'_> {
         }
         for c in b.cache_from {
             extra.extend(["--cache-from".to_string(), c.clone()]);
+        }
+        if !b.contexts.is_empty() {
+            let names: Vec<&str> = b.contexts.iter().map(|(n, _)| n.as_str()).collect();
+            bail!(
+                "the classic builder cannot take build contexts ({}); export with --strategy \
+                 local or inline, or leave the dependency caches out with --only",
+                names.join(", ")
+            );
         }
         cmd!(
             sh,
@@ -247,6 +257,9 @@ impl Docker<'_> {
         }
         for c in b.cache_from {
             extra.extend(["--cache-from".to_string(), c.clone()]);
+        }
+        for (name, dir) in b.contexts {
+            extra.extend(["--build-context".to_string(), format!("{name}={dir}")]);
         }
         cmd!(
             sh,

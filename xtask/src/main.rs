@@ -6,6 +6,7 @@
 //! The models of the compose file, the Dockerfiles and the bundle live in `model/` and do
 //! no I/O; `docker.rs` is the only module that spells `docker`.
 
+mod bench;
 mod bundle;
 mod cache_export;
 mod cache_import;
@@ -53,6 +54,7 @@ enum Command {
     CacheVerify(cache_verify::Args),
     CacheStatus(cache_status::Args),
     PatchCompose(patch_compose::Args),
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,5 +78,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CacheVerify(args) => args.run(&sh, project),
         Command::CacheStatus(args) => args.run(&sh, project),
         Command::PatchCompose(args) => args.run(&sh, project),
+        Command::Bench(args) => args.run(&sh, project),
     }
 }

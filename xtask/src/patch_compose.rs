@@ -59,14 +59,26 @@ impl Args {
         } else {
             let plan = Plan::build(&project.model, &project.name, &RealFs)?;
             let manifest = bundle::read_manifest(&bundle_dir).ok();
-            let strategy = match (&manifest, self.strategy) {
-                (Some(m), _) => m.strategy,
-                (None, Some(s)) => s,
-                (None, None) => match Docker::new(sh).probe() {
-                    Ok(engine) => choose_strategy(&engine, None)?,
-                    Err(_) => Strategy::Local,
-                },
+            let engine = Docker::new(sh).probe().ok();
+            let strategy = match (&manifest, self.strategy, &engine) {
+                (Some(m), _, _) => m.strategy,
+                (None, Some(s), _) => s,
+                (None, None, Some(engine)) => choose_strategy(engine, None)?,
+                (None, None, None) => Strategy::Local,
             };
+            let mut local_cache = true;
+            if let (Strategy::Local, Some(engine)) = (strategy, &engine) {
+                if !engine.containerd_store {
+                    local_cache = false;
+                    eprintln!(
+                        "warning: this engine uses the classic image store, whose docker driver \
+                         cannot read a `type=local` cache: leaving the build-cache folders out of \
+                         cache_from (the builds would fail on them). Export with --strategy inline \
+                         for this engine, or enable the containerd image store \
+                         (\"features\": {{\"containerd-snapshotter\": true}} in daemon.json)"
+                    );
+                }
+            }
             if strategy == Strategy::Legacy {
                 eprintln!(
                     "warning: strategy legacy: the cache images serve the classic builder through \
@@ -82,7 +94,8 @@ impl Args {
                     strategy.as_str()
                 );
             }
-            let patches = offline_patches(&plan, &bundle_dir, manifest.as_ref(), strategy);
+            let patches =
+                offline_patches(&plan, &bundle_dir, manifest.as_ref(), strategy, local_cache);
             compose_patch::apply(&original, &patches).with_context(|| format!("patching {file}"))?
         };
         let verb = if self.revert { "reverted" } else { "patched" };
@@ -126,6 +139,7 @@ pub fn offline_patches(
     bundle_dir: &Utf8Path,
     manifest: Option<&Manifest>,
     strategy: Strategy,
+    local_cache: bool,
 ) -> Vec<ServicePatch> {
     plan.build_services
         .iter()
@@ -133,12 +147,17 @@ pub fn offline_patches(
             let entry = manifest.and_then(|m| m.services.iter().find(|s| s.name == service.name));
             let mut cache_from = Vec::new();
             match strategy {
-                Strategy::Local => {
-                    let rel = entry
-                        .and_then(|e| e.build_cache.clone())
-                        .unwrap_or_else(|| format!("build-cache/{}", service.name));
-                    cache_from.push(format!("type=local,src={}", bundle_dir.join(rel)));
+                Strategy::Local if local_cache => {
+                    // From a bundle, only what it holds (`--only` may have left it out).
+                    let rel = match manifest {
+                        Some(_) => entry.and_then(|e| e.build_cache.clone()),
+                        None => Some(format!("build-cache/{}", service.name)),
+                    };
+                    if let Some(rel) = rel {
+                        cache_from.push(format!("type=local,src={}", bundle_dir.join(rel)));
+                    }
                 }
+                Strategy::Local => {}
                 Strategy::Inline | Strategy::Legacy => {
                     match entry.filter(|e| !e.cache_images.is_empty()) {
                         Some(e) => cache_from.extend(e.cache_images.iter().cloned()),

@@ -156,9 +156,16 @@ impl Plan {
             );
             all_images.extend(resolved.base_images.iter().cloned());
 
+            // A requirements file the .dockerignore leaves out cannot be installed by the
+            // build (requirements-dev.txt, typically): it is not the image's dependency.
+            let ignore = fs
+                .read(&context.join(".dockerignore"))
+                .map(|text| DockerIgnore::parse(&text))
+                .unwrap_or_default();
             let roots: Vec<Utf8PathBuf> = files
                 .iter()
                 .filter(|f| f.starts_with("requirements") && f.ends_with(".txt"))
+                .filter(|f| !ignore.excludes(f))
                 .map(|f| context.join(f))
                 .collect();
             let read = |p: &Utf8Path| fs.read(p);
@@ -171,7 +178,7 @@ impl Plan {
             };
             let node_lockfiles = files
                 .iter()
-                .filter(|f| *f == "package-lock.json")
+                .filter(|f| *f == "package-lock.json" && !ignore.excludes(f))
                 .map(|f| context.join(f))
                 .collect();
             plan.build_services.push(BuildService {
@@ -190,5 +197,98 @@ impl Plan {
         }
         plan.base_images = all_images.into_iter().collect();
         Ok(plan)
+    }
+}
+
+/// The patterns of a `.dockerignore`, enough to tell whether a file at the context's root
+/// reaches the build: `*`, `?` and `**` globs, `!` exceptions, the last match wins.
+#[derive(Debug, Default)]
+pub struct DockerIgnore {
+    patterns: Vec<(bool, String)>,
+}
+
+impl DockerIgnore {
+    pub fn parse(text: &str) -> DockerIgnore {
+        let patterns = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| match l.strip_prefix('!') {
+                Some(rest) => (
+                    false,
+                    rest.trim()
+                        .trim_start_matches("./")
+                        .trim_start_matches('/')
+                        .to_string(),
+                ),
+                None => (
+                    true,
+                    l.trim_start_matches("./")
+                        .trim_start_matches('/')
+                        .to_string(),
+                ),
+            })
+            .collect();
+        DockerIgnore { patterns }
+    }
+
+    /// Whether `path` (relative to the context, `/`-separated) is left out of the build.
+    pub fn excludes(&self, path: &str) -> bool {
+        let mut excluded = false;
+        for (exclude, pattern) in &self.patterns {
+            if glob(pattern.trim_end_matches('/'), path) {
+                excluded = *exclude;
+            }
+        }
+        excluded
+    }
+}
+
+/// `*` and `?` within a path segment, `**` across segments.
+fn glob(pattern: &str, text: &str) -> bool {
+    fn rec(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) if rest.first() == Some(&b'*') => {
+                let rest = rest[1..].strip_prefix(b"/").unwrap_or(&rest[1..]);
+                (0..=t.len()).any(|i| rec(rest, &t[i..]))
+            }
+            Some((b'*', rest)) => {
+                let stop = t.iter().position(|&c| c == b'/').unwrap_or(t.len());
+                (0..=stop).any(|i| rec(rest, &t[i..]))
+            }
+            Some((b'?', rest)) => t.first().is_some_and(|&c| c != b'/') && rec(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && rec(rest, &t[1..]),
+        }
+    }
+    rec(pattern.as_bytes(), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerignore_decides_which_manifests_reach_the_build() {
+        let check = |ignore: &str, path: &str, expected: bool| {
+            assert_eq!(
+                DockerIgnore::parse(ignore).excludes(path),
+                expected,
+                "{ignore:?} {path}"
+            )
+        };
+        check("requirements-dev.txt\n", "requirements-dev.txt", true);
+        check("requirements-dev.txt\n", "requirements.txt", false);
+        check("requirements-*.txt\n", "requirements-test.txt", true);
+        check("*.txt\n!requirements.txt\n", "requirements.txt", false);
+        check("*.txt\n!requirements.txt\n", "requirements-dev.txt", true);
+        check(
+            "# comment\n./requirements-dev.txt\n",
+            "requirements-dev.txt",
+            true,
+        );
+        check("**/*.txt\n", "requirements.txt", true);
+        check("node_modules\n", "package-lock.json", false);
+        check("", "package-lock.json", false);
     }
 }

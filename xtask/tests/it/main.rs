@@ -9,3 +9,4 @@ mod app_stack;
 mod bundle_e2e;
 mod cli;
 mod docker_smoke;
+mod offline_rebuild;

@@ -1,0 +1,215 @@
+//! The reason people rebuild offline: something changed. The repository's real application
+//! (stand-in base images under the real names) is exported on an "online" private engine;
+//! on an "offline" one, which has no way out, the bundle is imported, the compose file
+//! patched, one line of backend and one of frontend code changed: `docker compose build`
+//! succeeds, the dependency layers come from the cache and the code layers rebuild; then
+//! `--no-cache` also succeeds (the wheelhouse and the npm cache alone are enough), and the
+//! stack answers `/api/health` through nginx. A requirement changed to a version the
+//! wheelhouse lacks is named by `cache-status` (exit 1) and by the build's error.
+
+use anyhow::{ensure, Context};
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::cmd;
+
+use crate::bundle_e2e::{uncached_steps, xtask};
+use crate::support::{self, repo_root, standins, EngineOptions};
+
+/// Copies the application (not node_modules, virtualenvs or build output) to `to`.
+fn copy_application(to: &Utf8Path) -> anyhow::Result<()> {
+    fn walk(from: &Utf8Path, to: &Utf8Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in from.read_dir_utf8()? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if matches!(
+                name,
+                "node_modules"
+                    | ".venv"
+                    | ".next"
+                    | "out"
+                    | ".test-build"
+                    | "__pycache__"
+                    | ".pytest_cache"
+                    | "docker-build-cache"
+                    | "data"
+            ) || name.ends_with(".db")
+            {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(entry.path(), &to.join(name))?;
+            } else if kind.is_file() {
+                std::fs::copy(entry.path(), to.join(name))?;
+            }
+        }
+        Ok(())
+    }
+    let root = repo_root();
+    for dir in ["backend", "frontend", "nginx"] {
+        walk(&root.join(dir), &to.join(dir))?;
+    }
+    std::fs::copy(
+        root.join("docker-compose.yml"),
+        to.join("docker-compose.yml"),
+    )?;
+    Ok(())
+}
+
+fn append_line(path: &Utf8Path, line: &str) -> anyhow::Result<()> {
+    let mut text = std::fs::read_to_string(path)?;
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// The step of a plain log whose text contains `needle`, and whether it came from cache.
+fn step_cached(log: &str, needle: &str) -> Option<bool> {
+    let uncached = uncached_steps(log);
+    let seen = log
+        .lines()
+        .any(|l| l.starts_with('#') && l.contains(needle));
+    seen.then(|| !uncached.iter().any(|s| s.contains(needle)))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[test]
+fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("online-app", EngineOptions::default())?;
+    standins::load_standins(&online).context("loading the stand-in base images")?;
+    let offline = suite.engine("offline-app", EngineOptions::default())?;
+    let online_sh = online.shell()?;
+    let tmp = online_sh.create_temp_dir()?;
+    let root = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf())
+        .map_err(|p| anyhow::anyhow!("non-UTF-8 temp dir {}", p.display()))?;
+    let release = root.join("release");
+    copy_application(&release).context("copying the application")?;
+    xtask(&online_sh, &release, &["cache-export"]).context("export of the application")?;
+    let manifest = std::fs::read_to_string(release.join("docker-build-cache/manifest.yaml"))?;
+    for part in [
+        "pip-cache/backend",
+        "npm-cache/frontend",
+        "build-cache/backend",
+    ] {
+        ensure!(
+            manifest.contains(part),
+            "the manifest has no {part}:\n{manifest}"
+        );
+    }
+
+    let server = root.join("server");
+    cmd!(online_sh, "cp -a {release} {server}").quiet().run()?;
+    let sh = offline.shell()?;
+    xtask(&sh, &server, &["cache-import", "--no-host-caches"])?;
+    xtask(&sh, &server, &["patch-compose"])?;
+    let status = xtask(&sh, &server, &["cache-status"])?;
+    ensure!(status.contains("fresh"), "{status}");
+
+    append_line(
+        &server.join("backend/app/main.py"),
+        "# changed on the offline server",
+    )?;
+    append_line(
+        &server.join("frontend/app/page.tsx"),
+        "// changed on the offline server",
+    )?;
+    let _cd = sh.push_dir(&server);
+    let out = cmd!(sh, "docker compose build --progress plain")
+        .ignore_status()
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(out.status.success(), "the offline rebuild failed:\n{log}");
+    ensure!(
+        step_cached(&log, "pip install") == Some(true),
+        "pip install was not cached:\n{log}"
+    );
+    ensure!(
+        step_cached(&log, "npm ci") == Some(true),
+        "npm ci was not cached:\n{log}"
+    );
+    ensure!(
+        step_cached(&log, "COPY app") == Some(false),
+        "the backend code did not rebuild:\n{log}"
+    );
+    ensure!(
+        step_cached(&log, "npm run build") == Some(false),
+        "the frontend code did not rebuild:\n{log}"
+    );
+
+    let out = cmd!(sh, "docker compose build --no-cache --progress plain")
+        .ignore_status()
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "the offline --no-cache build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = free_port()?.to_string();
+    let up = cmd!(sh, "docker compose up -d --wait --wait-timeout 120")
+        .env("HTTP_PORT", &port)
+        .ignore_status()
+        .output()?;
+    let health = support::http_get(&format!("127.0.0.1:{port}"), "/api/health");
+    let page = support::http_get(&format!("127.0.0.1:{port}"), "/");
+    let logs = cmd!(sh, "docker compose logs --no-color")
+        .ignore_status()
+        .read()
+        .unwrap_or_default();
+    cmd!(sh, "docker compose down --volumes")
+        .env("HTTP_PORT", &port)
+        .ignore_status()
+        .quiet()
+        .run()?;
+    ensure!(
+        up.status.success(),
+        "compose up failed: {}\n{logs}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let health = health?;
+    ensure!(
+        health.contains("200 OK") && health.contains(r#""status":"ok""#),
+        "{health}\n{logs}"
+    );
+    ensure!(
+        page?.contains("200 OK"),
+        "the frontend's page was not served\n{logs}"
+    );
+
+    // A pin the wheelhouse lacks: cache-status names it before the build; the build fails
+    // saying what is missing.
+    let requirements = server.join("backend/requirements.txt");
+    let text = std::fs::read_to_string(&requirements)?;
+    std::fs::write(
+        &requirements,
+        text.replace("httpx==0.28.1", "httpx==0.27.2"),
+    )?;
+    let status = crate::bundle_e2e::xtask(&sh, &server, &["cache-status"]);
+    let status = format!(
+        "{:#}",
+        status.err().context("cache-status passed a missing pin")?
+    );
+    ensure!(status.contains("httpx==0.27.2"), "{status}");
+    let out = cmd!(sh, "docker compose build --progress plain backend")
+        .ignore_status()
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "the build passed with a pin the wheelhouse lacks"
+    );
+    ensure!(
+        log.contains("httpx==0.27.2"),
+        "the build's error does not name the pin:\n{log}"
+    );
+    Ok(())
+}
