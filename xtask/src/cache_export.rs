@@ -55,6 +55,10 @@ pub struct Args {
     /// pip platform tag of the wheelhouse, repeatable (e.g. manylinux2014_x86_64)
     #[arg(long = "platform", value_name = "TAG")]
     pub platforms: Vec<String>,
+    /// Also pack each node build service's node_modules/ (node_modules.tar.gz); made for
+    /// this host's platform, for use on hosts like it
+    #[arg(long)]
+    pub with_node_modules: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -104,6 +108,14 @@ impl Args {
         let project = project_args.load(sh)?;
         let plan = Plan::build(&project.model, &project.name, &RealFs)?;
         for warning in &plan.warnings {
+            eprintln!("warning: {warning}");
+        }
+        // Secret-looking build args (secrets.rs): baked into image history, so warn.
+        let build_args = plan
+            .build_services
+            .iter()
+            .map(|s| (s.name.as_str(), &s.args));
+        for warning in crate::secrets::build_arg_warnings(build_args) {
             eprintln!("warning: {warning}");
         }
         let docker = Docker::new(sh);
@@ -244,6 +256,10 @@ impl Args {
             services,
             files: Vec::new(),
         };
+        // node_modules.tar.gz (node_modules.rs); hashed below with the other files.
+        if self.with_node_modules {
+            crate::node_modules::export(&plan.build_services, &engine.arch, &staging)?;
+        }
         std::fs::write(staging.join(IMPORT_SCRIPT), import_script(&manifest))?;
         set_executable(&staging.join(IMPORT_SCRIPT))?;
         // Hash what was not hashed while streaming (build-cache folders, small files);

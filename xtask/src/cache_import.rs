@@ -33,6 +33,12 @@ pub struct Args {
     /// Leave the host alone: do not merge the npm cache into ~/.npm
     #[arg(long)]
     pub no_host_caches: bool,
+    /// Unpack the bundle's node_modules.tar.gz into the node service's build context
+    #[arg(long)]
+    pub extract_node_modules: bool,
+    /// With --extract-node-modules: replace an existing node_modules (swapped in whole)
+    #[arg(long, requires = "extract_node_modules")]
+    pub force: bool,
 }
 
 #[derive(Serialize)]
@@ -59,6 +65,10 @@ impl Args {
             bail!("nothing was imported from {dir}: it does not verify (files named above)");
         }
         let manifest = bundle::read_manifest(&dir)?;
+        // node_modules (node_modules.rs, archive.rs): before any image is loaded.
+        if self.extract_node_modules {
+            crate::node_modules::extract_for_project(sh, project, &dir, &manifest, self.force)?;
+        }
         match (manifest.strategy, engine.containerd_store) {
             (Strategy::Local, false) => eprintln!(
                 "warning: the bundle's build cache is BuildKit `type=local` (exported from a \

@@ -6,6 +6,7 @@
 //! The models of the compose file, the Dockerfiles and the bundle live in `model/` and do
 //! no I/O; `docker.rs` is the only module that spells `docker`.
 
+mod archive;
 mod bench;
 mod bundle;
 mod cache_export;
@@ -15,11 +16,13 @@ mod cache_status;
 mod cache_verify;
 mod docker;
 mod model;
+mod node_modules;
 mod npm_cache;
 mod patch_compose;
 mod plan;
 mod progress;
 mod project;
+mod secrets;
 mod wheelhouse;
 
 use std::process::ExitCode;

@@ -155,7 +155,40 @@ impl Manifest {
                 version.format_version
             );
         }
-        serde_yaml::from_str(text).context("manifest.yaml is malformed")
+        let manifest: Manifest =
+            serde_yaml::from_str(text).context("manifest.yaml is malformed")?;
+        manifest.check_paths()?;
+        Ok(manifest)
+    }
+
+    /// Every folder a service entry names must stay inside the bundle: the checksums cover
+    /// the file list, not these fields, and import and patch-compose act on them.
+    fn check_paths(&self) -> anyhow::Result<()> {
+        for service in &self.services {
+            let named = [
+                ("build_cache", service.build_cache.as_ref()),
+                ("wheelhouse", service.wheelhouse.as_ref()),
+                ("npm_cache", service.npm_cache.as_ref()),
+            ]
+            .into_iter()
+            .filter_map(|(field, value)| value.map(|v| (field.to_string(), v)))
+            .chain(
+                service
+                    .contexts
+                    .iter()
+                    .map(|(name, value)| (format!("contexts.{name}"), value)),
+            );
+            for (field, value) in named {
+                if !is_safe_relative_path(value) {
+                    bail!(
+                        "manifest.yaml: service {}: {field} is {value:?}, a path outside the \
+                         bundle; this bundle was not written by cache-export: do not import it",
+                        service.name
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `SHA256SUMS` text: `<hex>  <path>` lines, sorted by path.
@@ -338,6 +371,39 @@ mod tests {
             "extra is in SHA256SUMS but not in manifest.yaml",
         );
         check("garbage\n".into(), "line 1");
+    }
+
+    #[test]
+    fn service_folders_outside_the_bundle_are_refused() {
+        for (field, value) in [
+            ("npm_cache", "../../../root/.ssh"),
+            ("wheelhouse", "/etc"),
+            ("build_cache", "a/../../b"),
+        ] {
+            let text = sample().to_yaml().replace(
+                "  build_cache: build-cache/backend",
+                &format!("  build_cache: build-cache/backend\n  {field}: '{value}'"),
+            );
+            let text = if field == "build_cache" {
+                sample().to_yaml().replace(
+                    "build-cache/backend\n  inputs",
+                    &format!("{value}\n  inputs"),
+                )
+            } else {
+                text
+            };
+            let err = format!("{:#}", Manifest::from_yaml(&text).unwrap_err());
+            assert!(
+                err.contains(field) && err.contains("outside the bundle"),
+                "{err}"
+            );
+        }
+        let mut m = sample();
+        m.services[0]
+            .contexts
+            .insert("wheels".into(), "../../etc".into());
+        let err = format!("{:#}", Manifest::from_yaml(&m.to_yaml()).unwrap_err());
+        assert!(err.contains("contexts.wheels"), "{err}");
     }
 
     #[test]

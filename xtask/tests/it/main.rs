@@ -10,3 +10,4 @@ mod bundle_e2e;
 mod cli;
 mod docker_smoke;
 mod offline_rebuild;
+mod security;

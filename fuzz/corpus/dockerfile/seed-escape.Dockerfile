@@ -1,0 +1,4 @@
+# escape=`
+FROM mcr.microsoft.com/windows:ltsc `
+  AS a
+FROM a

@@ -1,0 +1,1033 @@
+//! Hostile and damaged bundles, faults, concurrency and secrets (issue 8), each proven on
+//! the built binary.
+//!
+//! The first part needs no Docker: a synthetic bundle (one file of every kind a real one
+//! has, hashed here with sha2) is damaged in every way a USB disk or an attacker can, and
+//! `cache-verify` must exit 1 naming the file. The Docker part (`XTASK_DOCKER_TESTS=1`)
+//! runs exports and imports on private engines with the busybox stand-in: a refused import
+//! loads nothing, a second export into a locked folder fails naming the lock, a full disk
+//! and a stopped engine give clear errors and no bundle that verifies, imports are
+//! idempotent, node_modules round-trips, and no planted secret reaches any byte of the
+//! bundle, archives and compressed layers included.
+
+use std::io::Read;
+
+use anyhow::{ensure, Context};
+use camino::{Utf8Path, Utf8PathBuf};
+use sha2::Digest;
+use xshell::{cmd, Shell};
+
+use crate::support::{self, standins, EngineOptions};
+
+struct Run {
+    code: i32,
+    stderr: String,
+}
+
+/// Runs the built binary in `dir` with `env` added.
+fn xtask_env(dir: &Utf8Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let sh = Shell::new().unwrap();
+    sh.change_dir(dir);
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let mut command = cmd!(sh, "{bin} {args...}")
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .ignore_status()
+        .quiet();
+    for (key, value) in env {
+        command = command.env(key, value);
+    }
+    let out = command.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn xtask(dir: &Utf8Path, args: &[&str]) -> Run {
+    xtask_env(dir, args, &[])
+}
+
+/// A temporary folder, removed on drop.
+struct Scratch(Utf8PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap()).join(format!(
+            "xtask-sec-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn path(&self) -> &Utf8Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One file of each kind a real bundle holds, with plausible bytes.
+fn bundle_files() -> Vec<(String, Vec<u8>)> {
+    let images = {
+        let mut builder = tar::Builder::new(Vec::new());
+        let manifest = br#"[{"Config":"blobs/sha256/c","RepoTags":["busybox:latest"],"Layers":["blobs/sha256/l"]}]"#;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(manifest.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "manifest.json", &manifest[..])
+            .unwrap();
+        let layer = vec![0x5au8; 4000];
+        let mut header = tar::Header::new_gnu();
+        header.set_size(layer.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "blobs/sha256/l", &layer[..])
+            .unwrap();
+        builder.into_inner().unwrap()
+    };
+    let blob: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let blob_name = format!("build-cache/api/blobs/sha256/{}", sha256(&blob));
+    vec![
+        ("base-images.tar".into(), images),
+        (blob_name, blob),
+        (
+            "build-cache/api/index.json".into(),
+            br#"{"schemaVersion":2,"manifests":[]}"#.to_vec(),
+        ),
+        (
+            "pip-cache/api/fastapi-0.110.0-py3-none-any.whl".into(),
+            [&b"PK\x03\x04"[..], &[1u8; 900][..]].concat(),
+        ),
+        (
+            "npm-cache/web/_cacache/content-v2/sha512/ab/cd/ef0123".into(),
+            [&b"\x1f\x8b\x08\x00"[..], &[2u8; 700][..]].concat(),
+        ),
+        (
+            "import-build-cache.sh".into(),
+            b"#!/bin/sh\nset -eu\nsha256sum -c --quiet SHA256SUMS\n".to_vec(),
+        ),
+        (
+            "cache-manifest.txt".into(),
+            b"Docker build cache for p\nImages:\n  busybox:latest base\n".to_vec(),
+        ),
+    ]
+}
+
+/// The files whose damage must be detected, one per kind.
+const KINDS: [&str; 6] = [
+    "base-images.tar",
+    "build-cache/api/blobs/sha256/",
+    "pip-cache/api/fastapi-0.110.0-py3-none-any.whl",
+    "npm-cache/web/_cacache/content-v2/sha512/ab/cd/ef0123",
+    "import-build-cache.sh",
+    "cache-manifest.txt",
+];
+
+/// `manifest.yaml` text for `files` (path, size, sha256), as cache-export writes it.
+fn manifest_text(files: &[(String, u64, String)]) -> String {
+    let mut text = String::from(
+        "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
+         project_name: p\nengine: {server_version: '26.1.5', arch: amd64, containerd_store: true}\n\
+         strategy: local\ncompression: none\nimages:\n- name: busybox:latest\n  id: sha256:0\n  \
+         role: base\nservices: []\nfiles:\n",
+    );
+    for (path, size, digest) in files {
+        text.push_str(&format!(
+            "- path: '{path}'\n  size: {size}\n  sha256: {digest}\n"
+        ));
+    }
+    text
+}
+
+fn sums_text(files: &[(String, u64, String)]) -> String {
+    files
+        .iter()
+        .map(|(path, _, digest)| format!("{digest}  {path}\n"))
+        .collect()
+}
+
+/// A project folder (compose.yaml) with a complete synthetic bundle in
+/// `docker-build-cache/`; returns the scratch and the file list.
+fn synthetic_bundle() -> (Scratch, Vec<(String, u64, String)>) {
+    let scratch = Scratch::new("bundle");
+    let root = scratch.path();
+    std::fs::write(root.join("compose.yaml"), "services: {}\n").unwrap();
+    let bundle = root.join("docker-build-cache");
+    let mut listed = Vec::new();
+    for (path, bytes) in bundle_files() {
+        let file = bundle.join(&path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &bytes).unwrap();
+        listed.push((path, bytes.len() as u64, sha256(&bytes)));
+    }
+    listed.sort();
+    std::fs::write(bundle.join("manifest.yaml"), manifest_text(&listed)).unwrap();
+    std::fs::write(bundle.join("SHA256SUMS"), sums_text(&listed)).unwrap();
+    (scratch, listed)
+}
+
+fn kind_path(listed: &[(String, u64, String)], kind: &str) -> String {
+    listed
+        .iter()
+        .map(|(p, _, _)| p)
+        .find(|p| p.starts_with(kind))
+        .unwrap_or_else(|| panic!("no {kind} in the synthetic bundle"))
+        .clone()
+}
+
+#[test]
+fn a_synthetic_bundle_verifies() {
+    let (scratch, _) = synthetic_bundle();
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("Verified 7 files"), "{}", run.stderr);
+}
+
+#[test]
+fn one_changed_byte_at_the_start_middle_or_end_of_any_file_is_named() {
+    for kind in KINDS {
+        for at in ["start", "middle", "end"] {
+            let (scratch, listed) = synthetic_bundle();
+            let path = kind_path(&listed, kind);
+            let file = scratch.path().join("docker-build-cache").join(&path);
+            let mut bytes = std::fs::read(&file).unwrap();
+            let i = match at {
+                "start" => 0,
+                "middle" => bytes.len() / 2,
+                _ => bytes.len() - 1,
+            };
+            bytes[i] ^= 0x20;
+            std::fs::write(&file, &bytes).unwrap();
+            let run = xtask(scratch.path(), &["cache-verify"]);
+            assert_eq!(run.code, 1, "{path} changed at the {at}: {}", run.stderr);
+            assert!(
+                run.stderr
+                    .contains(&format!("error: {path}: sha256 {}", sha256(&bytes))),
+                "{path} changed at the {at} is not named:\n{}",
+                run.stderr
+            );
+            assert!(run.stderr.contains("corrupted"), "{}", run.stderr);
+        }
+    }
+}
+
+#[test]
+fn a_truncated_or_missing_file_is_named() {
+    for kind in KINDS {
+        let (scratch, listed) = synthetic_bundle();
+        let path = kind_path(&listed, kind);
+        let file = scratch.path().join("docker-build-cache").join(&path);
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+        let run = xtask(scratch.path(), &["cache-verify"]);
+        assert_eq!(run.code, 1, "{path} truncated: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "error: {path}: {} bytes, expected {}",
+                bytes.len() - 1,
+                bytes.len()
+            )),
+            "{path} truncated is not named:\n{}",
+            run.stderr
+        );
+
+        std::fs::remove_file(&file).unwrap();
+        let run = xtask(scratch.path(), &["cache-verify"]);
+        assert_eq!(run.code, 1, "{path} missing: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("error: {path}: missing")),
+            "{path} missing is not named:\n{}",
+            run.stderr
+        );
+    }
+    // A split copy: half the bundle's files are missing, each is named.
+    let (scratch, listed) = synthetic_bundle();
+    for (path, _, _) in listed.iter().step_by(2) {
+        std::fs::remove_file(scratch.path().join("docker-build-cache").join(path)).unwrap();
+    }
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 1);
+    for (path, _, _) in listed.iter().step_by(2) {
+        assert!(
+            run.stderr.contains(&format!("{path}: missing")),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_bad_manifest_is_refused_with_what_to_do() {
+    let check = |manifest: Option<&str>, sums: Option<&str>, expected: &[&str]| {
+        let (scratch, listed) = synthetic_bundle();
+        let bundle = scratch.path().join("docker-build-cache");
+        match manifest {
+            Some(text) => std::fs::write(bundle.join("manifest.yaml"), text).unwrap(),
+            None => std::fs::remove_file(bundle.join("manifest.yaml")).unwrap(),
+        }
+        match sums {
+            Some(text) => std::fs::write(bundle.join("SHA256SUMS"), text).unwrap(),
+            None => std::fs::remove_file(bundle.join("SHA256SUMS")).unwrap(),
+        }
+        let run = xtask(scratch.path(), &["cache-verify"]);
+        assert_eq!(run.code, 1, "{expected:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        for text in expected {
+            assert!(
+                run.stderr.contains(text),
+                "{text:?} not in:\n{}",
+                run.stderr
+            );
+        }
+        drop(listed);
+    };
+    let (_s, listed) = synthetic_bundle();
+    let good = manifest_text(&listed);
+    let sums = sums_text(&listed);
+    // Malformed: not YAML, not a manifest, a field of the wrong type, empty.
+    check(
+        Some("format_version: [1\n"),
+        Some(&sums),
+        &["manifest.yaml"],
+    );
+    check(
+        Some("- a list\n"),
+        Some(&sums),
+        &["manifest.yaml", "not a bundle manifest"],
+    );
+    check(
+        Some(&good.replace("size: ", "size: -")),
+        Some(&sums),
+        &["manifest.yaml is malformed"],
+    );
+    check(Some(""), Some(&sums), &["manifest.yaml"]);
+    check(
+        None,
+        Some(&sums),
+        &["manifest.yaml is missing", "copy the whole folder"],
+    );
+    // From a future format version.
+    check(
+        Some(&good.replace("format_version: 1", "format_version: 2")),
+        Some(&sums),
+        &["format version 2", "update the repository"],
+    );
+    // SHA256SUMS that disagrees: a digest, a line too many, a line too few, garbage.
+    let (first, _, digest) = &listed[0];
+    check(
+        Some(&good),
+        Some(&sums.replacen(digest.as_str(), &"0".repeat(64), 1)),
+        &["disagree", &format!("{first}: SHA256SUMS says 0000")],
+    );
+    check(
+        Some(&good),
+        Some(&format!("{sums}{}  extra.bin\n", "1".repeat(64))),
+        &["extra.bin is in SHA256SUMS but not in manifest.yaml"],
+    );
+    check(
+        Some(&good),
+        Some(
+            &sums
+                .lines()
+                .skip(1)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        ),
+        &[&format!(
+            "{first} is in manifest.yaml but not in SHA256SUMS"
+        )],
+    );
+    check(
+        Some(&good),
+        Some("not a sums file\n"),
+        &["SHA256SUMS line 1"],
+    );
+    check(Some(&good), None, &["SHA256SUMS", "copy it again"]);
+}
+
+#[test]
+fn a_manifest_naming_paths_outside_the_bundle_is_refused_without_reading_them() {
+    for evil in [
+        "../outside",
+        "/etc/passwd",
+        "a/../../outside",
+        "./x",
+        "a//b",
+    ] {
+        let (scratch, mut listed) = synthetic_bundle();
+        // A real file there, with the digest the manifest claims: it must not be read.
+        std::fs::write(scratch.path().join("outside"), b"secret").unwrap();
+        listed.push((evil.to_string(), 6, sha256(b"secret")));
+        let bundle = scratch.path().join("docker-build-cache");
+        std::fs::write(bundle.join("manifest.yaml"), manifest_text(&listed)).unwrap();
+        std::fs::write(bundle.join("SHA256SUMS"), sums_text(&listed)).unwrap();
+        let run = xtask(scratch.path(), &["cache-verify"]);
+        assert_eq!(run.code, 1, "{evil}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "{evil}: the manifest names a path outside the bundle"
+            )),
+            "{evil}:\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_file_the_manifest_does_not_list_is_a_warning() {
+    let (scratch, _) = synthetic_bundle();
+    let bundle = scratch.path().join("docker-build-cache");
+    std::fs::write(bundle.join("build-cache/api/planted.sh"), b"rm -rf /\n").unwrap();
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "warning: build-cache/api/planted.sh is in the bundle folder but not in its manifest"
+        ),
+        "{}",
+        run.stderr
+    );
+    // A symlink in the bundle (to a file elsewhere) is not followed: an error.
+    std::os::unix::fs::symlink("/etc/passwd", bundle.join("link")).unwrap();
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("link is not a regular file"),
+        "{}",
+        run.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// With Docker: private engines and the busybox stand-in.
+
+const COMPOSE: &str = "\
+name: sec
+services:
+  api:
+    build:
+      context: ./api
+      args:
+        API_TOKEN: ${API_TOKEN:-tok_build_arg_SECRET_41}
+    image: sec-api:latest
+";
+
+const DOCKERFILE: &str = "\
+FROM busybox:latest
+ARG API_TOKEN
+RUN echo building > /built.txt
+COPY hello.txt /hello.txt
+CMD [\"cat\", \"/hello.txt\"]
+";
+
+fn write_fixture(dir: &Utf8Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("api"))?;
+    std::fs::write(dir.join("compose.yaml"), COMPOSE)?;
+    std::fs::write(dir.join("api/Dockerfile"), DOCKERFILE)?;
+    std::fs::write(dir.join("api/hello.txt"), "hello\n")?;
+    Ok(())
+}
+
+/// Runs the binary against `engine`'s environment; fails with its stderr unless it
+/// succeeds.
+fn xtask_on(
+    engine: &support::Engine,
+    dir: &Utf8Path,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Run {
+    let env: Vec<(String, String)> = engine
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    all.extend_from_slice(extra_env);
+    xtask_env(dir, args, &all)
+}
+
+fn ok(run: Run, what: &str) -> anyhow::Result<String> {
+    ensure!(
+        run.code == 0,
+        "{what} failed ({}):\n{}",
+        run.code,
+        run.stderr
+    );
+    Ok(run.stderr)
+}
+
+fn images(engine: &support::Engine) -> anyhow::Result<String> {
+    let sh = engine.shell()?;
+    Ok(cmd!(sh, "docker images -q").quiet().read()?)
+}
+
+#[test]
+fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-online", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("sec-offline", EngineOptions::default())?;
+    let scratch = Scratch::new("refuse");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    ok(xtask_on(&online, &src, &["cache-export"], &[]), "export")?;
+    let bundle = src.join("docker-build-cache");
+    let manifest = std::fs::read_to_string(bundle.join("manifest.yaml"))?;
+    let files: Vec<String> = manifest
+        .lines()
+        .filter_map(|l| l.strip_prefix("- path: "))
+        .map(|p| p.trim_matches('\'').to_string())
+        .collect();
+    ensure!(files.len() >= 4, "too few files in {manifest}");
+    // One byte at the end of the last file in the list; then the manifest's format.
+    let victim = files.last().context("no files")?;
+    let path = bundle.join(victim);
+    let mut bytes = std::fs::read(&path)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes)?;
+    let run = xtask_on(&offline, &src, &["cache-import"], &[]);
+    ensure!(run.code == 1, "the import succeeded:\n{}", run.stderr);
+    ensure!(run.stderr.contains(victim.as_str()), "{}", run.stderr);
+    ensure!(images(&offline)?.is_empty(), "images were loaded");
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes)?;
+    std::fs::write(
+        bundle.join("manifest.yaml"),
+        manifest.replace("format_version: 1", "format_version: 9"),
+    )?;
+    let run = xtask_on(&offline, &src, &["cache-import"], &[]);
+    ensure!(
+        run.code == 1 && run.stderr.contains("format version 9"),
+        "{}",
+        run.stderr
+    );
+    ensure!(images(&offline)?.is_empty(), "images were loaded");
+    std::fs::write(bundle.join("manifest.yaml"), &manifest)?;
+
+    // Import is idempotent: twice, and after an import killed mid-load.
+    ok(xtask_on(&offline, &src, &["cache-import"], &[]), "import")?;
+    let first = images(&offline)?;
+    let again = ok(
+        xtask_on(&offline, &src, &["cache-import"], &[]),
+        "import again",
+    )?;
+    ensure!(again.contains("0 loaded"), "{again}");
+    ensure!(
+        images(&offline)? == first,
+        "a second import changed the images"
+    );
+    let sh = offline.shell()?;
+    let ids: Vec<String> = first.lines().map(str::to_string).collect();
+    cmd!(sh, "docker rmi -f {ids...}")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    {
+        use std::os::unix::process::CommandExt;
+        let _cd = sh.push_dir(&src);
+        let mut command = std::process::Command::from(cmd!(sh, "{bin} cache-import").quiet());
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        let mut child = command.spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let group = format!("-{}", child.id());
+        let _ = cmd!(sh, "kill -KILL -- {group}")
+            .quiet()
+            .ignore_stderr()
+            .run();
+        child.wait()?;
+    }
+    ok(
+        xtask_on(&offline, &src, &["cache-import"], &[]),
+        "import after a killed one",
+    )?;
+    let mut now: Vec<String> = images(&offline)?.lines().map(str::to_string).collect();
+    let mut before: Vec<String> = first.lines().map(str::to_string).collect();
+    now.sort();
+    before.sort();
+    ensure!(
+        now == before,
+        "after a killed import: {now:?}, expected {before:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_second_export_into_a_locked_folder_fails_naming_the_lock() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-lock", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let scratch = Scratch::new("lock");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let sh = online.shell()?;
+    let _cd = sh.push_dir(&src);
+    let first = std::process::Command::from(cmd!(sh, "{bin} cache-export").quiet())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Wait until the first holds the lock (its staging folder appears).
+    let staging = src.join("docker-build-cache/.export-partial");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !staging.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ensure!(staging.exists(), "the first export never started staging");
+    let second = xtask_on(&online, &src, &["cache-export"], &[]);
+    let out = first.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "the first export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        second.code == 1,
+        "the second export did not fail:\n{}",
+        second.stderr
+    );
+    ensure!(
+        second
+            .stderr
+            .contains("another cache-export or cache-import")
+            && second.stderr.contains(".lock"),
+        "{}",
+        second.stderr
+    );
+    // Nothing mixed: the bundle is the first export's, whole.
+    ok(xtask(&src, &["cache-verify"]), "verify after two exports")?;
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_or_a_stopped_engine_during_export_leaves_no_bundle_that_verifies(
+) -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-full", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let scratch = Scratch::new("full");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    // A 512 KiB tmpfs as the bundle folder: the images archive (busybox, ~1 MB
+    // compressed as the containerd store keeps it) does not fit.
+    let small = scratch.path().join("small");
+    std::fs::create_dir_all(&small)?;
+    let sh = Shell::new()?;
+    cmd!(sh, "mount -t tmpfs -o size=512k xtask-sec-full {small}")
+        .quiet()
+        .run()?;
+    let result = (|| -> anyhow::Result<()> {
+        let out = small.join("bundle");
+        let run = xtask_on(
+            &online,
+            &src,
+            &["cache-export", "--output", out.as_str()],
+            &[],
+        );
+        ensure!(
+            run.code == 1,
+            "the export on a full disk succeeded:\n{}",
+            run.stderr
+        );
+        ensure!(
+            run.stderr.contains("No space left on device") || run.stderr.contains("space"),
+            "the error does not say the disk is full:\n{}",
+            run.stderr
+        );
+        ensure!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        let verify = xtask(&src, &["cache-verify", "--bundle", out.as_str()]);
+        ensure!(verify.code != 0, "a bundle verifies after a full disk");
+        Ok(())
+    })();
+    support::unmount_below(&small)?;
+    result?;
+    // A rerun with space succeeds.
+    let out = scratch.path().join("roomy");
+    ok(
+        xtask_on(
+            &online,
+            &src,
+            &["cache-export", "--output", out.as_str()],
+            &[],
+        ),
+        "export with space",
+    )?;
+    ok(
+        xtask(&src, &["cache-verify", "--bundle", out.as_str()]),
+        "verify",
+    )?;
+
+    // The engine stops during an export: a clear error, no bundle that verifies.
+    let out = scratch.path().join("stopped");
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let esh = online.shell()?;
+    let _cd = esh.push_dir(&src);
+    let export =
+        std::process::Command::from(cmd!(esh, "{bin} cache-export --output {out}").quiet())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+    let staging = out.join(".export-partial");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !staging.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = std::fs::read_to_string(online.root().join("docker.pid"))?;
+    let pid = pid.trim();
+    cmd!(esh, "kill -KILL {pid}").quiet().run()?;
+    let done = export.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    ensure!(
+        !done.status.success(),
+        "the export succeeded with its engine gone:\n{stderr}"
+    );
+    ensure!(!stderr.contains("panicked"), "{stderr}");
+    ensure!(
+        stderr.contains("docker") || stderr.contains("engine"),
+        "the error does not name the engine:\n{stderr}"
+    );
+    let verify = xtask(&src, &["cache-verify", "--bundle", out.as_str()]);
+    ensure!(verify.code != 0, "a bundle verifies after the engine died");
+    Ok(())
+}
+
+/// Every secret value planted by [`no_planted_secret_reaches_the_bundle`].
+const SECRETS: [&str; 7] = [
+    "dotenv_beside_compose_SECRET_11",
+    "dotenv_in_context_SECRET_22",
+    "docker_config_auth_SECRET_33",
+    "npmrc_context_SECRET_44",
+    "npmrc_home_SECRET_55",
+    "pip_conf_password_SECRET_66",
+    "tok_build_arg_SECRET_41",
+];
+
+#[test]
+fn no_planted_secret_reaches_the_bundle() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-secrets", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let scratch = Scratch::new("secrets");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    // A node project in the build context, so that node_modules.tar.gz is made too.
+    std::fs::write(
+        src.join("api/package.json"),
+        r#"{"name":"api","version":"1.0.0"}"#,
+    )?;
+    std::fs::write(
+        src.join("api/package-lock.json"),
+        r#"{"name":"api","version":"1.0.0","lockfileVersion":3,"packages":{"":{"name":"api","version":"1.0.0"}}}"#,
+    )?;
+    std::fs::create_dir_all(src.join("api/node_modules/dep"))?;
+    std::fs::write(
+        src.join("api/node_modules/dep/index.js"),
+        "module.exports = 1;\n",
+    )?;
+    // The secrets, where a careless tool would pick them up.
+    std::fs::write(src.join(".env"), format!("DB_PASSWORD={}\n", SECRETS[0]))?;
+    std::fs::write(src.join("api/.env"), format!("API_KEY={}\n", SECRETS[1]))?;
+    let home = scratch.path().join("home");
+    std::fs::create_dir_all(home.join(".docker"))?;
+    std::fs::write(
+        home.join(".docker/config.json"),
+        format!(
+            r#"{{"auths":{{"registry.example":{{"auth":"{}"}}}}}}"#,
+            SECRETS[2]
+        ),
+    )?;
+    std::fs::write(
+        src.join("api/.npmrc"),
+        format!("//registry.npmjs.org/:_authToken={}\n", SECRETS[3]),
+    )?;
+    std::fs::write(
+        home.join(".npmrc"),
+        format!("//registry.npmjs.org/:_authToken={}\n", SECRETS[4]),
+    )?;
+    let pip_conf = home.join("pip.conf");
+    std::fs::write(
+        &pip_conf,
+        format!(
+            "[global]\nindex-url = https://user:{}@pypi.example/simple\n",
+            SECRETS[5]
+        ),
+    )?;
+    let home_s = home.to_string();
+    let run = xtask_on(
+        &online,
+        &src,
+        &[
+            "cache-export",
+            "--with-node-modules",
+            "--only",
+            "base-images,build-cache",
+        ],
+        &[
+            ("HOME", home_s.as_str()),
+            ("PIP_CONFIG_FILE", pip_conf.as_str()),
+            ("API_TOKEN", SECRETS[6]),
+        ],
+    );
+    let stderr = ok(run, "export with planted secrets")?;
+    ensure!(
+        stderr.contains("build arg API_TOKEN looks like a secret") && stderr.contains("--secret"),
+        "no warning about the secret-looking build arg:\n{stderr}"
+    );
+    for secret in SECRETS {
+        ensure!(!stderr.contains(secret), "the export printed {secret}");
+    }
+    let bundle = src.join("docker-build-cache");
+    ensure!(
+        bundle.join("node_modules.tar.gz").is_file(),
+        "no node_modules.tar.gz"
+    );
+    let mut searched = 0usize;
+    for file in walk(&bundle)? {
+        let bytes = std::fs::read(&file)?;
+        search_all(file.as_str(), &bytes, &mut searched, 0)?;
+    }
+    ensure!(searched > 10, "only {searched} blobs were searched");
+    Ok(())
+}
+
+/// Every regular file below `dir`.
+fn walk(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+    let mut out = Vec::new();
+    for entry in dir.read_dir_utf8()? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            out.extend(walk(entry.path())?);
+        } else if kind.is_file() {
+            out.push(entry.path().to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Fails if any planted secret is in `bytes`, or in what they hold once unpacked: tar
+/// members, gzip and zstd streams, recursively.
+fn search_all(name: &str, bytes: &[u8], searched: &mut usize, depth: usize) -> anyhow::Result<()> {
+    *searched += 1;
+    for secret in SECRETS {
+        ensure!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} is in {name}"
+        );
+    }
+    if depth > 4 {
+        return Ok(());
+    }
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        if flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .is_ok()
+        {
+            return search_all(&format!("{name} (gunzipped)"), &out, searched, depth + 1);
+        }
+    }
+    if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        if let Ok(out) = zstd::decode_all(bytes) {
+            return search_all(&format!("{name} (unzstd)"), &out, searched, depth + 1);
+        }
+    }
+    if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
+        let mut archive = tar::Archive::new(bytes);
+        if let Ok(entries) = archive.entries() {
+            for entry in entries {
+                let mut entry = entry?;
+                let member = format!("{name}:{}", String::from_utf8_lossy(&entry.path_bytes()));
+                let mut out = Vec::new();
+                entry.read_to_end(&mut out)?;
+                search_all(&member, &out, searched, depth + 1)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn node_modules_round_trips_and_is_never_overwritten_without_force() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-nm", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("sec-nm-offline", EngineOptions::default())?;
+    let scratch = Scratch::new("nm");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    std::fs::write(
+        src.join("api/package-lock.json"),
+        r#"{"lockfileVersion":3,"packages":{}}"#,
+    )?;
+    // An Alpine (musl) node image, as the real frontend's: the busybox stand-in renamed.
+    let online_sh = online.shell()?;
+    cmd!(online_sh, "docker tag busybox:latest node:18-alpine")
+        .quiet()
+        .run()?;
+    std::fs::write(
+        src.join("api/Dockerfile"),
+        DOCKERFILE.replace("FROM busybox:latest", "FROM node:18-alpine"),
+    )?;
+    let nm = src.join("api/node_modules");
+    std::fs::create_dir_all(nm.join("dep/lib"))?;
+    std::fs::create_dir_all(nm.join(".bin"))?;
+    std::fs::write(nm.join("dep/lib/cli.js"), "#!/usr/bin/env node\n")?;
+    std::os::unix::fs::symlink("../dep/lib/cli.js", nm.join(".bin/dep"))?;
+    std::os::unix::fs::symlink("/etc/passwd", nm.join("dep/evil"))?;
+    let stderr = ok(
+        xtask_on(
+            &online,
+            &src,
+            &[
+                "cache-export",
+                "--with-node-modules",
+                "--only",
+                "base-images",
+            ],
+            &[],
+        ),
+        "export",
+    )?;
+    ensure!(
+        stderr.contains("left out node_modules/dep/evil"),
+        "{stderr}"
+    );
+    ensure!(
+        stderr.contains("node:18-alpine runs on linux-x64-musl"),
+        "no platform warning:\n{stderr}"
+    );
+    let manifest = std::fs::read_to_string(src.join("docker-build-cache/manifest.yaml"))?;
+    ensure!(manifest.contains("path: node_modules.tar.gz"), "{manifest}");
+
+    let server = scratch.path().join("server");
+    let sh = Shell::new()?;
+    cmd!(sh, "cp -a {src} {server}").quiet().run()?;
+    let run = xtask_on(
+        &offline,
+        &server,
+        &["cache-import", "--extract-node-modules"],
+        &[],
+    );
+    ensure!(
+        run.code == 1,
+        "an existing node_modules was overwritten:\n{}",
+        run.stderr
+    );
+    ensure!(run.stderr.contains("--force"), "{}", run.stderr);
+    ensure!(
+        images(&offline)?.is_empty(),
+        "images were loaded before the refusal"
+    );
+    std::fs::write(
+        server.join("api/node_modules/dep/lib/cli.js"),
+        "local change\n",
+    )?;
+    ok(
+        xtask_on(
+            &offline,
+            &server,
+            &["cache-import", "--extract-node-modules", "--force"],
+            &[],
+        ),
+        "import --force",
+    )?;
+    let out = server.join("api/node_modules");
+    ensure!(std::fs::read_to_string(out.join(".bin/dep"))? == "#!/usr/bin/env node\n");
+    ensure!(std::fs::symlink_metadata(out.join("dep/evil")).is_err());
+    let leftovers: Vec<String> = server
+        .join("api")
+        .read_dir_utf8()?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string()))
+        .filter(|n| n.starts_with(".node_modules"))
+        .collect();
+    ensure!(leftovers.is_empty(), "left behind: {leftovers:?}");
+
+    // A crafted archive in a bundle whose checksums were rewritten to match: refused,
+    // naming the entry, and the node_modules in place is untouched.
+    let bundle = server.join("docker-build-cache");
+    let evil = {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut header = tar::Header::new_old();
+        let name = b"node_modules/../../escaped.txt";
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append(&header, &b"pwn"[..])?;
+        builder.into_inner()?.finish()?
+    };
+    std::fs::write(bundle.join("node_modules.tar.gz"), &evil)?;
+    let digest = sha256(&evil);
+    let text = std::fs::read_to_string(bundle.join("manifest.yaml"))?;
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let at = lines
+        .iter()
+        .position(|l| l == "- path: node_modules.tar.gz")
+        .context("no node_modules entry")?;
+    lines[at + 1] = format!("  size: {}", evil.len());
+    lines[at + 2] = format!("  sha256: {digest}");
+    std::fs::write(bundle.join("manifest.yaml"), lines.join("\n") + "\n")?;
+    let sums: String = std::fs::read_to_string(bundle.join("SHA256SUMS"))?
+        .lines()
+        .map(|l| {
+            if l.ends_with("  node_modules.tar.gz") {
+                format!("{digest}  node_modules.tar.gz\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(bundle.join("SHA256SUMS"), sums)?;
+    let run = xtask_on(
+        &offline,
+        &server,
+        &["cache-import", "--extract-node-modules", "--force"],
+        &[],
+    );
+    ensure!(
+        run.code == 1,
+        "a crafted archive was unpacked:\n{}",
+        run.stderr
+    );
+    ensure!(
+        run.stderr.contains("node_modules/../../escaped.txt") && run.stderr.contains("`..`"),
+        "{}",
+        run.stderr
+    );
+    ensure!(!server.join("escaped.txt").exists() && !scratch.path().join("escaped.txt").exists());
+    ensure!(std::fs::read_to_string(out.join(".bin/dep"))? == "#!/usr/bin/env node\n");
+    Ok(())
+}
