@@ -1,0 +1,473 @@
+//! Stand-in base images: no container registry is reachable here, so base images are made
+//! from local root filesystems.
+//!
+//! - busybox: the host's static busybox and its applets, made in memory and imported
+//!   (`docker import`) in well under a second; for small fixture projects (`FROM busybox`).
+//! - Debian bookworm with Python 3.11, pip, Node.js 18, npm 10 and nginx, made once by
+//!   debootstrap (1 to 4 minutes, most of it downloading) and cached as a tar across runs;
+//!   loaded under the real names the application's Dockerfiles use (`python:3.9-slim`,
+//!   `node:18-alpine`, `nginx:alpine`), adjusted to behave like those official images
+//!   where the application can tell, so that the application builds unchanged. They are
+//!   loaded with `docker load` of an archive written on the fly, whose three images share
+//!   the one layer: three `docker import`s of the same tar took 51 s here (each gzips the
+//!   300 MB layer into the containerd store), the load takes a few seconds.
+
+use std::{
+    io::Write,
+    os::unix::fs::symlink,
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::Instant,
+};
+
+use anyhow::{bail, Context};
+use camino::{Utf8Path, Utf8PathBuf};
+use sha2::{Digest, Sha256};
+use xshell::{cmd, Shell};
+
+use super::{cached, remove_tree, test_cache_dir, Engine};
+
+/// The name fixture projects use for the busybox stand-in.
+pub const BUSYBOX: &str = "busybox:latest";
+
+/// Change this when the recipe of [`debian_rootfs`] changes: it names the cached rootfs.
+const DEBIAN_RECIPE: &str = "bookworm-py311-node18-npm10.8.2-nginx-v3";
+/// npm of the official `node:18` images (Debian's own npm package has hundreds of
+/// dependencies that debootstrap cannot order).
+const NPM_VERSION: &str = "10.8.2";
+const DEBIAN_PACKAGES: &str = "python3,python3-pip,python3-venv,nodejs,nginx-light,ca-certificates";
+
+const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// An image made from the Debian rootfs: its real name and its config.
+#[derive(Debug)]
+pub struct StandIn {
+    pub image: &'static str,
+    pub cmd: &'static [&'static str],
+    pub exposed_ports: &'static [&'static str],
+    pub stop_signal: Option<&'static str>,
+}
+
+/// The stand-ins of the application's base images, under their real names.
+pub const APP_STANDINS: [StandIn; 3] = [
+    StandIn {
+        image: "python:3.9-slim",
+        cmd: &["python3"],
+        exposed_ports: &[],
+        stop_signal: None,
+    },
+    StandIn {
+        image: "node:18-alpine",
+        cmd: &["node"],
+        exposed_ports: &[],
+        stop_signal: None,
+    },
+    StandIn {
+        image: "nginx:alpine",
+        cmd: &["nginx", "-g", "daemon off;"],
+        exposed_ports: &["80/tcp"],
+        stop_signal: Some("SIGQUIT"),
+    },
+];
+
+impl StandIn {
+    /// The image config (OCI/Docker image JSON) of this stand-in over the layer `diff_id`.
+    fn config(&self, diff_id: &str) -> serde_json::Value {
+        let ports: serde_json::Map<String, serde_json::Value> = self
+            .exposed_ports
+            .iter()
+            .map(|p| (p.to_string(), serde_json::json!({})))
+            .collect();
+        let mut config = serde_json::json!({
+            "Env": [PATH, "LANG=C.UTF-8"],
+            "Cmd": self.cmd,
+        });
+        if !ports.is_empty() {
+            config["ExposedPorts"] = ports.into();
+        }
+        if let Some(signal) = self.stop_signal {
+            config["StopSignal"] = signal.into();
+        }
+        serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "2024-01-01T00:00:00Z",
+            "config": config,
+            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+            "history": [{
+                "created": "2024-01-01T00:00:00Z",
+                "created_by": format!("xtask test stand-in for {} (Debian {DEBIAN_RECIPE})", self.image),
+            }],
+        })
+    }
+}
+
+/// Imports the busybox stand-in into `engine` as [`BUSYBOX`].
+pub fn load_busybox(engine: &Engine) -> anyhow::Result<()> {
+    static TAR: OnceLock<Vec<u8>> = OnceLock::new();
+    let tar = match TAR.get() {
+        Some(tar) => tar,
+        None => {
+            let tar = busybox_rootfs_tar().context("making the busybox rootfs")?;
+            TAR.get_or_init(|| tar)
+        }
+    };
+    let sh = engine.shell()?;
+    let env = format!("ENV {PATH}");
+    let default_cmd = r#"CMD ["sh"]"#;
+    cmd!(
+        sh,
+        "docker import --change {env} --change {default_cmd} - {BUSYBOX}"
+    )
+    .stdin(tar)
+    .quiet()
+    .ignore_stdout()
+    .run()
+    .with_context(|| format!("importing the busybox stand-in into {}", engine.name()))
+}
+
+/// A tar of a busybox root filesystem: `/bin/busybox`, a link for every applet where
+/// busybox would install it, `/tmp`, and the `root` and `nobody` users.
+pub fn busybox_rootfs_tar() -> anyhow::Result<Vec<u8>> {
+    let sh = Shell::new()?;
+    let busybox_path = super::which("busybox").context("busybox not found")?;
+    let busybox = std::fs::read(&busybox_path)?;
+    let applets = cmd!(sh, "{busybox_path} --list-full").quiet().read()?;
+
+    let mut tar = tar::Builder::new(Vec::new());
+    for dir in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "tmp", "var",
+    ] {
+        let mode = if dir == "tmp" { 0o1777 } else { 0o755 };
+        append(&mut tar, dir, tar::EntryType::Directory, mode, b"", None)?;
+    }
+    append(
+        &mut tar,
+        "bin/busybox",
+        tar::EntryType::Regular,
+        0o755,
+        &busybox,
+        None,
+    )?;
+    for applet in applets
+        .lines()
+        .filter(|a| a.contains('/') && *a != "bin/busybox")
+    {
+        append(
+            &mut tar,
+            applet,
+            tar::EntryType::Symlink,
+            0o777,
+            b"",
+            Some("/bin/busybox"),
+        )?;
+    }
+    let passwd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
+    let group = "root:x:0:\nnogroup:x:65534:\n";
+    append(
+        &mut tar,
+        "etc/passwd",
+        tar::EntryType::Regular,
+        0o644,
+        passwd.as_bytes(),
+        None,
+    )?;
+    append(
+        &mut tar,
+        "etc/group",
+        tar::EntryType::Regular,
+        0o644,
+        group.as_bytes(),
+        None,
+    )?;
+    Ok(tar.into_inner()?)
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    kind: tar::EntryType,
+    mode: u32,
+    data: &[u8],
+    link: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(data.len() as u64);
+    if let Some(link) = link {
+        header.set_link_name(link)?;
+    }
+    tar.append_data(&mut header, path, data)?;
+    Ok(())
+}
+
+/// Loads the Debian stand-ins into `engine` under their real names ([`APP_STANDINS`]),
+/// all three over the one layer.
+pub fn load_standins(engine: &Engine) -> anyhow::Result<()> {
+    let rootfs = debian_rootfs()?;
+    let started = Instant::now();
+    let layer = rootfs.join("rootfs.tar");
+    let diff_id = std::fs::read_to_string(rootfs.join("rootfs.tar.sha256"))?;
+    let mut manifest = Vec::new();
+    let mut configs = Vec::new();
+    for standin in &APP_STANDINS {
+        let config = serde_json::to_vec(&standin.config(diff_id.trim()))?;
+        let name = format!("{:x}.json", Sha256::digest(&config));
+        manifest.push(serde_json::json!({
+            "Config": name,
+            "RepoTags": [standin.image],
+            "Layers": ["layer/layer.tar"],
+        }));
+        configs.push((name, config));
+    }
+
+    let mut load = Command::new("docker")
+        .args(["load", "--quiet"])
+        .envs(engine.env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running docker load")?;
+    let stdin = load.stdin.take().context("docker load's stdin")?;
+    let written = (|| -> anyhow::Result<()> {
+        let mut archive = tar::Builder::new(stdin);
+        for (name, config) in &configs {
+            append(
+                &mut archive,
+                name,
+                tar::EntryType::Regular,
+                0o644,
+                config,
+                None,
+            )?;
+        }
+        let manifest = serde_json::to_vec(&manifest)?;
+        append(
+            &mut archive,
+            "manifest.json",
+            tar::EntryType::Regular,
+            0o644,
+            &manifest,
+            None,
+        )?;
+        append(
+            &mut archive,
+            "layer",
+            tar::EntryType::Directory,
+            0o755,
+            b"",
+            None,
+        )?;
+        archive.append_path_with_name(&layer, "layer/layer.tar")?;
+        archive.into_inner()?.flush()?;
+        Ok(())
+    })();
+    let output = load.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "docker load of the stand-in base images into {} failed: {}",
+            engine.name(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    written.context("writing the stand-in images to docker load")?;
+    eprintln!(
+        "stand-in base images loaded into {} in {:.1}s",
+        engine.name(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The Debian stand-in's rootfs, made once and cached in the test cache dir: a directory
+/// with `rootfs.tar` and its SHA-256 (the layer's diff id) in `rootfs.tar.sha256`.
+pub fn debian_rootfs() -> anyhow::Result<Utf8PathBuf> {
+    static ROOTFS: OnceLock<Utf8PathBuf> = OnceLock::new();
+    if let Some(rootfs) = ROOTFS.get() {
+        return Ok(rootfs.clone());
+    }
+    let cache = test_cache_dir()?;
+    let rootfs = cached(&cache, &format!("standin-{DEBIAN_RECIPE}"), |scratch| {
+        let started = Instant::now();
+        eprintln!("making the Debian stand-in rootfs (once; cached in {cache}) …");
+        let made = make_debian_rootfs(scratch)?;
+        eprintln!(
+            "Debian stand-in rootfs made in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(made)
+    })?;
+    Ok(ROOTFS.get_or_init(|| rootfs).clone())
+}
+
+fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
+    let sh = Shell::new()?;
+    let rootfs = scratch.join("rootfs");
+    // in memory: dpkg syncs a lot, and deleting the tree from this disk is slow
+    sh.create_dir(&rootfs)?;
+    cmd!(sh, "mount -t tmpfs -o size=4g xtd-rootfs {rootfs}")
+        .quiet()
+        .run()?;
+    let mirror = debian_mirror(&sh);
+    cmd!(
+        sh,
+        "debootstrap --variant=minbase --include={DEBIAN_PACKAGES} bookworm {rootfs} {mirror...}"
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()
+    .with_context(|| {
+        let log = rootfs.join("debootstrap/debootstrap.log");
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "debootstrap failed; the end of its log:\n{}",
+            tail.join("\n")
+        )
+    })?;
+    // debootstrap unmounts what it mounted, unless it failed half-way
+    for mounted in ["proc", "sys", "dev"] {
+        super::unmount_below(&rootfs.join(mounted))?;
+    }
+
+    // npm as in the official node images, from the npm registry
+    sh.change_dir(scratch);
+    cmd!(sh, "npm pack --silent npm@{NPM_VERSION}")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    let modules = rootfs.join("usr/local/lib/node_modules");
+    sh.create_dir(&modules)?;
+    let npm_tgz = scratch.join(format!("npm-{NPM_VERSION}.tgz"));
+    cmd!(sh, "tar -xzf {npm_tgz} -C {modules} --no-same-owner")
+        .quiet()
+        .run()?;
+    std::fs::rename(modules.join("package"), modules.join("npm"))?;
+    let bin = rootfs.join("usr/local/bin");
+    sh.create_dir(&bin)?;
+    symlink("../lib/node_modules/npm/bin/npm-cli.js", bin.join("npm"))?;
+    symlink("../lib/node_modules/npm/bin/npx-cli.js", bin.join("npx"))?;
+
+    // python: `python` and `pip` commands, and pip may install system-wide (no PEP 668)
+    symlink("/usr/bin/python3", bin.join("python"))?;
+    symlink("/usr/bin/pip3", bin.join("pip"))?;
+    for marker in sh.read_dir(rootfs.join("usr/lib"))? {
+        let marker = marker.join("EXTERNALLY-MANAGED");
+        if marker.exists() {
+            std::fs::remove_file(marker)?;
+        }
+    }
+
+    // nginx: only conf.d/*.conf serve, the official default site, logs to the container's
+    // stdout and stderr
+    std::fs::remove_file(rootfs.join("etc/nginx/sites-enabled/default"))?;
+    sh.write_file(
+        rootfs.join("etc/nginx/conf.d/default.conf"),
+        NGINX_DEFAULT_CONF,
+    )?;
+    for (log, target) in [("access.log", "/dev/stdout"), ("error.log", "/dev/stderr")] {
+        let log = rootfs.join("var/log/nginx").join(log);
+        if log.exists() {
+            std::fs::remove_file(&log)?;
+        }
+        symlink(target, log)?;
+    }
+
+    // the users the official images have (`USER node`, `chown nginx`)
+    append_line(
+        &rootfs.join("etc/passwd"),
+        "nginx:x:101:101:nginx:/nonexistent:/usr/sbin/nologin",
+    )?;
+    append_line(&rootfs.join("etc/group"), "nginx:x:101:")?;
+    append_line(
+        &rootfs.join("etc/passwd"),
+        "node:x:1000:1000::/home/node:/bin/sh",
+    )?;
+    append_line(&rootfs.join("etc/group"), "node:x:1000:")?;
+    sh.create_dir(rootfs.join("home/node"))?;
+    let home = rootfs.join("home/node");
+    cmd!(sh, "chown 1000:1000 {home}").quiet().run()?;
+
+    // `wget`, which healthchecks of alpine-based services use, from the host's busybox
+    let busybox = super::which("busybox").context("busybox not found")?;
+    std::fs::copy(&busybox, bin.join("busybox"))?;
+    symlink("busybox", bin.join("wget"))?;
+
+    // slim like the official images: no package lists, docs or device nodes
+    for dir in [
+        "var/cache/apt",
+        "var/lib/apt/lists",
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/locale",
+        "dev",
+    ] {
+        let dir = rootfs.join(dir);
+        remove_tree(&dir)?;
+        sh.create_dir(&dir)?;
+    }
+    let out = scratch.join("out");
+    sh.create_dir(&out)?;
+    let tar = out.join("rootfs.tar");
+    cmd!(sh, "tar --numeric-owner --xattrs -C {rootfs} -cf {tar} .")
+        .quiet()
+        .run()?;
+    remove_tree(&rootfs)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(&tar)?, &mut hasher)?;
+    let diff_id = format!("sha256:{:x}\n", hasher.finalize());
+    sh.write_file(out.join("rootfs.tar.sha256"), diff_id)?;
+    Ok(out)
+}
+
+const NGINX_DEFAULT_CONF: &str = "server {
+    listen       80;
+    server_name  localhost;
+    location / {
+        root   /usr/share/nginx/html;
+        index  index.html index.htm;
+    }
+}
+";
+
+fn append_line(file: &Utf8Path, line: &str) -> anyhow::Result<()> {
+    let mut text = std::fs::read_to_string(file)?;
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(file, text)?;
+    Ok(())
+}
+
+/// The Debian mirror apt uses on this machine (so debootstrap fetches from where apt
+/// does); `None` leaves debootstrap's default.
+fn debian_mirror(sh: &Shell) -> Option<String> {
+    let sources = sh
+        .read_file("/etc/apt/sources.list.d/debian.sources")
+        .unwrap_or_default();
+    for stanza in sources.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::trim)
+        };
+        let suites = field("Suites:").unwrap_or_default();
+        if suites.split_whitespace().any(|suite| suite == "bookworm") {
+            if let Some(uri) = field("URIs:").and_then(|uris| uris.split_whitespace().next()) {
+                return Some(uri.to_owned());
+            }
+        }
+    }
+    let list = sh.read_file("/etc/apt/sources.list").unwrap_or_default();
+    list.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        (words.len() >= 3 && words[0] == "deb" && words[2] == "bookworm")
+            .then(|| words[1].to_owned())
+    })
+}
