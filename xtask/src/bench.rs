@@ -491,6 +491,26 @@ fn measure_all(
     eprintln!("        log of every command: {log}");
     let export = lab.start_engine("export")?;
     let target = lab.start_engine("target")?;
+    notes.push(format!(
+        "Load average when the benchmark started: {} (other work on the machine shows here).",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    ));
+    // The app first: it needs the network (wheelhouse, npm cache) and fails earliest.
+    if with_app {
+        let app = measure_app(
+            lab, xtask, repo, runs, &mut rows, &mut notes, export, target,
+        );
+        if let Err(err) = app {
+            eprintln!("error: the app stack's figures failed: {err:#}");
+            notes.push(format!("The app stack's figures (2, 4) failed: {err:#}"));
+        }
+    } else {
+        notes.push(
+            "The application stack (figures 2 and 4) was left out (--quick or --no-app).".into(),
+        );
+    }
     let esh = lab.engines[export].shell()?;
     let tsh = lab.engines[target].shell()?;
 
@@ -706,15 +726,7 @@ fn measure_all(
         Target::AtMost(0.050),
     ));
 
-    if with_app {
-        measure_app(
-            lab, xtask, repo, runs, &mut rows, &mut notes, export, target,
-        )?;
-    } else {
-        notes.push(
-            "The application stack (figures 2 and 4) was left out (--quick or --no-app).".into(),
-        );
-    }
+    rows.sort_by(|a, b| a.figure.cmp(&b.figure));
     Ok(Report { rows, notes })
 }
 
@@ -750,6 +762,12 @@ fn measure_app(
         &log,
         &[0],
     )?;
+    rows.push(Row::new(
+        "0. First export of the app (cold builds, downloads)",
+        Stat::of(&[first.secs], Unit::Secs),
+        None,
+        Target::None,
+    ));
     notes.push(format!(
         "First `cache-export` of the app on the export engine (cold builds, wheelhouse \
          download, npm cache fill and its offline check): {:.1}s. The timed exports below \

@@ -116,8 +116,8 @@ pub fn hash_files(
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Vec<io::Result<(u64, String)>> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<io::Result<(u64, String)>>>> =
-        Mutex::new((0..files.len()).map(|_| None).collect());
+    type Slot = Option<io::Result<(u64, String)>>;
+    let results: Mutex<Vec<Slot>> = Mutex::new((0..files.len()).map(|_| None).collect());
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(8);

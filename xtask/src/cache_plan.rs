@@ -63,7 +63,7 @@ pub fn render(plan: &Plan, dir: &camino::Utf8Path) -> String {
             rel(&b.context),
             b.dockerfile
                 .as_deref()
-                .map_or_else(|| "(inline)".to_string(), |p| rel(p)),
+                .map_or_else(|| "(inline)".to_string(), &rel),
             b.target.clone().unwrap_or_else(|| "-".into()),
             b.base_images.join(", "),
             if deps.is_empty() {

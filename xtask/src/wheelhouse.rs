@@ -588,8 +588,8 @@ pub fn missing_for_target(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("reading the dependency check of {dir}"))?)
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("reading the dependency check of {dir}"))
 }
 
 fn target_machine(target: &PythonTarget) -> &'static str {

@@ -84,10 +84,11 @@ pub fn uncached_steps(log: &str) -> Vec<String> {
         };
         if text.trim() == "CACHED" {
             cached.insert(id.to_string());
-        } else if text.starts_with('[') && (text.contains("] RUN ") || text.contains("] COPY ")) {
-            if !steps.iter().any(|(i, _)| i == id) {
-                steps.push((id.to_string(), text.to_string()));
-            }
+        } else if text.starts_with('[')
+            && (text.contains("] RUN ") || text.contains("] COPY "))
+            && !steps.iter().any(|(i, _)| i == id)
+        {
+            steps.push((id.to_string(), text.to_string()));
         }
     }
     steps
@@ -270,10 +271,19 @@ fn a_damaged_bundle_is_refused_before_anything_is_loaded() -> anyhow::Result<()>
         // The POSIX script refuses the same bundle (unless it is the missing one).
         let script = server.join("docker-build-cache/import-build-cache.sh");
         if script.exists() {
-            let out = cmd!(offline_sh, "sh {script}").ignore_status().quiet().output()?;
-            ensure!(!out.status.success(), "{what}: import-build-cache.sh accepted the bundle");
+            let out = cmd!(offline_sh, "sh {script}")
+                .ignore_status()
+                .quiet()
+                .output()?;
+            ensure!(
+                !out.status.success(),
+                "{what}: import-build-cache.sh accepted the bundle"
+            );
             let images = cmd!(offline_sh, "docker images -q").read()?;
-            ensure!(images.is_empty(), "{what}: the script loaded images: {images}");
+            ensure!(
+                images.is_empty(),
+                "{what}: the script loaded images: {images}"
+            );
         }
     }
 

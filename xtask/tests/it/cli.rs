@@ -79,16 +79,27 @@ fn cache_plan_shows_the_repositorys_three_base_images() {
         serde_json::json!(["nginx:alpine", "node:18-alpine", "python:3.9-slim"])
     );
     assert_eq!(plan["project_name"], "llm-chat");
-    assert_eq!(plan["compose_file"], root.join("docker-compose.yml").as_str());
+    assert_eq!(
+        plan["compose_file"],
+        root.join("docker-compose.yml").as_str()
+    );
     let backend = &plan["build_services"][0];
     assert_eq!(backend["name"], "backend");
     assert_eq!(backend["context"], root.join("backend").as_str());
-    assert_eq!(backend["dockerfile"], root.join("backend/Dockerfile").as_str());
-    assert_eq!(backend["base_images"], serde_json::json!(["python:3.9-slim"]));
+    assert_eq!(
+        backend["dockerfile"],
+        root.join("backend/Dockerfile").as_str()
+    );
+    assert_eq!(
+        backend["base_images"],
+        serde_json::json!(["python:3.9-slim"])
+    );
     assert!(backend["python_requirements"]
         .as_array()
         .unwrap()
-        .contains(&serde_json::json!(root.join("backend/requirements.txt").as_str())));
+        .contains(&serde_json::json!(root
+            .join("backend/requirements.txt")
+            .as_str())));
     assert_eq!(
         plan["build_services"][1]["node_lockfiles"],
         serde_json::json!([root.join("frontend/package-lock.json").as_str()])
@@ -109,7 +120,10 @@ fn cache_plan_shows_the_repositorys_three_base_images() {
 fn compose_file_is_found_upwards_in_compose_order() {
     let (_d, root) = project(&[
         ("compose.yaml", "services:\n  a:\n    image: first:1\n"),
-        ("docker-compose.yml", "services:\n  b:\n    image: second:1\n"),
+        (
+            "docker-compose.yml",
+            "services:\n  b:\n    image: second:1\n",
+        ),
         ("sub/dir/.keep", ""),
     ]);
     let run = xtask(&root.join("sub/dir"), &["cache-plan", "--json"]);
@@ -130,7 +144,11 @@ fn a_git_context_is_listed_with_a_warning_and_the_rest_goes_on() {
     ]);
     let run = xtask(&root, &["cache-plan", "--json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("warning: service remote"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("warning: service remote"),
+        "{}",
+        run.stderr
+    );
     let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(plan["remote_build_services"][0]["name"], "remote");
     assert_eq!(plan["base_images"], serde_json::json!(["alpine:3.20"]));
@@ -180,7 +198,10 @@ fn bad_input_exits_1_with_a_message_naming_the_place() {
         &["service a", "cycle"],
     );
     check(
-        &[("compose.yaml", "services:\n  a:\n    image: ${TAG:?set TAG first}\n")],
+        &[(
+            "compose.yaml",
+            "services:\n  a:\n    image: ${TAG:?set TAG first}\n",
+        )],
         &["TAG", "set TAG first"],
     );
     check(
@@ -220,7 +241,8 @@ fn usage_errors_exit_2_and_help_has_examples() {
 
 #[test]
 fn patch_compose_from_the_plan_is_idempotent_and_reverts_to_the_byte() {
-    let compose = "# the app\r\nservices:\r\n  web:   # front\r\n    build: ./web\r\n    image: web:1\r\n";
+    let compose =
+        "# the app\r\nservices:\r\n  web:   # front\r\n    build: ./web\r\n    image: web:1\r\n";
     let (_d, root) = project(&[
         ("compose.yaml", compose),
         ("web/Dockerfile", "FROM alpine:3.20\nRUN echo hi\n"),
@@ -238,17 +260,30 @@ fn patch_compose_from_the_plan_is_idempotent_and_reverts_to_the_byte() {
     assert_eq!(check.code, 0, "{}", check.stderr);
     let again = xtask(&root, &["patch-compose", "--strategy", "local"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
-    assert_eq!(std::fs::read_to_string(root.join("compose.yaml")).unwrap(), patched);
+    assert_eq!(
+        std::fs::read_to_string(root.join("compose.yaml")).unwrap(),
+        patched
+    );
 
     let revert = xtask(&root, &["patch-compose", "--revert"]);
     assert_eq!(revert.code, 0, "{}", revert.stderr);
-    assert_eq!(std::fs::read_to_string(root.join("compose.yaml")).unwrap(), compose);
+    assert_eq!(
+        std::fs::read_to_string(root.join("compose.yaml")).unwrap(),
+        compose
+    );
     let check = xtask(&root, &["patch-compose", "--check", "--strategy", "local"]);
     assert_eq!(check.code, 1, "{}", check.stderr);
     let diff = xtask(&root, &["patch-compose", "--diff", "--strategy", "local"]);
     assert_eq!(diff.code, 0, "{}", diff.stderr);
-    assert!(diff.stdout.contains("+      cache_from:"), "{}", diff.stdout);
-    assert_eq!(std::fs::read_to_string(root.join("compose.yaml")).unwrap(), compose);
+    assert!(
+        diff.stdout.contains("+      cache_from:"),
+        "{}",
+        diff.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("compose.yaml")).unwrap(),
+        compose
+    );
 }
 
 #[test]
@@ -265,7 +300,10 @@ fn verify_names_each_bad_file_without_docker() {
             .map(|x| format!("{x:02x}"))
             .collect::<String>()
     };
-    let files = [("build-cache/a/index.json", &b"{}"[..]), ("one.bin", &b"hello"[..])];
+    let files = [
+        ("build-cache/a/index.json", &b"{}"[..]),
+        ("one.bin", &b"hello"[..]),
+    ];
     let mut manifest = String::from(
         "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
          project_name: p\nengine: {server_version: '26', arch: amd64, containerd_store: true}\n\
@@ -290,9 +328,22 @@ fn verify_names_each_bad_file_without_docker() {
     std::fs::write(bundle.join("stray.txt"), b"?").unwrap();
     let bad = xtask(&root, &["cache-verify", "--json"]);
     assert_eq!(bad.code, 1, "{}", bad.stderr);
-    assert!(bad.stderr.contains(&format!("one.bin: sha256 {}", sha(b"hellO"))), "{}", bad.stderr);
-    assert!(bad.stderr.contains(&format!("expected {}", sha(b"hello"))), "{}", bad.stderr);
-    assert!(bad.stderr.contains("build-cache/a/index.json: missing"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains(&format!("one.bin: sha256 {}", sha(b"hellO"))),
+        "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.contains(&format!("expected {}", sha(b"hello"))),
+        "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.contains("build-cache/a/index.json: missing"),
+        "{}",
+        bad.stderr
+    );
     assert!(bad.stderr.contains("warning: stray.txt"), "{}", bad.stderr);
     let report: serde_json::Value = serde_json::from_str(&bad.stdout).unwrap();
     assert_eq!(report["problems"].as_array().unwrap().len(), 2);
@@ -305,7 +356,11 @@ fn verify_names_each_bad_file_without_docker() {
     .unwrap();
     let future = xtask(&root, &["cache-verify"]);
     assert_eq!(future.code, 1);
-    assert!(future.stderr.contains("format version 7"), "{}", future.stderr);
+    assert!(
+        future.stderr.contains("format version 7"),
+        "{}",
+        future.stderr
+    );
     // SHA256SUMS that disagrees with the manifest.
     std::fs::write(bundle.join("manifest.yaml"), &manifest).unwrap();
     std::fs::write(bundle.join("SHA256SUMS"), sums.lines().next().unwrap()).unwrap();
