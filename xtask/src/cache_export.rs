@@ -910,7 +910,6 @@ mod tests {
     fn engine(containerd_store: bool, buildx: bool) -> EngineInfo {
         EngineInfo {
             server_version: "26.1.5".into(),
-            api_version: "1.45".into(),
             os: "linux".into(),
             arch: "amd64".into(),
             buildx: buildx.then(|| "v0.13.1".into()),

@@ -16,7 +16,6 @@ use xshell::{cmd, Shell};
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct EngineInfo {
     pub server_version: String,
-    pub api_version: String,
     pub os: String,
     pub arch: String,
     /// `docker buildx` is installed (needed for `type=local` cache export).
@@ -41,45 +40,42 @@ impl<'a> Docker<'a> {
         Docker { sh }
     }
 
-    /// Probes the engine; fails with what to do when it does not answer.
+    /// Probes the engine with one `docker info` (its output also names the client's
+    /// plugins); fails with what to do when the engine does not answer.
     pub fn probe(&self) -> anyhow::Result<EngineInfo> {
         let sh = self.sh;
-        let format = "{{json .Server}}";
-        let version = cmd!(sh, "docker version --format {format}")
+        let format = "{{json .}}";
+        let info = cmd!(sh, "docker info --format {format}")
             .quiet()
             .ignore_stderr()
             .read()
-            .map_err(|_| {
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .filter(|info| info["ServerVersion"].is_string())
+            .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "the Docker engine does not answer (`docker version` failed); \
-                     start it (e.g. `systemctl start docker`) or set DOCKER_HOST"
+                    "the Docker engine does not answer (`docker info` failed); start it \
+                     (e.g. `systemctl start docker`) or set DOCKER_HOST"
                 )
             })?;
-        let version: serde_json::Value =
-            serde_json::from_str(&version).context("reading `docker version` output")?;
-        let format = "{{json .}}";
-        let info = cmd!(sh, "docker info --format {format}").quiet().read()?;
-        let info: serde_json::Value =
-            serde_json::from_str(&info).context("reading `docker info` output")?;
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
         let driver_status = info["DriverStatus"].as_array().cloned().unwrap_or_default();
         let containerd_store = driver_status.iter().any(|pair| {
             pair.get(1)
                 .and_then(|v| v.as_str())
                 .is_some_and(|v| v.starts_with("io.containerd.snapshotter"))
         });
-        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        let buildx = cmd!(sh, "docker buildx version")
-            .quiet()
-            .ignore_stderr()
-            .read()
-            .ok()
-            .map(|s| s.trim().to_string());
-        let compose_v2 = cmd!(sh, "docker compose version --short")
-            .quiet()
-            .ignore_stderr()
-            .read()
-            .ok()
-            .map(|s| s.trim().to_string());
+        let plugins = info["ClientInfo"]["Plugins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let plugin = |name: &str| {
+            plugins
+                .iter()
+                .find(|p| p["Name"] == name && p["Err"].is_null())
+                .map(|p| text(&p["Version"]))
+        };
+        let compose_v2 = plugin("compose");
         let compose_v1 = if compose_v2.is_none() {
             cmd!(sh, "docker-compose version --short")
                 .quiet()
@@ -90,12 +86,17 @@ impl<'a> Docker<'a> {
         } else {
             None
         };
+        // Go's names, as `docker version` and image platforms spell them.
+        let arch = match info["Architecture"].as_str().unwrap_or_default() {
+            "x86_64" => "amd64".to_string(),
+            "aarch64" => "arm64".to_string(),
+            other => other.to_string(),
+        };
         Ok(EngineInfo {
-            server_version: text(&version["Version"]),
-            api_version: text(&version["ApiVersion"]),
-            os: text(&version["Os"]),
-            arch: text(&version["Arch"]),
-            buildx,
+            server_version: text(&info["ServerVersion"]),
+            os: text(&info["OSType"]),
+            arch,
+            buildx: plugin("buildx"),
             containerd_store,
             storage_driver: text(&info["Driver"]),
             compose_v2,

@@ -59,7 +59,14 @@ impl Args {
         } else {
             let plan = Plan::build(&project.model, &project.name, &RealFs)?;
             let manifest = bundle::read_manifest(&bundle_dir).ok();
-            let engine = Docker::new(sh).probe().ok();
+            // The engine is asked only when neither the bundle nor --strategy decides, or,
+            // for a bundle with a `type=local` cache, whether this engine can read it.
+            let engine = match (&manifest, self.strategy) {
+                (Some(m), _) if m.strategy != Strategy::Local => None,
+                // --strategy is the user's decision for the engine that will build.
+                (None, Some(_)) => None,
+                _ => Docker::new(sh).probe().ok(),
+            };
             let strategy = match (&manifest, self.strategy, &engine) {
                 (Some(m), _, _) => m.strategy,
                 (None, Some(s), _) => s,
