@@ -167,25 +167,69 @@ impl Args {
         // Every build and the Python probe need the base images, whatever is exported.
         let base_images = ensure_base_images(&docker, &plan, self.pull)?;
         let mut images = if wants(Part::BaseImages) || strategy != Strategy::Local {
-            base_images
+            base_images.clone()
         } else {
             Vec::new()
         };
+        // The previous bundle's dependency caches are reused where their inputs did not
+        // change: refilling the npm cache rewrites its index (timestamps), which would
+        // change the build context and miss the layer cache of every step after it.
+        let previous = bundle::read_manifest(&out).ok();
         let mut services = Vec::new();
         for service in &plan.build_services {
             let mut entry = ServiceEntry {
                 name: service.name.clone(),
+                inputs: fingerprints(&project, service)?,
                 ..ServiceEntry::default()
+            };
+            let reusable = |field: fn(&ServiceEntry) -> Option<&String>, inputs: &[Utf8PathBuf]| {
+                let old = previous
+                    .as_ref()?
+                    .services
+                    .iter()
+                    .find(|s| s.name == service.name)?;
+                let same_inputs = inputs.iter().all(|file| {
+                    let rel = rel_to(&project.dir, file);
+                    old.inputs.get(&rel).is_some() && old.inputs.get(&rel) == entry.inputs.get(&rel)
+                });
+                same_inputs.then(|| field(old).cloned()).flatten()
             };
             if wants(Part::PipCache) && !service.python_requirements.is_empty() {
                 let rel = wheelhouse_dir(&service.name);
-                self.export_wheelhouse(sh, &docker, &engine, service, &staging.join(&rel))?;
+                let same_images = previous.as_ref().is_some_and(|p| {
+                    service.base_images.iter().all(|name| {
+                        let now = base_images.iter().find(|i| &i.name == name).map(|i| &i.id);
+                        let then = p.images.iter().find(|i| &i.name == name).map(|i| &i.id);
+                        now.is_some() && now == then
+                    })
+                });
+                let overridden = self.python_version.is_some() || !self.platforms.is_empty();
+                let old = reusable(|e| e.wheelhouse.as_ref(), &service.python_requirements)
+                    .filter(|_| same_images && !overridden);
+                match old {
+                    Some(old) if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? => {
+                        eprintln!("     Reusing {rel} (requirements and base image unchanged)");
+                    }
+                    _ => {
+                        self.export_wheelhouse(sh, &docker, &engine, service, &staging.join(&rel))?
+                    }
+                }
                 entry.wheelhouse = Some(rel);
             }
             if wants(Part::NpmCache) {
                 if let Some(lockfile) = service.node_lockfiles.first() {
                     let rel = npm_cache_dir(&service.name);
-                    export_npm_cache(sh, &engine, lockfile, &staging.join(&rel))?;
+                    let same_arch = previous
+                        .as_ref()
+                        .is_some_and(|p| p.engine.arch == engine.arch);
+                    let old = reusable(|e| e.npm_cache.as_ref(), &service.node_lockfiles)
+                        .filter(|_| same_arch);
+                    match old {
+                        Some(old) if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? => {
+                            eprintln!("     Reusing {rel} (lockfile unchanged)");
+                        }
+                        _ => export_npm_cache(sh, &engine, lockfile, &staging.join(&rel))?,
+                    }
                     entry.npm_cache = Some(rel);
                 }
             }
@@ -220,11 +264,6 @@ impl Args {
                 id,
                 role: ImageRole::BuildCache,
             });
-        }
-        for entry in &mut services {
-            if let Some(service) = plan.build_services.iter().find(|s| s.name == entry.name) {
-                entry.inputs = fingerprints(&project, service)?;
-            }
         }
 
         let mut files = Vec::new();
@@ -602,13 +641,60 @@ fn fingerprints(
         .chain(&service.node_lockfiles);
     for file in files {
         let (_, digest) = bundle::hash_file(file).with_context(|| format!("hashing {file}"))?;
-        let rel = file
-            .strip_prefix(&project.dir)
-            .map(|p| p.to_string())
-            .unwrap_or_else(|_| file.to_string());
-        inputs.insert(rel, digest);
+        inputs.insert(rel_to(&project.dir, file), digest);
     }
     Ok(inputs)
+}
+
+/// `file` relative to the compose file's folder, as the manifest records inputs.
+fn rel_to(dir: &Utf8Path, file: &Utf8Path) -> String {
+    file.strip_prefix(dir)
+        .map_or_else(|_| file.to_string(), |p| p.to_string())
+}
+
+/// Hard-links the previous bundle's folder `old` into `dest` (the previous bundle stays
+/// whole until the new one replaces it), after checking each file against the previous
+/// manifest. `false` (and nothing left behind) when a file is missing or damaged.
+fn reuse(
+    out: &Utf8Path,
+    old: &str,
+    previous: Option<&Manifest>,
+    dest: &Utf8Path,
+) -> anyhow::Result<bool> {
+    let Some(previous) = previous else {
+        return Ok(false);
+    };
+    let prefix = format!("{old}/");
+    let entries: Vec<&FileEntry> = previous
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with(&prefix))
+        .collect();
+    let names: Vec<String> = entries.iter().map(|f| f.path.clone()).collect();
+    let on_disk = bundle::list_files(&out.join(old)).unwrap_or_default();
+    if entries.is_empty() || on_disk.len() != entries.len() {
+        return Ok(false);
+    }
+    let hashed = bundle::hash_files(out, &names, &|_, _| {});
+    let intact = entries
+        .iter()
+        .zip(&hashed)
+        .all(|(e, h)| matches!(h, Ok((size, digest)) if *size == e.size && *digest == e.sha256));
+    if !intact {
+        eprintln!("warning: the previous {old}/ does not match its manifest; filling it again");
+        return Ok(false);
+    }
+    for entry in entries {
+        let to = dest.join(&entry.path[prefix.len()..]);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
+        }
+        let from = out.join(&entry.path);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
+        }
+    }
+    Ok(true)
 }
 
 /// One `docker save` of every image, compressed and hashed while it streams.

@@ -138,7 +138,7 @@ fn export_import_build(
     xtask(&offline_sh, &server, &["patch-compose"]).context("patch-compose offline")?;
 
     let _cd = offline_sh.push_dir(&server);
-    let mut build = cmd!(offline_sh, "docker compose build --progress plain");
+    let mut build = cmd!(offline_sh, "docker compose --progress plain build");
     if strategy == Some("legacy") {
         build = build.env("DOCKER_BUILDKIT", "0");
     }

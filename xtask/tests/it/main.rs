@@ -5,7 +5,6 @@
 
 mod support;
 
-mod app_stack;
 mod bundle_e2e;
 mod cli;
 mod docker_smoke;

@@ -1,11 +1,13 @@
-//! The reason people rebuild offline: something changed. The repository's real application
-//! (stand-in base images under the real names) is exported on an "online" private engine;
-//! on an "offline" one, which has no way out, the bundle is imported, the compose file
-//! patched, one line of backend and one of frontend code changed: `docker compose build`
-//! succeeds, the dependency layers come from the cache and the code layers rebuild; then
-//! `--no-cache` also succeeds (the wheelhouse and the npm cache alone are enough), and the
-//! stack answers `/api/health` through nginx. A requirement changed to a version the
-//! wheelhouse lacks is named by `cache-status` (exit 1) and by the build's error.
+//! The application itself, end to end with no network: the repository's backend, frontend
+//! and gateway (stand-in base images under the real names) are exported on an "online"
+//! private engine, which builds all three images. On an "offline" one, which has no way
+//! out, the bundle is imported and the compose file patched; then, the reason people
+//! rebuild offline, one line of backend and one of frontend code change: `docker compose
+//! build` succeeds, the dependency layers come from the cache and the code layers rebuild;
+//! `--no-cache` also succeeds (the wheelhouse and the npm cache alone are enough); the
+//! stack comes up and answers `/api/health` through nginx. A requirement changed to a
+//! version the wheelhouse lacks is named by `cache-status` (exit 1) and by the build's
+//! error.
 
 use anyhow::{ensure, Context};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -123,10 +125,14 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         "// changed on the offline server",
     )?;
     let _cd = sh.push_dir(&server);
-    let out = cmd!(sh, "docker compose build --progress plain")
+    let out = cmd!(sh, "docker compose --progress plain build")
         .ignore_status()
         .output()?;
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(out.status.success(), "the offline rebuild failed:\n{log}");
     ensure!(
         step_cached(&log, "pip install") == Some(true),
@@ -145,7 +151,7 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         "the frontend code did not rebuild:\n{log}"
     );
 
-    let out = cmd!(sh, "docker compose build --no-cache --progress plain")
+    let out = cmd!(sh, "docker compose --progress plain build --no-cache")
         .ignore_status()
         .output()?;
     ensure!(
@@ -199,10 +205,14 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         status.err().context("cache-status passed a missing pin")?
     );
     ensure!(status.contains("httpx==0.27.2"), "{status}");
-    let out = cmd!(sh, "docker compose build --progress plain backend")
+    let out = cmd!(sh, "docker compose --progress plain build backend")
         .ignore_status()
         .output()?;
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(
         !out.status.success(),
         "the build passed with a pin the wheelhouse lacks"

@@ -11,7 +11,6 @@
 #![allow(dead_code)] // each test module uses a different part of the support code
 
 pub mod engine;
-pub mod offline_deps;
 pub mod standins;
 
 use std::{
