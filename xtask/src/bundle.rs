@@ -66,19 +66,111 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn hash_file(path: &Utf8Path) -> io::Result<(u64, String)> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; BUFFER];
-    let mut bytes = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
+    let size = file.metadata()?.len();
+    if size < 4 * BUFFER as u64 {
+        let mut buf = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut buf)?;
+        hasher.update(&buf);
+        return Ok((buf.len() as u64, hex(&hasher.finalize())));
     }
+    // Big files: reading on one core, hashing on the other.
+    let bytes = pipelined(file, |chunk| {
+        hasher.update(chunk);
+        Ok(())
+    })?;
     Ok((bytes, hex(&hasher.finalize())))
+}
+
+/// A chunk read ahead by [`ReadAhead`], or how the reading ended.
+pub enum Chunk {
+    Data(Vec<u8>),
+    Failed(io::Error),
+}
+
+/// Reads on a thread of its own into chunks of up to [`BUFFER`] bytes, a few ahead of the
+/// consumer, so that reading or decompressing — or the engine's stream — overlaps with
+/// hashing and writing on the other core. Buffers go back to the reader once consumed
+/// ([`ReadAhead::recycle`]): memory stays bounded and no page is faulted in twice. The
+/// thread ends at the end of the input, or when the consumer drops this.
+pub struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+const IN_FLIGHT: usize = 4;
+
+impl ReadAhead {
+    pub fn new<R: Read + Send + 'static>(mut reader: R) -> ReadAhead {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(IN_FLIGHT);
+        let (spare, spares) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut made = 0;
+            loop {
+                let mut buf = match spares.try_recv() {
+                    Ok(buf) => buf,
+                    Err(_) if made < IN_FLIGHT + 2 => {
+                        made += 1;
+                        vec![0u8; BUFFER]
+                    }
+                    Err(_) => match spares.recv() {
+                        Ok(buf) => buf,
+                        Err(_) => return,
+                    },
+                };
+                buf.resize(BUFFER, 0);
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match reader.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.send(Chunk::Failed(e));
+                            return;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return;
+                }
+                buf.truncate(filled);
+                if tx.send(Chunk::Data(buf)).is_err() {
+                    return;
+                }
+            }
+        });
+        ReadAhead { chunks, spare }
+    }
+
+    /// The next chunk; `None` at the end of the input.
+    pub fn next_chunk(&self) -> Option<Chunk> {
+        self.chunks.recv().ok()
+    }
+
+    /// Hands a consumed buffer back to the reader.
+    pub fn recycle(&self, buf: Vec<u8>) {
+        let _ = self.spare.send(buf);
+    }
+}
+
+/// Feeds `consume` everything `reader` yields, read ahead on another thread; the byte count.
+pub fn pipelined<R: Read + Send + 'static>(
+    reader: R,
+    mut consume: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let ahead = ReadAhead::new(reader);
+    let mut total = 0u64;
+    while let Some(chunk) = ahead.next_chunk() {
+        match chunk {
+            Chunk::Data(buf) => {
+                consume(&buf)?;
+                total += buf.len() as u64;
+                ahead.recycle(buf);
+            }
+            Chunk::Failed(e) => return Err(e),
+        }
+    }
+    Ok(total)
 }
 
 /// Every regular file under `dir`, relative and `/`-separated, sorted. Symlinks and other
@@ -382,6 +474,28 @@ mod tests {
             digest,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn pipelined_hashing_matches_a_plain_pass() {
+        let dir = std::env::temp_dir().join(format!("xtask-bundle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = Utf8PathBuf::from_path_buf(dir.join("big")).unwrap();
+        let data: Vec<u8> = (0..(5 * BUFFER + 123))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let (size, digest) = hash_file(&path).unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(digest, hex(&Sha256::digest(&data)));
+        let mut streamed = Sha256::new();
+        let total = pipelined(std::fs::File::open(&path).unwrap(), |chunk| {
+            streamed.update(chunk);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((total, hex(&streamed.finalize())), (size, digest));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -708,54 +708,59 @@ fn save_images(
     eprintln!("      Saving {} images to {rel}", names.len());
     let started = Instant::now();
     let mut child = docker.spawn_save(names)?;
-    let mut stdout = child.stdout.take().context("docker save has no stdout")?;
+    let stdout = child.stdout.take().context("docker save has no stdout")?;
+    let mut stderr = child.stderr.take().context("docker save has no stderr")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
     let file = File::create(path).with_context(|| format!("creating {path}"))?;
     let hashing = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
     let mut progress = crate::progress::Progress::new("Saving", None);
-    let copy = |reader: &mut dyn Read,
-                writer: &mut dyn Write,
-                progress: &mut crate::progress::Progress|
-     -> std::io::Result<u64> {
-        let mut buf = vec![0u8; bundle::BUFFER];
+    // The engine's stream is read ahead on another thread, so `docker save` never waits
+    // on the pipe while a chunk is hashed (and compressed) and written here.
+    let copy = |writer: &mut dyn Write| -> std::io::Result<u64> {
         let mut total = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            writer.write_all(&buf[..n])?;
-            total += n as u64;
+        bundle::pipelined(stdout, |chunk| {
+            writer.write_all(chunk)?;
+            total += chunk.len() as u64;
             progress.set(total);
-        }
-        Ok(total)
+            Ok(())
+        })
     };
-    let (writer, raw) = match compression {
-        Compression::None => {
-            let mut w = hashing;
-            let raw = copy(&mut stdout, &mut w, &mut progress)?;
-            (w, raw)
-        }
-        Compression::Zstd => {
-            let mut enc = zstd::stream::Encoder::new(hashing, 3)?;
-            enc.multithread(2)?;
-            let raw = copy(&mut stdout, &mut enc, &mut progress)?;
-            (enc.finish()?, raw)
-        }
-        Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
-            let raw = copy(&mut stdout, &mut enc, &mut progress)?;
-            (enc.finish()?, raw)
+    let written = (|| -> anyhow::Result<_> {
+        Ok(match compression {
+            Compression::None => {
+                let mut w = hashing;
+                let raw = copy(&mut w)?;
+                (w, raw)
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::stream::Encoder::new(hashing, 3)?;
+                enc.multithread(2)?;
+                let raw = copy(&mut enc)?;
+                (enc.finish()?, raw)
+            }
+            Compression::Gzip => {
+                let mut enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
+                let raw = copy(&mut enc)?;
+                (enc.finish()?, raw)
+            }
+        })
+    })();
+    let (writer, raw) = match written {
+        Ok(done) => done,
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err).with_context(|| format!("writing {path}"));
         }
     };
     progress.done();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
     let status = child.wait()?;
     if !status.success() {
+        let stderr = err_reader.join().unwrap_or_default();
         bail!("`docker save` failed: {}", stderr.trim());
     }
     let (mut buffered, size, sha256) = writer.finish();

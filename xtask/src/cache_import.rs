@@ -8,7 +8,10 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use sha2::{Digest, Sha256};
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
@@ -17,7 +20,7 @@ use xshell::Shell;
 use crate::bundle::{self, human_bytes, BundleLock};
 use crate::cache_verify::{verify_bundle, BundleArg};
 use crate::docker::Docker;
-use crate::model::manifest::{Compression, Manifest, Strategy};
+use crate::model::manifest::{Compression, FileEntry, Manifest, Strategy};
 use crate::project::ProjectArgs;
 
 /// Verify a bundle and load it into the Docker engine
@@ -60,11 +63,30 @@ impl Args {
         let _lock = BundleLock::acquire(&dir, "cache-import")?;
         let docker = Docker::new(sh);
         let engine = docker.probe()?;
-        let report = verify_bundle(&dir, true)?;
+        let manifest = bundle::read_manifest(&dir)?;
+        let mut present = Vec::new();
+        let mut to_load = Vec::new();
+        for image in &manifest.images {
+            match docker.image_id(&image.name)? {
+                Some(id) if id == image.id => present.push(image.name.clone()),
+                _ => to_load.push(image.name.clone()),
+            }
+        }
+        let archive = manifest
+            .files
+            .iter()
+            .find(|f| f.path.starts_with("base-images.tar"))
+            .cloned();
+        // The images archive, when it is loaded, is verified while it streams (below).
+        let streamed: Vec<String> = archive
+            .iter()
+            .filter(|_| !to_load.is_empty())
+            .map(|a| a.path.clone())
+            .collect();
+        let report = verify_bundle(&dir, true, &streamed)?;
         if !report.ok() {
             bail!("nothing was imported from {dir}: it does not verify (files named above)");
         }
-        let manifest = bundle::read_manifest(&dir)?;
         // node_modules (node_modules.rs, archive.rs): before any image is loaded.
         if self.extract_node_modules {
             crate::node_modules::extract_for_project(sh, project, &dir, &manifest, self.force)?;
@@ -84,27 +106,12 @@ impl Args {
             _ => {}
         }
 
-        let mut present = Vec::new();
-        let mut to_load = Vec::new();
-        for image in &manifest.images {
-            match docker.image_id(&image.name)? {
-                Some(id) if id == image.id => present.push(image.name.clone()),
-                _ => to_load.push(image.name.clone()),
-            }
-        }
         if !to_load.is_empty() {
-            let archive = manifest
-                .files
-                .iter()
-                .find(|f| f.path.starts_with("base-images.tar"))
+            let archive = archive
+                .as_ref()
                 .context("the manifest lists images but no base-images.tar archive")?;
             preflight_disk(&docker, &engine.docker_root_dir, &manifest, archive.size)?;
-            load_images(
-                &docker,
-                &dir.join(&archive.path),
-                manifest.compression,
-                archive.size,
-            )?;
+            load_images(&docker, &dir, archive, manifest.compression)?;
             for image in &manifest.images {
                 match docker.image_id(&image.name)? {
                     Some(id) if id == image.id => {}
@@ -209,24 +216,41 @@ fn preflight_disk(
     Ok(())
 }
 
+/// Streams the images archive into `docker load`, decompressed here, while hashing the
+/// archive as it is read. The last chunk is held back until the digest is known: an
+/// archive that does not match its manifest never reaches the end of the stream, and
+/// `docker load` is killed before it could tag anything. One pass over the data.
 fn load_images(
     docker: &Docker,
-    archive: &camino::Utf8Path,
+    dir: &camino::Utf8Path,
+    entry: &FileEntry,
     compression: Compression,
-    size: u64,
 ) -> anyhow::Result<()> {
-    eprintln!("     Loading images from {archive} ({})", human_bytes(size));
+    let archive = dir.join(&entry.path);
+    eprintln!(
+        "     Loading images from {archive} ({})",
+        human_bytes(entry.size)
+    );
     let started = Instant::now();
-    let file = File::open(archive).with_context(|| format!("opening {archive}"))?;
-    let counted = CountingReader {
+    let file = File::open(&archive).with_context(|| format!("opening {archive}"))?;
+    let actual_size = file.metadata()?.len();
+    if actual_size != entry.size {
+        bail!(
+            "{}: {actual_size} bytes, expected {} (truncated or grown); nothing was loaded. \
+             Copy it again from the export machine",
+            entry.path,
+            entry.size
+        );
+    }
+    let state = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+    let hashed = SharedHash {
         inner: BufReader::with_capacity(bundle::BUFFER, file),
-        count: 0,
-        progress: crate::progress::Progress::new("Loading", Some(size)),
+        state: Arc::clone(&state),
     };
-    let mut reader: Box<dyn Read> = match compression {
-        Compression::None => Box::new(counted),
-        Compression::Zstd => Box::new(zstd::stream::Decoder::new(counted)?),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(counted)),
+    let reader: Box<dyn Read + Send> = match compression {
+        Compression::None => Box::new(hashed),
+        Compression::Zstd => Box::new(zstd::stream::Decoder::new(hashed)?),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(hashed)),
     };
     let mut child = docker.spawn_load()?;
     let mut stdin = child.stdin.take().context("docker load has no stdin")?;
@@ -242,21 +266,76 @@ fn load_images(
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let mut buf = vec![0u8; bundle::BUFFER];
-    let copy_result: std::io::Result<u64> = (|| {
-        let mut total = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            stdin.write_all(&buf[..n])?;
-            total += n as u64;
+    let ahead = bundle::ReadAhead::new(reader);
+    let mut progress = crate::progress::Progress::new("Loading", None);
+    let mut pending: Option<Vec<u8>> = None;
+    let mut streamed = 0u64;
+    let mut failure: Option<std::io::Error> = None;
+    while let Some(chunk) = ahead.next_chunk() {
+        match chunk {
+            bundle::Chunk::Data(buf) => {
+                if let Some(previous) = pending.replace(buf) {
+                    if let Err(e) = stdin.write_all(&previous) {
+                        failure = Some(e);
+                        break;
+                    }
+                    streamed += previous.len() as u64;
+                    progress.set(streamed);
+                    ahead.recycle(previous);
+                }
+            }
+            bundle::Chunk::Failed(e) => {
+                failure = Some(e);
+                break;
+            }
         }
-        Ok(total)
-    })();
+    }
+    drop(ahead);
+    progress.done();
+    let (digest, read) = {
+        let state = state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("hashing thread failed"))?;
+        (bundle::hex(&state.0.clone().finalize()), state.1)
+    };
+    let intact = failure.is_none() && read == entry.size && digest == entry.sha256;
+    if !intact {
+        // Killed before the end of the stream: nothing gets tagged.
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(e) = failure.filter(|_| read == entry.size && digest == entry.sha256) {
+            let err = err_reader.join().unwrap_or_default();
+            bail!(
+                "streaming {archive} into docker load failed: {e}; {}",
+                err.trim()
+            );
+        }
+        if read != entry.size {
+            bail!(
+                "{}: only {read} of {} bytes are a valid {} archive (damaged); nothing was \
+                 loaded. Copy it again from the export machine",
+                entry.path,
+                entry.size,
+                match compression {
+                    Compression::None => "tar",
+                    Compression::Zstd => "zstd",
+                    Compression::Gzip => "gzip",
+                }
+            );
+        }
+        bail!(
+            "{}: sha256 {digest}, expected {} (corrupted); nothing was loaded. Copy it again \
+             from the export machine",
+            entry.path,
+            entry.sha256
+        );
+    }
+    if let Some(last) = pending.take() {
+        stdin
+            .write_all(&last)
+            .with_context(|| format!("streaming {archive} into docker load"))?;
+        streamed += last.len() as u64;
+    }
     drop(stdin);
     let status = child.wait()?;
     let out = out_reader.join().unwrap_or_default();
@@ -264,30 +343,31 @@ fn load_images(
     if !status.success() {
         bail!("`docker load` of {archive} failed: {}", err.trim());
     }
-    let raw = copy_result.with_context(|| format!("streaming {archive} into docker load"))?;
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         eprintln!("      {}", line.trim());
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "      Loaded {} in {secs:.1}s ({}/s)",
-        human_bytes(raw),
-        human_bytes((raw as f64 / secs.max(1e-6)) as u64)
+        "      Loaded {} (verified while streaming) in {secs:.1}s ({}/s)",
+        human_bytes(streamed),
+        human_bytes((streamed as f64 / secs.max(1e-6)) as u64)
     );
     Ok(())
 }
 
-struct CountingReader<R> {
+/// Hashes and counts the archive's bytes as the decompressor reads them.
+struct SharedHash<R> {
     inner: R,
-    count: u64,
-    progress: crate::progress::Progress,
+    state: Arc<Mutex<(Sha256, u64)>>,
 }
 
-impl<R: Read> Read for CountingReader<R> {
+impl<R: Read> Read for SharedHash<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        self.progress.set(self.count);
+        if let Ok(mut state) = self.state.lock() {
+            state.0.update(&buf[..n]);
+            state.1 += n as u64;
+        }
         Ok(n)
     }
 }

@@ -44,7 +44,7 @@ impl BundleArg {
 impl Args {
     pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let dir = self.bundle.dir(sh, project)?;
-        let report = verify_bundle(&dir, !self.json)?;
+        let report = verify_bundle(&dir, !self.json, &[])?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
@@ -58,15 +58,22 @@ impl Args {
 
 /// Verifies the bundle in `dir`, reporting on stderr; `Err` only when it cannot be read
 /// at all, a report with problems when files are bad.
-pub fn verify_bundle(dir: &Utf8PathBuf, print: bool) -> anyhow::Result<Verification> {
-    let manifest = bundle::read_manifest(dir)?;
+/// Files named in `later` are left for the caller, which verifies them as it streams them.
+pub fn verify_bundle(
+    dir: &Utf8PathBuf,
+    print: bool,
+    later: &[String],
+) -> anyhow::Result<Verification> {
+    let mut manifest = bundle::read_manifest(dir)?;
+    manifest.files.retain(|f| !later.contains(&f.path));
     let total: u64 = manifest.files.iter().map(|f| f.size).sum();
     eprintln!(
         "   Verifying {} files ({}) in {dir}",
         manifest.files.len(),
         human_bytes(total)
     );
-    let report = bundle::verify(dir, &manifest, &|_, _| {})?;
+    let mut report = bundle::verify(dir, &manifest, &|_, _| {})?;
+    report.unlisted.retain(|f| !later.contains(f));
     for file in &report.unlisted {
         eprintln!("warning: {file} is in the bundle folder but not in its manifest; it is ignored");
     }
