@@ -190,7 +190,7 @@ impl Args {
                     .find(|s| s.name == service.name)?;
                 let same_inputs = inputs.iter().all(|file| {
                     let rel = rel_to(&project.dir, file);
-                    old.inputs.get(&rel).is_some() && old.inputs.get(&rel) == entry.inputs.get(&rel)
+                    old.inputs.contains_key(&rel) && old.inputs.get(&rel) == entry.inputs.get(&rel)
                 });
                 same_inputs.then(|| field(old).cloned()).flatten()
             };
