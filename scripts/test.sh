@@ -19,6 +19,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "xtask tests, with the Docker suite (XTASK_DOCKER_TESTS=1)"
 XTASK_DOCKER_TESTS=1 cargo test --workspace
 
+step "benchmark, short run (proves it still works; the figures are in docs/benchmarks.md)"
+cargo xtask bench --quick
+
 step "backend: pytest"
 if [ ! -x backend/.venv/bin/python ]; then
     python3 -m venv backend/.venv
