@@ -55,6 +55,10 @@ pub struct Args {
     /// pip platform tag of the wheelhouse, repeatable (e.g. manylinux2014_x86_64)
     #[arg(long = "platform", value_name = "TAG")]
     pub platforms: Vec<String>,
+    /// Fill the npm cache with the tarballs of every platform in the lockfile, not only
+    /// this engine's os/cpu (for a server of another CPU; about 3x the size for Next.js)
+    #[arg(long)]
+    pub all_npm_platforms: bool,
     /// Also pack each node build service's node_modules/ (node_modules.tar.gz); made for
     /// this host's platform, for use on hosts like it
     #[arg(long)]
@@ -223,12 +227,18 @@ impl Args {
                         .as_ref()
                         .is_some_and(|p| p.engine.arch == engine.arch);
                     let old = reusable(|e| e.npm_cache.as_ref(), &service.node_lockfiles)
-                        .filter(|_| same_arch);
+                        .filter(|_| same_arch && !self.all_npm_platforms);
                     match old {
                         Some(old) if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? => {
                             eprintln!("     Reusing {rel} (lockfile unchanged)");
                         }
-                        _ => export_npm_cache(sh, &engine, lockfile, &staging.join(&rel))?,
+                        _ => export_npm_cache(
+                            sh,
+                            &engine,
+                            lockfile,
+                            &staging.join(&rel),
+                            self.all_npm_platforms,
+                        )?,
                     }
                     entry.npm_cache = Some(rel);
                 }
@@ -406,10 +416,15 @@ fn export_npm_cache(
     engine: &EngineInfo,
     lockfile: &Utf8Path,
     out: &Utf8Path,
+    all_platforms: bool,
 ) -> anyhow::Result<()> {
     eprintln!("   npm cache for {lockfile}");
     let platform = |libc: &str| npm_cache::NodePlatform::from_docker("linux", &engine.arch, libc);
-    let selection = npm_cache::Selection::OsCpu(vec![platform("")]);
+    let selection = if all_platforms {
+        npm_cache::Selection::Every
+    } else {
+        npm_cache::Selection::OsCpu(vec![platform("")])
+    };
     npm_cache::fill(sh, lockfile, out, &selection)
         .with_context(|| format!("filling the npm cache from {lockfile}"))?;
     let project_dir = lockfile.parent().unwrap_or(lockfile);

@@ -13,10 +13,6 @@
 //! then finds tarballs by `integrity`, which is also how `missing` checks a cache: cacache
 //! stores content at `_cacache/content-v2/<algo>/<hex[..2]>/<hex[2..4]>/<hex[4..]>`.
 
-// The lead wires this API into cache-export / cache-import / cache-status; until then
-// parts of it have no caller outside the tests.
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 

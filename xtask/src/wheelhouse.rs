@@ -14,7 +14,6 @@
 
 // The lead wires this API into cache-export / cache-import / cache-status; until then
 // parts of it have no caller outside the tests.
-#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 
