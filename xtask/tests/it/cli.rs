@@ -368,3 +368,93 @@ fn verify_names_each_bad_file_without_docker() {
     assert_eq!(disagree.code, 1);
     assert!(disagree.stderr.contains("disagree"), "{}", disagree.stderr);
 }
+
+#[test]
+fn the_repositorys_own_compose_file_patches_and_reverts_and_compose_accepts_it() {
+    let root = repo_root();
+    let files: Vec<(String, String)> = [
+        "docker-compose.yml",
+        "nginx/default.conf",
+        "backend/Dockerfile",
+        "backend/.dockerignore",
+        "backend/requirements.txt",
+        "frontend/Dockerfile",
+        "frontend/.dockerignore",
+        "frontend/package.json",
+        "frontend/package-lock.json",
+    ]
+    .iter()
+    .map(|f| {
+        (
+            f.to_string(),
+            std::fs::read_to_string(root.join(f)).unwrap(),
+        )
+    })
+    .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let (_d, dir) = project(&refs);
+    let original = std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap();
+    let patch = xtask(&dir, &["patch-compose", "--strategy", "local"]);
+    assert_eq!(patch.code, 0, "{}", patch.stderr);
+    let patched = std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap();
+    let bundle = dir.join("docker-build-cache");
+    for added in [
+        format!("type=local,src={bundle}/build-cache/backend"),
+        format!("wheels: '{bundle}/pip-cache/backend'"),
+        format!("npm-cache: '{bundle}/npm-cache/frontend'"),
+    ] {
+        assert!(patched.contains(&added), "{added} not in\n{patched}");
+    }
+    // Every comment and line of the original is still there, in order.
+    let mut rest = patched.as_str();
+    for line in original.lines() {
+        let at = rest
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} lost or moved"));
+        rest = &rest[at + line.len()..];
+    }
+    let again = xtask(&dir, &["patch-compose", "--strategy", "local"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap(),
+        patched
+    );
+
+    // The real docker compose (v2) accepts the result and resolves the additions.
+    let sh = Shell::new().unwrap();
+    sh.change_dir(&dir);
+    match cmd!(sh, "docker compose config --format json")
+        .quiet()
+        .ignore_stderr()
+        .read()
+    {
+        Ok(json) => {
+            let config: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let backend = &config["services"]["backend"]["build"];
+            assert_eq!(
+                backend["cache_from"][0],
+                format!("type=local,src={bundle}/build-cache/backend")
+            );
+            assert_eq!(
+                backend["additional_contexts"]["wheels"],
+                bundle.join("pip-cache/backend").as_str()
+            );
+        }
+        Err(err) if std::env::var("XTASK_DOCKER_TESTS").as_deref() == Ok("1") => {
+            panic!("docker compose config rejected the patched file: {err}")
+        }
+        Err(_) => eprintln!(
+            "\n*** SKIPPED docker compose config check: docker compose is not installed ***\n"
+        ),
+    }
+
+    let revert = xtask(&dir, &["patch-compose", "--revert"]);
+    assert_eq!(revert.code, 0, "{}", revert.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap(),
+        original
+    );
+}
