@@ -168,8 +168,13 @@ impl Args {
         }
         std::fs::create_dir_all(&staging).with_context(|| format!("creating {staging}"))?;
 
-        // Every build and the Python probe need the base images, whatever is exported.
-        let base_images = ensure_base_images(&docker, &plan, self.pull)?;
+        // Builds need every base image. Dependency caches alone do not: the Python is then
+        // asked of the images that are here, and read from the name of the others.
+        let base_images = if wants(Part::BaseImages) || wants(Part::BuildCache) {
+            ensure_base_images(&docker, &plan, self.pull)?
+        } else {
+            present_images(&docker, &plan)?
+        };
         let mut images = if wants(Part::BaseImages) || strategy != Strategy::Local {
             base_images.clone()
         } else {
@@ -359,6 +364,9 @@ impl Args {
     ) -> anyhow::Result<()> {
         let mut found = None;
         for image in &service.base_images {
+            if docker.image_id(image)?.is_none() {
+                continue;
+            }
             match wheelhouse::probe_image(docker, image) {
                 Ok(target) => {
                     found = Some((target, image.clone()));
@@ -459,6 +467,20 @@ pub fn choose_strategy(engine: &EngineInfo, forced: Option<Strategy>) -> anyhow:
         ),
         Some(s) => Ok(s),
     }
+}
+
+fn present_images(docker: &Docker, plan: &Plan) -> anyhow::Result<Vec<ImageEntry>> {
+    let mut entries = Vec::new();
+    for image in &plan.base_images {
+        if let Some(id) = docker.image_id(image)? {
+            entries.push(ImageEntry {
+                name: image.clone(),
+                id,
+                role: ImageRole::Base,
+            });
+        }
+    }
+    Ok(entries)
 }
 
 fn ensure_base_images(
