@@ -328,7 +328,8 @@ fn an_interrupted_export_leaves_no_bundle_that_verifies() -> anyhow::Result<()> 
     let previous = std::fs::read(src.join("docker-build-cache/manifest.yaml"))?;
     std::fs::write(src.join("api/hello.txt"), "changed\n")?;
     let bin = xtask_bin();
-    for delay_ms in [500u64, 2500, 5000] {
+    // SIGKILL, and SIGINT as Ctrl-C sends it to the terminal's whole process group.
+    for (delay_ms, signal) in [(500u64, "-KILL"), (2500, "-INT"), (5000, "-KILL")] {
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::from(
             cmd!(sh, "{bin} -f {src}/compose.yaml cache-export").quiet(),
@@ -343,7 +344,7 @@ fn an_interrupted_export_leaves_no_bundle_that_verifies() -> anyhow::Result<()> 
             continue;
         }
         let group = format!("-{}", child.id());
-        cmd!(sh, "kill -KILL -- {group}").quiet().run()?;
+        cmd!(sh, "kill {signal} -- {group}").quiet().run()?;
         child.wait()?;
         let verify = {
             let _cd = sh.push_dir(&src);
@@ -356,7 +357,7 @@ fn an_interrupted_export_leaves_no_bundle_that_verifies() -> anyhow::Result<()> 
             let now = std::fs::read(src.join("docker-build-cache/manifest.yaml"))?;
             ensure!(
                 now == previous,
-                "after an export killed at {delay_ms} ms a bundle verifies that is not the previous one"
+                "after an export killed ({signal}) at {delay_ms} ms a bundle verifies that is not the previous one"
             );
         }
     }
