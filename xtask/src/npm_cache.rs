@@ -341,6 +341,21 @@ pub struct NpmCacheReport {
     pub seconds: f64,
 }
 
+/// npm has been seen to hang (in epoll, no I/O) after its last fetch: every npm call is
+/// bounded so an export fails with a message instead of waiting forever.
+const NPM_TIME_LIMIT: &str = "600";
+
+fn timed_out(status: &std::process::ExitStatus, what: &str, logs: &Utf8Path) -> anyhow::Result<()> {
+    // `timeout` exits 124 when the limit ran out, 137 when it had to kill.
+    if matches!(status.code(), Some(124) | Some(137)) {
+        bail!(
+            "`{what}` did not finish within {NPM_TIME_LIMIT} s and was stopped (npm's log: \
+             {logs}); run the export again"
+        );
+    }
+    Ok(())
+}
+
 /// How many specs one `npm cache add` gets (npm fetches them in parallel).
 const BATCH: usize = 64;
 
@@ -393,13 +408,14 @@ pub fn fill(
         }
         let output = cmd!(
             sh,
-            "npm cache add {batch...} --cache {cache} --logs-dir {logs} --loglevel=error
-                --update-notifier=false --no-audit --no-fund"
+            "timeout --kill-after=10s {NPM_TIME_LIMIT} npm cache add {batch...} --cache {cache}
+                --logs-dir {logs} --loglevel=error --update-notifier=false --no-audit --no-fund"
         )
         .quiet()
         .ignore_status()
         .output()
         .context("running npm; install Node.js and npm on this machine")?;
+        timed_out(&output.status, "npm cache add", &logs)?;
         if !output.status.success() {
             bail!(
                 "`npm cache add` for {lockfile} failed:\n{}\n(is the registry reachable? \
@@ -502,13 +518,15 @@ pub fn verify(
         let platform_args = platform.map(NodePlatform::npm_args).unwrap_or_default();
         let output = cmd!(
             sh,
-            "npm ci --offline --ignore-scripts --no-audit --no-fund --update-notifier=false
-                --include=dev --include=optional --cache {cache} --logs-dir {logs} {platform_args...}"
+            "timeout --kill-after=10s {NPM_TIME_LIMIT} npm ci --offline --ignore-scripts --no-audit
+                --no-fund --update-notifier=false --include=dev --include=optional
+                --cache {cache} --logs-dir {logs} {platform_args...}"
         )
         .quiet()
         .ignore_status()
         .output()
         .context("running npm; install Node.js and npm on this machine")?;
+        timed_out(&output.status, "npm ci --offline", &logs)?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         let not_cached = not_cached_packages(&stderr);
         if !output.status.success() {
