@@ -345,12 +345,17 @@ pub struct NpmCacheReport {
 /// bounded so an export fails with a message instead of waiting forever.
 const NPM_TIME_LIMIT: &str = "600";
 
-fn timed_out(status: &std::process::ExitStatus, what: &str, logs: &Utf8Path) -> anyhow::Result<()> {
+fn timed_out(
+    status: &std::process::ExitStatus,
+    what: &str,
+    logs: &std::path::Path,
+) -> anyhow::Result<()> {
     // `timeout` exits 124 when the limit ran out, 137 when it had to kill.
     if matches!(status.code(), Some(124) | Some(137)) {
         bail!(
             "`{what}` did not finish within {NPM_TIME_LIMIT} s and was stopped (npm's log: \
-             {logs}); run the export again"
+             {}); run the export again",
+            logs.display()
         );
     }
     Ok(())
@@ -415,7 +420,7 @@ pub fn fill(
         .ignore_status()
         .output()
         .context("running npm; install Node.js and npm on this machine")?;
-        timed_out(&output.status, "npm cache add", &logs)?;
+        timed_out(&output.status, "npm cache add", logs)?;
         if !output.status.success() {
             bail!(
                 "`npm cache add` for {lockfile} failed:\n{}\n(is the registry reachable? \
@@ -526,7 +531,7 @@ pub fn verify(
         .ignore_status()
         .output()
         .context("running npm; install Node.js and npm on this machine")?;
-        timed_out(&output.status, "npm ci --offline", &logs)?;
+        timed_out(&output.status, "npm ci --offline", logs.as_std_path())?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         let not_cached = not_cached_packages(&stderr);
         if !output.status.success() {
