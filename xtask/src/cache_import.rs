@@ -271,12 +271,13 @@ fn load_images(
     let mut pending: Option<Vec<u8>> = None;
     let mut streamed = 0u64;
     let mut failure: Option<std::io::Error> = None;
+    let mut load_failed: Option<std::io::Error> = None;
     while let Some(chunk) = ahead.next_chunk() {
         match chunk {
             bundle::Chunk::Data(buf) => {
                 if let Some(previous) = pending.replace(buf) {
                     if let Err(e) = stdin.write_all(&previous) {
-                        failure = Some(e);
+                        load_failed = Some(e);
                         break;
                     }
                     streamed += previous.len() as u64;
@@ -292,6 +293,18 @@ fn load_images(
     }
     drop(ahead);
     progress.done();
+    if let Some(e) = load_failed {
+        // docker load stopped reading: the engine went away or refused the stream. The
+        // archive is not to blame; what docker load said is the message.
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = err_reader.join().unwrap_or_default();
+        bail!(
+            "`docker load` stopped before the end of {archive} ({e}): {}; is the engine \
+             still running? Nothing that was cut short is tagged; run cache-import again",
+            if err.trim().is_empty() { "no message" } else { err.trim() }
+        );
+    }
     let (digest, read) = {
         let state = state
             .lock()

@@ -1031,3 +1031,91 @@ fn node_modules_round_trips_and_is_never_overwritten_without_force() -> anyhow::
     ensure!(std::fs::read_to_string(out.join(".bin/dep"))? == "#!/usr/bin/env node\n");
     Ok(())
 }
+
+/// The engine stops while `cache-import` streams the images into `docker load`: a clear
+/// error that names docker load and does not blame the bundle, and, on a running engine,
+/// a rerun imports everything.
+#[test]
+fn an_engine_that_stops_during_import_gets_a_clear_error_and_a_rerun_succeeds() -> anyhow::Result<()>
+{
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-imp-online", EngineOptions::default())?;
+    // The Debian stand-ins: a 300 MB layer, long enough to load to stop the engine mid-way.
+    standins::load_standins(&online)?;
+    let scratch = Scratch::new("import-stop");
+    let src = scratch.path().join("release");
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(
+        src.join("compose.yaml"),
+        "services:\n  app:\n    image: python:3.9-slim\n  web:\n    image: nginx:alpine\n",
+    )?;
+    ok(
+        xtask_on(
+            &online,
+            &src,
+            &["cache-export", "--only", "base-images"],
+            &[],
+        ),
+        "export",
+    )?;
+    drop(online);
+
+    let offline = suite.engine("sec-imp-offline", EngineOptions::default())?;
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let osh = offline.shell()?;
+    let mut import = {
+        let _cd = osh.push_dir(&src);
+        std::process::Command::from(cmd!(osh, "{bin} cache-import --no-host-caches").quiet())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?
+    };
+    let stderr = import.stderr.take().context("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains("Loading images") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .context("the import never started loading images")?;
+    let pid = std::fs::read_to_string(offline.root().join("docker.pid"))?;
+    let pid = pid.trim();
+    cmd!(osh, "kill -KILL {pid}").quiet().run()?;
+    let status = import.wait()?;
+    let stderr = reader.join().unwrap_or_default();
+    ensure!(
+        !status.success(),
+        "the import succeeded with its engine gone:\n{stderr}"
+    );
+    ensure!(!stderr.contains("panicked"), "{stderr}");
+    ensure!(
+        stderr.contains("docker load")
+            && !stderr.contains("corrupted")
+            && !stderr.contains("damaged"),
+        "the error does not name docker load, or blames the bundle:\n{stderr}"
+    );
+    drop(offline);
+
+    // On a running engine the same bundle imports whole.
+    let again = suite.engine("sec-imp-again", EngineOptions::default())?;
+    ok(
+        xtask_on(&again, &src, &["cache-import", "--no-host-caches"], &[]),
+        "import again",
+    )?;
+    let ash = again.shell()?;
+    for image in ["python:3.9-slim", "nginx:alpine"] {
+        let id = cmd!(ash, "docker images --quiet {image}").read()?;
+        ensure!(!id.is_empty(), "{image} is missing after the second import");
+    }
+    Ok(())
+}
