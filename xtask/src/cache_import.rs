@@ -302,7 +302,11 @@ fn load_images(
         bail!(
             "`docker load` stopped before the end of {archive} ({e}): {}; is the engine \
              still running? Nothing that was cut short is tagged; run cache-import again",
-            if err.trim().is_empty() { "no message" } else { err.trim() }
+            if err.trim().is_empty() {
+                "no message"
+            } else {
+                err.trim()
+            }
         );
     }
     let (digest, read) = {
