@@ -149,26 +149,7 @@ impl<'a> Docker<'a> {
 
     /// Runs `argv` in a throwaway container of `image` with no network; its stdout.
     pub fn run_offline(&self, image: &str, argv: &[&str]) -> anyhow::Result<String> {
-        let sh = self.sh;
-        let Some((entrypoint, rest)) = argv.split_first() else {
-            bail!("no command to run in image {image}");
-        };
-        let out = cmd!(
-            sh,
-            "docker run --rm --network none --entrypoint {entrypoint} {image}"
-        )
-        .args(rest)
-        .quiet()
-        .ignore_status()
-        .output()?;
-        if !out.status.success() {
-            bail!(
-                "`{}` in image {image} failed: {}",
-                argv.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.run_offline_with_mounts(image, &[], argv)
     }
 
     /// `docker compose -f <files…> build <services…>` with the given environment.
