@@ -693,6 +693,131 @@ pub fn merge_into(cache: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<MergeRepo
     Ok(report)
 }
 
+/// Fixed time written into every index entry by [`normalize`]: 2020-01-01T00:00:00Z.
+const NORMAL_TIME_MS: u64 = 1_577_836_800_000;
+const NORMAL_HTTP_DATE: &str = "Wed, 01 Jan 2020 00:00:00 GMT";
+
+/// Makes an npm cache a function of the tarballs in it, so that filling it twice gives
+/// the same bytes (and the same build context checksum, so BuildKit's layer cache hits).
+///
+/// npm writes the fetch time into each index entry (`time`, `metadata.time`, the response's
+/// `date` header) and leaves `_cacache/tmp/`, log and notifier files behind. Here every
+/// bucket keeps one line per key (the last, as cacache reads it), with those times fixed
+/// and the line's SHA-1 recomputed (cacache skips a line whose SHA-1 does not match);
+/// scratch files and empty folders go, and modes become 0644/0755 whatever the umask.
+/// Offline installs never look at the times; online, npm sees old entries and revalidates.
+pub fn normalize(cache: &Utf8Path) -> anyhow::Result<NormalizeReport> {
+    use sha1::{Digest as _, Sha1};
+    use std::os::unix::fs::PermissionsExt as _;
+    let cacache = cache.join("_cacache");
+    if !cacache.is_dir() {
+        bail!("{cache} is not an npm cache (no _cacache/ in it)");
+    }
+    let mut report = NormalizeReport::default();
+    for scratch in [
+        cacache.join("tmp"),
+        cache.join("_logs"),
+        cache.join("_update-notifier-last-checked"),
+    ] {
+        match scratch.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&scratch),
+            Ok(_) => std::fs::remove_file(&scratch),
+            Err(_) => Ok(()),
+        }
+        .with_context(|| format!("removing {scratch}"))?;
+    }
+    for bucket in files_under(&cacache.join("index-v5"))? {
+        let text = std::fs::read_to_string(&bucket).with_context(|| format!("reading {bucket}"))?;
+        // Every line is kept, in order: one key can have several live entries (a packument
+        // fetched with different Accept headers), and make-fetch-happen tells them apart
+        // (and reads null-integrity entries) itself. Only lines that become identical once
+        // their times are fixed are dropped, keeping the last, as cacache's compaction does.
+        let mut lines: Vec<String> = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let Some((hash, json)) = line.split_once('\t') else {
+                continue;
+            };
+            if format!("{:x}", Sha1::digest(json.as_bytes())) != hash {
+                continue; // cacache ignores it too (a torn write)
+            }
+            let Ok(mut entry) = serde_json::from_str::<serde_json::Value>(json) else {
+                continue;
+            };
+            if entry.get("time").is_some() {
+                entry["time"] = NORMAL_TIME_MS.into();
+            }
+            if let Some(meta) = entry.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                if meta.contains_key("time") {
+                    meta.insert("time".into(), NORMAL_TIME_MS.into());
+                }
+                if let Some(headers) = meta.get_mut("resHeaders").and_then(|h| h.as_object_mut()) {
+                    if headers.contains_key("date") {
+                        headers.insert("date".into(), NORMAL_HTTP_DATE.into());
+                    }
+                }
+            }
+            let json = serde_json::to_string(&entry)?;
+            lines.retain(|l| *l != json);
+            lines.push(json);
+        }
+        let mut out = String::new();
+        for json in &lines {
+            out.push('\n');
+            out.push_str(&format!("{:x}", Sha1::digest(json.as_bytes())));
+            out.push('\t');
+            out.push_str(json);
+            report.entries += 1;
+        }
+        if out.is_empty() {
+            std::fs::remove_file(&bucket).with_context(|| format!("removing {bucket}"))?;
+        } else if out != text {
+            let partial = Utf8PathBuf::from(format!("{bucket}.xtask-partial"));
+            std::fs::write(&partial, &out).with_context(|| format!("writing {partial}"))?;
+            std::fs::rename(&partial, &bucket).with_context(|| format!("renaming {partial}"))?;
+            report.rewritten += 1;
+        }
+    }
+    // Modes, and empty folders (deepest first, so a parent emptied by its child goes too).
+    let mut dirs = vec![cache.to_owned()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let dir = dirs[i].clone();
+        i += 1;
+        for entry in dir
+            .read_dir_utf8()
+            .with_context(|| format!("reading {dir}"))?
+        {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let mode = if kind.is_dir() {
+                dirs.push(entry.path().to_owned());
+                0o755
+            } else if kind.is_file() {
+                0o644
+            } else {
+                continue;
+            };
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", entry.path()))?;
+        }
+    }
+    for dir in dirs.iter().skip(1).rev() {
+        if dir.read_dir_utf8().is_ok_and(|mut d| d.next().is_none()) {
+            std::fs::remove_dir(dir).with_context(|| format!("removing {dir}"))?;
+        }
+    }
+    Ok(report)
+}
+
+/// What [`normalize`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NormalizeReport {
+    /// Index entries kept.
+    pub entries: usize,
+    /// Bucket files rewritten.
+    pub rewritten: usize,
+}
+
 fn create_parent(path: &Utf8Path) -> anyhow::Result<()> {
     let parent = path.parent().context("path without parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))
@@ -1002,6 +1127,9 @@ mod tests {
             NodePlatform::from_docker("linux", "amd64", "musl"),
         ];
         verify(&sh, &project, &cache, &targets).unwrap();
+        // The normalized cache (fixed times, recomputed SHA-1s) still installs offline.
+        assert!(normalize(&cache).unwrap().entries > 0);
+        verify(&sh, &project, &cache, &targets).unwrap();
 
         // A cache without the musl SWC: npm ci would pass silently; verify must not.
         let partial = work.join("npm-cache-gnu-only");
@@ -1032,5 +1160,107 @@ mod tests {
             err.to_string().contains("@next/swc-linux-x64-musl"),
             "{err:#}"
         );
+    }
+
+    /// Two fills of the same tarballs at different times normalize to the same bytes, and
+    /// every line still carries its SHA-1, as cacache checks when it reads the index.
+    #[test]
+    fn normalize_makes_the_cache_a_function_of_its_content() {
+        use sha1::{Digest as _, Sha1};
+        use std::os::unix::fs::PermissionsExt as _;
+        let line = |json: &str| format!("\n{:x}\t{json}", Sha1::digest(json.as_bytes()));
+        let entry = |key: &str, time: u64| {
+            format!(
+                r#"{{"key":"{key}","integrity":"sha512-AAAA","time":{time},"size":3,"metadata":{{"time":{time},"url":"u","reqHeaders":{{}},"resHeaders":{{"content-type":"application/octet-stream","date":"Sun, 29 Nov 2026 14:08:{:02} GMT"}},"options":{{"compress":true}}}}}}"#,
+                time % 60
+            )
+        };
+        let root = std::env::temp_dir().join(format!("xtask-npm-normalize-{}", std::process::id()));
+        let root = Utf8PathBuf::from_path_buf(root).unwrap();
+        let make = |name: &str, time: u64| -> Utf8PathBuf {
+            let cache = root.join(name);
+            let bucket = cache.join("_cacache/index-v5/aa/bb/cdef");
+            std::fs::create_dir_all(bucket.parent().unwrap()).unwrap();
+            let mut text = line(&entry("k1", time)) + &line(&entry("k2", time + 7));
+            // Added again later (the same line once normalized), a torn line, a deletion.
+            text += &line(&entry("k1", time + 9));
+            text += "\n0000\t{\"key\":\"torn\"";
+            text += &line(&entry("gone", time));
+            text += &line(r#"{"key":"gone","integrity":null,"time":5}"#);
+            std::fs::write(&bucket, text).unwrap();
+            let content = cache.join("_cacache/content-v2/sha512/00/11/2233");
+            std::fs::create_dir_all(content.parent().unwrap()).unwrap();
+            std::fs::write(&content, "tgz").unwrap();
+            std::fs::set_permissions(&content, std::fs::Permissions::from_mode(0o400)).unwrap();
+            std::fs::create_dir_all(cache.join("_cacache/tmp/x")).unwrap();
+            std::fs::create_dir_all(cache.join("_cacache/index-v5/ee/ff")).unwrap();
+            std::fs::write(cache.join("_update-notifier-last-checked"), "").unwrap();
+            cache
+        };
+        let (a, b) = (make("a", 1_795_961_318_281), make("b", 1_795_999_999_999));
+        let report = normalize(&a).unwrap();
+        assert_eq!(
+            report,
+            NormalizeReport {
+                entries: 4,
+                rewritten: 1
+            }
+        );
+        normalize(&b).unwrap();
+        let listing = |cache: &Utf8Path| -> Vec<(String, u32, Vec<u8>)> {
+            let mut all = Vec::new();
+            let mut stack = vec![cache.to_owned()];
+            while let Some(dir) = stack.pop() {
+                for e in dir.read_dir_utf8().unwrap() {
+                    let e = e.unwrap();
+                    let mode = e.metadata().unwrap().permissions().mode() & 0o7777;
+                    let rel = e.path().strip_prefix(cache).unwrap().to_string();
+                    if e.file_type().unwrap().is_dir() {
+                        stack.push(e.path().to_owned());
+                        all.push((rel, mode, Vec::new()));
+                    } else {
+                        all.push((rel, mode, std::fs::read(e.path()).unwrap()));
+                    }
+                }
+            }
+            all.sort();
+            all
+        };
+        assert_eq!(listing(&a), listing(&b));
+        let names: Vec<String> = listing(&a).into_iter().map(|(p, _, _)| p).collect();
+        assert!(
+            !names
+                .iter()
+                .any(|p| p.contains("tmp") || p.contains("notifier") || p.contains("ee")),
+            "{names:?}"
+        );
+        let text = std::fs::read_to_string(a.join("_cacache/index-v5/aa/bb/cdef")).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        // k2, k1 (its first copy dropped: identical to the last), gone, and gone's deletion.
+        assert_eq!(lines.len(), 4, "{text}");
+        for l in &lines {
+            let (hash, json) = l.split_once('\t').unwrap();
+            assert_eq!(hash, format!("{:x}", Sha1::digest(json.as_bytes())));
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(v["time"], NORMAL_TIME_MS);
+            if !v["integrity"].is_null() {
+                assert_eq!(v["metadata"]["time"], NORMAL_TIME_MS);
+                assert_eq!(v["metadata"]["resHeaders"]["date"], NORMAL_HTTP_DATE);
+            }
+        }
+        let keys: Vec<&str> = lines
+            .iter()
+            .map(|l| &l[l.find("\"key\":").unwrap()..][6..12])
+            .collect();
+        assert_eq!(
+            keys,
+            ["\"k2\",\"", "\"k1\",\"", "\"gone\"", "\"gone\""],
+            "{text}"
+        );
+        // Normalizing again changes nothing.
+        let before = listing(&a);
+        assert_eq!(normalize(&a).unwrap().rewritten, 0);
+        assert_eq!(listing(&a), before);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
