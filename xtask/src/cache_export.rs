@@ -102,6 +102,9 @@ fn wheelhouse_dir(service: &str) -> String {
     format!("pip-cache/{service}")
 }
 
+/// The BuildKit local cache of every service (an OCI layout, one tag per service).
+pub const BUILD_CACHE_DIR: &str = "build-cache";
+
 fn npm_cache_dir(service: &str) -> String {
     format!("npm-cache/{service}")
 }
@@ -245,6 +248,10 @@ impl Args {
                             self.all_npm_platforms,
                         )?,
                     }
+                    // Fixed times, modes and no scratch files: the same tarballs give the
+                    // same build context, so a re-export hits the layer cache (npm_cache.rs).
+                    npm_cache::normalize(&staging.join(&rel))
+                        .with_context(|| format!("normalizing {rel}"))?;
                     entry.npm_cache = Some(rel);
                 }
             }
@@ -285,13 +292,26 @@ impl Args {
         if !images.is_empty() {
             let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
             let archive = format!("base-images.tar{}", compression.suffix());
-            files.push(save_images(
-                &docker,
-                &names,
-                compression,
-                &staging.join(&archive),
-                &archive,
-            )?);
+            // Image IDs are content digests: the same names with the same IDs are the same
+            // images, so the previous archive (checked against its checksum) is reused
+            // instead of streaming every layer out of the engine again.
+            let old = previous
+                .as_ref()
+                .filter(|p| p.images == images && p.compression == compression)
+                .and_then(|p| p.files.iter().find(|f| f.path == archive));
+            match old {
+                Some(old) if reuse_file(&out, old, &staging)? => {
+                    eprintln!("     Reusing {archive} (same images, same IDs)");
+                    files.push(old.clone());
+                }
+                _ => files.push(save_images(
+                    &docker,
+                    &names,
+                    compression,
+                    &staging.join(&archive),
+                    &archive,
+                )?),
+            }
         }
 
         let mut manifest = Manifest {
@@ -527,12 +547,17 @@ fn build_local(
     entry: &mut ServiceEntry,
     staging: &Utf8Path,
 ) -> anyhow::Result<()> {
-    let rel = format!("build-cache/{}", service.name);
+    // One OCI layout for every service, one tag each: BuildKit writes a blob only if the
+    // folder lacks it, so the layers services share (base images) are stored once.
+    let rel = BUILD_CACHE_DIR.to_string();
+    let tag = sanitize_tag(&service.name);
     let dest = staging.join(&rel);
     let mut build = serde_yaml::Mapping::new();
     build.insert(
         "cache_to".into(),
-        serde_yaml::Value::Sequence(vec![format!("type=local,dest={dest},mode=max").into()]),
+        serde_yaml::Value::Sequence(vec![
+            format!("type=local,dest={dest},tag={tag},mode=max").into()
+        ]),
     );
     if !entry.contexts.is_empty() {
         let mut map = serde_yaml::Mapping::new();
@@ -570,6 +595,7 @@ fn build_local(
         started.elapsed().as_secs_f64()
     );
     entry.build_cache = Some(rel);
+    entry.build_cache_tag = Some(tag);
     Ok(())
 }
 
@@ -654,7 +680,7 @@ pub fn cache_image_name(project: &str, service: &str, stage: Option<&str>) -> St
     format!("{project}-{service}-cache:{tag}")
 }
 
-fn sanitize_tag(s: &str) -> String {
+pub fn sanitize_tag(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
@@ -730,6 +756,28 @@ fn reuse(
         if std::fs::hard_link(&from, &to).is_err() {
             std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
         }
+    }
+    Ok(true)
+}
+
+/// Hard-links (or copies) the previous bundle's file `old` into `staging` if it still
+/// matches its checksum.
+fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Result<bool> {
+    let from = out.join(&old.path);
+    match bundle::hash_file(&from) {
+        Ok((size, digest)) if size == old.size && digest == old.sha256 => {}
+        Ok(_) => {
+            eprintln!(
+                "warning: the previous {} does not match its manifest; saving the images again",
+                old.path
+            );
+            return Ok(false);
+        }
+        Err(_) => return Ok(false),
+    }
+    let to = staging.join(&old.path);
+    if std::fs::hard_link(&from, &to).is_err() {
+        std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
     }
     Ok(true)
 }
@@ -906,7 +954,10 @@ pub fn human_manifest(m: &Manifest) -> String {
     for service in &m.services {
         s.push_str(&format!("  {}\n", service.name));
         if let Some(dir) = &service.build_cache {
-            s.push_str(&format!("    build cache: {dir}/\n"));
+            match &service.build_cache_tag {
+                Some(tag) => s.push_str(&format!("    build cache: {dir}/ (tag {tag})\n")),
+                None => s.push_str(&format!("    build cache: {dir}/\n")),
+            }
         }
         for image in &service.cache_images {
             s.push_str(&format!("    cache image: {image}\n"));

@@ -126,11 +126,13 @@ impl Args {
         for name in &present {
             eprintln!("     Present {name} (same ID, not loaded again)");
         }
-        let build_caches: Vec<String> = manifest
+        let mut build_caches: Vec<String> = manifest
             .services
             .iter()
             .filter_map(|s| s.build_cache.as_ref().map(|c| dir.join(c).to_string()))
             .collect();
+        build_caches.sort();
+        build_caches.dedup();
         for cache in &build_caches {
             eprintln!("       Ready build cache {cache}");
         }

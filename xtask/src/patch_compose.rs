@@ -156,12 +156,23 @@ pub fn offline_patches(
             match strategy {
                 Strategy::Local if local_cache => {
                     // From a bundle, only what it holds (`--only` may have left it out).
-                    let rel = match manifest {
-                        Some(_) => entry.and_then(|e| e.build_cache.clone()),
-                        None => Some(format!("build-cache/{}", service.name)),
+                    let cache = match manifest {
+                        Some(_) => entry.and_then(|e| {
+                            let dir = e.build_cache.clone()?;
+                            Some((dir, e.build_cache_tag.clone()))
+                        }),
+                        None => Some((
+                            crate::cache_export::BUILD_CACHE_DIR.to_string(),
+                            Some(crate::cache_export::sanitize_tag(&service.name)),
+                        )),
                     };
-                    if let Some(rel) = rel {
-                        cache_from.push(format!("type=local,src={}", bundle_dir.join(rel)));
+                    match cache {
+                        Some((rel, Some(tag))) => cache_from
+                            .push(format!("type=local,src={},tag={tag}", bundle_dir.join(rel))),
+                        Some((rel, None)) => {
+                            cache_from.push(format!("type=local,src={}", bundle_dir.join(rel)))
+                        }
+                        None => {}
                     }
                 }
                 Strategy::Local => {}

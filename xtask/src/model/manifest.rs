@@ -103,6 +103,10 @@ pub struct ServiceEntry {
     /// Bundle-relative folder of the BuildKit local cache (strategy `local`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_cache: Option<String>,
+    /// The service's tag in that folder (`tag=` of `type=local`): one folder holds every
+    /// service's cache, so layers they share (their base images) are stored once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_cache_tag: Option<String>,
     /// Cache images (strategies `inline` and `legacy`), final stage last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache_images: Vec<String>,
@@ -178,8 +182,18 @@ impl Manifest {
                     .iter()
                     .map(|(name, value)| (format!("contexts.{name}"), value)),
             );
+            if let Some(tag) = &service.build_cache_tag {
+                if !is_safe_tag(tag) {
+                    bail!(
+                        "manifest.yaml: service {}: build_cache_tag is {tag:?}, not a tag \
+                         (letters, digits, '.', '_', '-'); this bundle was not written by \
+                         cache-export: do not import it",
+                        service.name
+                    );
+                }
+            }
             for (field, value) in named {
-                if !is_safe_relative_path(value) {
+                if !is_safe_relative_path(value) || value.contains(',') || value.contains('=') {
                     bail!(
                         "manifest.yaml: service {}: {field} is {value:?}, a path outside the \
                          bundle; this bundle was not written by cache-export: do not import it",
@@ -261,6 +275,15 @@ pub fn parse_sha256sums(text: &str) -> anyhow::Result<BTreeMap<String, String>> 
 
 /// A bundle-relative path that stays inside the bundle: no absolute paths, no `..`, no
 /// empty or `.` segments, no backslashes.
+/// A tag of a `type=local` cache folder: it goes into `cache_from` as `tag=<tag>`.
+pub fn is_safe_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 pub fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
@@ -404,6 +427,17 @@ mod tests {
             .insert("wheels".into(), "../../etc".into());
         let err = format!("{:#}", Manifest::from_yaml(&m.to_yaml()).unwrap_err());
         assert!(err.contains("contexts.wheels"), "{err}");
+        // What goes into `cache_from` cannot smuggle in another option.
+        let mut m = sample();
+        m.services[0].build_cache_tag = Some("backend,dest=/etc".into());
+        let err = format!("{:#}", Manifest::from_yaml(&m.to_yaml()).unwrap_err());
+        assert!(err.contains("build_cache_tag"), "{err}");
+        let mut m = sample();
+        m.services[0].build_cache = Some("build-cache,src=/etc".into());
+        assert!(Manifest::from_yaml(&m.to_yaml()).is_err());
+        let mut m = sample();
+        m.services[0].build_cache_tag = Some("backend".into());
+        assert_eq!(Manifest::from_yaml(&m.to_yaml()).unwrap(), m);
     }
 
     #[test]

@@ -301,13 +301,13 @@ fn a_damaged_bundle_is_refused_before_anything_is_loaded() -> anyhow::Result<()>
 }
 
 fn support_first_blob(bundle: &Utf8Path) -> anyhow::Result<String> {
-    let dir = bundle.join("build-cache/api/blobs/sha256");
+    let dir = bundle.join("build-cache/blobs/sha256");
     let mut names: Vec<String> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     names.sort();
     let name = names.first().with_context(|| format!("no blob in {dir}"))?;
-    Ok(format!("build-cache/api/blobs/sha256/{name}"))
+    Ok(format!("build-cache/blobs/sha256/{name}"))
 }
 
 #[test]

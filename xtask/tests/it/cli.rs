@@ -251,8 +251,8 @@ fn patch_compose_from_the_plan_is_idempotent_and_reverts_to_the_byte() {
     assert_eq!(patch.code, 0, "{}", patch.stderr);
     let patched = std::fs::read_to_string(root.join("compose.yaml")).unwrap();
     assert!(patched.contains(&format!(
-        "type=local,src={}",
-        root.join("docker-build-cache/build-cache/web")
+        "type=local,src={},tag=web",
+        root.join("docker-build-cache/build-cache")
     )));
     assert!(patched.contains("# the app\r\n"), "{patched:?}");
 
@@ -402,7 +402,7 @@ fn the_repositorys_own_compose_file_patches_and_reverts_and_compose_accepts_it()
     let patched = std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap();
     let bundle = dir.join("docker-build-cache");
     for added in [
-        format!("type=local,src={bundle}/build-cache/backend"),
+        format!("type=local,src={bundle}/build-cache,tag=backend"),
         format!("wheels: '{bundle}/pip-cache/backend'"),
         format!("npm-cache: '{bundle}/npm-cache/frontend'"),
     ] {
@@ -436,7 +436,7 @@ fn the_repositorys_own_compose_file_patches_and_reverts_and_compose_accepts_it()
             let backend = &config["services"]["backend"]["build"];
             assert_eq!(
                 backend["cache_from"][0],
-                format!("type=local,src={bundle}/build-cache/backend")
+                format!("type=local,src={bundle}/build-cache,tag=backend")
             );
             assert_eq!(
                 backend["additional_contexts"]["wheels"],

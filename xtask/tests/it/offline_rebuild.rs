@@ -100,7 +100,8 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
     for part in [
         "pip-cache/backend",
         "npm-cache/frontend",
-        "build-cache/backend",
+        "build_cache_tag: backend",
+        "build_cache_tag: frontend",
     ] {
         ensure!(
             manifest.contains(part),
