@@ -722,11 +722,12 @@ fn measure_all(
     remove(&bundle)?;
 
     // -- the chart: the same commands, once each, on smaller synthetic images
-    for part in [8, 4, 2] {
-        let size = (size / part).max(32 * MIB);
-        if points.iter().any(|p| p.bytes / MIB <= size / MIB) {
-            continue;
-        }
+    let mut sizes: Vec<u64> = [8, 4, 2]
+        .iter()
+        .map(|part| (size / part).max(32 * MIB))
+        .collect();
+    sizes.dedup();
+    for size in sizes {
         eprintln!("   Chart point: {} synthetic image", human_bytes(size));
         import_synthetic_image(&lab.engines[export], size)?;
         remove(&bundle)?;

@@ -21,7 +21,7 @@
 //!     build: # xtask-patch
 //!       context: ./backend # xtask-patch
 //!       cache_from: # xtask-patch
-//!         - 'type=local,src=/srv/docker-build-cache/build-cache/backend' # xtask-patch
+//!         - 'type=local,src=/srv/docker-build-cache/build-cache,tag=backend' # xtask-patch
 //! ```
 //!
 //! `revert` drops every line ending with the marker and turns every `# xtask-patch was: `
@@ -68,7 +68,7 @@ pub const WAS_MARKER: &str = "# xtask-patch was: ";
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServicePatch {
     pub service: String,
-    /// Entries for build.cache_from, e.g. "type=local,src=/abs/docker-build-cache/build-cache/backend" or "python:3.9-slim"
+    /// Entries for build.cache_from, e.g. "type=local,src=/abs/docker-build-cache/build-cache,tag=backend" or "python:3.9-slim"
     #[serde(default)]
     pub cache_from: Vec<String>,
     /// build.additional_contexts entries (name, value), e.g. ("wheels", "/abs/docker-build-cache/pip-cache")
