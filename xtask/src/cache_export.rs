@@ -954,9 +954,14 @@ pub fn human_manifest(m: &Manifest) -> String {
     for service in &m.services {
         s.push_str(&format!("  {}\n", service.name));
         if let Some(dir) = &service.build_cache {
+            // What to write under build.cache_from by hand (<bundle>: this folder's path).
             match &service.build_cache_tag {
-                Some(tag) => s.push_str(&format!("    build cache: {dir}/ (tag {tag})\n")),
-                None => s.push_str(&format!("    build cache: {dir}/\n")),
+                Some(tag) => s.push_str(&format!(
+                    "    build cache: {dir}/, tag {tag} (cache_from: type=local,src=<bundle>/{dir},tag={tag})\n"
+                )),
+                None => s.push_str(&format!(
+                    "    build cache: {dir}/ (cache_from: type=local,src=<bundle>/{dir})\n"
+                )),
             }
         }
         for image in &service.cache_images {
