@@ -153,6 +153,45 @@ impl ReadAhead {
     }
 }
 
+/// A [`ReadAhead`] as a plain reader (for parsers that want `Read`, like `tar::Archive`).
+pub struct ChunkReader {
+    ahead: ReadAhead,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl ChunkReader {
+    pub fn new(ahead: ReadAhead) -> ChunkReader {
+        ChunkReader {
+            ahead,
+            current: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.ahead.next_chunk() {
+                None => return Ok(0),
+                Some(Chunk::Failed(e)) => return Err(e),
+                Some(Chunk::Data(data)) => {
+                    let done = std::mem::replace(&mut self.current, data);
+                    if done.capacity() > 0 {
+                        self.ahead.recycle(done);
+                    }
+                    self.at = 0;
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Feeds `consume` everything `reader` yields, read ahead on another thread; the byte count.
 pub fn pipelined<R: Read + Send + 'static>(
     reader: R,

@@ -20,8 +20,9 @@ use xshell::Shell;
 use crate::bundle::{self, human_bytes, BundleLock, HashingWriter};
 use crate::docker::{Docker, EngineInfo, StageBuild};
 use crate::model::manifest::{
-    Compression, EngineSummary, FileEntry, ImageEntry, ImageRole, Manifest, ServiceEntry, Strategy,
-    FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT, MANIFEST_FILE, SUMS_FILE,
+    Compression, EngineSummary, FileEntry, ImageEntry, ImageLayout, ImageRole, LayoutEntry,
+    Manifest, ServiceEntry, Strategy, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
+    LAYOUT_FORMAT_VERSION, MANIFEST_FILE, SUMS_FILE,
 };
 use crate::plan::{BuildService, Plan, RealFs};
 use crate::project::{Project, ProjectArgs};
@@ -289,7 +290,29 @@ impl Args {
         }
 
         let mut files = Vec::new();
-        if !images.is_empty() {
+        let mut image_layout = None;
+        if !images.is_empty() && compression == Compression::None {
+            // Kept as the archive's files, blobs in the build cache's blob store: a layer
+            // the build cache holds too (the base images' layers) is stored once.
+            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+            let old = previous
+                .as_ref()
+                .filter(|p| p.images == images && p.compression == compression)
+                .and_then(|p| Some((p, p.image_layout.as_ref()?)));
+            let reused = match old {
+                Some((p, layout)) => reuse_layout(&out, p, layout, &staging)?,
+                None => None,
+            };
+            let (layout, entries) = match reused {
+                Some(done) => {
+                    eprintln!("     Reusing the saved images (same names, same IDs)");
+                    done
+                }
+                None => save_layout(&docker, &names, &staging)?,
+            };
+            files.extend(entries);
+            image_layout = Some(layout);
+        } else if !images.is_empty() {
             let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
             let archive = format!("base-images.tar{}", compression.suffix());
             // Image IDs are content digests: the same names with the same IDs are the same
@@ -315,7 +338,12 @@ impl Args {
         }
 
         let mut manifest = Manifest {
-            format_version: FORMAT_VERSION,
+            format_version: if image_layout.is_some() {
+                LAYOUT_FORMAT_VERSION
+            } else {
+                FORMAT_VERSION
+            },
+            image_layout,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             created: now_rfc3339(),
             project_name: project.name.clone(),
@@ -782,6 +810,164 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
     Ok(true)
 }
 
+/// The saved images' own files (index.json, manifest.json…); their blobs are in
+/// `build-cache/blobs/sha256/`.
+pub const IMAGES_DIR: &str = "base-images";
+
+/// One `docker save` of every image, split into its entries as it streams: each blob goes
+/// to the build cache's blob store unless BuildKit already wrote it there, the other entries
+/// to `base-images/`. Every file written is hashed as it is written; a blob's content must
+/// match its name.
+fn save_layout(
+    docker: &Docker,
+    names: &[String],
+    staging: &Utf8Path,
+) -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
+    eprintln!(
+        "      Saving {} images to {IMAGES_DIR}/ (layers in {BUILD_CACHE_DIR}/blobs/)",
+        names.len()
+    );
+    let started = Instant::now();
+    let mut child = docker.spawn_save(names)?;
+    let stdout = child.stdout.take().context("docker save has no stdout")?;
+    let mut stderr = child.stderr.take().context("docker save has no stderr")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut progress = crate::progress::Progress::new("Saving", None);
+    let mut streamed = 0u64;
+    let mut written = 0u64;
+    let result = (|| -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
+        let mut archive =
+            tar::Archive::new(bundle::ChunkReader::new(bundle::ReadAhead::new(stdout)));
+        let mut layout = ImageLayout::default();
+        let mut files = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let kind = entry.header().entry_type();
+            let name = entry.path()?.to_string_lossy().into_owned();
+            if kind.is_dir() {
+                continue;
+            }
+            if !kind.is_file() || !crate::model::manifest::is_safe_relative_path(&name) {
+                bail!("`docker save` wrote {name:?} ({kind:?}), which is not a plain file of an image archive");
+            }
+            let blob = name.strip_prefix("blobs/sha256/").filter(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+            let path = match blob {
+                Some(hex) => format!("{BUILD_CACHE_DIR}/blobs/sha256/{hex}"),
+                None => format!("{IMAGES_DIR}/{name}"),
+            };
+            let target = staging.join(&path);
+            let size = entry.size();
+            if blob.is_some() && target.exists() {
+                // BuildKit wrote this layer into the build cache: the name is its digest.
+                std::io::copy(&mut entry, &mut std::io::sink())?;
+            } else {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {parent}"))?;
+                }
+                let partial = bundle::temp_sibling(&target);
+                let file = File::create(&partial).with_context(|| format!("creating {partial}"))?;
+                let mut out = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
+                std::io::copy(&mut entry, &mut out).with_context(|| format!("writing {path}"))?;
+                let (buffered, n, sha256) = out.finish();
+                let file = buffered.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                if let Some(hex) = blob {
+                    if sha256 != hex {
+                        bail!(
+                            "`docker save` wrote {name} with content of sha256 {sha256}: the \
+                             engine's stream is damaged; export again"
+                        );
+                    }
+                }
+                std::fs::rename(&partial, &target)
+                    .with_context(|| format!("renaming {partial}"))?;
+                files.push(FileEntry {
+                    path: path.clone(),
+                    size: n,
+                    sha256,
+                });
+                written += n;
+            }
+            streamed += size;
+            progress.set(streamed);
+            layout.entries.push(LayoutEntry { name, path });
+        }
+        Ok((layout, files))
+    })();
+    progress.done();
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let stderr = err_reader.join().unwrap_or_default();
+    if !status.success() && (result.is_ok() || !stderr.trim().is_empty()) {
+        bail!("`docker save` failed: {}", stderr.trim());
+    }
+    let done = result.context("reading the images that `docker save` streamed")?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "       Saved {} images: {} streamed, {} written (the rest was in the build cache) in \
+         {secs:.1}s ({}/s)",
+        names.len(),
+        human_bytes(streamed),
+        human_bytes(written),
+        human_bytes((streamed as f64 / secs.max(1e-6)) as u64)
+    );
+    Ok(done)
+}
+
+/// The previous bundle's saved images, hard-linked into `staging` where BuildKit did not
+/// write the file already, after checking each against the previous manifest.
+fn reuse_layout(
+    out: &Utf8Path,
+    previous: &Manifest,
+    layout: &ImageLayout,
+    staging: &Utf8Path,
+) -> anyhow::Result<Option<(ImageLayout, Vec<FileEntry>)>> {
+    let mut entries = Vec::new();
+    for e in &layout.entries {
+        match previous.files.iter().find(|f| f.path == e.path) {
+            Some(f) => entries.push(f.clone()),
+            None => return Ok(None),
+        }
+    }
+    let todo: Vec<FileEntry> = entries
+        .into_iter()
+        .filter(|f| !staging.join(&f.path).exists())
+        .collect();
+    let names: Vec<String> = todo.iter().map(|f| f.path.clone()).collect();
+    let hashed = bundle::hash_files(out, &names, &|_, _| {});
+    let intact = todo
+        .iter()
+        .zip(&hashed)
+        .all(|(e, h)| matches!(h, Ok((size, digest)) if *size == e.size && *digest == e.sha256));
+    if !intact {
+        eprintln!(
+            "warning: the previous saved images do not match their manifest; saving them again"
+        );
+        return Ok(None);
+    }
+    for f in &todo {
+        let (from, to) = (out.join(&f.path), staging.join(&f.path));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
+        }
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
+        }
+    }
+    Ok(Some((layout.clone(), todo)))
+}
+
 /// One `docker save` of every image, compressed and hashed while it streams.
 fn save_images(
     docker: &Docker,
@@ -1011,6 +1197,47 @@ pub fn import_script(m: &Manifest) -> String {
              exit 1\n    fi\n    zstd -dc \"$archive\" | docker load"
             .to_string(),
     };
+    let images = match &m.image_layout {
+        None => format!(
+            r#"archive="{archive}"
+if [ -f "$archive" ]; then
+    echo "Loading images from $archive..."
+    {load}
+else
+    echo "No images archive in this bundle."
+fi"#
+        ),
+        Some(layout) => {
+            // The tar `docker save` wrote, rebuilt from the bundle's files: a folder of
+            // links under the archive's names, read through with tar -h.
+            let mut s = String::from(
+                "tree=$(mktemp -d)\ntrap 'rm -rf \"$tree\"' EXIT\nbundle=$(pwd)\n\
+                 link() {\n    mkdir -p \"$tree/$(dirname \"$1\")\"\n    \
+                 ln -s \"$bundle/$2\" \"$tree/$1\"\n}\n",
+            );
+            let mut names = Vec::new();
+            for e in &layout.entries {
+                s.push_str(&format!(
+                    "link {} {}\n",
+                    sh_quote(&e.name),
+                    sh_quote(&e.path)
+                ));
+                names.push(sh_quote(&e.name));
+            }
+            s.push_str(&format!(
+                "echo \"Loading images ({} files, {} of them in build-cache/blobs/)...\"\n\
+                 (cd \"$tree\" && tar -chf - {}) | docker load",
+                layout.entries.len(),
+                layout
+                    .entries
+                    .iter()
+                    .filter(|e| e.path.starts_with(BUILD_CACHE_DIR))
+                    .count(),
+                names.join(" ")
+            ));
+            s
+        }
+    };
     format!(
         r#"#!/bin/sh
 # Imports this Docker build-cache bundle ({project}, strategy {strategy}) on a server
@@ -1035,13 +1262,7 @@ if ! sha256sum -c --quiet SHA256SUMS; then
     exit 1
 fi
 
-archive="{archive}"
-if [ -f "$archive" ]; then
-    echo "Loading images from $archive..."
-    {load}
-else
-    echo "No images archive in this bundle."
-fi
+{images}
 
 echo "Done. Next, from the project folder: cargo xtask patch-compose (or add the cache_from"
 echo "and additional_contexts entries shown in cache-manifest.txt), then docker compose build."
@@ -1049,6 +1270,11 @@ echo "and additional_contexts entries shown in cache-manifest.txt), then docker 
         project = m.project_name,
         strategy = m.strategy.as_str(),
     )
+}
+
+/// `text` in single quotes for sh.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// The current time as RFC 3339 (UTC), without a date crate.

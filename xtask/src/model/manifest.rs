@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped when a reader of an older version could not understand a newer bundle.
 pub const FORMAT_VERSION: u32 = 1;
+/// Written by a bundle whose images are kept as an [`ImageLayout`] (no `base-images.tar`).
+pub const LAYOUT_FORMAT_VERSION: u32 = 2;
+/// The newest format this xtask reads.
+pub const MAX_FORMAT_VERSION: u32 = LAYOUT_FORMAT_VERSION;
 
 pub const MANIFEST_FILE: &str = "manifest.yaml";
 pub const SUMS_FILE: &str = "SHA256SUMS";
@@ -69,11 +73,29 @@ pub struct Manifest {
     pub engine: EngineSummary,
     pub strategy: Strategy,
     pub compression: Compression,
-    /// The images archive (`base-images.tar…`) holds these.
+    /// The images archive (`base-images.tar…`, or the layout below) holds these.
     pub images: Vec<ImageEntry>,
+    /// The images archive kept as its files rather than as one tar: its blobs live in the
+    /// build cache's blob store, so a layer both hold is stored once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_layout: Option<ImageLayout>,
     pub services: Vec<ServiceEntry>,
     /// Every file of the bundle but the manifest and SHA256SUMS themselves.
     pub files: Vec<FileEntry>,
+}
+
+/// The `docker save` stream, entry by entry: `docker load` gets the same tar back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageLayout {
+    pub entries: Vec<LayoutEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutEntry {
+    /// The entry's name in the tar, e.g. `blobs/sha256/<hex>` or `index.json`.
+    pub name: String,
+    /// The bundle file holding its bytes, e.g. `build-cache/blobs/sha256/<hex>`.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,9 +174,9 @@ impl Manifest {
         }
         let version: Version = serde_yaml::from_str(text)
             .context("manifest.yaml is not a bundle manifest (no format_version)")?;
-        if version.format_version > FORMAT_VERSION {
+        if version.format_version > MAX_FORMAT_VERSION {
             bail!(
-                "manifest.yaml has format version {}, this xtask reads up to {FORMAT_VERSION}; \
+                "manifest.yaml has format version {}, this xtask reads up to {MAX_FORMAT_VERSION}; \
                  update the repository (and xtask) on this machine to the one that exported the bundle",
                 version.format_version
             );
@@ -168,6 +190,23 @@ impl Manifest {
     /// Every folder a service entry names must stay inside the bundle: the checksums cover
     /// the file list, not these fields, and import and patch-compose act on them.
     fn check_paths(&self) -> anyhow::Result<()> {
+        if let Some(layout) = &self.image_layout {
+            for entry in &layout.entries {
+                let listed = self.files.iter().any(|f| f.path == entry.path);
+                if !is_safe_relative_path(&entry.name)
+                    || entry.name.len() > 100
+                    || !is_safe_relative_path(&entry.path)
+                    || !listed
+                {
+                    bail!(
+                        "manifest.yaml: image_layout entry {:?} ({:?}) is not a file of the \
+                         bundle; this bundle was not written by cache-export: do not import it",
+                        entry.name,
+                        entry.path
+                    );
+                }
+            }
+        }
         for service in &self.services {
             let named = [
                 ("build_cache", service.build_cache.as_ref()),
@@ -301,6 +340,7 @@ mod tests {
     fn sample() -> Manifest {
         Manifest {
             format_version: FORMAT_VERSION,
+            image_layout: None,
             tool_version: "0.1.0".into(),
             created: "2026-11-29T12:00:00Z".into(),
             project_name: "llm-chat".into(),
@@ -438,6 +478,31 @@ mod tests {
         let mut m = sample();
         m.services[0].build_cache_tag = Some("backend".into());
         assert_eq!(Manifest::from_yaml(&m.to_yaml()).unwrap(), m);
+        // The image layout names only files the manifest lists, under safe tar names.
+        let listed = m.files[0].path.clone();
+        for (name, path) in [
+            ("index.json", "base-images/not-listed.json"),
+            ("../../etc/passwd", listed.as_str()),
+            ("/abs", listed.as_str()),
+        ] {
+            let mut bad = m.clone();
+            bad.image_layout = Some(ImageLayout {
+                entries: vec![LayoutEntry {
+                    name: name.into(),
+                    path: path.into(),
+                }],
+            });
+            let err = format!("{:#}", Manifest::from_yaml(&bad.to_yaml()).unwrap_err());
+            assert!(err.contains("image_layout"), "{err}");
+        }
+        let mut good = m.clone();
+        good.image_layout = Some(ImageLayout {
+            entries: vec![LayoutEntry {
+                name: "blobs/sha256/ab".into(),
+                path: listed,
+            }],
+        });
+        assert_eq!(Manifest::from_yaml(&good.to_yaml()).unwrap(), good);
     }
 
     #[test]

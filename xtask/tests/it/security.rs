@@ -323,9 +323,9 @@ fn a_bad_manifest_is_refused_with_what_to_do() {
     );
     // From a future format version.
     check(
-        Some(&good.replace("format_version: 1", "format_version: 2")),
+        Some(&good.replace("format_version: 1", "format_version: 3")),
         Some(&sums),
-        &["format version 2", "update the repository"],
+        &["format version 3", "update the repository"],
     );
     // SHA256SUMS that disagrees: a digest, a line too many, a line too few, garbage.
     let (first, _, digest) = &listed[0];
