@@ -235,11 +235,15 @@ fn a_damaged_bundle_is_refused_before_anything_is_loaded() -> anyhow::Result<()>
     write_fixture(&src)?;
     xtask(&sh, &src, &["cache-export"])?;
     let bundle = src.join("docker-build-cache");
-    let blob = support_first_blob(&bundle)?;
+    // The smallest blob, and the largest: the base image's layer, which docker load and
+    // the build cache read alike.
+    let blobs = support_blobs_by_size(&bundle)?;
+    ensure!(blobs.len() > 1, "the fixture's bundle has a single blob");
+    let (blob, layer) = (blobs[0].clone(), blobs[blobs.len() - 1].clone());
 
     type Damage = fn(&Utf8Path) -> anyhow::Result<()>;
     let cases: [(&str, String, Damage); 3] = [
-        ("flipped byte", "base-images.tar".into(), |p| {
+        ("flipped byte", layer, |p| {
             let mut bytes = std::fs::read(p)?;
             let mid = bytes.len() / 2;
             bytes[mid] ^= 0x01;
@@ -300,14 +304,19 @@ fn a_damaged_bundle_is_refused_before_anything_is_loaded() -> anyhow::Result<()>
     Ok(())
 }
 
-fn support_first_blob(bundle: &Utf8Path) -> anyhow::Result<String> {
+fn support_blobs_by_size(bundle: &Utf8Path) -> anyhow::Result<Vec<String>> {
     let dir = bundle.join("build-cache/blobs/sha256");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let mut blobs: Vec<(u64, String)> = std::fs::read_dir(&dir)?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.metadata().ok()?.len(), e.file_name().into_string().ok()?))
+        })
         .collect();
-    names.sort();
-    let name = names.first().with_context(|| format!("no blob in {dir}"))?;
-    Ok(format!("build-cache/blobs/sha256/{name}"))
+    blobs.sort();
+    Ok(blobs
+        .into_iter()
+        .map(|(_, name)| format!("build-cache/blobs/sha256/{name}"))
+        .collect())
 }
 
 #[test]

@@ -509,10 +509,14 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
     ensure!(images(&offline)?.is_empty(), "images were loaded");
     bytes[last] ^= 1;
     std::fs::write(&path, &bytes)?;
-    std::fs::write(
-        bundle.join("manifest.yaml"),
-        manifest.replace("format_version: 1", "format_version: 9"),
-    )?;
+    let future: String = manifest
+        .lines()
+        .map(|l| match l.starts_with("format_version:") {
+            true => "format_version: 9\n".to_string(),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(bundle.join("manifest.yaml"), future)?;
     let run = xtask_on(&offline, &src, &["cache-import"], &[]);
     ensure!(
         run.code == 1 && run.stderr.contains("format version 9"),
