@@ -993,11 +993,12 @@ fn measure_app(
         Ok(format!("{rel} {}", human_bytes(size)))
     };
     notes.push(format!(
-        "Figure 2, what our bundle holds: {}, {}, {}, {} (the base images' layers are in \
+        "Figure 2, what our bundle holds: {}, {}, {}, {}, {} (the base images' layers are in \
          build-cache/, once). The seed's folder, before its `tar czf`: {}.",
         part("base-images")?,
         part("build-cache")?,
         part("npm-cache")?,
+        part("npm-host-cache")?,
         part("pip-cache")?,
         [
             "base-images.tar",

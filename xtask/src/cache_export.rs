@@ -106,6 +106,10 @@ fn wheelhouse_dir(service: &str) -> String {
 /// The BuildKit local cache of every service (an OCI layout, one tag per service).
 pub const BUILD_CACHE_DIR: &str = "build-cache";
 
+fn npm_host_cache_dir(service: &str) -> String {
+    format!("npm-host-cache/{service}")
+}
+
 fn npm_cache_dir(service: &str) -> String {
     format!("npm-cache/{service}")
 }
@@ -232,28 +236,66 @@ impl Args {
             if wants(Part::NpmCache) {
                 if let Some(lockfile) = service.node_lockfiles.first() {
                     let rel = npm_cache_dir(&service.name);
-                    let same_arch = previous
+                    let host_rel = npm_host_cache_dir(&service.name);
+                    // Which packages the image needs depends on its libc: same base images.
+                    let same_images = previous.as_ref().is_some_and(|p| {
+                        p.engine.arch == engine.arch
+                            && service.base_images.iter().all(|name| {
+                                let now = base_images.iter().find(|i| &i.name == name);
+                                let then = p.images.iter().find(|i| &i.name == name);
+                                now.is_some() && now.map(|i| &i.id) == then.map(|i| &i.id)
+                            })
+                    });
+                    let old_entry = previous
                         .as_ref()
-                        .is_some_and(|p| p.engine.arch == engine.arch);
+                        .and_then(|p| p.services.iter().find(|s| s.name == service.name));
                     let old = reusable(|e| e.npm_cache.as_ref(), &service.node_lockfiles)
-                        .filter(|_| same_arch && !self.all_npm_platforms);
-                    match old {
-                        Some(old) if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? => {
-                            eprintln!("     Reusing {rel} (lockfile unchanged)");
+                        .filter(|_| same_images && !self.all_npm_platforms);
+                    let mut reused = None;
+                    if let (Some(old), Some(old_entry)) = (old, old_entry) {
+                        let host_dest = staging.join(&host_rel);
+                        if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? {
+                            let host_ok = match &old_entry.npm_host_cache {
+                                None => true,
+                                Some(h) => reuse(&out, h, previous.as_ref(), &host_dest)?,
+                            };
+                            if host_ok {
+                                eprintln!(
+                                    "     Reusing {rel} (lockfile and base images unchanged)"
+                                );
+                                reused = Some((
+                                    old_entry.npm_libc.clone(),
+                                    old_entry.npm_host_cache.is_some(),
+                                ));
+                            } else {
+                                remove_path(&staging.join(&rel))?;
+                            }
                         }
-                        _ => export_npm_cache(
+                    }
+                    let (libc, with_host) = match reused {
+                        Some(done) => done,
+                        None => export_npm_cache(
                             sh,
+                            &docker,
                             &engine,
+                            service,
                             lockfile,
                             &staging.join(&rel),
+                            &staging.join(&host_rel),
                             self.all_npm_platforms,
                         )?,
-                    }
+                    };
                     // Fixed times, modes and no scratch files: the same tarballs give the
                     // same build context, so a re-export hits the layer cache (npm_cache.rs).
                     npm_cache::normalize(&staging.join(&rel))
                         .with_context(|| format!("normalizing {rel}"))?;
+                    if with_host {
+                        npm_cache::normalize(&staging.join(&host_rel))
+                            .with_context(|| format!("normalizing {host_rel}"))?;
+                    }
                     entry.npm_cache = Some(rel);
+                    entry.npm_libc = libc;
+                    entry.npm_host_cache = with_host.then_some(host_rel);
                 }
             }
             // Only the caches exported now are handed to the build, so the target's build
@@ -467,26 +509,89 @@ impl Args {
 
 /// Every tarball of the lockfile for the engine's os and cpu, both libcs, checked with
 /// `npm ci --offline` for glibc and musl.
+/// Fills `out` with the tarballs the image's `npm ci` needs, for its libc only when a base
+/// image answers `node` (a smaller build context: BuildKit reads it whole to key the
+/// `npm ci` step), and `host_out` with the host's packages it lacks (for ~/.npm at import).
+/// Checked with `npm ci --offline` for the image's platform and, on both together, for the
+/// host. Returns the image's libc, and whether `host_out` was written.
+#[allow(clippy::too_many_arguments)]
 fn export_npm_cache(
     sh: &Shell,
+    docker: &Docker,
     engine: &EngineInfo,
+    service: &BuildService,
     lockfile: &Utf8Path,
     out: &Utf8Path,
+    host_out: &Utf8Path,
     all_platforms: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Option<String>, bool)> {
     eprintln!("   npm cache for {lockfile}");
     let platform = |libc: &str| npm_cache::NodePlatform::from_docker("linux", &engine.arch, libc);
-    let selection = if all_platforms {
-        npm_cache::Selection::Every
-    } else {
-        npm_cache::Selection::OsCpu(vec![platform("")])
-    };
-    npm_cache::fill(sh, lockfile, out, &selection)
-        .with_context(|| format!("filling the npm cache from {lockfile}"))?;
     let project_dir = lockfile.parent().unwrap_or(lockfile);
-    npm_cache::verify(sh, project_dir, out, &[platform("glibc"), platform("musl")])
-        .with_context(|| format!("checking the npm cache of {lockfile} offline"))?;
-    Ok(())
+    let host = npm_cache::NodePlatform::host();
+    let fill = |dir: &Utf8Path, selection: &npm_cache::Selection| {
+        npm_cache::fill(sh, lockfile, dir, selection)
+            .with_context(|| format!("filling the npm cache from {lockfile}"))
+    };
+    let verify = |dir: &Utf8Path, platforms: &[npm_cache::NodePlatform]| {
+        npm_cache::verify(sh, project_dir, dir, platforms)
+            .with_context(|| format!("checking the npm cache of {lockfile} offline"))
+    };
+    let libc = if all_platforms {
+        None
+    } else {
+        npm_cache::probe_libc(docker, &service.base_images)
+    };
+    let Some(libc) = libc else {
+        if !all_platforms {
+            eprintln!(
+                "        No base image of {} runs `node`: keeping the packages of every libc",
+                service.name
+            );
+        }
+        let selection = if all_platforms {
+            npm_cache::Selection::Every
+        } else {
+            npm_cache::Selection::OsCpu(vec![platform("")])
+        };
+        fill(out, &selection)?;
+        verify(out, &[host, platform("glibc"), platform("musl")])?;
+        return Ok((None, false));
+    };
+    let image = platform(&libc);
+    eprintln!(
+        "        The image's npm installs for {image} (asked of its node): its packages go to \
+         the build context"
+    );
+    fill(
+        out,
+        &npm_cache::Selection::Platforms {
+            on: vec![image.clone()],
+            except: Vec::new(),
+        },
+    )?;
+    verify(out, std::slice::from_ref(&image))?;
+    if host == image {
+        return Ok((Some(libc), false));
+    }
+    let extra = npm_cache::Selection::Platforms {
+        on: vec![host.clone()],
+        except: vec![image],
+    };
+    let report = fill(host_out, &extra)?;
+    if report.tarballs.is_empty() {
+        remove_path(host_out)?;
+        return Ok((Some(libc), false));
+    }
+    // The host's install needs both: check it on a scratch merge of the two.
+    let tmp = sh.create_temp_dir()?;
+    let both = Utf8Path::from_path(tmp.path())
+        .context("temporary directory is not UTF-8")?
+        .join("npm-cache");
+    npm_cache::merge_into(out, &both)?;
+    npm_cache::merge_into(host_out, &both)?;
+    verify(&both, &[host])?;
+    Ok((Some(libc), true))
 }
 
 /// The strongest strategy the engine supports, or the forced one if it can work.

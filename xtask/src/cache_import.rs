@@ -162,7 +162,8 @@ impl Args {
             let npm_dirs: Vec<&String> = manifest
                 .services
                 .iter()
-                .filter_map(|s| s.npm_cache.as_ref())
+                .flat_map(|s| [s.npm_cache.as_ref(), s.npm_host_cache.as_ref()])
+                .flatten()
                 .collect();
             if !npm_dirs.is_empty() {
                 let home =

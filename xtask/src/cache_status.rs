@@ -173,10 +173,19 @@ fn service_status(
         match &entry.npm_cache {
             None => missing.push("the npm cache (exported without npm-cache)".into()),
             Some(rel) => {
-                // The export keeps the engine's os/cpu (both libcs), not every platform.
+                // What the image installs: its libc's packages when the export asked it,
+                // else the engine's os/cpu with both libcs.
+                let libc = entry.npm_libc.as_deref().unwrap_or("");
                 let platform =
-                    npm_cache::NodePlatform::from_docker("linux", &manifest.engine.arch, "");
-                let selection = npm_cache::Selection::OsCpu(vec![platform]);
+                    npm_cache::NodePlatform::from_docker("linux", &manifest.engine.arch, libc);
+                let selection = if entry.npm_libc.is_some() {
+                    npm_cache::Selection::Platforms {
+                        on: vec![platform],
+                        except: Vec::new(),
+                    }
+                } else {
+                    npm_cache::Selection::OsCpu(vec![platform])
+                };
                 let wanted: Vec<npm_cache::Tarball> = tarballs
                     .into_iter()
                     .filter(|t| selection.includes(t))

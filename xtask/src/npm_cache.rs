@@ -164,6 +164,12 @@ pub enum Selection {
     /// Those without os/cpu limits and those for one of these os+cpu pairs, *whatever the
     /// libc*: glibc and musl both (next 15, linux-x64: 26 tarballs, about 184 MB).
     OsCpu(Vec<NodePlatform>),
+    /// What `npm ci` installs on one of `on` (libc included) and on none of `except`: the
+    /// image's own packages, or the host's that the image's cache lacks.
+    Platforms {
+        on: Vec<NodePlatform>,
+        except: Vec<NodePlatform>,
+    },
 }
 
 impl Selection {
@@ -177,6 +183,10 @@ impl Selection {
                 };
                 allowed(&tarball.os, &any_libc.os) && allowed(&tarball.cpu, &any_libc.cpu)
             }),
+            Selection::Platforms { on, except } => {
+                on.iter().any(|p| tarball.installs_on(p))
+                    && !except.iter().any(|p| tarball.installs_on(p))
+            }
         }
     }
 }
@@ -467,7 +477,8 @@ pub fn fill(
 }
 
 /// `npm ci --offline --ignore-scripts` with `cache` in a scratch copy of `project_dir`'s
-/// package.json and lockfile, for the host and for each of `platforms`; then checks every
+/// package.json and lockfile, for each of `platforms` (npm's own detection for the one that
+/// is [`NodePlatform::host`]); then checks every
 /// platform package for that platform was installed (npm skips a missing optional one).
 pub fn verify(
     sh: &Shell,
@@ -491,12 +502,17 @@ pub fn verify(
     let logs = scratch.join(".logs");
     let _dir = sh.push_dir(scratch);
     let host = NodePlatform::host();
-    let mut runs: Vec<(String, Option<&NodePlatform>)> = vec![("host".to_string(), None)];
-    let mut seen = vec![&host];
+    let mut runs: Vec<(String, Option<&NodePlatform>)> = Vec::new();
+    let mut seen: Vec<&NodePlatform> = Vec::new();
     for platform in platforms {
         if !seen.contains(&platform) {
             seen.push(platform);
-            runs.push(("target".to_string(), Some(platform)));
+            // The host's own run lets npm detect the platform, as a user's `npm ci` does.
+            if *platform == host {
+                runs.push(("host".to_string(), None));
+            } else {
+                runs.push(("target".to_string(), Some(platform)));
+            }
         }
     }
     for (label, platform) in runs {
@@ -691,6 +707,18 @@ pub fn merge_into(cache: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<MergeRepo
             .with_context(|| format!("appending to {target}"))?;
     }
     Ok(report)
+}
+
+/// The libc of the first of `images` that runs `node` ("glibc" or "musl"), as npm detects
+/// it (`process.report`'s glibc version, absent on musl); `None` if none of them has node.
+pub fn probe_libc(docker: &crate::docker::Docker, images: &[String]) -> Option<String> {
+    const SCRIPT: &str =
+        "console.log(process.report.getReport().header.glibcVersionRuntime ? 'glibc' : 'musl')";
+    images.iter().find_map(|image| {
+        let out = docker.run_offline(image, &["node", "-e", SCRIPT]).ok()?;
+        let libc = out.lines().last()?.trim();
+        matches!(libc, "glibc" | "musl").then(|| libc.to_string())
+    })
 }
 
 /// Fixed time written into every index entry by [`normalize`]: 2020-01-01T00:00:00Z.
@@ -985,6 +1013,29 @@ mod tests {
             .collect();
         assert_eq!(left_out, ["@next/swc-darwin-arm64", "fsevents"]);
         assert!(tarballs.iter().all(|t| Selection::Every.includes(t)));
+        // An Alpine image's cache: musl's packages, not glibc's; the host's extras (glibc):
+        // exactly what the image's lacks.
+        let musl = NodePlatform::from_docker("linux", "amd64", "musl");
+        let glibc = NodePlatform::from_docker("linux", "amd64", "glibc");
+        let image = Selection::Platforms {
+            on: vec![musl.clone()],
+            except: Vec::new(),
+        };
+        let host_extra = Selection::Platforms {
+            on: vec![glibc],
+            except: vec![musl],
+        };
+        let names = |sel: &Selection| -> Vec<String> {
+            tarballs
+                .iter()
+                .filter(|t| sel.includes(t) && t.name.starts_with("@next/swc"))
+                .map(|t| t.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&image), ["@next/swc-linux-x64-musl"]);
+        assert_eq!(names(&host_extra), ["@next/swc-linux-x64-gnu"]);
+        let react = tarballs.iter().find(|t| t.name == "react").unwrap();
+        assert!(image.includes(react) && !host_extra.includes(react));
     }
 
     fn check_path(integrity: &str, expected: &[&str]) {

@@ -135,9 +135,18 @@ pub struct ServiceEntry {
     /// Bundle-relative wheelhouse for the image's Python (`pip-cache/<service>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wheelhouse: Option<String>,
-    /// Bundle-relative npm cache holding every tarball of the lockfile.
+    /// Bundle-relative npm cache holding every tarball of the lockfile the image installs
+    /// (the build context `npm-cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub npm_cache: Option<String>,
+    /// The image's libc, as npm sees it, when `npm_cache` holds that platform's packages
+    /// only (absent: every libc of the engine's os/cpu).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npm_libc: Option<String>,
+    /// The host's packages the image's cache lacks (e.g. glibc builds for a musl image):
+    /// merged into ~/.npm at import, never handed to a build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npm_host_cache: Option<String>,
     /// Build contexts handed to the build: context name → bundle-relative folder.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contexts: BTreeMap<String, String>,
@@ -212,6 +221,7 @@ impl Manifest {
                 ("build_cache", service.build_cache.as_ref()),
                 ("wheelhouse", service.wheelhouse.as_ref()),
                 ("npm_cache", service.npm_cache.as_ref()),
+                ("npm_host_cache", service.npm_host_cache.as_ref()),
             ]
             .into_iter()
             .filter_map(|(field, value)| value.map(|v| (field.to_string(), v)))
@@ -221,6 +231,14 @@ impl Manifest {
                     .iter()
                     .map(|(name, value)| (format!("contexts.{name}"), value)),
             );
+            if let Some(libc) = &service.npm_libc {
+                if !matches!(libc.as_str(), "glibc" | "musl") {
+                    bail!(
+                        "manifest.yaml: service {}: npm_libc is {libc:?}, not glibc or musl",
+                        service.name
+                    );
+                }
+            }
             if let Some(tag) = &service.build_cache_tag {
                 if !is_safe_tag(tag) {
                     bail!(
