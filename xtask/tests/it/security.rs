@@ -1123,3 +1123,51 @@ fn an_engine_that_stops_during_import_gets_a_clear_error_and_a_rerun_succeeds() 
     }
     Ok(())
 }
+
+/// The target's disk has no room for the images: the import says how much it needs and
+/// loads nothing; with room again, it imports.
+#[test]
+fn a_full_disk_on_the_target_refuses_the_import_before_loading() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-tfull", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    // The data root is a tmpfs (EngineOptions::default): shrunk below to what it holds.
+    let offline = suite.engine("sec-tfull-offline", EngineOptions::default())?;
+    let scratch = Scratch::new("tfull");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    ok(xtask_on(&online, &src, &["cache-export"], &[]), "export")?;
+    let data = offline.root().join("data");
+    let sh = Shell::new()?;
+    let used: u64 = cmd!(sh, "df --output=used -B1 {data}")
+        .read()?
+        .lines()
+        .nth(1)
+        .context("df printed no figure")?
+        .trim()
+        .parse()?;
+    let small = format!("size={}", used + 256 * 1024);
+    cmd!(sh, "mount -o remount,{small} {data}").quiet().run()?;
+    let run = xtask_on(&offline, &src, &["cache-import"], &[]);
+    let roomy = cmd!(sh, "mount -o remount,size=16g {data}").quiet().run();
+    ensure!(
+        run.code == 1,
+        "the import on a full disk succeeded:\n{}",
+        run.stderr
+    );
+    ensure!(
+        run.stderr.contains("not enough free disk") && run.stderr.contains("docker system prune"),
+        "the error does not say what is missing and what to do:\n{}",
+        run.stderr
+    );
+    ensure!(images(&offline)?.is_empty(), "images were loaded");
+    roomy?;
+    ok(
+        xtask_on(&offline, &src, &["cache-import"], &[]),
+        "import with room",
+    )?;
+    ensure!(!images(&offline)?.is_empty(), "nothing was loaded");
+    Ok(())
+}
