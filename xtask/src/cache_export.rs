@@ -529,9 +529,14 @@ fn export_npm_cache(
     let platform = |libc: &str| npm_cache::NodePlatform::from_docker("linux", &engine.arch, libc);
     let project_dir = lockfile.parent().unwrap_or(lockfile);
     let host = npm_cache::NodePlatform::host();
+    // Filled, then its packuments cut to the lockfile's versions (checked by the
+    // `npm ci --offline` runs that follow).
     let fill = |dir: &Utf8Path, selection: &npm_cache::Selection| {
-        npm_cache::fill(sh, lockfile, dir, selection)
-            .with_context(|| format!("filling the npm cache from {lockfile}"))
+        let report = npm_cache::fill(sh, lockfile, dir, selection)
+            .with_context(|| format!("filling the npm cache from {lockfile}"))?;
+        npm_cache::trim_for_lockfile(dir, lockfile)
+            .with_context(|| format!("cutting the packuments in {dir}"))?;
+        anyhow::Ok(report)
     };
     let verify = |dir: &Utf8Path, platforms: &[npm_cache::NodePlatform]| {
         npm_cache::verify(sh, project_dir, dir, platforms)

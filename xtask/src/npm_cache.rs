@@ -709,6 +709,202 @@ pub fn merge_into(cache: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<MergeRepo
     Ok(report)
 }
 
+/// `sha512-<base64>` of `data`, as npm writes integrity.
+fn sha512_integrity(data: &[u8]) -> String {
+    use sha2::{Digest as _, Sha512};
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let digest = Sha512::digest(data);
+    let mut out = String::from("sha512-");
+    for chunk in digest.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Cuts the packuments (registry metadata documents) in `cache` down to the versions of
+/// `tarballs`: a lockfile without `resolved` URLs makes `npm ci --offline` read the
+/// packument of every package, and npm stores it whole (next's is 21 MB, with every
+/// version ever published and its readme). Each packument keeps its other fields, `time`
+/// for the kept versions, and loses `readme`; its index entries get the new integrity and
+/// size. A packument whose name is not in `tarballs` is left as it is.
+pub fn trim_packuments(cache: &Utf8Path, tarballs: &[Tarball]) -> anyhow::Result<TrimReport> {
+    const PREFIX: &str = "make-fetch-happen:request-cache:";
+    let cacache = cache.join("_cacache");
+    let mut versions: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for t in tarballs {
+        versions.entry(&t.name).or_default().insert(&t.version);
+    }
+    let mut report = TrimReport::default();
+    // old integrity -> (new integrity, new size); old content files to remove afterwards.
+    let mut rewritten: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut stale: BTreeSet<Utf8PathBuf> = BTreeSet::new();
+    for bucket in files_under(&cacache.join("index-v5"))? {
+        let text = std::fs::read_to_string(&bucket).with_context(|| format!("reading {bucket}"))?;
+        let mut out = String::new();
+        let mut changed = false;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let kept = (|| -> anyhow::Result<Option<String>> {
+                let Some((_, json)) = line.split_once('\t') else {
+                    return Ok(None);
+                };
+                let mut entry: serde_json::Value = serde_json::from_str(json)?;
+                let Some(url) = entry["key"].as_str().and_then(|k| k.strip_prefix(PREFIX)) else {
+                    return Ok(None);
+                };
+                let Some(integrity) = entry["integrity"].as_str().map(str::to_owned) else {
+                    return Ok(None);
+                };
+                // A tarball (…/-/name-1.0.0.tgz) is not a packument.
+                let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+                let path = path.split_once('/').map_or("", |(_, p)| p);
+                let path = path.split(['?', '#']).next().unwrap_or(path);
+                if path.contains("/-/") {
+                    return Ok(None);
+                }
+                let decoded = path
+                    .replace("%2f", "/")
+                    .replace("%2F", "/")
+                    .replace("%40", "@");
+                // The exact name, else the one the path ends with (a registry under a path).
+                let found = versions.get(decoded.as_str()).or_else(|| {
+                    versions
+                        .iter()
+                        .find(|(name, _)| decoded.ends_with(&format!("/{name}")))
+                        .map(|(_, v)| v)
+                });
+                let Some(wanted) = found else {
+                    return Ok(None);
+                };
+                if !rewritten.contains_key(&integrity) {
+                    let Some(file) = content_paths(&integrity)
+                        .into_iter()
+                        .map(|p| cacache.join(p))
+                        .find(|p| p.is_file())
+                    else {
+                        return Ok(None);
+                    };
+                    let mut doc: serde_json::Value = serde_json::from_slice(
+                        &std::fs::read(&file).with_context(|| format!("reading {file}"))?,
+                    )
+                    .with_context(|| format!("{file} is not a packument"))?;
+                    let Some(obj) = doc.as_object_mut() else {
+                        return Ok(None);
+                    };
+                    if let Some(all) = obj.get_mut("versions").and_then(|v| v.as_object_mut()) {
+                        all.retain(|v, _| wanted.contains(v.as_str()));
+                    }
+                    if let Some(time) = obj.get_mut("time").and_then(|v| v.as_object_mut()) {
+                        time.retain(|v, _| {
+                            wanted.contains(v.as_str()) || v == "created" || v == "modified"
+                        });
+                    }
+                    obj.remove("readme");
+                    let data = serde_json::to_vec(&doc)?;
+                    let new = sha512_integrity(&data);
+                    let target = content_paths(&new)
+                        .into_iter()
+                        .next()
+                        .map(|p| cacache.join(p))
+                        .context("integrity without a content path")?;
+                    if target != file {
+                        create_parent(&target)?;
+                        let partial = Utf8PathBuf::from(format!("{target}.xtask-partial"));
+                        std::fs::write(&partial, &data)
+                            .with_context(|| format!("writing {partial}"))?;
+                        std::fs::rename(&partial, &target)
+                            .with_context(|| format!("renaming {partial}"))?;
+                        report.bytes_before += file.metadata()?.len();
+                        report.bytes_after += data.len() as u64;
+                        report.packuments += 1;
+                        stale.insert(file);
+                    }
+                    rewritten.insert(integrity.clone(), (new, data.len() as u64));
+                }
+                let (new, size) = &rewritten[&integrity];
+                if *new == integrity {
+                    return Ok(None);
+                }
+                entry["integrity"] = new.clone().into();
+                entry["size"] = (*size).into();
+                Ok(Some(serde_json::to_string(&entry)?))
+            })()?;
+            out.push('\n');
+            match kept {
+                Some(json) => {
+                    use sha1::{Digest as _, Sha1};
+                    out.push_str(&format!("{:x}\t{json}", Sha1::digest(json.as_bytes())));
+                    changed = true;
+                }
+                None => out.push_str(line),
+            }
+        }
+        if changed {
+            let partial = Utf8PathBuf::from(format!("{bucket}.xtask-partial"));
+            std::fs::write(&partial, &out).with_context(|| format!("writing {partial}"))?;
+            std::fs::rename(&partial, &bucket).with_context(|| format!("renaming {partial}"))?;
+        }
+    }
+    // Remove the old documents no index line names any more.
+    let mut kept: BTreeSet<Utf8PathBuf> = BTreeSet::new();
+    for bucket in files_under(&cacache.join("index-v5"))? {
+        let text = std::fs::read_to_string(&bucket).with_context(|| format!("reading {bucket}"))?;
+        for line in text.lines() {
+            let Some((_, json)) = line.split_once('\t') else {
+                continue;
+            };
+            if let Ok(entry) = serde_json::from_str::<serde_json::Value>(json) {
+                if let Some(integrity) = entry["integrity"].as_str() {
+                    kept.extend(
+                        content_paths(integrity)
+                            .into_iter()
+                            .map(|p| cacache.join(p)),
+                    );
+                }
+            }
+        }
+    }
+    for file in stale.difference(&kept) {
+        std::fs::remove_file(file).with_context(|| format!("removing {file}"))?;
+    }
+    Ok(report)
+}
+
+/// What [`trim_packuments`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TrimReport {
+    pub packuments: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// [`trim_packuments`] for the tarballs of `lockfile`.
+pub fn trim_for_lockfile(cache: &Utf8Path, lockfile: &Utf8Path) -> anyhow::Result<TrimReport> {
+    let text = std::fs::read_to_string(lockfile).with_context(|| format!("reading {lockfile}"))?;
+    let tarballs = parse_lockfile(&text).with_context(|| format!("reading {lockfile}"))?;
+    let report = trim_packuments(cache, &tarballs)?;
+    if report.packuments > 0 {
+        eprintln!(
+            "npm cache: {} packuments cut to the lockfile's versions: {:.1} MB -> {:.1} MB",
+            report.packuments,
+            report.bytes_before as f64 / 1e6,
+            report.bytes_after as f64 / 1e6
+        );
+    }
+    Ok(report)
+}
+
 /// The libc of the first of `images` that runs `node` ("glibc" or "musl"), as npm detects
 /// it (`process.report`'s glibc version, absent on musl); `None` if none of them has node.
 pub fn probe_libc(docker: &crate::docker::Docker, images: &[String]) -> Option<String> {
@@ -1178,7 +1374,9 @@ mod tests {
             NodePlatform::from_docker("linux", "amd64", "musl"),
         ];
         verify(&sh, &project, &cache, &targets).unwrap();
-        // The normalized cache (fixed times, recomputed SHA-1s) still installs offline.
+        // Cut packuments and the normalized index (fixed times, recomputed SHA-1s) still
+        // install offline.
+        trim_for_lockfile(&cache, &project.join("package-lock.json")).unwrap();
         assert!(normalize(&cache).unwrap().entries > 0);
         verify(&sh, &project, &cache, &targets).unwrap();
 
@@ -1313,5 +1511,107 @@ mod tests {
         assert_eq!(normalize(&a).unwrap().rewritten, 0);
         assert_eq!(listing(&a), before);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn sha512_integrity_is_npms() {
+        assert_eq!(
+            sha512_integrity(b""),
+            "sha512-z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg=="
+        );
+        assert_eq!(
+            sha512_integrity(b"ab"),
+            "sha512-LUCKBxfsGIFYJ4p5bGiQRDYdxv3eKNbwSXO4CJbhgjl1zb8S62P54FkTKO4jXYDptb8apqRPRhf/PK9kAOsXLQ=="
+        );
+    }
+
+    /// A packument keeps the lockfile's versions only; both index lines naming it (corgi
+    /// and full) get the new integrity; the old document goes; tarballs are untouched.
+    #[test]
+    fn packuments_are_cut_to_the_lockfiles_versions() {
+        use sha1::{Digest as _, Sha1};
+        let root = std::env::temp_dir().join(format!("xtask-npm-trim-{}", std::process::id()));
+        let cache = Utf8PathBuf::from_path_buf(root).unwrap();
+        let cacache = cache.join("_cacache");
+        let put = |data: &[u8]| -> String {
+            let integrity = sha512_integrity(data);
+            let path = cacache.join(&content_paths(&integrity)[0]);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, data).unwrap();
+            integrity
+        };
+        let doc = br#"{"name":"@scope/pkg","dist-tags":{"latest":"2.0.0"},"readme":"long",
+            "versions":{"1.0.0":{"dist":{"tarball":"t1"}},"2.0.0":{"dist":{"tarball":"t2"}}},
+            "time":{"created":"c","modified":"m","1.0.0":"a","2.0.0":"b"}}"#;
+        let packument = put(doc);
+        let tarball = put(b"tgz bytes");
+        let line = |key: &str, integrity: &str, accept: &str| {
+            let json = format!(
+                r#"{{"key":"make-fetch-happen:request-cache:{key}","integrity":"{integrity}","size":1,"metadata":{{"reqHeaders":{{"accept":"{accept}"}}}}}}"#
+            );
+            format!("\n{:x}\t{json}", Sha1::digest(json.as_bytes()))
+        };
+        let bucket = cacache.join("index-v5/aa/bb/packument");
+        std::fs::create_dir_all(bucket.parent().unwrap()).unwrap();
+        let url = "https://registry.example/npm/@scope%2fpkg";
+        std::fs::write(
+            &bucket,
+            line(url, &packument, "corgi") + &line(url, &packument, "application/json"),
+        )
+        .unwrap();
+        let tar_bucket = cacache.join("index-v5/cc/dd/tarball");
+        std::fs::create_dir_all(tar_bucket.parent().unwrap()).unwrap();
+        let tar_line = line(
+            "https://registry.example/npm/@scope/pkg/-/pkg-1.0.0.tgz",
+            &tarball,
+            "*",
+        );
+        std::fs::write(&tar_bucket, &tar_line).unwrap();
+
+        let lock = parse_lockfile(
+            r#"{"lockfileVersion":3,"packages":{"":{},"node_modules/@scope/pkg":{"version":"1.0.0","integrity":"sha512-x"}}}"#,
+        )
+        .unwrap();
+        let report = trim_packuments(&cache, &lock).unwrap();
+        assert_eq!(report.packuments, 1);
+        assert!(report.bytes_after < report.bytes_before);
+        let text = std::fs::read_to_string(&bucket).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 2);
+        let mut integrities = BTreeSet::new();
+        for l in &lines {
+            let (hash, json) = l.split_once('\t').unwrap();
+            assert_eq!(hash, format!("{:x}", Sha1::digest(json.as_bytes())));
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            integrities.insert(v["integrity"].as_str().unwrap().to_string());
+        }
+        assert_eq!(integrities.len(), 1);
+        let new = integrities.into_iter().next().unwrap();
+        let trimmed: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(cacache.join(&content_paths(&new)[0])).unwrap())
+                .unwrap();
+        assert_eq!(
+            trimmed["versions"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["1.0.0"]
+        );
+        assert_eq!(
+            trimmed["time"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["1.0.0", "created", "modified"]
+        );
+        assert!(trimmed.get("readme").is_none() && trimmed["dist-tags"]["latest"] == "2.0.0");
+        assert!(!cacache.join(&content_paths(&packument)[0]).exists());
+        assert_eq!(std::fs::read_to_string(&tar_bucket).unwrap(), tar_line);
+        assert!(cacache.join(&content_paths(&tarball)[0]).exists());
+        // Cutting again changes nothing.
+        assert_eq!(trim_packuments(&cache, &lock).unwrap().packuments, 0);
+        std::fs::remove_dir_all(&cache).unwrap();
     }
 }
