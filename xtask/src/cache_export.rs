@@ -41,7 +41,8 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub strategy: Option<Strategy>,
     /// Compression of the images archive (default: none on the containerd image store,
-    /// whose layers are already compressed; zstd otherwise)
+    /// whose layers are already compressed: the images are then kept as base-images/ with
+    /// their layers in build-cache/blobs/, shared with the build cache; zstd otherwise)
     #[arg(long, value_enum)]
     pub compression: Option<Compression>,
     /// Export only these parts
