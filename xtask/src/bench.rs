@@ -983,42 +983,43 @@ fn measure_app(
         )),
         Target::RatioAtMost(0.7),
     ));
-    let part = |rel: &str| -> anyhow::Result<String> {
-        let path = bundle.join(rel);
-        let size = if path.is_dir() {
-            dir_size(&path)?
-        } else {
-            std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
-        };
-        Ok(format!("{rel} {}", human_bytes(size)))
-    };
-    notes.push(format!(
-        "Figure 2, what our bundle holds: {}, {}, {}, {}, {} (the base images' layers are in \
-         build-cache/, once). The seed's folder, before its `tar czf`: {}.",
-        part("base-images")?,
-        part("build-cache")?,
-        part("npm-cache")?,
-        part("npm-host-cache")?,
-        part("pip-cache")?,
-        [
-            "base-images.tar",
-            "build-cache.tar",
-            "npm-cache",
-            "pip-cache",
-            "node_modules.tar.gz"
-        ]
-        .iter()
-        .map(|rel| {
-            let path = seed_dir.join(rel);
+    // "<part> <size>" for each part of a folder (a part it lacks counts 0 B).
+    let parts = |dir: &Utf8Path, rels: &[&str]| -> anyhow::Result<String> {
+        let mut listed = Vec::new();
+        for rel in rels {
+            let path = dir.join(rel);
             let size = if path.is_dir() {
-                dir_size(&path).unwrap_or(0)
+                dir_size(&path)?
             } else {
                 std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
             };
-            format!("{rel} {}", human_bytes(size))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+            listed.push(format!("{rel} {}", human_bytes(size)));
+        }
+        Ok(listed.join(", "))
+    };
+    notes.push(format!(
+        "Figure 2, what our bundle holds: {} (the base images' layers are in build-cache/, \
+         once). The seed's folder, before its `tar czf`: {}.",
+        parts(
+            &bundle,
+            &[
+                "base-images",
+                "build-cache",
+                "npm-cache",
+                "npm-host-cache",
+                "pip-cache"
+            ]
+        )?,
+        parts(
+            &seed_dir,
+            &[
+                "base-images.tar",
+                "build-cache.tar",
+                "npm-cache",
+                "pip-cache",
+                "node_modules.tar.gz"
+            ]
+        )?,
     ));
     notes.push(
         "Figure 2, the two exports: each run exports into an empty folder (timed as \

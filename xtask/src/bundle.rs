@@ -153,6 +153,18 @@ impl ReadAhead {
     }
 }
 
+/// Reads `reader` (a child's stdout or stderr) to its end on a thread of its own, so the
+/// child never blocks on a full pipe; the text.
+pub fn read_in_background<R: Read + Send + 'static>(
+    mut reader: R,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = reader.read_to_string(&mut text);
+        text
+    })
+}
+
 /// A [`ReadAhead`] as a plain reader (for parsers that want `Read`, like `tar::Archive`).
 pub struct ChunkReader {
     ahead: ReadAhead,

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -212,15 +212,17 @@ impl Args {
                 });
                 same_inputs.then(|| field(old).cloned()).flatten()
             };
+            // The wheelhouse and the npm cache depend on the base images (their Python,
+            // their libc): reused only if every one has the same ID as then.
+            let same_images = previous.as_ref().is_some_and(|p| {
+                service.base_images.iter().all(|name| {
+                    let now = base_images.iter().find(|i| &i.name == name).map(|i| &i.id);
+                    let then = p.images.iter().find(|i| &i.name == name).map(|i| &i.id);
+                    now.is_some() && now == then
+                })
+            });
             if wants(Part::PipCache) && !service.python_requirements.is_empty() {
                 let rel = wheelhouse_dir(&service.name);
-                let same_images = previous.as_ref().is_some_and(|p| {
-                    service.base_images.iter().all(|name| {
-                        let now = base_images.iter().find(|i| &i.name == name).map(|i| &i.id);
-                        let then = p.images.iter().find(|i| &i.name == name).map(|i| &i.id);
-                        now.is_some() && now == then
-                    })
-                });
                 let overridden = self.python_version.is_some() || !self.platforms.is_empty();
                 let old = reusable(|e| e.wheelhouse.as_ref(), &service.python_requirements)
                     .filter(|_| same_images && !overridden);
@@ -238,20 +240,14 @@ impl Args {
                 if let Some(lockfile) = service.node_lockfiles.first() {
                     let rel = npm_cache_dir(&service.name);
                     let host_rel = npm_host_cache_dir(&service.name);
-                    // Which packages the image needs depends on its libc: same base images.
-                    let same_images = previous.as_ref().is_some_and(|p| {
-                        p.engine.arch == engine.arch
-                            && service.base_images.iter().all(|name| {
-                                let now = base_images.iter().find(|i| &i.name == name);
-                                let then = p.images.iter().find(|i| &i.name == name);
-                                now.is_some() && now.map(|i| &i.id) == then.map(|i| &i.id)
-                            })
-                    });
                     let old_entry = previous
                         .as_ref()
                         .and_then(|p| p.services.iter().find(|s| s.name == service.name));
+                    let same_arch = previous
+                        .as_ref()
+                        .is_some_and(|p| p.engine.arch == engine.arch);
                     let old = reusable(|e| e.npm_cache.as_ref(), &service.node_lockfiles)
-                        .filter(|_| same_images && !self.all_npm_platforms);
+                        .filter(|_| same_images && same_arch && !self.all_npm_platforms);
                     let mut reused = None;
                     if let (Some(old), Some(old_entry)) = (old, old_entry) {
                         let host_dest = staging.join(&host_rel);
@@ -872,26 +868,39 @@ fn reuse(
         .iter()
         .filter(|f| f.path.starts_with(&prefix))
         .collect();
-    let names: Vec<String> = entries.iter().map(|f| f.path.clone()).collect();
     let on_disk = bundle::list_files(&out.join(old)).unwrap_or_default();
     if entries.is_empty() || on_disk.len() != entries.len() {
         return Ok(false);
     }
+    let linked = link_checked(out, &entries, |e| dest.join(&e.path[prefix.len()..]))?;
+    if !linked {
+        eprintln!("warning: the previous {old}/ does not match its manifest; filling it again");
+    }
+    Ok(linked)
+}
+
+/// Checks the previous bundle's `files` against its manifest (on all cores), then
+/// hard-links (or copies) each to `dest_of(file)`; `false`, and nothing linked, if one of
+/// them is missing or damaged.
+fn link_checked(
+    out: &Utf8Path,
+    files: &[&FileEntry],
+    dest_of: impl Fn(&FileEntry) -> Utf8PathBuf,
+) -> anyhow::Result<bool> {
+    let names: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
     let hashed = bundle::hash_files(out, &names, &|_, _| {});
-    let intact = entries
+    let intact = files
         .iter()
         .zip(&hashed)
         .all(|(e, h)| matches!(h, Ok((size, digest)) if *size == e.size && *digest == e.sha256));
     if !intact {
-        eprintln!("warning: the previous {old}/ does not match its manifest; filling it again");
         return Ok(false);
     }
-    for entry in entries {
-        let to = dest.join(&entry.path[prefix.len()..]);
+    for file in files {
+        let (from, to) = (out.join(&file.path), dest_of(file));
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
         }
-        let from = out.join(&entry.path);
         if std::fs::hard_link(&from, &to).is_err() {
             std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
         }
@@ -902,23 +911,17 @@ fn reuse(
 /// Hard-links (or copies) the previous bundle's file `old` into `staging` if it still
 /// matches its checksum.
 fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Result<bool> {
-    let from = out.join(&old.path);
-    match bundle::hash_file(&from) {
-        Ok((size, digest)) if size == old.size && digest == old.sha256 => {}
-        Ok(_) => {
-            eprintln!(
-                "warning: the previous {} does not match its manifest; saving the images again",
-                old.path
-            );
-            return Ok(false);
-        }
-        Err(_) => return Ok(false),
+    if !out.join(&old.path).is_file() {
+        return Ok(false);
     }
-    let to = staging.join(&old.path);
-    if std::fs::hard_link(&from, &to).is_err() {
-        std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
+    let linked = link_checked(out, &[old], |f| staging.join(&f.path))?;
+    if !linked {
+        eprintln!(
+            "warning: the previous {} does not match its manifest; saving the images again",
+            old.path
+        );
     }
-    Ok(true)
+    Ok(linked)
 }
 
 /// The saved images' own files (index.json, manifest.json…); their blobs are in
@@ -941,12 +944,8 @@ fn save_layout(
     let started = Instant::now();
     let mut child = docker.spawn_save(names)?;
     let stdout = child.stdout.take().context("docker save has no stdout")?;
-    let mut stderr = child.stderr.take().context("docker save has no stderr")?;
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let stderr = child.stderr.take().context("docker save has no stderr")?;
+    let err_reader = bundle::read_in_background(stderr);
     let mut progress = crate::progress::Progress::new("Saving", None);
     let mut streamed = 0u64;
     let mut written = 0u64;
@@ -1047,36 +1046,22 @@ fn reuse_layout(
     let mut entries = Vec::new();
     for e in &layout.entries {
         match previous.files.iter().find(|f| f.path == e.path) {
-            Some(f) => entries.push(f.clone()),
+            Some(f) => entries.push(f),
             None => return Ok(None),
         }
     }
-    let todo: Vec<FileEntry> = entries
+    // What BuildKit wrote into the staged build cache already is not linked again.
+    let todo: Vec<&FileEntry> = entries
         .into_iter()
         .filter(|f| !staging.join(&f.path).exists())
         .collect();
-    let names: Vec<String> = todo.iter().map(|f| f.path.clone()).collect();
-    let hashed = bundle::hash_files(out, &names, &|_, _| {});
-    let intact = todo
-        .iter()
-        .zip(&hashed)
-        .all(|(e, h)| matches!(h, Ok((size, digest)) if *size == e.size && *digest == e.sha256));
-    if !intact {
+    if !link_checked(out, &todo, |f| staging.join(&f.path))? {
         eprintln!(
             "warning: the previous saved images do not match their manifest; saving them again"
         );
         return Ok(None);
     }
-    for f in &todo {
-        let (from, to) = (out.join(&f.path), staging.join(&f.path));
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
-        }
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
-        }
-    }
-    Ok(Some((layout.clone(), todo)))
+    Ok(Some((layout.clone(), todo.into_iter().cloned().collect())))
 }
 
 /// One `docker save` of every image, compressed and hashed while it streams.
@@ -1091,12 +1076,8 @@ fn save_images(
     let started = Instant::now();
     let mut child = docker.spawn_save(names)?;
     let stdout = child.stdout.take().context("docker save has no stdout")?;
-    let mut stderr = child.stderr.take().context("docker save has no stderr")?;
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let stderr = child.stderr.take().context("docker save has no stderr")?;
+    let err_reader = bundle::read_in_background(stderr);
     let file = File::create(path).with_context(|| format!("creating {path}"))?;
     let hashing = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
     let mut progress = crate::progress::Progress::new("Saving", None);

@@ -80,13 +80,9 @@ impl Args {
         // The images archive (or the layout's files), when it is loaded, is verified while
         // it streams (below).
         let streamed: Vec<String> = match &manifest.image_layout {
+            _ if to_load.is_empty() => Vec::new(),
             Some(layout) => layout.entries.iter().map(|e| e.path.clone()).collect(),
             None => archive.iter().map(|a| a.path.clone()).collect(),
-        };
-        let streamed = if to_load.is_empty() {
-            Vec::new()
-        } else {
-            streamed
         };
         let report = verify_bundle(&dir, true, &streamed)?;
         if !report.ok() {
@@ -358,18 +354,10 @@ fn stream_into_load(
     let started = Instant::now();
     let mut child = docker.spawn_load()?;
     let mut stdin = child.stdin.take().context("docker load has no stdin")?;
-    let mut stdout = child.stdout.take().context("docker load has no stdout")?;
-    let mut stderr = child.stderr.take().context("docker load has no stderr")?;
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let stdout = child.stdout.take().context("docker load has no stdout")?;
+    let stderr = child.stderr.take().context("docker load has no stderr")?;
+    let out_reader = bundle::read_in_background(stdout);
+    let err_reader = bundle::read_in_background(stderr);
     let ahead = bundle::ReadAhead::new(reader);
     let mut progress = crate::progress::Progress::new("Loading", None);
     let mut pending: Option<Vec<u8>> = None;
@@ -548,13 +536,12 @@ impl Read for LayoutTar {
                     if *left == 0 {
                         let digest = bundle::hex(&hasher.clone().finalize());
                         if digest != entry.sha256 {
-                            return Err(Error::new(
-                                ErrorKind::InvalidData,
-                                format!(
-                                    "{}: sha256 {digest}, expected {} (corrupted)",
-                                    entry.path, entry.sha256
-                                ),
-                            ));
+                            let problem = bundle::FileProblem::Digest {
+                                path: entry.path.clone(),
+                                expected: entry.sha256.clone(),
+                                actual: digest,
+                            };
+                            return Err(Error::new(ErrorKind::InvalidData, problem.to_string()));
                         }
                         self.parts.pop_front();
                         continue;

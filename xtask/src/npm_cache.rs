@@ -740,145 +740,164 @@ fn sha512_integrity(data: &[u8]) -> String {
 /// for the kept versions, and loses `readme`; its index entries get the new integrity and
 /// size. A packument whose name is not in `tarballs` is left as it is.
 pub fn trim_packuments(cache: &Utf8Path, tarballs: &[Tarball]) -> anyhow::Result<TrimReport> {
-    const PREFIX: &str = "make-fetch-happen:request-cache:";
     let cacache = cache.join("_cacache");
-    let mut versions: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut trim = Trim {
+        cacache: cacache.clone(),
+        versions: BTreeMap::new(),
+        rewritten: BTreeMap::new(),
+        stale: BTreeSet::new(),
+        report: TrimReport::default(),
+    };
     for t in tarballs {
-        versions.entry(&t.name).or_default().insert(&t.version);
+        trim.versions.entry(&t.name).or_default().insert(&t.version);
     }
-    let mut report = TrimReport::default();
-    // old integrity -> (new integrity, new size); old content files to remove afterwards.
-    let mut rewritten: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    let mut stale: BTreeSet<Utf8PathBuf> = BTreeSet::new();
+    // Content files some index line still names, once every bucket is rewritten.
+    let mut named: BTreeSet<Utf8PathBuf> = BTreeSet::new();
     for bucket in files_under(&cacache.join("index-v5"))? {
         let text = std::fs::read_to_string(&bucket).with_context(|| format!("reading {bucket}"))?;
         let mut out = String::new();
         let mut changed = false;
         for line in text.lines().filter(|l| !l.is_empty()) {
-            let kept = (|| -> anyhow::Result<Option<String>> {
-                let Some((_, json)) = line.split_once('\t') else {
-                    return Ok(None);
-                };
-                let mut entry: serde_json::Value = serde_json::from_str(json)?;
-                let Some(url) = entry["key"].as_str().and_then(|k| k.strip_prefix(PREFIX)) else {
-                    return Ok(None);
-                };
-                let Some(integrity) = entry["integrity"].as_str().map(str::to_owned) else {
-                    return Ok(None);
-                };
-                // A tarball (…/-/name-1.0.0.tgz) is not a packument.
-                let path = url.split_once("://").map_or(url, |(_, rest)| rest);
-                let path = path.split_once('/').map_or("", |(_, p)| p);
-                let path = path.split(['?', '#']).next().unwrap_or(path);
-                if path.contains("/-/") {
-                    return Ok(None);
-                }
-                let decoded = path
-                    .replace("%2f", "/")
-                    .replace("%2F", "/")
-                    .replace("%40", "@");
-                // The exact name, else the one the path ends with (a registry under a path).
-                let found = versions.get(decoded.as_str()).or_else(|| {
-                    versions
-                        .iter()
-                        .find(|(name, _)| decoded.ends_with(&format!("/{name}")))
-                        .map(|(_, v)| v)
-                });
-                let Some(wanted) = found else {
-                    return Ok(None);
-                };
-                if !rewritten.contains_key(&integrity) {
-                    let Some(file) = content_paths(&integrity)
+            let mut entry = line
+                .split_once('\t')
+                .and_then(|(_, json)| serde_json::from_str::<serde_json::Value>(json).ok());
+            let trimmed = match &mut entry {
+                Some(entry) => trim.entry(entry)?,
+                None => false,
+            };
+            if let Some(integrity) = entry.as_ref().and_then(|e| e["integrity"].as_str()) {
+                named.extend(
+                    content_paths(integrity)
                         .into_iter()
-                        .map(|p| cacache.join(p))
-                        .find(|p| p.is_file())
-                    else {
-                        return Ok(None);
-                    };
-                    let mut doc: serde_json::Value = serde_json::from_slice(
-                        &std::fs::read(&file).with_context(|| format!("reading {file}"))?,
-                    )
-                    .with_context(|| format!("{file} is not a packument"))?;
-                    let Some(obj) = doc.as_object_mut() else {
-                        return Ok(None);
-                    };
-                    if let Some(all) = obj.get_mut("versions").and_then(|v| v.as_object_mut()) {
-                        all.retain(|v, _| wanted.contains(v.as_str()));
-                    }
-                    if let Some(time) = obj.get_mut("time").and_then(|v| v.as_object_mut()) {
-                        time.retain(|v, _| {
-                            wanted.contains(v.as_str()) || v == "created" || v == "modified"
-                        });
-                    }
-                    obj.remove("readme");
-                    let data = serde_json::to_vec(&doc)?;
-                    let new = sha512_integrity(&data);
-                    let target = content_paths(&new)
-                        .into_iter()
-                        .next()
-                        .map(|p| cacache.join(p))
-                        .context("integrity without a content path")?;
-                    if target != file {
-                        create_parent(&target)?;
-                        let partial = Utf8PathBuf::from(format!("{target}.xtask-partial"));
-                        std::fs::write(&partial, &data)
-                            .with_context(|| format!("writing {partial}"))?;
-                        std::fs::rename(&partial, &target)
-                            .with_context(|| format!("renaming {partial}"))?;
-                        report.bytes_before += file.metadata()?.len();
-                        report.bytes_after += data.len() as u64;
-                        report.packuments += 1;
-                        stale.insert(file);
-                    }
-                    rewritten.insert(integrity.clone(), (new, data.len() as u64));
-                }
-                let (new, size) = &rewritten[&integrity];
-                if *new == integrity {
-                    return Ok(None);
-                }
-                entry["integrity"] = new.clone().into();
-                entry["size"] = (*size).into();
-                Ok(Some(serde_json::to_string(&entry)?))
-            })()?;
-            out.push('\n');
-            match kept {
-                Some(json) => {
-                    use sha1::{Digest as _, Sha1};
-                    out.push_str(&format!("{:x}\t{json}", Sha1::digest(json.as_bytes())));
+                        .map(|p| cacache.join(p)),
+                );
+            }
+            match (trimmed, &entry) {
+                (true, Some(entry)) => {
+                    out.push_str(&index_line(&serde_json::to_string(entry)?));
                     changed = true;
                 }
-                None => out.push_str(line),
+                _ => {
+                    out.push('\n');
+                    out.push_str(line);
+                }
             }
         }
         if changed {
-            let partial = Utf8PathBuf::from(format!("{bucket}.xtask-partial"));
-            std::fs::write(&partial, &out).with_context(|| format!("writing {partial}"))?;
-            std::fs::rename(&partial, &bucket).with_context(|| format!("renaming {partial}"))?;
+            replace_file(&bucket, out.as_bytes())?;
         }
     }
-    // Remove the old documents no index line names any more.
-    let mut kept: BTreeSet<Utf8PathBuf> = BTreeSet::new();
-    for bucket in files_under(&cacache.join("index-v5"))? {
-        let text = std::fs::read_to_string(&bucket).with_context(|| format!("reading {bucket}"))?;
-        for line in text.lines() {
-            let Some((_, json)) = line.split_once('\t') else {
-                continue;
-            };
-            if let Ok(entry) = serde_json::from_str::<serde_json::Value>(json) {
-                if let Some(integrity) = entry["integrity"].as_str() {
-                    kept.extend(
-                        content_paths(integrity)
-                            .into_iter()
-                            .map(|p| cacache.join(p)),
-                    );
-                }
-            }
-        }
-    }
-    for file in stale.difference(&kept) {
+    for file in trim.stale.difference(&named) {
         std::fs::remove_file(file).with_context(|| format!("removing {file}"))?;
     }
-    Ok(report)
+    Ok(trim.report)
+}
+
+/// The state of [`trim_packuments`].
+struct Trim<'t> {
+    cacache: Utf8PathBuf,
+    /// name -> the versions the lockfile installs.
+    versions: BTreeMap<&'t str, BTreeSet<&'t str>>,
+    /// old integrity -> (new integrity, new size)
+    rewritten: BTreeMap<String, (String, u64)>,
+    /// The documents replaced, removed at the end unless a line still names them.
+    stale: BTreeSet<Utf8PathBuf>,
+    report: TrimReport,
+}
+
+impl Trim<'_> {
+    /// Points `entry` at its packument cut to the lockfile's versions (written the first
+    /// time that packument is seen); `false` if it is not a packument of the lockfile's or
+    /// nothing was cut.
+    fn entry(&mut self, entry: &mut serde_json::Value) -> anyhow::Result<bool> {
+        const PREFIX: &str = "make-fetch-happen:request-cache:";
+        let Some(url) = entry["key"].as_str().and_then(|k| k.strip_prefix(PREFIX)) else {
+            return Ok(false);
+        };
+        let Some(integrity) = entry["integrity"].as_str().map(str::to_owned) else {
+            return Ok(false);
+        };
+        // A tarball (…/-/name-1.0.0.tgz) is not a packument.
+        let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let path = path.split_once('/').map_or("", |(_, p)| p);
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        if path.contains("/-/") {
+            return Ok(false);
+        }
+        let decoded = path
+            .replace("%2f", "/")
+            .replace("%2F", "/")
+            .replace("%40", "@");
+        // The exact name, else the one the path ends with (a registry under a path).
+        let found = self.versions.get(decoded.as_str()).or_else(|| {
+            self.versions
+                .iter()
+                .find(|(name, _)| decoded.ends_with(&format!("/{name}")))
+                .map(|(_, v)| v)
+        });
+        let Some(wanted) = found.cloned() else {
+            return Ok(false);
+        };
+        if !self.rewritten.contains_key(&integrity) {
+            let Some(cut) = self.cut(&integrity, &wanted)? else {
+                return Ok(false);
+            };
+            self.rewritten.insert(integrity.clone(), cut);
+        }
+        let (new, size) = &self.rewritten[&integrity];
+        if *new == integrity {
+            return Ok(false);
+        }
+        entry["integrity"] = new.clone().into();
+        entry["size"] = (*size).into();
+        Ok(true)
+    }
+
+    /// Writes the packument `integrity` names, cut to `wanted`; its new integrity and size
+    /// (the same integrity if nothing was cut), `None` if it is not in the cache.
+    fn cut(
+        &mut self,
+        integrity: &str,
+        wanted: &BTreeSet<&str>,
+    ) -> anyhow::Result<Option<(String, u64)>> {
+        let Some(file) = content_paths(integrity)
+            .into_iter()
+            .map(|p| self.cacache.join(p))
+            .find(|p| p.is_file())
+        else {
+            return Ok(None);
+        };
+        let mut doc: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&file).with_context(|| format!("reading {file}"))?,
+        )
+        .with_context(|| format!("{file} is not a packument"))?;
+        let Some(obj) = doc.as_object_mut() else {
+            return Ok(None);
+        };
+        if let Some(all) = obj.get_mut("versions").and_then(|v| v.as_object_mut()) {
+            all.retain(|v, _| wanted.contains(v.as_str()));
+        }
+        if let Some(time) = obj.get_mut("time").and_then(|v| v.as_object_mut()) {
+            time.retain(|v, _| wanted.contains(v.as_str()) || v == "created" || v == "modified");
+        }
+        obj.remove("readme");
+        let data = serde_json::to_vec(&doc)?;
+        let new = sha512_integrity(&data);
+        let target = content_paths(&new)
+            .into_iter()
+            .next()
+            .map(|p| self.cacache.join(p))
+            .context("integrity without a content path")?;
+        if target != file {
+            create_parent(&target)?;
+            replace_file(&target, &data)?;
+            self.report.bytes_before += file.metadata()?.len();
+            self.report.bytes_after += data.len() as u64;
+            self.report.packuments += 1;
+            self.stale.insert(file);
+        }
+        Ok(Some((new, data.len() as u64)))
+    }
 }
 
 /// What [`trim_packuments`] did.
@@ -984,20 +1003,12 @@ pub fn normalize(cache: &Utf8Path) -> anyhow::Result<NormalizeReport> {
             lines.retain(|l| *l != json);
             lines.push(json);
         }
-        let mut out = String::new();
-        for json in &lines {
-            out.push('\n');
-            out.push_str(&format!("{:x}", Sha1::digest(json.as_bytes())));
-            out.push('\t');
-            out.push_str(json);
-            report.entries += 1;
-        }
+        let out: String = lines.iter().map(|json| index_line(json)).collect();
+        report.entries += lines.len();
         if out.is_empty() {
             std::fs::remove_file(&bucket).with_context(|| format!("removing {bucket}"))?;
         } else if out != text {
-            let partial = Utf8PathBuf::from(format!("{bucket}.xtask-partial"));
-            std::fs::write(&partial, &out).with_context(|| format!("writing {partial}"))?;
-            std::fs::rename(&partial, &bucket).with_context(|| format!("renaming {partial}"))?;
+            replace_file(&bucket, out.as_bytes())?;
             report.rewritten += 1;
         }
     }
@@ -1040,6 +1051,19 @@ pub struct NormalizeReport {
     pub entries: usize,
     /// Bucket files rewritten.
     pub rewritten: usize,
+}
+
+/// One index line as cacache appends it: `\n<sha1 of the JSON>\t<JSON>`.
+fn index_line(json: &str) -> String {
+    use sha1::{Digest as _, Sha1};
+    format!("\n{:x}\t{json}", Sha1::digest(json.as_bytes()))
+}
+
+/// Writes `bytes` to `path` through `<path>.xtask-partial` and a rename.
+fn replace_file(path: &Utf8Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let partial = Utf8PathBuf::from(format!("{path}.xtask-partial"));
+    std::fs::write(&partial, bytes).with_context(|| format!("writing {partial}"))?;
+    std::fs::rename(&partial, path).with_context(|| format!("renaming {partial}"))
 }
 
 fn create_parent(path: &Utf8Path) -> anyhow::Result<()> {
