@@ -26,7 +26,7 @@ use crate::model::manifest::{
 };
 use crate::plan::{BuildService, Plan, RealFs};
 use crate::project::{Project, ProjectArgs};
-use crate::{npm_cache, wheelhouse};
+use crate::{npm_cache, npm_image, wheelhouse};
 
 /// Export base images, build cache and dependency caches for an offline rebuild
 #[derive(clap::Args)]
@@ -309,7 +309,9 @@ impl Args {
         if wants(Part::BuildCache) {
             for (service, entry) in plan.build_services.iter().zip(&mut services) {
                 match strategy {
-                    Strategy::Local => build_local(&docker, &project, service, entry, &staging)?,
+                    Strategy::Local => {
+                        build_local(&docker, &engine, &project, service, entry, &staging)?
+                    }
                     Strategy::Inline | Strategy::Legacy => {
                         build_cache_images(&docker, &project, service, strategy, entry, &staging)?;
                         cache_images.extend(entry.cache_images.iter().cloned());
@@ -677,6 +679,7 @@ fn ensure_base_images(
 
 fn build_local(
     docker: &Docker,
+    engine: &EngineInfo,
     project: &Project,
     service: &BuildService,
     entry: &mut ServiceEntry,
@@ -694,13 +697,35 @@ fn build_local(
             format!("type=local,dest={dest},tag={tag},mode=max").into()
         ]),
     );
+    // The npm cache goes in as an image, so that a cached build on the server never reads
+    // it (npm_image.rs); patch-compose writes the same reference.
+    if let Some(rel_dir) = entry.contexts.get(NPM_CONTEXT) {
+        let image = npm_image::ensure(
+            docker,
+            &staging.join(rel_dir),
+            &project.name,
+            &service.name,
+            &engine.arch,
+            None,
+        )
+        .with_context(|| format!("making the npm cache image of service {}", service.name))?;
+        // For import-build-cache.sh, which makes the same image with dd and cat.
+        let skeleton = npm_image::skeleton(&staging.join(rel_dir))?;
+        let (headers, plan) = npm_image::skeleton_paths(rel_dir);
+        std::fs::write(staging.join(&headers), &skeleton.headers)
+            .with_context(|| format!("writing {}", staging.join(&headers)))?;
+        std::fs::write(staging.join(&plan), &skeleton.plan)
+            .with_context(|| format!("writing {}", staging.join(&plan)))?;
+        entry.npm_image = Some(image.reference);
+    }
     if !entry.contexts.is_empty() {
         let mut map = serde_yaml::Mapping::new();
         for (name, rel_dir) in &entry.contexts {
-            map.insert(
-                name.clone().into(),
-                staging.join(rel_dir).to_string().into(),
-            );
+            let value = match &entry.npm_image {
+                Some(image) if name == NPM_CONTEXT => format!("docker-image://{image}"),
+                _ => staging.join(rel_dir).to_string(),
+            };
+            map.insert(name.clone().into(), value.into());
         }
         build.insert("additional_contexts".into(), map.into());
     }
@@ -1247,6 +1272,11 @@ pub fn human_manifest(m: &Manifest) -> String {
         }
         for (name, dir) in &service.contexts {
             s.push_str(&format!("    build context {name}: {dir}/\n"));
+            if let (Some(image), true) = (&service.npm_image, name == NPM_CONTEXT) {
+                s.push_str(&format!(
+                    "      or, faster, the image cache-import makes of it: docker-image://{image}\n"
+                ));
+            }
         }
     }
     s.push_str("\nFiles:\n");
@@ -1303,9 +1333,8 @@ fi"#
             // The tar `docker save` wrote, rebuilt from the bundle's files: a folder of
             // links under the archive's names, read through with tar -h.
             let mut s = String::from(
-                "tree=$(mktemp -d)\ntrap 'rm -rf \"$tree\"' EXIT\nbundle=$(pwd)\n\
-                 link() {\n    mkdir -p \"$tree/$(dirname \"$1\")\"\n    \
-                 ln -s \"$bundle/$2\" \"$tree/$1\"\n}\n",
+                "link() {\n    mkdir -p \"$tree/images/$(dirname \"$1\")\"\n    \
+                 ln -s \"$bundle/$2\" \"$tree/images/$1\"\n}\n",
             );
             let mut names = Vec::new();
             for e in &layout.entries {
@@ -1318,7 +1347,7 @@ fi"#
             }
             s.push_str(&format!(
                 "echo \"Loading images ({} files, {} of them in build-cache/blobs/)...\"\n\
-                 (cd \"$tree\" && tar -chf - {}) | docker load",
+                 (cd \"$tree/images\" && tar -chf - {}) | docker load",
                 layout.entries.len(),
                 layout
                     .entries
@@ -1330,6 +1359,7 @@ fi"#
             s
         }
     };
+    let npm_images = npm_images_script(m);
     format!(
         r#"#!/bin/sh
 # Imports this Docker build-cache bundle ({project}, strategy {strategy}) on a server
@@ -1354,14 +1384,92 @@ if ! sha256sum -c --quiet SHA256SUMS; then
     exit 1
 fi
 
-{images}
+tree=$(mktemp -d)
+trap 'rm -rf "$tree"' EXIT
+bundle=$(pwd)
 
+{images}
+{npm_images}
 echo "Done. Next, from the project folder: cargo xtask patch-compose (or add the cache_from"
 echo "and additional_contexts entries shown in cache-manifest.txt), then docker compose build."
 "#,
         project = m.project_name,
         strategy = m.strategy.as_str(),
     )
+}
+
+/// The npm caches as images, as cache-import makes them (npm_image.rs): each layer made
+/// again from its folder and skeleton, byte for byte, and checked against the tag (the
+/// first hex digits of its digest) before it is loaded.
+fn npm_images_script(m: &Manifest) -> String {
+    let services: Vec<&ServiceEntry> = m
+        .services
+        .iter()
+        .filter(|s| s.npm_image.is_some() && s.npm_cache.is_some())
+        .collect();
+    if services.is_empty() || m.strategy != Strategy::Local {
+        return String::new();
+    }
+    let mut s = format!(
+        r#"
+npm_image() {{
+    ref=$1 dir=$2 service=$3
+    tag=${{ref##*:}}
+    if docker image inspect "$ref" >/dev/null 2>&1; then
+        echo "Present $ref"
+        return 0
+    fi
+    echo "Making $ref from $dir/ (the npm cache as an image)..."
+    work="$tree/npm"
+    rm -rf "$work"
+    mkdir -p "$work"
+    offset=0
+    while read -r blocks path; do
+        dd if="$dir.layer-headers" bs=512 skip="$offset" count="$blocks" 2>/dev/null
+        offset=$((offset + blocks))
+        if [ -n "$path" ]; then
+            cat "$dir/$path"
+            size=$(wc -c < "$dir/$path")
+            pad=$(( (512 - size % 512) % 512 ))
+            if [ "$pad" -gt 0 ]; then
+                dd if=/dev/zero bs="$pad" count=1 2>/dev/null
+            fi
+        fi
+    done < "$dir.layer-plan" > "$work/layer.tar"
+    dd if=/dev/zero bs=1024 count=1 2>/dev/null >> "$work/layer.tar"
+    diff=$(sha256sum "$work/layer.tar" | cut -d ' ' -f 1)
+    case $diff in
+        "$tag"*) ;;
+        *)
+            echo "warning: $dir/ gives a layer $diff, not the export's $tag...; not loaded. cargo xtask patch-compose will hand the build the folder, and npm ci will run again (offline)" >&2
+            return 0
+            ;;
+    esac
+    mkdir "$work/$diff"
+    mv "$work/layer.tar" "$work/$diff/layer.tar"
+    arch=$(docker version --format '{{{{.Server.Arch}}}}')
+    # shellcheck disable=SC2059 # the format is the image config, written by cache-export
+    printf '{config}' "$arch" "$service" "$diff" > "$work/config.json"
+    config=$(sha256sum "$work/config.json" | cut -d ' ' -f 1)
+    mv "$work/config.json" "$work/$config.json"
+    printf '[{{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}}]' "$config" "$ref" "$diff" > "$work/manifest.json"
+    (cd "$work" && tar -cf - manifest.json "$config.json" "$diff/layer.tar") | docker load
+    rm -rf "$work"
+}}
+"#,
+        config = crate::npm_image::CONFIG_PRINTF,
+    );
+    for service in services {
+        if let (Some(image), Some(dir)) = (&service.npm_image, &service.npm_cache) {
+            s.push_str(&format!(
+                "npm_image {} {} {}\n",
+                sh_quote(image),
+                sh_quote(dir),
+                sh_quote(&service.name)
+            ));
+        }
+    }
+    s
 }
 
 /// `text` in single quotes for sh.

@@ -52,6 +52,7 @@ struct Summary {
     images_loaded: Vec<String>,
     images_present: Vec<String>,
     build_caches: Vec<String>,
+    npm_images: Vec<String>,
     npm_merged_into: Vec<String>,
     seconds: f64,
 }
@@ -134,6 +135,37 @@ impl Args {
         for name in &present {
             eprintln!("     Present {name} (same ID, not loaded again)");
         }
+        // The npm caches as images (npm_image.rs), made from the verified folders: what
+        // patch-compose hands to the builds so that cached ones never read the folder.
+        let mut npm_images = Vec::new();
+        if manifest.strategy == Strategy::Local && engine.containerd_store {
+            for service in &manifest.services {
+                let (Some(image), Some(rel)) = (&service.npm_image, &service.npm_cache) else {
+                    continue;
+                };
+                match crate::npm_image::ensure(
+                    &docker,
+                    &dir.join(rel),
+                    &manifest.project_name,
+                    &service.name,
+                    &engine.arch,
+                    Some(image),
+                ) {
+                    Ok(made) => {
+                        if !made.loaded {
+                            eprintln!("     Present {image} (same layer, not made again)");
+                        }
+                        npm_images.push(made.reference);
+                    }
+                    Err(e) => eprintln!(
+                        "warning: service {}: {e:#}; patch-compose will hand the build the \
+                         folder {rel} instead, and `npm ci` and the steps after it will run \
+                         again (offline)",
+                        service.name
+                    ),
+                }
+            }
+        }
         let mut build_caches: Vec<String> = manifest
             .services
             .iter()
@@ -192,6 +224,7 @@ impl Args {
                 images_loaded: to_load,
                 images_present: present,
                 build_caches,
+                npm_images,
                 npm_merged_into: npm_merged,
                 seconds: secs,
             };
@@ -345,7 +378,7 @@ fn load_layout(
 /// Feeds `reader` into `docker load`, read ahead on another thread, holding the last chunk
 /// back until `check` (given how reading ended) accepts the stream; kills `docker load`
 /// otherwise, before it could see the end of the stream and tag anything.
-fn stream_into_load(
+pub(crate) fn stream_into_load(
     docker: &Docker,
     what: &str,
     reader: Box<dyn Read + Send>,

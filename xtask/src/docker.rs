@@ -122,6 +122,24 @@ impl<'a> Docker<'a> {
         ))
     }
 
+    /// The image's layers (`RootFS.Layers`, diff IDs), or `None` when the engine does not
+    /// have it.
+    pub fn image_layers(&self, image: &str) -> anyhow::Result<Option<Vec<String>>> {
+        let sh = self.sh;
+        let format = "{{json .RootFS.Layers}}";
+        let out = cmd!(sh, "docker image inspect --format {format} {image}")
+            .quiet()
+            .ignore_stderr()
+            .ignore_status()
+            .output()?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        let layers: Option<Vec<String>> = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("reading the layers of {image} from docker image inspect"))?;
+        Ok(Some(layers.unwrap_or_default()))
+    }
+
     pub fn pull(&self, image: &str) -> anyhow::Result<()> {
         let sh = self.sh;
         cmd!(sh, "docker pull --quiet {image}").quiet().run()?;

@@ -18,6 +18,7 @@ mod docker;
 mod model;
 mod node_modules;
 mod npm_cache;
+mod npm_image;
 mod patch_compose;
 mod plan;
 mod progress;

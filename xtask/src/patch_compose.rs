@@ -5,7 +5,10 @@
 //! paths the export will produce. The edit itself is `model::compose_patch`: lossless,
 //! idempotent and reversible. Paths are absolute: compose resolves a `type=local,src=` in
 //! `cache_from` against the directory it is run from, not the compose file's folder.
+//! The npm cache is handed over as the image cache-import made of it (`docker-image://`,
+//! npm_image.rs) when the engine has it, else as its folder.
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -13,7 +16,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
 use crate::bundle;
-use crate::cache_export::{cache_image_name, choose_strategy, service_contexts};
+use crate::cache_export::{cache_image_name, choose_strategy, service_contexts, NPM_CONTEXT};
 use crate::cache_verify::BundleArg;
 use crate::docker::Docker;
 use crate::model::compose_patch::{self, ServicePatch};
@@ -101,8 +104,18 @@ impl Args {
                     strategy.as_str()
                 );
             }
-            let patches =
-                offline_patches(&plan, &bundle_dir, manifest.as_ref(), strategy, local_cache);
+            let npm_images = match (&manifest, strategy) {
+                (Some(m), Strategy::Local) if local_cache => usable_npm_images(sh, m),
+                _ => BTreeSet::new(),
+            };
+            let patches = offline_patches(
+                &plan,
+                &bundle_dir,
+                manifest.as_ref(),
+                strategy,
+                local_cache,
+                &npm_images,
+            );
             compose_patch::apply(&original, &patches).with_context(|| format!("patching {file}"))?
         };
         let verb = if self.revert { "reverted" } else { "patched" };
@@ -139,14 +152,41 @@ impl Args {
     }
 }
 
+/// The manifest's npm cache images that this engine has (cache-import makes them). For
+/// one it lacks, says what the build will do instead.
+fn usable_npm_images(sh: &Shell, manifest: &Manifest) -> BTreeSet<String> {
+    let docker = Docker::new(sh);
+    let mut usable = BTreeSet::new();
+    for service in &manifest.services {
+        let Some(image) = &service.npm_image else {
+            continue;
+        };
+        match docker.image_layers(image) {
+            Ok(Some(_)) => {
+                usable.insert(image.clone());
+            }
+            Ok(None) | Err(_) => eprintln!(
+                "warning: service {}: this engine has no {image} (`cargo xtask cache-import` \
+                 makes it; import-build-cache.sh does not): handing the build the folder {} \
+                 instead, so `npm ci` and the steps after it will run again (offline)",
+                service.name,
+                service.npm_cache.as_deref().unwrap_or("npm-cache")
+            ),
+        }
+    }
+    usable
+}
+
 /// What each build service gets: its build cache, its base images (for the image
-/// strategies), and its dependency caches as build contexts. Absolute paths.
+/// strategies), and its dependency caches as build contexts: absolute paths, or for the
+/// npm cache, its image when `npm_images` (what the engine has) holds it.
 pub fn offline_patches(
     plan: &Plan,
     bundle_dir: &Utf8Path,
     manifest: Option<&Manifest>,
     strategy: Strategy,
     local_cache: bool,
+    npm_images: &BTreeSet<String>,
 ) -> Vec<ServicePatch> {
     plan.build_services
         .iter()
@@ -197,7 +237,16 @@ pub fn offline_patches(
                 cache_from,
                 additional_contexts: contexts
                     .into_iter()
-                    .map(|(name, rel)| (name, bundle_dir.join(rel).to_string()))
+                    .map(|(name, rel)| {
+                        let image = entry
+                            .and_then(|e| e.npm_image.as_ref())
+                            .filter(|image| name == NPM_CONTEXT && npm_images.contains(*image));
+                        let value = match image {
+                            Some(image) => format!("docker-image://{image}"),
+                            None => bundle_dir.join(rel).to_string(),
+                        };
+                        (name, value)
+                    })
                     .collect(),
                 args: entry
                     .map(|e| {

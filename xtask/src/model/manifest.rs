@@ -147,6 +147,11 @@ pub struct ServiceEntry {
     /// merged into ~/.npm at import, never handed to a build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub npm_host_cache: Option<String>,
+    /// The npm cache as an image (`<project>-<service>-npm-cache:<diff ID>`), made from
+    /// `npm_cache` by cache-export and again by cache-import, byte for byte (npm_image.rs):
+    /// patch-compose hands it to the build as `docker-image://` when the engine has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npm_image: Option<String>,
     /// Build contexts handed to the build: context name → bundle-relative folder.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contexts: BTreeMap<String, String>,
@@ -235,6 +240,16 @@ impl Manifest {
                 if !matches!(libc.as_str(), "glibc" | "musl") {
                     bail!(
                         "manifest.yaml: service {}: npm_libc is {libc:?}, not glibc or musl",
+                        service.name
+                    );
+                }
+            }
+            if let Some(image) = &service.npm_image {
+                if !is_npm_image_reference(image) || service.npm_cache.is_none() {
+                    bail!(
+                        "manifest.yaml: service {}: npm_image is {image:?}, not an npm cache \
+                         image cache-export makes; this bundle was not written by cache-export: \
+                         do not import it",
                         service.name
                     );
                 }
@@ -330,8 +345,6 @@ pub fn parse_sha256sums(text: &str) -> anyhow::Result<BTreeMap<String, String>> 
     Ok(out)
 }
 
-/// A bundle-relative path that stays inside the bundle: no absolute paths, no `..`, no
-/// empty or `.` segments, no backslashes.
 /// A tag of a `type=local` cache folder: it goes into `cache_from` as `tag=<tag>`.
 pub fn is_safe_tag(tag: &str) -> bool {
     !tag.is_empty()
@@ -341,6 +354,23 @@ pub fn is_safe_tag(tag: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// What cache-export writes as `npm_image`: `<name>:<hex>`, the name lower case letters,
+/// digits and `._-` (not first). It reaches `docker` and compose files, so nothing else.
+pub fn is_npm_image_reference(text: &str) -> bool {
+    let Some((name, tag)) = text.split_once(':') else {
+        return false;
+    };
+    let name_ok = name.len() <= 200
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    let tag_ok = !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_hexdigit());
+    name_ok && tag_ok
+}
+
+/// A bundle-relative path that stays inside the bundle: no absolute paths, no `..`, no
+/// empty or `.` segments, no backslashes.
 pub fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
@@ -496,6 +526,36 @@ mod tests {
         let mut m = sample();
         m.services[0].build_cache_tag = Some("backend".into());
         assert_eq!(Manifest::from_yaml(&m.to_yaml()).unwrap(), m);
+        // The npm cache image's reference reaches `docker` and compose files.
+        for bad in [
+            "--rm:ab",
+            "name:latest",
+            "Name:ab",
+            "a b:ab",
+            "a/b:ab",
+            "name",
+        ] {
+            let mut bad_m = m.clone();
+            bad_m.services[0].npm_cache = Some("npm-cache/backend".into());
+            bad_m.services[0].npm_image = Some(bad.into());
+            let err = format!("{:#}", Manifest::from_yaml(&bad_m.to_yaml()).unwrap_err());
+            assert!(err.contains("npm_image"), "{bad}: {err}");
+        }
+        let mut with_image = m.clone();
+        with_image.services[0].npm_image = Some("p-backend-npm-cache:0123abcd".into());
+        let err = format!(
+            "{:#}",
+            Manifest::from_yaml(&with_image.to_yaml()).unwrap_err()
+        );
+        assert!(
+            err.contains("npm_image"),
+            "an image without its folder: {err}"
+        );
+        with_image.services[0].npm_cache = Some("npm-cache/backend".into());
+        assert_eq!(
+            Manifest::from_yaml(&with_image.to_yaml()).unwrap(),
+            with_image
+        );
         // The image layout names only files the manifest lists, under safe tar names.
         let listed = m.files[0].path.clone();
         for (name, path) in [

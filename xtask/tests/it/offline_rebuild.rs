@@ -100,6 +100,7 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
     for part in [
         "pip-cache/backend",
         "npm-cache/frontend",
+        "npm_image: llm-chat-frontend-npm-cache:",
         "build_cache_tag: backend",
         "build_cache_tag: frontend",
     ] {
@@ -114,6 +115,51 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
     let sh = offline.shell()?;
     xtask(&sh, &server, &["cache-import", "--no-host-caches"])?;
     xtask(&sh, &server, &["patch-compose"])?;
+    let compose_file = server.join("docker-compose.yml");
+    let npm_image = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("npm_image: "))
+        .context("no npm_image line")?
+        .to_string();
+    let as_image = format!("npm-cache: 'docker-image://{npm_image}'");
+    let patched = std::fs::read_to_string(&compose_file)?;
+    ensure!(patched.contains(&as_image), "{as_image} not in\n{patched}");
+
+    // Without the image (as after a bare `docker load`), patch-compose hands over the
+    // folder and says why; import-build-cache.sh makes the same image with sh tools.
+    cmd!(sh, "docker image rm {npm_image}")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    let fallback = xtask(&sh, &server, &["patch-compose"])?;
+    ensure!(
+        fallback.contains(&format!("no {npm_image}")),
+        "patch-compose did not say the image is missing:\n{fallback}"
+    );
+    let patched = std::fs::read_to_string(&compose_file)?;
+    let as_folder = format!("npm-cache: '{server}/docker-build-cache/npm-cache/frontend'");
+    ensure!(
+        patched.contains(&as_folder),
+        "{as_folder} not in\n{patched}"
+    );
+    let script = server.join("docker-build-cache/import-build-cache.sh");
+    cmd!(sh, "sh {script}")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("import-build-cache.sh")?;
+    let format = "{{json .RootFS.Layers}}";
+    let layers = cmd!(sh, "docker image inspect --format {format} {npm_image}")
+        .read()
+        .with_context(|| format!("import-build-cache.sh did not make {npm_image}"))?;
+    let tag = npm_image.rsplit(':').next().unwrap_or_default();
+    ensure!(
+        layers.contains(&format!("sha256:{tag}")),
+        "the script's image has other layers: {layers}"
+    );
+    xtask(&sh, &server, &["patch-compose"])?;
+    let patched = std::fs::read_to_string(&compose_file)?;
+    ensure!(patched.contains(&as_image), "{as_image} not in\n{patched}");
     let status = xtask(&sh, &server, &["cache-status"])?;
     ensure!(status.contains("fresh"), "{status}");
 
@@ -142,6 +188,11 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
     ensure!(
         step_cached(&log, "npm ci") == Some(true),
         "npm ci was not cached:\n{log}"
+    );
+    // The npm cache went in as the image: its folder was not sent to BuildKit.
+    ensure!(
+        !log.contains("transferring npm-cache"),
+        "the npm cache folder was sent to the build:\n{log}"
     );
     ensure!(
         step_cached(&log, "COPY app") == Some(false),
