@@ -1856,10 +1856,24 @@ fn standin_config(standin: &StandIn, diff_id: &str) -> serde_json::Value {
     })
 }
 
-/// Loads the Debian stand-ins into `engine` under the real names, all over one layer.
+/// Loads the Debian stand-ins into `engine` under the real names, all over one layer,
+/// gzip-compressed as a pulled image's layers are: the engine keeps the blob as it was
+/// loaded, and `docker save` (of ours and of the seed's steps) writes it as it is kept.
 fn load_standins(engine: &Engine) -> anyhow::Result<()> {
     let rootfs = debian_rootfs()?;
-    let layer = rootfs.join("rootfs.tar");
+    let layer = rootfs.join("rootfs.tar.gz");
+    if !layer.exists() {
+        let sh = Shell::new()?;
+        let tar = rootfs.join("rootfs.tar");
+        let partial = rootfs.join(format!("rootfs.tar.gz.{}", std::process::id()));
+        eprintln!("      Compressing the stand-in layer (gzip -6, once): {layer}");
+        let mut gzip: Command = cmd!(sh, "gzip -6 -n -c {tar}").into();
+        let status = gzip.stdout(File::create(&partial)?).status()?;
+        if !status.success() {
+            bail!("gzip of {tar} failed ({status})");
+        }
+        std::fs::rename(&partial, &layer)?;
+    }
     let diff_id = std::fs::read_to_string(rootfs.join("rootfs.tar.sha256"))?;
     let mut manifest = Vec::new();
     let mut configs = Vec::new();
