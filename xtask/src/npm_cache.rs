@@ -867,20 +867,31 @@ impl Trim<'_> {
         else {
             return Ok(None);
         };
-        let mut doc: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&file).with_context(|| format!("reading {file}"))?,
-        )
-        .with_context(|| format!("{file} is not a packument"))?;
-        let Some(obj) = doc.as_object_mut() else {
+        // Parsed only one level deep, each member kept as its JSON text: `next`'s packument
+        // (21 MB) as a `Value` tree took over 100 MB.
+        type Members = BTreeMap<String, Box<serde_json::value::RawValue>>;
+        let text = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
+        let Ok(mut doc) = serde_json::from_slice::<Members>(&text) else {
             return Ok(None);
         };
-        if let Some(all) = obj.get_mut("versions").and_then(|v| v.as_object_mut()) {
-            all.retain(|v, _| wanted.contains(v.as_str()));
-        }
-        if let Some(time) = obj.get_mut("time").and_then(|v| v.as_object_mut()) {
-            time.retain(|v, _| wanted.contains(v.as_str()) || v == "created" || v == "modified");
-        }
-        obj.remove("readme");
+        drop(text);
+        let mut cut_member = |name: &str, keep: &dyn Fn(&str) -> bool| -> anyhow::Result<()> {
+            let Some(raw) = doc.get(name) else {
+                return Ok(());
+            };
+            let Ok(mut members) = serde_json::from_str::<Members>(raw.get()) else {
+                return Ok(());
+            };
+            members.retain(|key, _| keep(key));
+            let cut = serde_json::value::to_raw_value(&members)?;
+            doc.insert(name.to_string(), cut);
+            Ok(())
+        };
+        cut_member("versions", &|v| wanted.contains(v))?;
+        cut_member("time", &|v| {
+            wanted.contains(v) || v == "created" || v == "modified"
+        })?;
+        doc.remove("readme");
         let data = serde_json::to_vec(&doc)?;
         let new = sha512_integrity(&data);
         let target = content_paths(&new)
