@@ -23,6 +23,7 @@ mod patch_compose;
 mod plan;
 mod progress;
 mod project;
+mod recompress;
 mod secrets;
 mod wheelhouse;
 
