@@ -105,37 +105,32 @@ impl<'a> Docker<'a> {
         })
     }
 
-    /// The image's ID, or `None` when the engine does not have it.
-    pub fn image_id(&self, image: &str) -> anyhow::Result<Option<String>> {
+    /// `docker image inspect --format FORMAT IMAGE`'s output, or `None` when the engine
+    /// does not have the image.
+    fn inspect_image(&self, image: &str, format: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let sh = self.sh;
-        let format = "{{.Id}}";
         let out = cmd!(sh, "docker image inspect --format {format} {image}")
             .quiet()
             .ignore_stderr()
             .ignore_status()
             .output()?;
-        if !out.status.success() {
-            return Ok(None);
-        }
-        Ok(Some(
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        ))
+        Ok(out.status.success().then_some(out.stdout))
+    }
+
+    /// The image's ID, or `None` when the engine does not have it.
+    pub fn image_id(&self, image: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .inspect_image(image, "{{.Id}}")?
+            .map(|out| String::from_utf8_lossy(&out).trim().to_string()))
     }
 
     /// The image's layers (`RootFS.Layers`, diff IDs), or `None` when the engine does not
     /// have it.
     pub fn image_layers(&self, image: &str) -> anyhow::Result<Option<Vec<String>>> {
-        let sh = self.sh;
-        let format = "{{json .RootFS.Layers}}";
-        let out = cmd!(sh, "docker image inspect --format {format} {image}")
-            .quiet()
-            .ignore_stderr()
-            .ignore_status()
-            .output()?;
-        if !out.status.success() {
+        let Some(out) = self.inspect_image(image, "{{json .RootFS.Layers}}")? else {
             return Ok(None);
-        }
-        let layers: Option<Vec<String>> = serde_json::from_slice(&out.stdout)
+        };
+        let layers: Option<Vec<String>> = serde_json::from_slice(&out)
             .with_context(|| format!("reading the layers of {image} from docker image inspect"))?;
         Ok(Some(layers.unwrap_or_default()))
     }

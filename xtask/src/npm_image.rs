@@ -22,7 +22,7 @@ use anyhow::{bail, Context as _};
 use camino::{Utf8Path, Utf8PathBuf};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::hex;
+use crate::bundle::{hex, HashingWriter};
 use crate::docker::Docker;
 
 /// Time of every entry of the layer: 2020-01-01T00:00:00Z, as the cache's index lines.
@@ -61,25 +61,6 @@ pub fn reference(project: &str, service: &str, layer: &Layer) -> String {
 pub struct Layer {
     pub diff_id: String,
     pub size: u64,
-}
-
-/// Hashes (and counts) what goes through it, passing it on to `out`.
-struct Tee<W> {
-    out: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> Write for Tee<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
 }
 
 /// Every directory and regular file under `dir`, relative, `/`-separated, in the order
@@ -164,12 +145,7 @@ enum EntryKind {
 /// Writes the layer: a tar of `dir` that depends on the names and contents of its files
 /// only. Returns its digest and size.
 pub fn write_layer(dir: &Utf8Path, out: impl Write) -> anyhow::Result<Layer> {
-    let tee = Tee {
-        out,
-        hasher: Sha256::new(),
-        written: 0,
-    };
-    let mut tar = tar::Builder::new(tee);
+    let mut tar = tar::Builder::new(HashingWriter::new(out));
     for (rel, is_dir) in entries(dir)? {
         if is_dir {
             append_entry(&mut tar, &rel, &EntryKind::Dir, io::empty())
@@ -189,12 +165,13 @@ pub fn write_layer(dir: &Utf8Path, out: impl Write) -> anyhow::Result<Layer> {
             .with_context(|| format!("writing {path} into the npm cache image"))?;
         }
     }
-    let tee = tar
+    let (_, size, digest) = tar
         .into_inner()
-        .context("ending the npm cache image's layer")?;
+        .context("ending the npm cache image's layer")?
+        .finish();
     Ok(Layer {
-        diff_id: format!("sha256:{}", hex(&tee.hasher.finalize())),
-        size: tee.written,
+        diff_id: format!("sha256:{digest}"),
+        size,
     })
 }
 

@@ -29,7 +29,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::bundle::hex;
+use crate::bundle::{hex, HashingWriter};
 
 /// How a layer is recompressed, and the mark its descriptor gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,25 +105,6 @@ fn write_blob(dir: &Utf8Path, bytes: &[u8]) -> anyhow::Result<Blob> {
     })
 }
 
-/// Hashes what goes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// The layer's tar, whatever BuildKit compressed it with.
 fn decompressed(path: &Utf8Path) -> anyhow::Result<Box<dyn Read>> {
     let mut file = BufReader::with_capacity(1 << 20, File::open(path)?);
@@ -147,28 +128,20 @@ fn recompress_blob(
 ) -> anyhow::Result<Option<Blob>> {
     let partial = dir.join(format!("blobs/sha256/.recompress-{}", std::process::id()));
     let out = File::create(&partial).with_context(|| format!("creating {partial}"))?;
-    let mut compressed = Hashing {
-        inner: io::BufWriter::with_capacity(1 << 20, out),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
+    let mut compressed = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out));
     let mut encoder = zstd::stream::write::Encoder::new(&mut compressed, params.level)?;
     if let Some(window) = params.long_window {
         encoder.long_distance_matching(true)?;
         encoder.window_log(window)?;
     }
     encoder.include_checksum(true)?;
-    let mut plain = Hashing {
-        inner: encoder,
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
+    let mut plain = HashingWriter::new(encoder);
     io::copy(&mut decompressed(path)?, &mut plain).with_context(|| format!("reading {path}"))?;
-    let content = format!("sha256:{}", hex(&plain.hasher.finalize()));
-    plain.inner.finish()?;
-    compressed.flush()?;
-    let digest = format!("sha256:{}", hex(&compressed.hasher.finalize()));
-    let size = compressed.bytes;
+    let (encoder, _, content) = plain.finish();
+    encoder.finish()?;
+    let (mut file, size, digest) = compressed.finish();
+    file.flush()?;
+    let (content, digest) = (format!("sha256:{content}"), format!("sha256:{digest}"));
     if content != uncompressed {
         std::fs::remove_file(&partial)?;
         return Ok(None);
