@@ -1032,22 +1032,25 @@ fn measure_app(
          that already exist."
             .into(),
     );
-    if let Some(peak) = peak_of(&ours) {
-        rows.push(Row::new(
-            "6. Peak RSS of the app's whole export (cache-export)",
-            Stat::of(&[peak as f64], Unit::Bytes),
-            None,
-            Target::AtMost(100.0 * MIB as f64),
-        ));
-    }
     // Into an empty folder: npm cache fill and packument cuts, layer recompression.
-    if let Some(peak) = peak_of(&fresh) {
-        rows.push(Row::new(
+    for (label, samples) in [
+        (
+            "6. Peak RSS of the app's whole export (cache-export)",
+            &ours,
+        ),
+        (
             "6. Peak RSS of the app's export into an empty folder",
-            Stat::of(&[peak as f64], Unit::Bytes),
-            None,
-            Target::AtMost(100.0 * MIB as f64),
-        ));
+            &fresh,
+        ),
+    ] {
+        if let Some(peak) = peak_of(samples) {
+            rows.push(Row::new(
+                label,
+                Stat::of(&[peak as f64], Unit::Bytes),
+                None,
+                Target::AtMost(100.0 * MIB as f64),
+            ));
+        }
     }
     notes.push(format!(
         "Figure 2 baseline, timed as a whole: `docker save` of the three base images to \

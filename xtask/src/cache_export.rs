@@ -719,12 +719,7 @@ fn build_local(
         )
         .with_context(|| format!("making the npm cache image of service {}", service.name))?;
         // For import-build-cache.sh, which makes the same image with dd and cat.
-        let skeleton = npm_image::skeleton(&staging.join(rel_dir))?;
-        let (headers, plan) = npm_image::skeleton_paths(rel_dir);
-        std::fs::write(staging.join(&headers), &skeleton.headers)
-            .with_context(|| format!("writing {}", staging.join(&headers)))?;
-        std::fs::write(staging.join(&plan), &skeleton.plan)
-            .with_context(|| format!("writing {}", staging.join(&plan)))?;
+        npm_image::write_skeleton(staging, rel_dir)?;
         entry.npm_image = Some(image.reference);
     }
     if !entry.contexts.is_empty() {
@@ -1497,7 +1492,7 @@ npm_image() {{
     mkdir -p "$work"
     offset=0
     while read -r blocks path; do
-        dd if="$dir.layer-headers" bs=512 skip="$offset" count="$blocks" 2>/dev/null
+        dd if="$dir{headers}" bs=512 skip="$offset" count="$blocks" 2>/dev/null
         offset=$((offset + blocks))
         if [ -n "$path" ]; then
             cat "$dir/$path"
@@ -1507,7 +1502,7 @@ npm_image() {{
                 dd if=/dev/zero bs="$pad" count=1 2>/dev/null
             fi
         fi
-    done < "$dir.layer-plan" > "$work/layer.tar"
+    done < "$dir{plan}" > "$work/layer.tar"
     dd if=/dev/zero bs=1024 count=1 2>/dev/null >> "$work/layer.tar"
     diff=$(sha256sum "$work/layer.tar" | cut -d ' ' -f 1)
     case $diff in
@@ -1529,7 +1524,9 @@ npm_image() {{
     rm -rf "$work"
 }}
 "#,
-        config = crate::npm_image::CONFIG_PRINTF,
+        config = npm_image::CONFIG_PRINTF,
+        headers = npm_image::HEADERS_SUFFIX,
+        plan = npm_image::PLAN_SUFFIX,
     );
     for service in services {
         if let (Some(image), Some(dir)) = (&service.npm_image, &service.npm_cache) {

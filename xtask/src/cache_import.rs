@@ -642,10 +642,7 @@ mod tests {
     }
 
     fn temp_dir(tag: &str) -> camino::Utf8PathBuf {
-        let dir = std::env::temp_dir().join(format!("xtask-layout-{tag}-{}", std::process::id()));
-        let dir = camino::Utf8PathBuf::from_path_buf(dir).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::bundle::test_dir(&format!("layout-{tag}"))
     }
 
     /// What docker load reads is a tar with the same names and bytes, in order.

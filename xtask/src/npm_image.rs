@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{self, Write};
 
 use anyhow::{bail, Context as _};
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{hex, HashingWriter};
@@ -216,14 +216,11 @@ pub fn skeleton(dir: &Utf8Path) -> anyhow::Result<Skeleton> {
                 dir.join(&rel)
             );
         }
-        let kind = if is_dir {
-            EntryKind::Dir
+        let (kind, size) = if is_dir {
+            (EntryKind::Dir, 0)
         } else {
-            EntryKind::File(dir.join(&rel).metadata()?.len())
-        };
-        let size = match kind {
-            EntryKind::Dir => 0,
-            EntryKind::File(size) => size,
+            let size = dir.join(&rel).metadata()?.len();
+            (EntryKind::File(size), size)
         };
         // The entry alone, its content zeros: what comes before the content is the header.
         let mut tar = tar::Builder::new(Prefix {
@@ -250,12 +247,21 @@ pub fn skeleton(dir: &Utf8Path) -> anyhow::Result<Skeleton> {
     Ok(out)
 }
 
-/// Where the skeleton of `npm-cache/<service>` goes in the bundle: beside the folder.
-pub fn skeleton_paths(npm_cache_rel: &str) -> (String, String) {
-    (
-        format!("{npm_cache_rel}.layer-headers"),
-        format!("{npm_cache_rel}.layer-plan"),
-    )
+/// The skeleton's two files sit beside the folder: `<folder><suffix>`.
+pub const HEADERS_SUFFIX: &str = ".layer-headers";
+pub const PLAN_SUFFIX: &str = ".layer-plan";
+
+/// Writes the skeleton of the folder `bundle/rel` beside it, for import-build-cache.sh.
+pub fn write_skeleton(bundle: &Utf8Path, rel: &str) -> anyhow::Result<()> {
+    let skeleton = skeleton(&bundle.join(rel))?;
+    for (suffix, bytes) in [
+        (HEADERS_SUFFIX, &skeleton.headers[..]),
+        (PLAN_SUFFIX, skeleton.plan.as_bytes()),
+    ] {
+        let path = bundle.join(format!("{rel}{suffix}"));
+        std::fs::write(&path, bytes).with_context(|| format!("writing {path}"))?;
+    }
+    Ok(())
 }
 
 /// The layer's digest and size, without writing it anywhere.
@@ -353,7 +359,6 @@ fn write_archive(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpmImage {
     pub reference: String,
-    pub layer: Layer,
     /// False when the engine already had it.
     pub loaded: bool,
 }
@@ -381,7 +386,6 @@ pub fn ensure(
     if docker.image_layers(&reference)?.as_deref() == Some(std::slice::from_ref(&layer.diff_id)) {
         return Ok(NpmImage {
             reference,
-            layer,
             loaded: false,
         });
     }
@@ -390,24 +394,16 @@ pub fn ensure(
         crate::bundle::human_bytes(layer.size)
     );
     let (reader, mut writer) = io::pipe().context("making a pipe for docker load")?;
-    let dir_owned: Utf8PathBuf = dir.to_path_buf();
-    let (reference_owned, arch_owned, service_owned, layer_owned) = (
-        reference.clone(),
-        arch.to_string(),
-        service.to_string(),
-        layer.clone(),
-    );
-    let writer_thread = std::thread::spawn(move || {
-        write_archive(
-            &dir_owned,
-            &reference_owned,
-            &arch_owned,
-            &layer_owned,
-            &service_owned,
-            &mut writer,
-        )
-    });
-    let mut writer_thread = Some(writer_thread);
+    let mut writer_thread = Some(std::thread::spawn({
+        let (dir, reference, arch, service, layer) = (
+            dir.to_path_buf(),
+            reference.clone(),
+            arch.to_string(),
+            service.to_string(),
+            layer.clone(),
+        );
+        move || write_archive(&dir, &reference, &arch, &layer, &service, &mut writer)
+    }));
     let what = format!("the npm cache image {reference}");
     let result =
         crate::cache_import::stream_into_load(docker, &what, Box::new(reader), |failure| {
@@ -436,7 +432,6 @@ pub fn ensure(
     }
     Ok(NpmImage {
         reference,
-        layer,
         loaded: true,
     })
 }
@@ -444,13 +439,10 @@ pub fn ensure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use camino::Utf8PathBuf;
 
     fn temp_dir(tag: &str) -> Utf8PathBuf {
-        let dir = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap())
-            .join(format!("xtask-npm-image-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::bundle::test_dir(&format!("npm-image-{tag}"))
     }
 
     fn cache(dir: &Utf8Path) {

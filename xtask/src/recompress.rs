@@ -338,9 +338,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(tag: &str) -> Utf8PathBuf {
-        let dir = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap())
-            .join(format!("xtask-recompress-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::bundle::test_dir(&format!("recompress-{tag}"));
         std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         dir
     }
