@@ -133,6 +133,25 @@ pub fn absolute(base: &Utf8Path, path: &Utf8Path) -> Utf8PathBuf {
     out
 }
 
+/// The plan's filesystem: the real one.
+pub struct RealFs;
+
+impl crate::model::plan::Fs for RealFs {
+    fn read(&self, path: &Utf8Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn list(&self, dir: &Utf8Path) -> std::io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,4 +7,5 @@ pub mod compose_patch;
 pub mod dockerfile;
 pub mod interpolate;
 pub mod manifest;
+pub mod plan;
 pub mod requirements;

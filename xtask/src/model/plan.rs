@@ -20,24 +20,6 @@ pub trait Fs {
     fn list(&self, dir: &Utf8Path) -> std::io::Result<Vec<String>>;
 }
 
-pub struct RealFs;
-
-impl Fs for RealFs {
-    fn read(&self, path: &Utf8Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
-    }
-    fn list(&self, dir: &Utf8Path) -> std::io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            if let Ok(name) = entry?.file_name().into_string() {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-}
-
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Plan {
     pub compose_file: Utf8PathBuf,

@@ -3,8 +3,9 @@ use std::process::ExitCode;
 
 use xshell::Shell;
 
-use crate::plan::{Plan, RealFs};
+use crate::model::plan::Plan;
 use crate::project::ProjectArgs;
+use crate::project::RealFs;
 
 /// Show what an export would contain: build services, base images, dependency manifests
 #[derive(clap::Args)]

@@ -14,13 +14,14 @@ use serde::Serialize;
 use xshell::Shell;
 
 use crate::bundle;
-use crate::cache_verify::BundleArg;
+use crate::commands::cache_verify::BundleArg;
+use crate::deps::npm_cache;
+use crate::deps::wheelhouse;
 use crate::model::manifest::Manifest;
+use crate::model::plan::{BuildService, Plan};
 use crate::model::requirements;
-use crate::npm_cache;
-use crate::plan::{BuildService, Plan, RealFs};
 use crate::project::ProjectArgs;
-use crate::wheelhouse;
+use crate::project::RealFs;
 
 /// Say per service whether the bundle is stale and whether it can still rebuild offline
 #[derive(clap::Args)]

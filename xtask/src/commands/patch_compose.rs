@@ -16,13 +16,16 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
 use crate::bundle;
-use crate::cache_export::{cache_image_name, choose_strategy, service_contexts, NPM_CONTEXT};
-use crate::cache_verify::BundleArg;
+use crate::commands::cache_export::{
+    cache_image_name, choose_strategy, service_contexts, NPM_CONTEXT,
+};
+use crate::commands::cache_verify::BundleArg;
 use crate::docker::Docker;
 use crate::model::compose_patch::{self, ServicePatch};
 use crate::model::manifest::{Manifest, Strategy};
-use crate::plan::{Plan, RealFs};
+use crate::model::plan::Plan;
 use crate::project::ProjectArgs;
+use crate::project::RealFs;
 
 /// Rewrite the compose file so builds use the imported bundle
 #[derive(clap::Args)]
@@ -202,8 +205,8 @@ pub fn offline_patches(
                             Some((dir, e.build_cache_tag.clone()))
                         }),
                         None => Some((
-                            crate::cache_export::BUILD_CACHE_DIR.to_string(),
-                            Some(crate::cache_export::sanitize_tag(&service.name)),
+                            crate::commands::cache_export::BUILD_CACHE_DIR.to_string(),
+                            Some(crate::commands::cache_export::sanitize_tag(&service.name)),
                         )),
                     };
                     match cache {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use xshell::Shell;
 
 use crate::bundle::{self, human_bytes, BundleLock};
-use crate::cache_verify::{verify_bundle, BundleArg};
+use crate::commands::cache_verify::{verify_bundle, BundleArg};
 use crate::docker::Docker;
 use crate::model::manifest::{Compression, FileEntry, ImageLayout, Manifest, Strategy};
 use crate::project::ProjectArgs;
@@ -91,7 +91,9 @@ impl Args {
         }
         // node_modules (node_modules.rs, archive.rs): before any image is loaded.
         if self.extract_node_modules {
-            crate::node_modules::extract_for_project(sh, project, &dir, &manifest, self.force)?;
+            crate::deps::node_modules::extract_for_project(
+                sh, project, &dir, &manifest, self.force,
+            )?;
         }
         match (manifest.strategy, engine.containerd_store) {
             (Strategy::Local, false) => eprintln!(
@@ -143,7 +145,7 @@ impl Args {
                 let (Some(image), Some(rel)) = (&service.npm_image, &service.npm_cache) else {
                     continue;
                 };
-                match crate::npm_image::ensure(
+                match crate::deps::npm_image::ensure(
                     &docker,
                     &dir.join(rel),
                     &manifest.project_name,
@@ -183,7 +185,7 @@ impl Args {
                     eprintln!(
                         "        Hint {}: pip on this host can install from the wheelhouse: {}",
                         service.name,
-                        crate::wheelhouse::host_hint(&dir.join(rel))
+                        crate::deps::wheelhouse::host_hint(&dir.join(rel))
                     );
                 }
             }
@@ -198,7 +200,7 @@ impl Args {
                     std::env::var("HOME").context("HOME is not set; pass --no-host-caches")?;
                 let dest = camino::Utf8PathBuf::from(home).join(".npm");
                 for rel in npm_dirs {
-                    let report = crate::npm_cache::merge_into(&dir.join(rel), &dest)
+                    let report = crate::deps::npm_cache::merge_into(&dir.join(rel), &dest)
                         .with_context(|| format!("merging {rel} into {dest}"))?;
                     eprintln!(
                         "      Merged {rel} into {dest} ({} new files, nothing deleted)",

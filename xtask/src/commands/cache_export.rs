@@ -18,15 +18,17 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
 use crate::bundle::{self, human_bytes, BundleLock, HashingWriter};
+use crate::deps::{npm_cache, npm_image, wheelhouse};
 use crate::docker::{Docker, EngineInfo, StageBuild};
 use crate::model::manifest::{
     Compression, EngineSummary, FileEntry, ImageEntry, ImageLayout, ImageRole, LayoutEntry,
     Manifest, ServiceEntry, Strategy, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
     LAYOUT_FORMAT_VERSION, MANIFEST_FILE, SUMS_FILE,
 };
-use crate::plan::{BuildService, Plan, RealFs};
+use crate::model::plan::{BuildService, Plan};
+use crate::project::RealFs;
 use crate::project::{Project, ProjectArgs};
-use crate::{npm_cache, npm_image, recompress, wheelhouse};
+use crate::recompress;
 
 /// Export base images, build cache and dependency caches for an offline rebuild
 #[derive(clap::Args)]
@@ -404,7 +406,7 @@ impl Args {
         };
         // node_modules.tar.gz (node_modules.rs); hashed below with the other files.
         if self.with_node_modules {
-            crate::node_modules::export(&plan.build_services, &engine.arch, &staging)?;
+            crate::deps::node_modules::export(&plan.build_services, &engine.arch, &staging)?;
         }
         std::fs::write(staging.join(IMPORT_SCRIPT), import_script(&manifest))?;
         set_executable(&staging.join(IMPORT_SCRIPT))?;

@@ -1,0 +1,66 @@
+//! The command line: the global options, the subcommands, and the dispatch.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{
+    bench, cache_export, cache_import, cache_plan, cache_status, cache_verify, patch_compose,
+};
+use crate::project;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
+    about = "Offline rebuilds of this Docker Compose application",
+    long_about = "Offline rebuilds of this Docker Compose application.\n\n\
+        On a machine with network, `cache-export` writes docker-build-cache/ with everything an \
+        offline rebuild needs; carry that folder to the offline server, run `cache-import` there, \
+        then `patch-compose` and `docker compose build`.",
+    after_help = "Examples:\n  cargo xtask cache-plan\n  cargo xtask cache-export\n  \
+        cargo xtask cache-import\n  cargo xtask -f deploy/compose.yaml patch-compose --check"
+)]
+struct Cli {
+    #[command(flatten)]
+    project: project::ProjectArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    CachePlan(cache_plan::Args),
+    CacheExport(cache_export::Args),
+    CacheImport(cache_import::Args),
+    CacheVerify(cache_verify::Args),
+    CacheStatus(cache_status::Args),
+    PatchCompose(patch_compose::Args),
+    Bench(bench::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let sh = xshell::Shell::new()?;
+    let project = &cli.project;
+    match cli.command {
+        Command::CachePlan(args) => args.run(&sh, project),
+        Command::CacheExport(args) => args.run(&sh, project),
+        Command::CacheImport(args) => args.run(&sh, project),
+        Command::CacheVerify(args) => args.run(&sh, project),
+        Command::CacheStatus(args) => args.run(&sh, project),
+        Command::PatchCompose(args) => args.run(&sh, project),
+        Command::Bench(args) => args.run(&sh, project),
+    }
+}

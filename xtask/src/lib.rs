@@ -1,0 +1,22 @@
+//! `cargo xtask`: rebuild this Docker Compose application on a server with no network.
+//!
+//! `cache-export` (online) writes `docker-build-cache/`: base images, the build cache and
+//! the dependency caches, with a manifest of checksums; `cache-import` (offline) verifies
+//! and loads it; `patch-compose` points the compose file's builds at what was imported.
+//! ARCHITECTURE.md at the repository's root maps the modules and the rules they keep.
+//!
+//! The library exists so that the integration tests share the private-engine lab with
+//! `cargo xtask bench`; `main.rs` only calls [`cli::main`].
+
+mod archive;
+mod bundle;
+pub mod cli;
+mod commands;
+mod deps;
+mod docker;
+pub mod lab;
+mod model;
+mod progress;
+mod project;
+mod recompress;
+mod secrets;
