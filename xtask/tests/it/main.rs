@@ -10,3 +10,4 @@ mod cli;
 mod docker_smoke;
 mod offline_rebuild;
 mod security;
+mod tidy;
