@@ -4,14 +4,13 @@
 //! BuildKit compresses a layer on its own, with a window of a few MB, or keeps the gzip
 //! blob the image export made. A `node_modules` layer holds many copies of the same files
 //! (licences, nested packages), tens of MB apart: zstd level 9 with a 32 MiB window and
-//! long-distance matching finds them. Measured on the app's `npm ci` layer (348 MB):
-//! BuildKit's zstd 72.2 MB, this 62.3 MB. Single-threaded, so that the export's memory
-//! stays bounded (about 50 MB for the window and tables).
+//! long-distance matching finds them (the sizes on the app's `npm ci` layer are in
+//! docs/benchmarks.md). Single-threaded, so that the export's memory stays bounded by the
+//! window and its tables.
 //!
 //! The layers of the images the builds make (the final stages) are unpacked by every
-//! cached rebuild on the server, and BuildKit's decoder reads long-window streams at half
-//! the speed (1.0 s instead of 0.5 s for the app's `pip install` layer): those get level
-//! 12 with the default window instead (`pip install`'s: gzip 21.0 MB, this about 17 MB).
+//! cached rebuild on the server, and BuildKit's decoder reads long-window streams at about
+//! half the speed: those get level 12 with the default window instead.
 //! Builder-stage layers are unpacked only when a later step of their stage runs again.
 //!
 //! The layers of the base images are left alone (their blobs are `docker save`'s, stored

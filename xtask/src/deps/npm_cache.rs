@@ -159,10 +159,10 @@ impl std::fmt::Display for NodePlatform {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Selection {
-    /// All of them, every os and cpu (next 15: 57 tarballs, 543 MB).
+    /// All of them, every os and cpu (for Next.js, about three times the size of one os/cpu).
     Every,
     /// Those without os/cpu limits and those for one of these os+cpu pairs, *whatever the
-    /// libc*: glibc and musl both (next 15, linux-x64: 26 tarballs, about 184 MB).
+    /// libc*: glibc and musl both.
     OsCpu(Vec<NodePlatform>),
     /// What `npm ci` installs on one of `on` (libc included) and on none of `except`: the
     /// image's own packages, or the host's that the image's cache lacks.
@@ -735,7 +735,7 @@ fn sha512_integrity(data: &[u8]) -> String {
 
 /// Cuts the packuments (registry metadata documents) in `cache` down to the versions of
 /// `tarballs`: a lockfile without `resolved` URLs makes `npm ci --offline` read the
-/// packument of every package, and npm stores it whole (next's is 21 MB, with every
+/// packument of every package, and npm stores it whole (tens of MB for `next`: every
 /// version ever published and its readme). Each packument keeps its other fields, `time`
 /// for the kept versions, and loses `readme`; its index entries get the new integrity and
 /// size. A packument whose name is not in `tarballs` is left as it is.
@@ -867,8 +867,8 @@ impl Trim<'_> {
         else {
             return Ok(None);
         };
-        // Parsed only one level deep, each member kept as its JSON text: `next`'s packument
-        // (21 MB) as a `Value` tree took over 100 MB.
+        // Parsed only one level deep, each member kept as its JSON text: a large packument
+        // as a `Value` tree takes several times its size in memory.
         type Members = BTreeMap<String, Box<serde_json::value::RawValue>>;
         let text = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
         let Ok(mut doc) = serde_json::from_slice::<Members>(&text) else {
