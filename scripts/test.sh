@@ -16,8 +16,8 @@ step "cargo fmt --check, cargo clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "xtask tests, with the Docker suite (XTASK_DOCKER_TESTS=1)"
-XTASK_DOCKER_TESTS=1 cargo test --workspace
+step "xtask tests, with the Docker suite and the package-registry tests (XTASK_DOCKER_TESTS=1, XTASK_NETWORK_TESTS=1)"
+XTASK_DOCKER_TESTS=1 XTASK_NETWORK_TESTS=1 cargo test --workspace
 
 step "benchmark, short run (proves it still works; the figures are in docs/benchmarks.md)"
 cargo xtask bench --quick

@@ -721,7 +721,7 @@ fn a_full_disk_or_a_stopped_engine_during_export_leaves_no_bundle_that_verifies(
 }
 
 /// Every secret value planted by [`no_planted_secret_reaches_the_bundle`].
-const SECRETS: [&str; 7] = [
+const SECRETS: [&str; 9] = [
     "dotenv_beside_compose_SECRET_11",
     "dotenv_in_context_SECRET_22",
     "docker_config_auth_SECRET_33",
@@ -729,36 +729,102 @@ const SECRETS: [&str; 7] = [
     "npmrc_home_SECRET_55",
     "pip_conf_password_SECRET_66",
     "tok_build_arg_SECRET_41",
+    "dotenv_local_frontend_SECRET_77",
+    "pip_conf_extra_index_SECRET_88",
 ];
 
-#[test]
-fn no_planted_secret_reaches_the_bundle() -> anyhow::Result<()> {
-    let Some(suite) = support::docker_suite() else {
-        return Ok(());
+/// A project whose export runs every part: a Python service (wheelhouse, `pip download`,
+/// which reads pip.conf), a Node service (npm cache, `npm cache add`, which reads the
+/// `.npmrc` files), a busybox service with node_modules to pack, build args.
+const SECRETS_COMPOSE: &str = "\
+services:
+  api:
+    build:
+      context: ./api
+      args:
+        API_TOKEN: ${API_TOKEN:-}
+  py:
+    build: ./py
+  web:
+    build: ./web
+";
+
+const SECRETS_PY_DOCKERFILE: &str = "\
+FROM scratch AS wheels
+FROM python:3.9-slim
+WORKDIR /srv
+COPY requirements.txt .
+RUN --mount=type=bind,from=wheels,target=/wheels \\
+    pip install --no-cache-dir --no-index --find-links=/wheels -r requirements.txt
+";
+
+const SECRETS_WEB_DOCKERFILE: &str = "\
+FROM scratch AS npm-cache
+FROM node:18-alpine
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN --mount=type=bind,from=npm-cache,target=/npm-cache,rw \\
+    npm ci --offline --no-audit --no-fund --cache /npm-cache
+";
+
+const SECRETS_WEB_LOCK: &str = r#"{
+  "name": "web",
+  "version": "1.0.0",
+  "lockfileVersion": 3,
+  "requires": true,
+  "packages": {
+    "": {"name": "web", "version": "1.0.0", "dependencies": {"is-number": "7.0.0"}},
+    "node_modules/is-number": {
+      "version": "7.0.0",
+      "integrity": "sha512-41Cifkg6e8TylSpdtTpeLVMqvSBEVzTttHvERD741+pnZ8ANv0004MRL43QKPDlK9cGvNp6NZWZUBlbGXYxxng==",
+      "license": "MIT",
+      "engines": {"node": ">=0.12.0"}
+    }
+  }
+}
+"#;
+
+/// Writes [`SECRETS_COMPOSE`]'s project with every secret planted where a careless tool
+/// would pick it up; returns the HOME to run the export with.
+fn plant_secrets(src: &Utf8Path, scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
+    write_fixture(src)?;
+    std::fs::write(src.join("compose.yaml"), SECRETS_COMPOSE)?;
+    let write = |rel: &str, text: &str| -> anyhow::Result<()> {
+        let path = src.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(&path, text).with_context(|| format!("writing {path}"))
     };
-    let online = suite.engine("sec-secrets", EngineOptions::default())?;
-    standins::load_busybox(&online)?;
-    let scratch = Scratch::new("secrets");
-    let src = scratch.path().join("release");
-    write_fixture(&src)?;
-    // A node project in the build context, so that node_modules.tar.gz is made too.
-    std::fs::write(
-        src.join("api/package.json"),
-        r#"{"name":"api","version":"1.0.0"}"#,
-    )?;
-    std::fs::write(
-        src.join("api/package-lock.json"),
+    // A node project in a busybox context, so that node_modules.tar.gz is made too.
+    write("api/package.json", r#"{"name":"api","version":"1.0.0"}"#)?;
+    write(
+        "api/package-lock.json",
         r#"{"name":"api","version":"1.0.0","lockfileVersion":3,"packages":{"":{"name":"api","version":"1.0.0"}}}"#,
     )?;
-    std::fs::create_dir_all(src.join("api/node_modules/dep"))?;
-    std::fs::write(
-        src.join("api/node_modules/dep/index.js"),
-        "module.exports = 1;\n",
+    write("api/node_modules/dep/index.js", "module.exports = 1;\n")?;
+    write("py/Dockerfile", SECRETS_PY_DOCKERFILE)?;
+    write("py/requirements.txt", "six==1.16.0\n")?;
+    write("web/Dockerfile", SECRETS_WEB_DOCKERFILE)?;
+    write(
+        "web/package.json",
+        r#"{"name":"web","version":"1.0.0","dependencies":{"is-number":"7.0.0"}}"#,
     )?;
-    // The secrets, where a careless tool would pick them up.
-    std::fs::write(src.join(".env"), format!("DB_PASSWORD={}\n", SECRETS[0]))?;
-    std::fs::write(src.join("api/.env"), format!("API_KEY={}\n", SECRETS[1]))?;
-    let home = scratch.path().join("home");
+    write("web/package-lock.json", SECRETS_WEB_LOCK)?;
+    // The secrets.
+    write(".env", &format!("DB_PASSWORD={}\n", SECRETS[0]))?;
+    write("api/.env", &format!("API_KEY={}\n", SECRETS[1]))?;
+    write("py/.env", &format!("API_KEY={}\n", SECRETS[1]))?;
+    write(
+        "web/.env.local",
+        &format!("NEXT_PUBLIC_KEY={}\n", SECRETS[7]),
+    )?;
+    // Scoped to a registry no package of the lockfile uses: npm reads the file, and the
+    // public registry is still asked without a token.
+    let npmrc = |secret: &str| {
+        format!("@private:registry=https://npm.invalid/\n//npm.invalid/:_authToken={secret}\n")
+    };
+    write("web/.npmrc", &npmrc(SECRETS[3]))?;
+    write("api/.npmrc", &npmrc(SECRETS[3]))?;
+    let home = scratch.join("home");
     std::fs::create_dir_all(home.join(".docker"))?;
     std::fs::write(
         home.join(".docker/config.json"),
@@ -767,37 +833,41 @@ fn no_planted_secret_reaches_the_bundle() -> anyhow::Result<()> {
             SECRETS[2]
         ),
     )?;
+    std::fs::write(home.join(".npmrc"), npmrc(SECRETS[4]))?;
+    // An extra index with credentials that refuses connections at once (port 9 on the
+    // loopback): pip reads it, warns, and takes the package from the real index.
+    std::fs::create_dir_all(home.join(".config/pip"))?;
     std::fs::write(
-        src.join("api/.npmrc"),
-        format!("//registry.npmjs.org/:_authToken={}\n", SECRETS[3]),
-    )?;
-    std::fs::write(
-        home.join(".npmrc"),
-        format!("//registry.npmjs.org/:_authToken={}\n", SECRETS[4]),
-    )?;
-    let pip_conf = home.join("pip.conf");
-    std::fs::write(
-        &pip_conf,
+        home.join(".config/pip/pip.conf"),
         format!(
-            "[global]\nindex-url = https://user:{}@pypi.example/simple\n",
-            SECRETS[5]
+            "[global]\nextra-index-url = http://user:{}@127.0.0.1:9/simple\n\
+             retries = 0\ntimeout = 2\n# password {}\n",
+            SECRETS[8], SECRETS[5]
         ),
     )?;
+    Ok(home)
+}
+
+#[test]
+fn no_planted_secret_reaches_the_bundle() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    standins::debian_rootfs()?; // before the engine starts: it may take minutes
+    let online = suite.engine("sec-secrets", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    standins::load_standins(&online)?;
+    let scratch = Scratch::new("secrets");
+    let src = scratch.path().join("release");
+    let home = plant_secrets(&src, scratch.path())?;
     let home_s = home.to_string();
+    // A full export: images, build cache, wheelhouse (pip download reads pip.conf) and npm
+    // cache (npm cache add reads both .npmrc files), node_modules packed.
     let run = xtask_on(
         &online,
         &src,
-        &[
-            "cache-export",
-            "--with-node-modules",
-            "--only",
-            "base-images,build-cache",
-        ],
-        &[
-            ("HOME", home_s.as_str()),
-            ("PIP_CONFIG_FILE", pip_conf.as_str()),
-            ("API_TOKEN", SECRETS[6]),
-        ],
+        &["cache-export", "--with-node-modules"],
+        &[("HOME", home_s.as_str()), ("API_TOKEN", SECRETS[6])],
     );
     let stderr = ok(run, "export with planted secrets")?;
     ensure!(
@@ -808,9 +878,19 @@ fn no_planted_secret_reaches_the_bundle() -> anyhow::Result<()> {
         ensure!(!stderr.contains(secret), "the export printed {secret}");
     }
     let bundle = src.join("docker-build-cache");
+    // Every part ran: the search below covers what each of them wrote.
+    for part in [
+        "node_modules.tar.gz",
+        "pip-cache/py",
+        "npm-cache/web",
+        "build-cache",
+    ] {
+        ensure!(bundle.join(part).exists(), "the export wrote no {part}");
+    }
+    let wheels: Vec<Utf8PathBuf> = walk(&bundle.join("pip-cache/py"))?;
     ensure!(
-        bundle.join("node_modules.tar.gz").is_file(),
-        "no node_modules.tar.gz"
+        wheels.iter().any(|w| w.as_str().contains("six-1.16.0")),
+        "pip downloaded no six wheel: {wheels:?}"
     );
     let mut searched = 0usize;
     for file in walk(&bundle)? {
