@@ -389,7 +389,10 @@ pub fn fill(
     let all = parse_lockfile(&text).with_context(|| format!("reading {lockfile}"))?;
     let (tarballs, left_out): (Vec<Tarball>, Vec<Tarball>) =
         all.into_iter().partition(|t| selection.includes(t));
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating {cache}"))?;
+    // `_cacache/` even when there is nothing to add: a lockfile with no packages gives an
+    // empty cache, which the steps after this one still take for one.
+    std::fs::create_dir_all(cache.join("_cacache"))
+        .with_context(|| format!("creating {cache}/_cacache"))?;
     // The project's .npmrc (registry, auth) applies: npm runs in the lockfile's folder.
     let _dir = sh.push_dir(lockfile.parent().unwrap_or(&lockfile));
     let logs = sh.create_temp_dir()?;
@@ -1047,7 +1050,9 @@ pub fn normalize(cache: &Utf8Path) -> anyhow::Result<NormalizeReport> {
                 .with_context(|| format!("setting the mode of {}", entry.path()))?;
         }
     }
-    for dir in dirs.iter().skip(1).rev() {
+    // `_cacache/` itself stays: a lockfile with no packages gives an empty cache, and
+    // an empty cache is still one (npm ci --offline reads it; merge_into takes it).
+    for dir in dirs.iter().skip(1).rev().filter(|d| **d != cacache) {
         if dir.read_dir_utf8().is_ok_and(|mut d| d.next().is_none()) {
             std::fs::remove_dir(dir).with_context(|| format!("removing {dir}"))?;
         }
@@ -1444,6 +1449,20 @@ mod tests {
             err.to_string().contains("@next/swc-linux-x64-musl"),
             "{err:#}"
         );
+    }
+
+    /// A lockfile with no packages gives an empty cache: normalizing keeps `_cacache/`,
+    /// so the steps after it (merge, the npm image) still find a cache.
+    #[test]
+    fn an_empty_cache_stays_a_cache() {
+        let root = crate::bundle::test_dir("npm-empty-cache");
+        std::fs::create_dir_all(root.join("_cacache/tmp")).unwrap();
+        normalize(&root).unwrap();
+        assert!(root.join("_cacache").is_dir());
+        assert!(!root.join("_cacache/tmp").exists());
+        let dest = root.join("dest");
+        assert_eq!(merge_into(&root, &dest).unwrap(), MergeReport::default());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// Two fills of the same tarballs at different times normalize to the same bytes, and

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use crate::support::{self, standins, Engine, EngineOptions};
+use crate::support::{self, fault, standins, Engine, EngineOptions};
 
 const COMPOSE: &str = "\
 name: fixture
@@ -71,8 +71,9 @@ pub fn xtask(sh: &Shell, dir: &Utf8Path, args: &[&str]) -> anyhow::Result<String
     Ok(stderr)
 }
 
-/// Steps of a `--progress plain` BuildKit log that ran instead of coming from the cache.
-pub fn uncached_steps(log: &str) -> Vec<String> {
+/// The RUN and COPY steps of a `--progress plain` BuildKit log, in order, each with
+/// whether it came from the cache.
+pub fn steps(log: &str) -> Vec<(String, bool)> {
     let mut steps: Vec<(String, String)> = Vec::new();
     let mut cached = std::collections::BTreeSet::new();
     for line in log.lines() {
@@ -93,10 +94,54 @@ pub fn uncached_steps(log: &str) -> Vec<String> {
     }
     steps
         .into_iter()
-        .filter(|(id, _)| !cached.contains(id))
-        .map(|(_, text)| text)
+        .map(|(id, text)| {
+            let hit = cached.contains(&id);
+            (text, hit)
+        })
         .collect()
 }
+
+/// Steps of a `--progress plain` BuildKit log that ran instead of coming from the cache.
+pub fn uncached_steps(log: &str) -> Vec<String> {
+    steps(log)
+        .into_iter()
+        .filter(|(_, hit)| !hit)
+        .map(|(text, _)| text)
+        .collect()
+}
+
+/// Every step of the fixture's Dockerfiles is in the log, and each came from the cache:
+/// a log with no step lines (a build that did nothing, or another progress format)
+/// fails instead of passing.
+pub fn ensure_fixture_steps_cached(log: &str) -> anyhow::Result<()> {
+    let found = steps(log);
+    for wanted in FIXTURE_STEPS {
+        let step = found.iter().find(|(text, _)| text.contains(wanted));
+        match step {
+            Some((_, true)) => {}
+            Some((text, false)) => {
+                anyhow::bail!("step {text} ran instead of coming from the cache:\n{log}")
+            }
+            None => anyhow::bail!("no step {wanted:?} in the build's log:\n{log}"),
+        }
+    }
+    let uncached = uncached_steps(log);
+    ensure!(
+        uncached.is_empty(),
+        "steps not from the cache: {uncached:#?}\n{log}"
+    );
+    Ok(())
+}
+
+/// The RUN and COPY steps of [`API_DOCKERFILE`] and [`WEB_DOCKERFILE`], as BuildKit's
+/// log names them.
+const FIXTURE_STEPS: [&str; 5] = [
+    "RUN sleep 2 && echo api-ready > /api.txt",
+    "COPY hello.txt /hello.txt",
+    "RUN sleep 2 && echo web-built > /out.txt",
+    "COPY --from=builder /out.txt /out.txt",
+    "RUN sleep 1 && cat /out.txt > /copy.txt",
+];
 
 fn copy_tree(sh: &Shell, from: &Utf8Path, to: &Utf8Path) -> anyhow::Result<()> {
     cmd!(sh, "cp -a {from} {to}").quiet().run()?;
@@ -173,11 +218,7 @@ fn local_strategy_rebuilds_every_step_from_cache_offline() -> anyhow::Result<()>
     let (log, server, _tmp) = export_import_build(&online, &offline, None)?;
     let manifest = std::fs::read_to_string(server.join("docker-build-cache/manifest.yaml"))?;
     ensure!(manifest.contains("strategy: local"), "{manifest}");
-    let uncached = uncached_steps(&log);
-    ensure!(
-        uncached.is_empty(),
-        "steps not from the cache: {uncached:#?}\n{log}"
-    );
+    ensure_fixture_steps_cached(&log)?;
     ensure!(
         log.contains("[web builder 2/2] RUN"),
         "the builder stage did not run:\n{log}"
@@ -212,11 +253,7 @@ fn inline_strategy_works_on_the_classic_image_store() -> anyhow::Result<()> {
     let (log, server, _tmp) = export_import_build(&online, &offline, None)?;
     let manifest = std::fs::read_to_string(server.join("docker-build-cache/manifest.yaml"))?;
     ensure!(manifest.contains("strategy: inline"), "{manifest}");
-    let uncached = uncached_steps(&log);
-    ensure!(
-        uncached.is_empty(),
-        "steps not from the cache: {uncached:#?}\n{log}"
-    );
+    ensure_fixture_steps_cached(&log)?;
     check_images_run(&offline)?;
     Ok(())
 }
@@ -337,24 +374,20 @@ fn an_interrupted_export_leaves_no_bundle_that_verifies() -> anyhow::Result<()> 
     let previous = std::fs::read(src.join("docker-build-cache/manifest.yaml"))?;
     std::fs::write(src.join("api/hello.txt"), "changed\n")?;
     let bin = xtask_bin();
-    // SIGKILL, and SIGINT as Ctrl-C sends it to the terminal's whole process group.
-    for (delay_ms, signal) in [(500u64, "-KILL"), (2500, "-INT"), (5000, "-KILL")] {
-        use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::from(
+    let pid_file = online.root().join("docker.pid");
+    // SIGKILL, and SIGINT as Ctrl-C sends it to the terminal's whole process group, each
+    // at a step the export announces: the engine is frozen from that line on, so the step
+    // is still under way when the signal lands (support::fault checks that it did).
+    for (marker, signal) in [
+        ("    Building api", "KILL"),
+        ("    Building web", "INT"),
+        ("    Building web", "KILL"),
+    ] {
+        let command = std::process::Command::from(
             cmd!(sh, "{bin} -f {src}/compose.yaml cache-export").quiet(),
         );
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0);
-        let mut child = command.spawn()?;
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait()?.is_some() {
-            continue;
-        }
-        let group = format!("-{}", child.id());
-        cmd!(sh, "kill {signal} -- {group}").quiet().run()?;
-        child.wait()?;
+        fault::interrupt_at(command, marker, signal, Some(&pid_file))
+            .with_context(|| format!("SIG{signal} at {marker:?}"))?;
         let verify = {
             let _cd = sh.push_dir(&src);
             cmd!(sh, "{bin} cache-verify")
@@ -366,7 +399,7 @@ fn an_interrupted_export_leaves_no_bundle_that_verifies() -> anyhow::Result<()> 
             let now = std::fs::read(src.join("docker-build-cache/manifest.yaml"))?;
             ensure!(
                 now == previous,
-                "after an export killed ({signal}) at {delay_ms} ms a bundle verifies that is not the previous one"
+                "after an export killed (SIG{signal}) at {marker:?} a bundle verifies that is not the previous one"
             );
         }
     }
@@ -387,6 +420,28 @@ fn uncached_steps_are_found_in_a_plain_log() {
 #7 CACHED
 ";
     assert_eq!(uncached_steps(log), vec!["[web builder 2/2] RUN sleep 2"]);
+    // A log without step lines proves nothing: the check refuses it.
+    let none = "#1 [internal] load build definition from Dockerfile\n#1 DONE 0.0s\n";
+    assert!(uncached_steps(none).is_empty());
+    let err = ensure_fixture_steps_cached(none).unwrap_err().to_string();
+    assert!(
+        err.starts_with("no step \"RUN sleep 2 && echo api-ready"),
+        "{err}"
+    );
+    let all: String = FIXTURE_STEPS
+        .iter()
+        .enumerate()
+        .map(|(i, step)| format!("#{i} [x {i}/5] {step}\n#{i} CACHED\n"))
+        .collect();
+    ensure_fixture_steps_cached(&all).unwrap();
+    let one_ran = all.replacen("#1 CACHED", "#1 DONE 0.1s", 1);
+    let err = ensure_fixture_steps_cached(&one_ran)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("step [x 1/5] COPY hello.txt /hello.txt ran"),
+        "{err}"
+    );
 }
 
 /// The legacy strategy: cache images per stage for the classic builder. Compose v2 does

@@ -17,7 +17,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use sha2::Digest;
 use xshell::{cmd, Shell};
 
-use crate::support::{self, standins, EngineOptions};
+use crate::support::{self, fault, standins, EngineOptions};
 
 struct Run {
     code: i32,
@@ -544,23 +544,18 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
         .quiet()
         .ignore_stdout()
         .run()?;
+    // Killed while it loads: the engine is frozen at "Loading images", so the load is
+    // under way when SIGKILL lands.
     let bin = env!("CARGO_BIN_EXE_xtask");
     {
-        use std::os::unix::process::CommandExt;
         let _cd = sh.push_dir(&src);
-        let mut command = std::process::Command::from(cmd!(sh, "{bin} cache-import").quiet());
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0);
-        let mut child = command.spawn()?;
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let group = format!("-{}", child.id());
-        let _ = cmd!(sh, "kill -KILL -- {group}")
-            .quiet()
-            .ignore_stderr()
-            .run();
-        child.wait()?;
+        let command = std::process::Command::from(cmd!(sh, "{bin} cache-import").quiet());
+        fault::interrupt_at(
+            command,
+            "Loading images",
+            "KILL",
+            Some(&offline.root().join("docker.pid")),
+        )?;
     }
     ok(
         xtask_on(&offline, &src, &["cache-import"], &[]),

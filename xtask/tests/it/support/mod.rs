@@ -11,6 +11,7 @@
 #![allow(dead_code)] // each test module uses a different part of the support code
 
 pub mod engine;
+pub mod fault;
 pub mod standins;
 
 use std::{
