@@ -5,11 +5,9 @@ from typing import Iterator
 from fastapi import Request
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-
-class Base(DeclarativeBase):
-    pass
+from .models import Base
 
 
 class Database:
@@ -28,8 +26,6 @@ class Database:
     def create_all(self) -> None:
         if self._sqlite_file is not None:
             self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-        from . import models  # noqa: F401  (registers the tables)
-
         Base.metadata.create_all(self.engine)
 
     def dispose(self) -> None:
