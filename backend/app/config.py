@@ -6,6 +6,9 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-insecure-secret-change-me"
+# Every JWT secret value published in the repository (the development default above, the
+# old docker-compose default). They are never used to sign tokens: see secret.py.
+PUBLISHED_JWT_SECRETS = frozenset({DEV_JWT_SECRET, "change-me-in-production"})
 # Local default: backend/data/chat.db. Docker sets DATABASE_URL=sqlite:////data/chat.db.
 DEFAULT_DATABASE_URL = "sqlite:///" + str(Path(__file__).resolve().parent.parent / "data" / "chat.db")
 
@@ -42,6 +45,11 @@ class Settings(BaseSettings):
     @property
     def uses_dev_secret(self) -> bool:
         return self.jwt_secret == DEV_JWT_SECRET
+
+    @property
+    def uses_published_secret(self) -> bool:
+        """True for an empty secret or one anybody can read in the repository."""
+        return not self.jwt_secret or self.jwt_secret in PUBLISHED_JWT_SECRETS
 
     @classmethod
     def from_env(cls) -> "Settings":

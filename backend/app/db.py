@@ -1,6 +1,6 @@
 """SQLAlchemy 2.0 engine / session handling."""
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from fastapi import Request
 from sqlalchemy import create_engine
@@ -22,6 +22,11 @@ class Database:
                 self._sqlite_file = Path(parsed.database)
         self.engine = create_engine(url, connect_args=connect_args)
         self.session = sessionmaker(bind=self.engine, expire_on_commit=False)
+
+    @property
+    def data_dir(self) -> Optional[Path]:
+        """The directory of the SQLite database file, if the database is one."""
+        return self._sqlite_file.parent if self._sqlite_file is not None else None
 
     def create_all(self) -> None:
         if self._sqlite_file is not None:

@@ -1,5 +1,4 @@
 """Application factory; `app.main:app` is what uvicorn serves."""
-import logging
 from contextlib import asynccontextmanager
 from typing import Optional
 
@@ -9,10 +8,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from .config import Settings
 from .db import Database
 from .routers import auth, chat, conversations
+from .secret import with_private_secret
 from .security import make_password_context
-
-logger = logging.getLogger("app")
-
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings.from_env()
@@ -20,9 +17,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.uses_dev_secret:
-            logger.warning("JWT_SECRET is not set: using an insecure development secret")
         db.create_all()
+        # At startup, not in create_app: importing app.main must not write files.
+        app.state.settings = with_private_secret(settings, db.data_dir)
         yield
         db.dispose()
 
