@@ -7,6 +7,7 @@ from fastapi import Request
 from passlib.context import CryptContext
 
 from .config import Settings
+from .throttle import LoginThrottle
 
 
 def get_settings(request: Request) -> Settings:
@@ -15,3 +16,7 @@ def get_settings(request: Request) -> Settings:
 
 def get_password_context(request: Request) -> CryptContext:
     return request.app.state.pwd
+
+
+def get_login_throttle(request: Request) -> LoginThrottle:
+    return request.app.state.login_throttle

@@ -10,6 +10,8 @@ from .db import Database
 from .routers import auth, chat, conversations
 from .secret import with_private_secret
 from .security import make_password_context
+from .throttle import LoginThrottle
+
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings.from_env()
@@ -27,6 +29,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.pwd = make_password_context(settings.bcrypt_rounds)
+    app.state.login_throttle = LoginThrottle()
 
     if settings.cors_origins:
         app.add_middleware(

@@ -1,5 +1,5 @@
 """POST /api/auth/register, POST /api/auth/login (JSON body), GET /api/auth/me."""
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from passlib.context import CryptContext
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -7,10 +7,11 @@ from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..db import get_db
-from ..deps import get_password_context, get_settings
+from ..deps import get_login_throttle, get_password_context, get_settings
 from ..models import User
 from ..schemas import Credentials, TokenOut, UserOut
 from ..security import create_access_token, get_current_user
+from ..throttle import LoginThrottle, client_address
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -39,19 +40,33 @@ def register(
     return _token_response(settings, user)
 
 
-@router.post("/login", response_model=TokenOut)
+@router.post("/login", response_model=TokenOut, responses={429: {"description": "Too many failed logins"}})
 def login(
     body: Credentials,
+    request: Request,
     db: Session = Depends(get_db),
     settings: Settings = Depends(get_settings),
     pwd: CryptContext = Depends(get_password_context),
+    throttle: LoginThrottle = Depends(get_login_throttle),
 ) -> TokenOut:
+    user_key, address_key = f"user:{body.username}", f"address:{client_address(request)}"
+    # Checked before the password: a blocked guesser learns nothing, not even a right guess.
+    wait = throttle.retry_after(user_key, address_key)
+    if wait:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "Too many failed logins, try again later",
+            headers={"Retry-After": str(wait)},
+        )
     user = db.scalar(select(User).where(User.username == body.username))
     if user is None:
         pwd.dummy_verify()  # same cost as a real check: no user-enumeration by timing
+    if user is None or not pwd.verify(body.password, user.password_hash):
+        throttle.failed(user_key, address_key)
         raise _bad_credentials()
-    if not pwd.verify(body.password, user.password_hash):
-        raise _bad_credentials()
+    # Only the user's count: a success must not clear its address's count, or an attacker
+    # could log in to an account of their own between guesses.
+    throttle.succeeded(user_key)
     return _token_response(settings, user)
 
 
