@@ -1,15 +1,13 @@
 """SQLAlchemy 2.0 engine / session handling."""
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from fastapi import Request
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-
-class Base(DeclarativeBase):
-    pass
+from .models import Base
 
 
 class Database:
@@ -25,11 +23,14 @@ class Database:
         self.engine = create_engine(url, connect_args=connect_args)
         self.session = sessionmaker(bind=self.engine, expire_on_commit=False)
 
+    @property
+    def data_dir(self) -> Optional[Path]:
+        """The directory of the SQLite database file, if the database is one."""
+        return self._sqlite_file.parent if self._sqlite_file is not None else None
+
     def create_all(self) -> None:
         if self._sqlite_file is not None:
             self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-        from . import models  # noqa: F401  (registers the tables)
-
         Base.metadata.create_all(self.engine)
 
     def dispose(self) -> None:

@@ -1,5 +1,4 @@
 """Application factory; `app.main:app` is what uvicorn serves."""
-import logging
 from contextlib import asynccontextmanager
 from typing import Optional
 
@@ -9,9 +8,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from .config import Settings
 from .db import Database
 from .routers import auth, chat, conversations
+from .secret import with_private_secret
 from .security import make_password_context
-
-logger = logging.getLogger("app")
+from .throttle import LoginThrottle
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
@@ -20,9 +19,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.uses_dev_secret:
-            logger.warning("JWT_SECRET is not set: using an insecure development secret")
         db.create_all()
+        # At startup, not in create_app: importing app.main must not write files.
+        app.state.settings = with_private_secret(settings, db.data_dir)
         yield
         db.dispose()
 
@@ -30,6 +29,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.pwd = make_password_context(settings.bcrypt_rounds)
+    app.state.login_throttle = LoginThrottle()
 
     if settings.cors_origins:
         app.add_middleware(

@@ -3,9 +3,11 @@ from datetime import datetime, timezone
 from typing import List
 
 from sqlalchemy import DateTime, ForeignKey, String, Text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .db import Base
+
+class Base(DeclarativeBase):
+    """Declarative base; defined here so `db.py` imports the models and not the reverse."""
 
 
 def utcnow() -> datetime:

@@ -2,7 +2,7 @@
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jose import JWTError, jwt
 from passlib.context import CryptContext
@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from .config import Settings
 from .db import get_db
+from .deps import get_settings
 from .models import User
 
 bearer_scheme = HTTPBearer(auto_error=False)
@@ -47,13 +48,13 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 def get_current_user(
-    request: Request,
     credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer_scheme),
     db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings),
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("Not authenticated")
-    user_id = decode_access_token(request.app.state.settings, credentials.credentials)
+    user_id = decode_access_token(settings, credentials.credentials)
     user = db.get(User, user_id) if user_id is not None else None
     if user is None:
         raise _unauthorized("Invalid or expired token")

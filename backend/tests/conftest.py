@@ -11,6 +11,14 @@ from app.main import create_app
 from .fake_llm import FakeLLM
 
 
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch, tmp_path) -> None:
+    """Settings(...) also reads the environment and `./.env`: keep the developer's out."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def fake_llm_server() -> Iterator[FakeLLM]:
     server = FakeLLM().start()

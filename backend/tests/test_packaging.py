@@ -9,6 +9,7 @@ uvicorn==0.32.1
 sqlalchemy==2.0.36
 httpx==0.28.1
 pydantic==2.10.3
+pydantic-settings==2.7.0
 python-dotenv==1.0.1
 passlib[bcrypt]==1.7.4
 bcrypt==4.0.1

@@ -15,7 +15,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..config import Settings
 from ..db import Database
+from ..deps import get_settings
 from ..llm import LLMError, LLMStream, LLMStreamError, open_stream
 from ..models import Conversation, Message, User, utcnow
 from ..schemas import ChatIn
@@ -102,8 +104,12 @@ async def _events(
         504: {"description": "LLM endpoint timed out"},
     },
 )
-async def chat(body: ChatIn, request: Request, user: User = Depends(get_current_user)):
-    settings = request.app.state.settings
+async def chat(
+    body: ChatIn,
+    request: Request,
+    user: User = Depends(get_current_user),
+    settings: Settings = Depends(get_settings),
+):
     db: Database = request.app.state.db
     user_id = user.id
 
