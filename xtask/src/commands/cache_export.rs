@@ -20,6 +20,10 @@ use xshell::Shell;
 use crate::bundle::{self, human_bytes, BundleLock, HashingWriter};
 use crate::deps::{npm_cache, npm_image, wheelhouse};
 use crate::docker::{Docker, EngineInfo, StageBuild};
+use crate::model::layout::{
+    self, cache_image_name, npm_cache_dir, npm_host_cache_dir, service_contexts, wheelhouse_dir,
+    BUILD_CACHE_DIR, IMAGES_DIR, NPM_CONTEXT, WHEELS_CONTEXT,
+};
 use crate::model::manifest::{
     Compression, EngineSummary, FileEntry, ImageEntry, ImageLayout, ImageRole, LayoutEntry,
     Manifest, ServiceEntry, Strategy, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
@@ -81,40 +85,6 @@ pub enum Part {
 pub enum PullPolicy {
     Missing,
     Never,
-}
-
-/// The build contexts an export hands to a service's build (and patch-compose writes):
-/// the wheelhouse as `wheels` and the npm cache as `npm-cache`, where the Dockerfile has a
-/// stage of that name to replace (`FROM scratch AS wheels`) and the service has the
-/// dependency manifest. Context name → bundle-relative folder.
-pub fn service_contexts(service: &BuildService) -> BTreeMap<String, String> {
-    let mut contexts = BTreeMap::new();
-    let has_stage = |name: &str| service.stage_names.iter().any(|s| s == name);
-    if has_stage(WHEELS_CONTEXT) && !service.python_requirements.is_empty() {
-        contexts.insert(WHEELS_CONTEXT.to_string(), wheelhouse_dir(&service.name));
-    }
-    if has_stage(NPM_CONTEXT) && !service.node_lockfiles.is_empty() {
-        contexts.insert(NPM_CONTEXT.to_string(), npm_cache_dir(&service.name));
-    }
-    contexts
-}
-
-pub const WHEELS_CONTEXT: &str = "wheels";
-pub const NPM_CONTEXT: &str = "npm-cache";
-
-fn wheelhouse_dir(service: &str) -> String {
-    format!("pip-cache/{service}")
-}
-
-/// The BuildKit local cache of every service (an OCI layout, one tag per service).
-pub const BUILD_CACHE_DIR: &str = "build-cache";
-
-fn npm_host_cache_dir(service: &str) -> String {
-    format!("npm-host-cache/{service}")
-}
-
-fn npm_cache_dir(service: &str) -> String {
-    format!("npm-cache/{service}")
 }
 
 impl Args {
@@ -360,7 +330,7 @@ impl Args {
             image_layout = Some(layout);
         } else if !images.is_empty() {
             let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
-            let archive = format!("base-images.tar{}", compression.suffix());
+            let archive = layout::images_archive(compression);
             // Image IDs are content digests: the same names with the same IDs are the same
             // images, so the previous archive (checked against its checksum) is reused
             // instead of streaming every layer out of the engine again.
@@ -693,21 +663,7 @@ fn build_local(
     // One OCI layout for every service, one tag each: BuildKit writes a blob only if the
     // folder lacks it, so the layers services share (base images) are stored once.
     let rel = BUILD_CACHE_DIR.to_string();
-    let tag = sanitize_tag(&service.name);
-    let dest = staging.join(&rel);
-    let mut build = serde_yaml::Mapping::new();
-    // The layers the build makes are compressed with zstd (BuildKit's "better" level):
-    // against gzip the app's `npm ci` layer is 72 MB instead of 95, exported no slower,
-    // and unpacked faster on the server (then recompressed further: recompress.rs).
-    // Layers that already have a blob (the base images', as `docker save` writes them)
-    // keep it, so they are still stored once.
-    build.insert(
-        "cache_to".into(),
-        serde_yaml::Value::Sequence(vec![format!(
-            "type=local,dest={dest},tag={tag},mode=max,compression=zstd,compression-level=7"
-        )
-        .into()]),
-    );
+    let tag = layout::sanitize_tag(&service.name);
     // The npm cache goes in as an image, so that a cached build on the server never reads
     // it (npm_image.rs); patch-compose writes the same reference.
     if let Some(rel_dir) = entry.contexts.get(NPM_CONTEXT) {
@@ -724,25 +680,23 @@ fn build_local(
         npm_image::write_skeleton(staging, rel_dir)?;
         entry.npm_image = Some(image.reference);
     }
-    if !entry.contexts.is_empty() {
-        let mut map = serde_yaml::Mapping::new();
-        for (name, rel_dir) in &entry.contexts {
-            let value = match &entry.npm_image {
-                Some(image) if name == NPM_CONTEXT => format!("docker-image://{image}"),
-                _ => staging.join(rel_dir).to_string(),
-            };
-            map.insert(name.clone().into(), value.into());
-        }
-        build.insert("additional_contexts".into(), map.into());
-    }
-    let mut svc = serde_yaml::Mapping::new();
-    svc.insert("build".into(), build.into());
-    let mut services = serde_yaml::Mapping::new();
-    services.insert(service.name.clone().into(), svc.into());
-    let mut root = serde_yaml::Mapping::new();
-    root.insert("services".into(), services.into());
+    // The settings patch-compose writes on the server (layout.rs), pointing into the
+    // staging folder, plus the cache to fill.
+    let npm_images: BTreeSet<String> = entry.npm_image.iter().cloned().collect();
+    let target = layout::OfflineTarget {
+        bundle_dir: staging,
+        project_name: &project.name,
+        strategy: Strategy::Local,
+        local_cache: true,
+        npm_images: &npm_images,
+    };
+    let build = layout::offline_build(service, layout::Exported::Entry(entry), &target);
+    let cache_to = layout::export_cache_to(staging, &service.name);
     let override_file = staging.join(format!(".compose-export-{}.yml", service.name));
-    std::fs::write(&override_file, serde_yaml::to_string(&root)?)?;
+    std::fs::write(
+        &override_file,
+        layout::export_override(&service.name, &build, &cache_to)?,
+    )?;
     eprintln!("    Building {} (cache to {rel})", service.name);
     let started = Instant::now();
     docker
@@ -804,10 +758,7 @@ fn recompress_build_cache(
         if *mark != params.mark {
             return Ok(None);
         }
-        let path = format!(
-            "{BUILD_CACHE_DIR}/blobs/sha256/{}",
-            blob.digest.trim_start_matches("sha256:")
-        );
+        let path = layout::build_cache_blob(blob.digest.trim_start_matches("sha256:"));
         let Some(entry) = previous.files.iter().find(|f| f.path == path) else {
             return Ok(None);
         };
@@ -902,23 +853,6 @@ fn named_stages(service: &BuildService, entry: &ServiceEntry) -> Vec<String> {
         }
     }
     stages
-}
-
-pub fn cache_image_name(project: &str, service: &str, stage: Option<&str>) -> String {
-    let tag = stage.map_or_else(|| "latest".to_string(), sanitize_tag);
-    format!("{project}-{service}-cache:{tag}")
-}
-
-pub fn sanitize_tag(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
 
 fn fingerprints(
@@ -1018,10 +952,6 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
     Ok(linked)
 }
 
-/// The saved images' own files (index.json, manifest.json…); their blobs are in
-/// `build-cache/blobs/sha256/`.
-pub const IMAGES_DIR: &str = "base-images";
-
 /// One `docker save` of every image, split into its entries as it streams: each blob goes
 /// to the build cache's blob store unless BuildKit already wrote it there, the other entries
 /// to `base-images/`. Every file written is hashed as it is written; a blob's content must
@@ -1064,7 +994,7 @@ fn save_layout(
                         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             });
             let path = match blob {
-                Some(hex) => format!("{BUILD_CACHE_DIR}/blobs/sha256/{hex}"),
+                Some(hex) => layout::build_cache_blob(hex),
                 None => format!("{IMAGES_DIR}/{name}"),
             };
             let target = staging.join(&path);
@@ -1377,9 +1307,9 @@ pub fn import_script(m: &Manifest) -> String {
         .files
         .iter()
         .map(|f| f.path.as_str())
-        .find(|p| p.starts_with("base-images.tar"))
+        .find(|p| p.starts_with(layout::IMAGES_ARCHIVE_STEM))
         .map(str::to_string)
-        .unwrap_or_else(|| format!("base-images.tar{}", m.compression.suffix()));
+        .unwrap_or_else(|| layout::images_archive(m.compression));
     let load = match m.compression {
         Compression::None => "docker load -i \"$archive\"".to_string(),
         Compression::Gzip => "gzip -dc \"$archive\" | docker load".to_string(),
@@ -1629,18 +1559,6 @@ mod tests {
             engine(false, true),
             Some(Strategy::Local),
             Err("containerd image store"),
-        );
-    }
-
-    #[test]
-    fn cache_image_names() {
-        assert_eq!(
-            cache_image_name("llm-chat", "backend", None),
-            "llm-chat-backend-cache:latest"
-        );
-        assert_eq!(
-            cache_image_name("p", "web", Some("build")),
-            "p-web-cache:build"
         );
     }
 }
