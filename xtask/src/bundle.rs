@@ -522,6 +522,51 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Verifies the bundle in `dir`, reporting on stderr; `Err` only when it cannot be read
+/// at all, a report with problems when files are bad.
+/// Files named in `later` are left for the caller, which verifies them as it streams them.
+pub fn verify_bundle(
+    dir: &Utf8Path,
+    print: bool,
+    later: &[String],
+) -> anyhow::Result<Verification> {
+    let mut manifest = read_manifest(dir)?;
+    manifest.files.retain(|f| !later.contains(&f.path));
+    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+    eprintln!(
+        "   Verifying {} files ({}) in {dir}",
+        manifest.files.len(),
+        human_bytes(total)
+    );
+    let mut report = verify(dir, &manifest, &|_, _| {})?;
+    report.unlisted.retain(|f| !later.contains(f));
+    for file in &report.unlisted {
+        eprintln!("warning: {file} is in the bundle folder but not in its manifest; it is ignored");
+    }
+    if print || !report.ok() {
+        for problem in &report.problems {
+            eprintln!("error: {problem}");
+        }
+    }
+    if report.ok() {
+        eprintln!(
+            "    Verified {} files, {} in {:.2}s ({}/s)",
+            report.files,
+            human_bytes(report.bytes),
+            report.seconds,
+            human_bytes((report.bytes as f64 / report.seconds.max(1e-6)) as u64)
+        );
+    } else {
+        eprintln!(
+            "error: the bundle in {dir} does not verify ({} bad of {} files); nothing was \
+             loaded. Copy the named files again from the export machine, or export again.",
+            report.problems.len(),
+            report.files
+        );
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

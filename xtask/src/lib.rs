@@ -10,6 +10,7 @@
 
 mod archive;
 mod bundle;
+mod bundle_arg;
 pub mod cli;
 mod commands;
 mod deps;

@@ -18,8 +18,9 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
 use crate::bundle::{self, human_bytes, BundleLock, HashingWriter};
+use crate::bundle_arg::bundle_dir;
 use crate::deps::{npm_cache, npm_image, wheelhouse};
-use crate::docker::{Docker, EngineInfo, StageBuild};
+use crate::docker::{choose_strategy, Docker, EngineInfo, StageBuild};
 use crate::model::layout::{
     self, cache_image_name, npm_cache_dir, npm_host_cache_dir, service_contexts, wheelhouse_dir,
     BUILD_CACHE_DIR, IMAGES_DIR, NPM_CONTEXT, WHEELS_CONTEXT,
@@ -112,11 +113,7 @@ impl Args {
             Compression::Zstd
         });
         let wants = |part: Part| self.only.is_empty() || self.only.contains(&part);
-        let cwd = crate::project::current_dir(sh)?;
-        let out = match &self.output {
-            Some(dir) => crate::project::absolute(&cwd, dir),
-            None => project.dir.join(bundle::DEFAULT_DIR),
-        };
+        let out = bundle_dir(sh, self.output.as_deref(), project_args)?;
         eprintln!(
             "   Exporting {} ({} build services, {} base images) to {out}",
             project.name,
@@ -571,34 +568,6 @@ fn export_npm_cache(
     npm_cache::merge_into(host_out, &both)?;
     verify(&both, &[host])?;
     Ok((Some(libc), true))
-}
-
-/// The strongest strategy the engine supports, or the forced one if it can work.
-pub fn choose_strategy(engine: &EngineInfo, forced: Option<Strategy>) -> anyhow::Result<Strategy> {
-    let can_local =
-        engine.containerd_store && engine.buildx.is_some() && engine.compose_v2.is_some();
-    let can_inline = !engine.containerd_store && engine.buildx.is_some();
-    match forced {
-        None if can_local => Ok(Strategy::Local),
-        None if can_inline => Ok(Strategy::Inline),
-        None => Ok(Strategy::Legacy),
-        Some(Strategy::Local) if !can_local => bail!(
-            "strategy `local` needs the containerd image store, buildx and compose v2 \
-             (this engine: {} store, buildx {}, compose v2 {}); the docker driver cannot export \
-             a local cache from the classic store. Use --strategy inline or legacy, or enable \
-             the containerd image store (\"features\": {{\"containerd-snapshotter\": true}} in daemon.json)",
-            if engine.containerd_store { "containerd" } else { "classic" },
-            if engine.buildx.is_some() { "present" } else { "missing" },
-            if engine.compose_v2.is_some() { "present" } else { "missing" },
-        ),
-        Some(Strategy::Inline) if !can_inline => bail!(
-            "strategy `inline` cannot work on this engine: with the containerd image store, \
-             BuildKit looks cache images up in a registry and misses offline{}. Use --strategy \
-             local (the default here) or legacy",
-            if engine.buildx.is_none() { ", and buildx is missing" } else { "" }
-        ),
-        Some(s) => Ok(s),
-    }
 }
 
 fn present_images(docker: &Docker, plan: &Plan) -> anyhow::Result<Vec<ImageEntry>> {
@@ -1516,49 +1485,5 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    fn engine(containerd_store: bool, buildx: bool) -> EngineInfo {
-        EngineInfo {
-            server_version: "26.1.5".into(),
-            os: "linux".into(),
-            arch: "amd64".into(),
-            buildx: buildx.then(|| "v0.13.1".into()),
-            containerd_store,
-            storage_driver: "overlayfs".into(),
-            compose_v2: Some("2.26.1".into()),
-            compose_v1: None,
-            docker_root_dir: "/var/lib/docker".into(),
-        }
-    }
-
-    #[test]
-    fn strategy_follows_the_engine() {
-        let check = |e: EngineInfo, forced, expected: Result<Strategy, &str>| match (
-            choose_strategy(&e, forced),
-            expected,
-        ) {
-            (Ok(got), Ok(want)) => assert_eq!(got, want),
-            (Err(err), Err(text)) => assert!(format!("{err:#}").contains(text), "{err:#}"),
-            (got, want) => panic!("got {got:?}, want {want:?}"),
-        };
-        check(engine(true, true), None, Ok(Strategy::Local));
-        check(engine(false, true), None, Ok(Strategy::Inline));
-        check(engine(false, false), None, Ok(Strategy::Legacy));
-        check(
-            engine(true, true),
-            Some(Strategy::Legacy),
-            Ok(Strategy::Legacy),
-        );
-        check(
-            engine(true, true),
-            Some(Strategy::Inline),
-            Err("looks cache images up in a registry"),
-        );
-        check(
-            engine(false, true),
-            Some(Strategy::Local),
-            Err("containerd image store"),
-        );
     }
 }

@@ -6,7 +6,7 @@
 //! so engines that cannot read zstd work too.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -18,8 +18,8 @@ use serde::Serialize;
 use xshell::Shell;
 
 use crate::bundle::{self, human_bytes, BundleLock};
-use crate::commands::cache_verify::{verify_bundle, BundleArg};
-use crate::docker::Docker;
+use crate::bundle_arg::BundleArg;
+use crate::docker::{stream_into_load, Docker};
 use crate::model::manifest::{Compression, FileEntry, ImageLayout, Manifest, Strategy};
 use crate::project::ProjectArgs;
 
@@ -85,7 +85,7 @@ impl Args {
             Some(layout) => layout.entries.iter().map(|e| e.path.clone()).collect(),
             None => archive.iter().map(|a| a.path.clone()).collect(),
         };
-        let report = verify_bundle(&dir, true, &streamed)?;
+        let report = bundle::verify_bundle(&dir, true, &streamed)?;
         if !report.ok() {
             bail!("nothing was imported from {dir}: it does not verify (files named above)");
         }
@@ -375,96 +375,6 @@ fn load_layout(
             Some(e) => bail!("reading {what}: {e}; nothing was loaded"),
         },
     )
-}
-
-/// Feeds `reader` into `docker load`, read ahead on another thread, holding the last chunk
-/// back until `check` (given how reading ended) accepts the stream; kills `docker load`
-/// otherwise, before it could see the end of the stream and tag anything.
-pub(crate) fn stream_into_load(
-    docker: &Docker,
-    what: &str,
-    reader: Box<dyn Read + Send>,
-    check: impl FnOnce(Option<std::io::Error>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut child = docker.spawn_load()?;
-    let mut stdin = child.stdin.take().context("docker load has no stdin")?;
-    let stdout = child.stdout.take().context("docker load has no stdout")?;
-    let stderr = child.stderr.take().context("docker load has no stderr")?;
-    let out_reader = bundle::read_in_background(stdout);
-    let err_reader = bundle::read_in_background(stderr);
-    let ahead = bundle::ReadAhead::new(reader);
-    let mut progress = crate::progress::Progress::new("Loading", None);
-    let mut pending: Option<Vec<u8>> = None;
-    let mut streamed = 0u64;
-    let mut failure: Option<std::io::Error> = None;
-    let mut load_failed: Option<std::io::Error> = None;
-    while let Some(chunk) = ahead.next_chunk() {
-        match chunk {
-            bundle::Chunk::Data(buf) => {
-                if let Some(previous) = pending.replace(buf) {
-                    if let Err(e) = stdin.write_all(&previous) {
-                        load_failed = Some(e);
-                        break;
-                    }
-                    streamed += previous.len() as u64;
-                    progress.set(streamed);
-                    ahead.recycle(previous);
-                }
-            }
-            bundle::Chunk::Failed(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    drop(ahead);
-    progress.done();
-    if let Some(e) = load_failed {
-        // docker load stopped reading: the engine went away or refused the stream. The
-        // bundle is not to blame; what docker load said is the message.
-        let _ = child.kill();
-        let _ = child.wait();
-        let err = err_reader.join().unwrap_or_default();
-        bail!(
-            "`docker load` stopped before the end of {what} ({e}): {}; is the engine \
-             still running? Nothing that was cut short is tagged; run cache-import again",
-            if err.trim().is_empty() {
-                "no message"
-            } else {
-                err.trim()
-            }
-        );
-    }
-    if let Err(err) = check(failure) {
-        // Killed before the end of the stream: nothing gets tagged.
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(err);
-    }
-    if let Some(last) = pending.take() {
-        stdin
-            .write_all(&last)
-            .with_context(|| format!("streaming {what} into docker load"))?;
-        streamed += last.len() as u64;
-    }
-    drop(stdin);
-    let status = child.wait()?;
-    let out = out_reader.join().unwrap_or_default();
-    let err = err_reader.join().unwrap_or_default();
-    if !status.success() {
-        bail!("`docker load` of {what} failed: {}", err.trim());
-    }
-    for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        eprintln!("      {}", line.trim());
-    }
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "      Loaded {} (verified while streaming) in {secs:.1}s ({}/s)",
-        human_bytes(streamed),
-        human_bytes((streamed as f64 / secs.max(1e-6)) as u64)
-    );
-    Ok(())
 }
 
 /// A tar of the layout's files, made as it is read: a header, the file's bytes (hashed as

@@ -16,9 +16,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
 use crate::bundle;
-use crate::commands::cache_export::choose_strategy;
-use crate::commands::cache_verify::BundleArg;
-use crate::docker::Docker;
+use crate::bundle_arg::BundleArg;
+use crate::docker::{choose_strategy, Docker};
 use crate::model::compose_patch;
 use crate::model::layout;
 use crate::model::manifest::{Manifest, Strategy};

@@ -405,23 +405,18 @@ pub fn ensure(
         move || write_archive(&dir, &reference, &arch, &layer, &service, &mut writer)
     }));
     let what = format!("the npm cache image {reference}");
-    let result = crate::commands::cache_import::stream_into_load(
-        docker,
-        &what,
-        Box::new(reader),
-        |failure| {
-            let written = writer_thread
-                .take()
-                .expect("checked once")
-                .join()
-                .map_err(|_| anyhow::anyhow!("the thread writing {reference} panicked"))?;
-            written?;
-            match failure {
-                None => Ok(()),
-                Some(e) => bail!("reading {what}: {e}"),
-            }
-        },
-    );
+    let result = crate::docker::stream_into_load(docker, &what, Box::new(reader), |failure| {
+        let written = writer_thread
+            .take()
+            .expect("checked once")
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread writing {reference} panicked"))?;
+        written?;
+        match failure {
+            None => Ok(()),
+            Some(e) => bail!("reading {what}: {e}"),
+        }
+    });
     if let Some(thread) = writer_thread {
         // docker load stopped first; the writer ends on the broken pipe.
         let _ = thread.join();
