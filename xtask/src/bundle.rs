@@ -567,6 +567,35 @@ pub fn verify_bundle(
     Ok(report)
 }
 
+/// Checks the previous bundle's `files` against its manifest (on all cores), then
+/// hard-links (or copies) each to `dest_of(file)`; `false`, and nothing linked, if one of
+/// them is missing or damaged.
+pub fn link_checked(
+    out: &Utf8Path,
+    files: &[&FileEntry],
+    dest_of: impl Fn(&FileEntry) -> Utf8PathBuf,
+) -> anyhow::Result<bool> {
+    let names: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    let hashed = hash_files(out, &names, &|_, _| {});
+    let intact = files
+        .iter()
+        .zip(&hashed)
+        .all(|(e, h)| matches!(h, Ok((size, digest)) if *size == e.size && *digest == e.sha256));
+    if !intact {
+        return Ok(false);
+    }
+    for file in files {
+        let (from, to) = (out.join(&file.path), dest_of(file));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
+        }
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

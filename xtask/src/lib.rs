@@ -15,6 +15,7 @@ pub mod cli;
 mod commands;
 mod deps;
 mod docker;
+mod images;
 pub mod lab;
 mod model;
 mod progress;

@@ -8,8 +8,6 @@
 //! no manifest, so an interrupted export never leaves a bundle that verifies.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -17,18 +15,19 @@ use anyhow::{bail, Context as _};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
-use crate::bundle::{self, human_bytes, BundleLock, HashingWriter};
+use crate::bundle::{self, human_bytes, BundleLock};
 use crate::bundle_arg::bundle_dir;
 use crate::deps::{npm_cache, npm_image, wheelhouse};
 use crate::docker::{choose_strategy, Docker, EngineInfo, StageBuild};
+use crate::images;
 use crate::model::layout::{
     self, cache_image_name, npm_cache_dir, npm_host_cache_dir, service_contexts, wheelhouse_dir,
-    BUILD_CACHE_DIR, IMAGES_DIR, NPM_CONTEXT, WHEELS_CONTEXT,
+    BUILD_CACHE_DIR, NPM_CONTEXT, WHEELS_CONTEXT,
 };
 use crate::model::manifest::{
-    Compression, EngineSummary, FileEntry, ImageEntry, ImageLayout, ImageRole, LayoutEntry,
-    Manifest, ServiceEntry, Strategy, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
-    LAYOUT_FORMAT_VERSION, MANIFEST_FILE, SUMS_FILE,
+    Compression, EngineSummary, FileEntry, ImageEntry, ImageRole, Manifest, ServiceEntry, Strategy,
+    FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT, LAYOUT_FORMAT_VERSION, MANIFEST_FILE,
+    SUMS_FILE,
 };
 use crate::model::plan::{BuildService, Plan};
 use crate::project::RealFs;
@@ -313,7 +312,7 @@ impl Args {
                 .filter(|p| p.images == images && p.compression == compression)
                 .and_then(|p| Some((p, p.image_layout.as_ref()?)));
             let reused = match old {
-                Some((p, layout)) => reuse_layout(&out, p, layout, &staging)?,
+                Some((p, layout)) => images::reuse_layout(&out, p, layout, &staging)?,
                 None => None,
             };
             let (layout, entries) = match reused {
@@ -321,7 +320,7 @@ impl Args {
                     eprintln!("     Reusing the saved images (same names, same IDs)");
                     done
                 }
-                None => save_layout(&docker, &names, &staging)?,
+                None => images::save_layout(&docker, &names, &staging)?,
             };
             files.extend(entries);
             image_layout = Some(layout);
@@ -340,7 +339,7 @@ impl Args {
                     eprintln!("     Reusing {archive} (same images, same IDs)");
                     files.push(old.clone());
                 }
-                _ => files.push(save_images(
+                _ => files.push(images::save_images(
                     &docker,
                     &names,
                     compression,
@@ -731,7 +730,7 @@ fn recompress_build_cache(
         let Some(entry) = previous.files.iter().find(|f| f.path == path) else {
             return Ok(None);
         };
-        Ok(link_checked(out, &[entry], |_| dest.to_path_buf())?.then(|| blob.clone()))
+        Ok(bundle::link_checked(out, &[entry], |_| dest.to_path_buf())?.then(|| blob.clone()))
     };
     eprintln!(" Compressing the build cache's layers (zstd; long window for builder stages)");
     let started = Instant::now();
@@ -869,40 +868,11 @@ fn reuse(
     if entries.is_empty() || on_disk.len() != entries.len() {
         return Ok(false);
     }
-    let linked = link_checked(out, &entries, |e| dest.join(&e.path[prefix.len()..]))?;
+    let linked = bundle::link_checked(out, &entries, |e| dest.join(&e.path[prefix.len()..]))?;
     if !linked {
         eprintln!("warning: the previous {old}/ does not match its manifest; filling it again");
     }
     Ok(linked)
-}
-
-/// Checks the previous bundle's `files` against its manifest (on all cores), then
-/// hard-links (or copies) each to `dest_of(file)`; `false`, and nothing linked, if one of
-/// them is missing or damaged.
-fn link_checked(
-    out: &Utf8Path,
-    files: &[&FileEntry],
-    dest_of: impl Fn(&FileEntry) -> Utf8PathBuf,
-) -> anyhow::Result<bool> {
-    let names: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-    let hashed = bundle::hash_files(out, &names, &|_, _| {});
-    let intact = files
-        .iter()
-        .zip(&hashed)
-        .all(|(e, h)| matches!(h, Ok((size, digest)) if *size == e.size && *digest == e.sha256));
-    if !intact {
-        return Ok(false);
-    }
-    for file in files {
-        let (from, to) = (out.join(&file.path), dest_of(file));
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
-        }
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
-        }
-    }
-    Ok(true)
 }
 
 /// Hard-links (or copies) the previous bundle's file `old` into `staging` if it still
@@ -911,7 +881,7 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
     if !out.join(&old.path).is_file() {
         return Ok(false);
     }
-    let linked = link_checked(out, &[old], |f| staging.join(&f.path))?;
+    let linked = bundle::link_checked(out, &[old], |f| staging.join(&f.path))?;
     if !linked {
         eprintln!(
             "warning: the previous {} does not match its manifest; saving the images again",
@@ -919,225 +889,6 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
         );
     }
     Ok(linked)
-}
-
-/// One `docker save` of every image, split into its entries as it streams: each blob goes
-/// to the build cache's blob store unless BuildKit already wrote it there, the other entries
-/// to `base-images/`. Every file written is hashed as it is written; a blob's content must
-/// match its name.
-fn save_layout(
-    docker: &Docker,
-    names: &[String],
-    staging: &Utf8Path,
-) -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
-    eprintln!(
-        "      Saving {} images to {IMAGES_DIR}/ (layers in {BUILD_CACHE_DIR}/blobs/)",
-        names.len()
-    );
-    let started = Instant::now();
-    let mut child = docker.spawn_save(names)?;
-    let stdout = child.stdout.take().context("docker save has no stdout")?;
-    let stderr = child.stderr.take().context("docker save has no stderr")?;
-    let err_reader = bundle::read_in_background(stderr);
-    let mut progress = crate::progress::Progress::new("Saving", None);
-    let mut streamed = 0u64;
-    let mut written = 0u64;
-    let result = (|| -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
-        let mut archive =
-            tar::Archive::new(bundle::ChunkReader::new(bundle::ReadAhead::new(stdout)));
-        let mut layout = ImageLayout::default();
-        let mut files = Vec::new();
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let kind = entry.header().entry_type();
-            let name = entry.path()?.to_string_lossy().into_owned();
-            if kind.is_dir() {
-                continue;
-            }
-            if !kind.is_file() || !crate::model::manifest::is_safe_relative_path(&name) {
-                bail!("`docker save` wrote {name:?} ({kind:?}), which is not a plain file of an image archive");
-            }
-            let blob = name.strip_prefix("blobs/sha256/").filter(|h| {
-                h.len() == 64
-                    && h.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            });
-            let path = match blob {
-                Some(hex) => layout::build_cache_blob(hex),
-                None => format!("{IMAGES_DIR}/{name}"),
-            };
-            let target = staging.join(&path);
-            let size = entry.size();
-            if blob.is_some() && target.exists() {
-                // BuildKit wrote this layer into the build cache: the name is its digest.
-                std::io::copy(&mut entry, &mut std::io::sink())?;
-            } else {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {parent}"))?;
-                }
-                let partial = bundle::temp_sibling(&target);
-                let file = File::create(&partial).with_context(|| format!("creating {partial}"))?;
-                let mut out = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
-                std::io::copy(&mut entry, &mut out).with_context(|| format!("writing {path}"))?;
-                let (buffered, n, sha256) = out.finish();
-                let file = buffered.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                if let Some(hex) = blob {
-                    if sha256 != hex {
-                        bail!(
-                            "`docker save` wrote {name} with content of sha256 {sha256}: the \
-                             engine's stream is damaged; export again"
-                        );
-                    }
-                }
-                std::fs::rename(&partial, &target)
-                    .with_context(|| format!("renaming {partial}"))?;
-                files.push(FileEntry {
-                    path: path.clone(),
-                    size: n,
-                    sha256,
-                });
-                written += n;
-            }
-            streamed += size;
-            progress.set(streamed);
-            layout.entries.push(LayoutEntry { name, path });
-        }
-        Ok((layout, files))
-    })();
-    progress.done();
-    if result.is_err() {
-        let _ = child.kill();
-    }
-    let status = child.wait()?;
-    let stderr = err_reader.join().unwrap_or_default();
-    if !status.success() && (result.is_ok() || !stderr.trim().is_empty()) {
-        bail!("`docker save` failed: {}", stderr.trim());
-    }
-    let done = result.context("reading the images that `docker save` streamed")?;
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "       Saved {} images: {} streamed, {} written (the rest was in the build cache) in \
-         {secs:.1}s ({}/s)",
-        names.len(),
-        human_bytes(streamed),
-        human_bytes(written),
-        human_bytes((streamed as f64 / secs.max(1e-6)) as u64)
-    );
-    Ok(done)
-}
-
-/// The previous bundle's saved images, hard-linked into `staging` where BuildKit did not
-/// write the file already, after checking each against the previous manifest.
-fn reuse_layout(
-    out: &Utf8Path,
-    previous: &Manifest,
-    layout: &ImageLayout,
-    staging: &Utf8Path,
-) -> anyhow::Result<Option<(ImageLayout, Vec<FileEntry>)>> {
-    let mut entries = Vec::new();
-    for e in &layout.entries {
-        match previous.files.iter().find(|f| f.path == e.path) {
-            Some(f) => entries.push(f),
-            None => return Ok(None),
-        }
-    }
-    // What BuildKit wrote into the staged build cache already is not linked again.
-    let todo: Vec<&FileEntry> = entries
-        .into_iter()
-        .filter(|f| !staging.join(&f.path).exists())
-        .collect();
-    if !link_checked(out, &todo, |f| staging.join(&f.path))? {
-        eprintln!(
-            "warning: the previous saved images do not match their manifest; saving them again"
-        );
-        return Ok(None);
-    }
-    Ok(Some((layout.clone(), todo.into_iter().cloned().collect())))
-}
-
-/// One `docker save` of every image, compressed and hashed while it streams.
-fn save_images(
-    docker: &Docker,
-    names: &[String],
-    compression: Compression,
-    path: &Utf8Path,
-    rel: &str,
-) -> anyhow::Result<FileEntry> {
-    eprintln!("      Saving {} images to {rel}", names.len());
-    let started = Instant::now();
-    let mut child = docker.spawn_save(names)?;
-    let stdout = child.stdout.take().context("docker save has no stdout")?;
-    let stderr = child.stderr.take().context("docker save has no stderr")?;
-    let err_reader = bundle::read_in_background(stderr);
-    let file = File::create(path).with_context(|| format!("creating {path}"))?;
-    let hashing = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
-    let mut progress = crate::progress::Progress::new("Saving", None);
-    // The engine's stream is read ahead on another thread, so `docker save` never waits
-    // on the pipe while a chunk is hashed (and compressed) and written here.
-    let copy = |writer: &mut dyn Write| -> std::io::Result<u64> {
-        let mut total = 0u64;
-        bundle::pipelined(stdout, |chunk| {
-            writer.write_all(chunk)?;
-            total += chunk.len() as u64;
-            progress.set(total);
-            Ok(())
-        })
-    };
-    let written = (|| -> anyhow::Result<_> {
-        Ok(match compression {
-            Compression::None => {
-                let mut w = hashing;
-                let raw = copy(&mut w)?;
-                (w, raw)
-            }
-            Compression::Zstd => {
-                let mut enc = zstd::stream::Encoder::new(hashing, 3)?;
-                enc.multithread(2)?;
-                let raw = copy(&mut enc)?;
-                (enc.finish()?, raw)
-            }
-            Compression::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
-                let raw = copy(&mut enc)?;
-                (enc.finish()?, raw)
-            }
-        })
-    })();
-    let (writer, raw) = match written {
-        Ok(done) => done,
-        Err(err) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(err).with_context(|| format!("writing {path}"));
-        }
-    };
-    progress.done();
-    let status = child.wait()?;
-    if !status.success() {
-        let stderr = err_reader.join().unwrap_or_default();
-        bail!("`docker save` failed: {}", stderr.trim());
-    }
-    let (mut buffered, size, sha256) = writer.finish();
-    buffered.flush()?;
-    buffered
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "       Saved {} images: {} → {} in {secs:.1}s ({}/s)",
-        names.len(),
-        human_bytes(raw),
-        human_bytes(size),
-        human_bytes((raw as f64 / secs.max(1e-6)) as u64)
-    );
-    Ok(FileEntry {
-        path: rel.to_string(),
-        size,
-        sha256,
-    })
 }
 
 /// Moves the staged bundle into `out`: the old manifest goes first, the new one last.
