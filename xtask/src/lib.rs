@@ -11,6 +11,7 @@
 mod archive;
 mod bundle;
 mod bundle_arg;
+mod bundle_text;
 pub mod cli;
 mod commands;
 mod deps;

@@ -40,6 +40,11 @@ pub fn build_cache_blob(hex: &str) -> String {
     format!("{BUILD_CACHE_DIR}/blobs/sha256/{hex}")
 }
 
+/// The top-level entry of a bundle path (`build-cache` of `build-cache/index.json`).
+pub fn top_level(path: &str) -> String {
+    path.split('/').next().unwrap_or(path).to_string()
+}
+
 /// The service's Python wheelhouse.
 pub fn wheelhouse_dir(service: &str) -> String {
     format!("pip-cache/{service}")
