@@ -129,11 +129,7 @@ impl Args {
                 "classic"
             },
             strategy.as_str(),
-            match compression {
-                Compression::Zstd => "zstd",
-                Compression::Gzip => "gzip",
-                Compression::None => "none",
-            }
+            compression.as_str()
         );
 
         let _lock = BundleLock::acquire(&out, "cache-export")?;
