@@ -26,9 +26,9 @@ use crate::model::layout::{
     BUILD_CACHE_DIR, NPM_CONTEXT, WHEELS_CONTEXT,
 };
 use crate::model::manifest::{
-    Compression, EngineSummary, FileEntry, ImageEntry, ImageRole, Manifest, ServiceEntry, Strategy,
-    FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT, LAYOUT_FORMAT_VERSION, MANIFEST_FILE,
-    SUMS_FILE,
+    Compression, EngineSummary, FileEntry, ImageEntry, ImageLayout, ImageRole, Manifest,
+    ServiceEntry, Strategy, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
+    LAYOUT_FORMAT_VERSION, MANIFEST_FILE, SUMS_FILE,
 };
 use crate::model::plan::{BuildService, Plan};
 use crate::project::RealFs;
@@ -112,7 +112,6 @@ impl Args {
         } else {
             Compression::Zstd
         });
-        let wants = |part: Part| self.only.is_empty() || self.only.contains(&part);
         let out = bundle_dir(sh, self.output.as_deref(), project_args)?;
         eprintln!(
             "   Exporting {} ({} build services, {} base images) to {out}",
@@ -141,253 +140,21 @@ impl Args {
             })?;
         }
         std::fs::create_dir_all(&staging).with_context(|| format!("creating {staging}"))?;
-
-        // Builds need every base image. Dependency caches alone do not: the Python is then
-        // asked of the images that are here, and read from the name of the others.
-        let base_images = if wants(Part::BaseImages) || wants(Part::BuildCache) {
-            ensure_base_images(&docker, &plan, self.pull)?
-        } else {
-            present_images(&docker, &plan)?
-        };
-        let mut images = if wants(Part::BaseImages) || strategy != Strategy::Local {
-            base_images.clone()
-        } else {
-            Vec::new()
-        };
-        // The previous bundle's dependency caches are reused where their inputs did not
-        // change: refilling the npm cache rewrites its index (timestamps), which would
-        // change the build context and miss the layer cache of every step after it.
-        let previous = bundle::read_manifest(&out).ok();
-        let mut services = Vec::new();
-        for service in &plan.build_services {
-            let mut entry = ServiceEntry {
-                name: service.name.clone(),
-                inputs: fingerprints(&project, service)?,
-                ..ServiceEntry::default()
-            };
-            let reusable = |field: fn(&ServiceEntry) -> Option<&String>, inputs: &[Utf8PathBuf]| {
-                let old = previous
-                    .as_ref()?
-                    .services
-                    .iter()
-                    .find(|s| s.name == service.name)?;
-                let same_inputs = inputs.iter().all(|file| {
-                    let rel = rel_to(&project.dir, file);
-                    old.inputs.contains_key(&rel) && old.inputs.get(&rel) == entry.inputs.get(&rel)
-                });
-                same_inputs.then(|| field(old).cloned()).flatten()
-            };
-            // The wheelhouse and the npm cache depend on the base images (their Python,
-            // their libc): reused only if every one has the same ID as then.
-            let same_images = previous.as_ref().is_some_and(|p| {
-                service.base_images.iter().all(|name| {
-                    let now = base_images.iter().find(|i| &i.name == name).map(|i| &i.id);
-                    let then = p.images.iter().find(|i| &i.name == name).map(|i| &i.id);
-                    now.is_some() && now == then
-                })
-            });
-            if wants(Part::PipCache) && !service.python_requirements.is_empty() {
-                let rel = wheelhouse_dir(&service.name);
-                let overridden = self.python_version.is_some() || !self.platforms.is_empty();
-                let old = reusable(|e| e.wheelhouse.as_ref(), &service.python_requirements)
-                    .filter(|_| same_images && !overridden);
-                match old {
-                    Some(old) if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? => {
-                        eprintln!("     Reusing {rel} (requirements and base image unchanged)");
-                    }
-                    _ => {
-                        self.export_wheelhouse(sh, &docker, &engine, service, &staging.join(&rel))?
-                    }
-                }
-                entry.wheelhouse = Some(rel);
-            }
-            if wants(Part::NpmCache) {
-                if let Some(lockfile) = service.node_lockfiles.first() {
-                    let rel = npm_cache_dir(&service.name);
-                    let host_rel = npm_host_cache_dir(&service.name);
-                    let old_entry = previous
-                        .as_ref()
-                        .and_then(|p| p.services.iter().find(|s| s.name == service.name));
-                    let same_arch = previous
-                        .as_ref()
-                        .is_some_and(|p| p.engine.arch == engine.arch);
-                    let old = reusable(|e| e.npm_cache.as_ref(), &service.node_lockfiles)
-                        .filter(|_| same_images && same_arch && !self.all_npm_platforms);
-                    let mut reused = None;
-                    if let (Some(old), Some(old_entry)) = (old, old_entry) {
-                        let host_dest = staging.join(&host_rel);
-                        if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? {
-                            let host_ok = match &old_entry.npm_host_cache {
-                                None => true,
-                                Some(h) => reuse(&out, h, previous.as_ref(), &host_dest)?,
-                            };
-                            if host_ok {
-                                eprintln!(
-                                    "     Reusing {rel} (lockfile and base images unchanged)"
-                                );
-                                reused = Some((
-                                    old_entry.npm_libc.clone(),
-                                    old_entry.npm_host_cache.is_some(),
-                                ));
-                            } else {
-                                remove_path(&staging.join(&rel))?;
-                            }
-                        }
-                    }
-                    let (libc, with_host) = match reused {
-                        Some(done) => done,
-                        None => export_npm_cache(
-                            sh,
-                            &docker,
-                            &engine,
-                            service,
-                            lockfile,
-                            &staging.join(&rel),
-                            &staging.join(&host_rel),
-                            self.all_npm_platforms,
-                        )?,
-                    };
-                    // Fixed times, modes and no scratch files: the same tarballs give the
-                    // same build context, so a re-export hits the layer cache (npm_cache.rs).
-                    npm_cache::normalize(&staging.join(&rel))
-                        .with_context(|| format!("normalizing {rel}"))?;
-                    if with_host {
-                        npm_cache::normalize(&staging.join(&host_rel))
-                            .with_context(|| format!("normalizing {host_rel}"))?;
-                    }
-                    entry.npm_cache = Some(rel);
-                    entry.npm_libc = libc;
-                    entry.npm_host_cache = with_host.then_some(host_rel);
-                }
-            }
-            // Only the caches exported now are handed to the build, so the target's build
-            // (patched from this manifest) gets exactly the same contexts.
-            entry.contexts = service_contexts(service)
-                .into_iter()
-                .filter(|(_, rel)| {
-                    Some(rel) == entry.wheelhouse.as_ref() || Some(rel) == entry.npm_cache.as_ref()
-                })
-                .collect();
-            services.push(entry);
-        }
-        let mut cache_images = Vec::new();
-        if wants(Part::BuildCache) {
-            for (service, entry) in plan.build_services.iter().zip(&mut services) {
-                match strategy {
-                    Strategy::Local => {
-                        build_local(&docker, &engine, &project, service, entry, &staging)?
-                    }
-                    Strategy::Inline | Strategy::Legacy => {
-                        build_cache_images(&docker, &project, service, strategy, entry, &staging)?;
-                        cache_images.extend(entry.cache_images.iter().cloned());
-                    }
-                }
-            }
-            if strategy == Strategy::Local {
-                recompress_build_cache(&docker, &plan, &out, previous.as_ref(), &staging)?;
-            }
-        }
-        for name in &cache_images {
-            let id = docker
-                .image_id(name)?
-                .with_context(|| format!("the cache image {name} vanished after its build"))?;
-            images.push(ImageEntry {
-                name: name.clone(),
-                id,
-                role: ImageRole::BuildCache,
-            });
-        }
-
-        let mut files = Vec::new();
-        let mut image_layout = None;
-        if !images.is_empty() && compression == Compression::None {
-            // Kept as the archive's files, blobs in the build cache's blob store: a layer
-            // the build cache holds too (the base images' layers) is stored once.
-            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
-            let old = previous
-                .as_ref()
-                .filter(|p| p.images == images && p.compression == compression)
-                .and_then(|p| Some((p, p.image_layout.as_ref()?)));
-            let reused = match old {
-                Some((p, layout)) => images::reuse_layout(&out, p, layout, &staging)?,
-                None => None,
-            };
-            let (layout, entries) = match reused {
-                Some(done) => {
-                    eprintln!("     Reusing the saved images (same names, same IDs)");
-                    done
-                }
-                None => images::save_layout(&docker, &names, &staging)?,
-            };
-            files.extend(entries);
-            image_layout = Some(layout);
-        } else if !images.is_empty() {
-            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
-            let archive = layout::images_archive(compression);
-            // Image IDs are content digests: the same names with the same IDs are the same
-            // images, so the previous archive (checked against its checksum) is reused
-            // instead of streaming every layer out of the engine again.
-            let old = previous
-                .as_ref()
-                .filter(|p| p.images == images && p.compression == compression)
-                .and_then(|p| p.files.iter().find(|f| f.path == archive));
-            match old {
-                Some(old) if reuse_file(&out, old, &staging)? => {
-                    eprintln!("     Reusing {archive} (same images, same IDs)");
-                    files.push(old.clone());
-                }
-                _ => files.push(images::save_images(
-                    &docker,
-                    &names,
-                    compression,
-                    &staging.join(&archive),
-                    &archive,
-                )?),
-            }
-        }
-
-        let mut manifest = Manifest {
-            format_version: if image_layout.is_some() {
-                LAYOUT_FORMAT_VERSION
-            } else {
-                FORMAT_VERSION
-            },
-            image_layout,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            created: bundle_text::now_rfc3339(),
-            project_name: project.name.clone(),
-            engine: EngineSummary {
-                server_version: engine.server_version.clone(),
-                arch: engine.arch.clone(),
-                containerd_store: engine.containerd_store,
-            },
+        let mut export = Export {
+            args: &self,
+            sh,
+            docker,
+            engine,
+            project,
+            plan,
             strategy,
             compression,
-            images,
-            services,
-            files: Vec::new(),
+            out,
+            staging,
+            previous: None,
         };
-        // node_modules.tar.gz (node_modules.rs); hashed below with the other files.
-        if self.with_node_modules {
-            crate::deps::node_modules::export(&plan.build_services, &engine.arch, &staging)?;
-        }
-        std::fs::write(
-            staging.join(IMPORT_SCRIPT),
-            bundle_text::import_script(&manifest),
-        )?;
-        set_executable(&staging.join(IMPORT_SCRIPT))?;
-        // Hash what was not hashed while streaming (build-cache folders, small files);
-        // the human manifest comes last so that it can list the others.
-        hash_pending(&staging, &mut files)?;
-        manifest.files = files.clone();
-        std::fs::write(
-            staging.join(HUMAN_MANIFEST_FILE),
-            bundle_text::human_manifest(&manifest),
-        )?;
-        hash_pending(&staging, &mut files)?;
-        manifest.files = files;
-
-        publish(&out, &staging, &manifest)?;
+        let manifest = export.write()?;
+        let out = &export.out;
         let total: u64 = manifest.files.iter().map(|f| f.size).sum();
         eprintln!(
             "    Finished export of {} files ({}) in {:.1}s: {out}",
@@ -397,6 +164,374 @@ impl Args {
         );
         eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import` (or `sh {IMPORT_SCRIPT}`) there");
         Ok(ExitCode::SUCCESS)
+    }
+
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+}
+
+/// One export under way: what every step reads. The bundle folder `out` is locked;
+/// everything is written to `staging` first, then published.
+struct Export<'a> {
+    args: &'a Args,
+    sh: &'a Shell,
+    docker: Docker<'a>,
+    engine: EngineInfo,
+    project: Project,
+    plan: Plan,
+    strategy: Strategy,
+    compression: Compression,
+    out: Utf8PathBuf,
+    staging: Utf8PathBuf,
+    /// The bundle's previous manifest, whose files are reused where nothing changed.
+    previous: Option<Manifest>,
+}
+
+impl Export<'_> {
+    /// The steps, in order; returns the manifest written.
+    fn write(&mut self) -> anyhow::Result<Manifest> {
+        let args = self.args;
+        // Builds need every base image. Dependency caches alone do not: the Python is then
+        // asked of the images that are here, and read from the name of the others.
+        let base_images = if args.wants(Part::BaseImages) || args.wants(Part::BuildCache) {
+            ensure_base_images(&self.docker, &self.plan, args.pull)?
+        } else {
+            present_images(&self.docker, &self.plan)?
+        };
+        let mut images = if args.wants(Part::BaseImages) || self.strategy != Strategy::Local {
+            base_images.clone()
+        } else {
+            Vec::new()
+        };
+        // The previous bundle's dependency caches are reused where their inputs did not
+        // change: refilling the npm cache rewrites its index (timestamps), which would
+        // change the build context and miss the layer cache of every step after it.
+        self.previous = bundle::read_manifest(&self.out).ok();
+        let mut services = Vec::new();
+        for service in &self.plan.build_services {
+            services.push(self.dependency_caches(service, &base_images)?);
+        }
+        for name in &self.build_caches(&mut services)? {
+            let id = self
+                .docker
+                .image_id(name)?
+                .with_context(|| format!("the cache image {name} vanished after its build"))?;
+            images.push(ImageEntry {
+                name: name.clone(),
+                id,
+                role: ImageRole::BuildCache,
+            });
+        }
+        let (files, image_layout) = self.save_images(&images)?;
+        let manifest = Manifest {
+            format_version: if image_layout.is_some() {
+                LAYOUT_FORMAT_VERSION
+            } else {
+                FORMAT_VERSION
+            },
+            image_layout,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            created: bundle_text::now_rfc3339(),
+            project_name: self.project.name.clone(),
+            engine: EngineSummary {
+                server_version: self.engine.server_version.clone(),
+                arch: self.engine.arch.clone(),
+                containerd_store: self.engine.containerd_store,
+            },
+            strategy: self.strategy,
+            compression: self.compression,
+            images,
+            services,
+            files: Vec::new(),
+        };
+        self.finish(manifest, files)
+    }
+
+    /// The service's wheelhouse and npm cache (reused from the previous bundle where their
+    /// inputs did not change), as its manifest entry.
+    fn dependency_caches(
+        &self,
+        service: &BuildService,
+        base_images: &[ImageEntry],
+    ) -> anyhow::Result<ServiceEntry> {
+        let mut entry = ServiceEntry {
+            name: service.name.clone(),
+            inputs: fingerprints(&self.project, service)?,
+            ..ServiceEntry::default()
+        };
+        // The wheelhouse and the npm cache depend on the base images (their Python,
+        // their libc): reused only if every one has the same ID as then.
+        let same_images = self.previous.as_ref().is_some_and(|p| {
+            service.base_images.iter().all(|name| {
+                let now = base_images.iter().find(|i| &i.name == name).map(|i| &i.id);
+                let then = p.images.iter().find(|i| &i.name == name).map(|i| &i.id);
+                now.is_some() && now == then
+            })
+        });
+        if self.args.wants(Part::PipCache) && !service.python_requirements.is_empty() {
+            self.wheelhouse(service, same_images, &mut entry)?;
+        }
+        if self.args.wants(Part::NpmCache) {
+            if let Some(lockfile) = service.node_lockfiles.first() {
+                self.npm_cache(service, lockfile, same_images, &mut entry)?;
+            }
+        }
+        // Only the caches exported now are handed to the build, so the target's build
+        // (patched from this manifest) gets exactly the same contexts.
+        entry.contexts = service_contexts(service)
+            .into_iter()
+            .filter(|(_, rel)| {
+                Some(rel) == entry.wheelhouse.as_ref() || Some(rel) == entry.npm_cache.as_ref()
+            })
+            .collect();
+        Ok(entry)
+    }
+
+    /// The previous bundle's folder `field` of the service, if its `inputs` have the same
+    /// fingerprints now as then.
+    fn reusable(
+        &self,
+        service: &BuildService,
+        entry: &ServiceEntry,
+        field: fn(&ServiceEntry) -> Option<&String>,
+        inputs: &[Utf8PathBuf],
+    ) -> Option<String> {
+        let old = self
+            .previous
+            .as_ref()?
+            .services
+            .iter()
+            .find(|s| s.name == service.name)?;
+        let same_inputs = inputs.iter().all(|file| {
+            let rel = rel_to(&self.project.dir, file);
+            old.inputs.contains_key(&rel) && old.inputs.get(&rel) == entry.inputs.get(&rel)
+        });
+        same_inputs.then(|| field(old).cloned()).flatten()
+    }
+
+    fn wheelhouse(
+        &self,
+        service: &BuildService,
+        same_images: bool,
+        entry: &mut ServiceEntry,
+    ) -> anyhow::Result<()> {
+        let (out, staging, args) = (&self.out, &self.staging, self.args);
+        let rel = wheelhouse_dir(&service.name);
+        let overridden = args.python_version.is_some() || !args.platforms.is_empty();
+        let old = self
+            .reusable(
+                service,
+                entry,
+                |e| e.wheelhouse.as_ref(),
+                &service.python_requirements,
+            )
+            .filter(|_| same_images && !overridden);
+        match old {
+            Some(old) if reuse(out, &old, self.previous.as_ref(), &staging.join(&rel))? => {
+                eprintln!("     Reusing {rel} (requirements and base image unchanged)");
+            }
+            _ => args.export_wheelhouse(
+                self.sh,
+                &self.docker,
+                &self.engine,
+                service,
+                &staging.join(&rel),
+            )?,
+        }
+        entry.wheelhouse = Some(rel);
+        Ok(())
+    }
+
+    fn npm_cache(
+        &self,
+        service: &BuildService,
+        lockfile: &Utf8Path,
+        same_images: bool,
+        entry: &mut ServiceEntry,
+    ) -> anyhow::Result<()> {
+        let (out, staging, previous) = (&self.out, &self.staging, self.previous.as_ref());
+        let all_platforms = self.args.all_npm_platforms;
+        let rel = npm_cache_dir(&service.name);
+        let host_rel = npm_host_cache_dir(&service.name);
+        let old_entry = previous.and_then(|p| p.services.iter().find(|s| s.name == service.name));
+        let same_arch = previous.is_some_and(|p| p.engine.arch == self.engine.arch);
+        let old = self
+            .reusable(
+                service,
+                entry,
+                |e| e.npm_cache.as_ref(),
+                &service.node_lockfiles,
+            )
+            .filter(|_| same_images && same_arch && !all_platforms);
+        let mut reused = None;
+        if let (Some(old), Some(old_entry)) = (old, old_entry) {
+            let host_dest = staging.join(&host_rel);
+            if reuse(out, &old, previous, &staging.join(&rel))? {
+                let host_ok = match &old_entry.npm_host_cache {
+                    None => true,
+                    Some(h) => reuse(out, h, previous, &host_dest)?,
+                };
+                if host_ok {
+                    eprintln!("     Reusing {rel} (lockfile and base images unchanged)");
+                    reused = Some((
+                        old_entry.npm_libc.clone(),
+                        old_entry.npm_host_cache.is_some(),
+                    ));
+                } else {
+                    remove_path(&staging.join(&rel))?;
+                }
+            }
+        }
+        let (libc, with_host) = match reused {
+            Some(done) => done,
+            None => export_npm_cache(
+                self.sh,
+                &self.docker,
+                &self.engine,
+                service,
+                lockfile,
+                &staging.join(&rel),
+                &staging.join(&host_rel),
+                all_platforms,
+            )?,
+        };
+        // Fixed times, modes and no scratch files: the same tarballs give the same build
+        // context, so a re-export hits the layer cache (npm_cache.rs).
+        npm_cache::normalize(&staging.join(&rel)).with_context(|| format!("normalizing {rel}"))?;
+        if with_host {
+            npm_cache::normalize(&staging.join(&host_rel))
+                .with_context(|| format!("normalizing {host_rel}"))?;
+        }
+        entry.npm_cache = Some(rel);
+        entry.npm_libc = libc;
+        entry.npm_host_cache = with_host.then_some(host_rel);
+        Ok(())
+    }
+
+    /// Builds every service into the build cache (or its cache images); returns the cache
+    /// images made.
+    fn build_caches(&self, services: &mut [ServiceEntry]) -> anyhow::Result<Vec<String>> {
+        let mut cache_images = Vec::new();
+        if !self.args.wants(Part::BuildCache) {
+            return Ok(cache_images);
+        }
+        let (docker, project, staging) = (&self.docker, &self.project, &self.staging);
+        for (service, entry) in self.plan.build_services.iter().zip(services) {
+            match self.strategy {
+                Strategy::Local => {
+                    build_local(docker, &self.engine, project, service, entry, staging)?
+                }
+                Strategy::Inline | Strategy::Legacy => {
+                    build_cache_images(docker, project, service, self.strategy, entry, staging)?;
+                    cache_images.extend(entry.cache_images.iter().cloned());
+                }
+            }
+        }
+        if self.strategy == Strategy::Local {
+            recompress_build_cache(
+                docker,
+                &self.plan,
+                &self.out,
+                self.previous.as_ref(),
+                staging,
+            )?;
+        }
+        Ok(cache_images)
+    }
+
+    /// Saves the images (or reuses the previous bundle's, if they are the same): the
+    /// files written and, without compression, the layout they form.
+    fn save_images(
+        &self,
+        images: &[ImageEntry],
+    ) -> anyhow::Result<(Vec<FileEntry>, Option<ImageLayout>)> {
+        let (out, staging, compression) = (&self.out, &self.staging, self.compression);
+        let mut files = Vec::new();
+        let mut image_layout = None;
+        if !images.is_empty() && compression == Compression::None {
+            // Kept as the archive's files, blobs in the build cache's blob store: a layer
+            // the build cache holds too (the base images' layers) is stored once.
+            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+            let old = self
+                .previous
+                .as_ref()
+                .filter(|p| p.images == images && p.compression == compression)
+                .and_then(|p| Some((p, p.image_layout.as_ref()?)));
+            let reused = match old {
+                Some((p, layout)) => images::reuse_layout(out, p, layout, staging)?,
+                None => None,
+            };
+            let (layout, entries) = match reused {
+                Some(done) => {
+                    eprintln!("     Reusing the saved images (same names, same IDs)");
+                    done
+                }
+                None => images::save_layout(&self.docker, &names, staging)?,
+            };
+            files.extend(entries);
+            image_layout = Some(layout);
+        } else if !images.is_empty() {
+            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+            let archive = layout::images_archive(compression);
+            // Image IDs are content digests: the same names with the same IDs are the same
+            // images, so the previous archive (checked against its checksum) is reused
+            // instead of streaming every layer out of the engine again.
+            let old = self
+                .previous
+                .as_ref()
+                .filter(|p| p.images == images && p.compression == compression)
+                .and_then(|p| p.files.iter().find(|f| f.path == archive));
+            match old {
+                Some(old) if reuse_file(out, old, staging)? => {
+                    eprintln!("     Reusing {archive} (same images, same IDs)");
+                    files.push(old.clone());
+                }
+                _ => files.push(images::save_images(
+                    &self.docker,
+                    &names,
+                    compression,
+                    &staging.join(&archive),
+                    &archive,
+                )?),
+            }
+        }
+        Ok((files, image_layout))
+    }
+
+    /// Writes the small files, hashes what was not hashed while streaming, and publishes
+    /// the staged bundle with its manifest.
+    fn finish(
+        &self,
+        mut manifest: Manifest,
+        mut files: Vec<FileEntry>,
+    ) -> anyhow::Result<Manifest> {
+        let staging = &self.staging;
+        // node_modules.tar.gz (node_modules.rs); hashed below with the other files.
+        if self.args.with_node_modules {
+            crate::deps::node_modules::export(
+                &self.plan.build_services,
+                &self.engine.arch,
+                staging,
+            )?;
+        }
+        std::fs::write(
+            staging.join(IMPORT_SCRIPT),
+            bundle_text::import_script(&manifest),
+        )?;
+        set_executable(&staging.join(IMPORT_SCRIPT))?;
+        // Hash what was not hashed while streaming (build-cache folders, small files);
+        // the human manifest comes last so that it can list the others.
+        hash_pending(staging, &mut files)?;
+        manifest.files = files.clone();
+        std::fs::write(
+            staging.join(HUMAN_MANIFEST_FILE),
+            bundle_text::human_manifest(&manifest),
+        )?;
+        hash_pending(staging, &mut files)?;
+        manifest.files = files;
+        publish(&self.out, staging, &manifest)?;
+        Ok(manifest)
     }
 }
 
