@@ -9,15 +9,16 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use camino::Utf8Path;
 use serde::Serialize;
 use xshell::Shell;
 
 use crate::bundle::{self, human_bytes, BundleLock};
 use crate::bundle_arg::BundleArg;
-use crate::docker::Docker;
+use crate::docker::{Docker, EngineInfo};
 use crate::images;
 use crate::model::layout;
-use crate::model::manifest::{Compression, Manifest, Strategy};
+use crate::model::manifest::{Compression, FileEntry, Manifest, Strategy};
 use crate::project::ProjectArgs;
 
 /// Verify a bundle and load it into the Docker engine
@@ -92,79 +93,14 @@ impl Args {
                 sh, project, &dir, &manifest, self.force,
             )?;
         }
-        match (manifest.strategy, engine.containerd_store) {
-            (Strategy::Local, false) => eprintln!(
-                "warning: the bundle's build cache is BuildKit `type=local` (exported from a \
-                 containerd image store), which this engine's classic store cannot read: the \
-                 images load, but builds will not use that cache. Export again with \
-                 --strategy inline for this engine, or enable its containerd image store"
-            ),
-            (Strategy::Inline, true) => eprintln!(
-                "warning: the bundle's cache images carry inline cache, which BuildKit on this \
-                 engine's containerd image store looks up in a registry: builds will not use \
-                 it offline. Export again with --strategy local for this engine"
-            ),
-            _ => {}
-        }
-
+        warn_if_unusable(manifest.strategy, engine.containerd_store);
         if !to_load.is_empty() {
-            if let Some(layout) = &manifest.image_layout {
-                let files = images::layout_files(&dir, layout, &manifest.files)?;
-                let size = files.iter().map(|(_, _, f)| f.size).sum();
-                preflight_disk(&docker, &engine.docker_root_dir, &manifest, size)?;
-                images::load_layout(&docker, &dir, files)?;
-            } else {
-                let archive = archive
-                    .as_ref()
-                    .context("the manifest lists images but no base-images.tar archive")?;
-                preflight_disk(&docker, &engine.docker_root_dir, &manifest, archive.size)?;
-                images::load_images(&docker, &dir, archive, manifest.compression)?;
-            }
-            for image in &manifest.images {
-                match docker.image_id(&image.name)? {
-                    Some(id) if id == image.id => {}
-                    Some(id) => eprintln!(
-                        "warning: {} is {id} after the load, the bundle has {}; a tag was moved",
-                        image.name, image.id
-                    ),
-                    None => bail!("{} is missing after `docker load`", image.name),
-                }
-            }
+            load(&docker, &engine, &dir, &manifest, archive.as_ref())?;
         }
         for name in &present {
             eprintln!("     Present {name} (same ID, not loaded again)");
         }
-        // The npm caches as images (npm_image.rs), made from the verified folders: what
-        // patch-compose hands to the builds so that cached ones never read the folder.
-        let mut npm_images = Vec::new();
-        if manifest.strategy == Strategy::Local && engine.containerd_store {
-            for service in &manifest.services {
-                let (Some(image), Some(rel)) = (&service.npm_image, &service.npm_cache) else {
-                    continue;
-                };
-                match crate::deps::npm_image::ensure(
-                    &docker,
-                    &dir.join(rel),
-                    &manifest.project_name,
-                    &service.name,
-                    &engine.arch,
-                    Some(image),
-                ) {
-                    Ok(made) => {
-                        if !made.loaded {
-                            eprintln!("     Present {image} (same layer, not made again)");
-                        }
-                        npm_images.push(made.reference);
-                    }
-                    Err(e) => eprintln!(
-                        "warning: service {}: {e:#}; patch-compose will hand the build the \
-                         folder {rel} instead, and `npm ci` and the steps after it will run \
-                         again (offline)",
-                        service.name
-                    ),
-                }
-            }
-        }
+        let npm_images = make_npm_images(&docker, &engine, &dir, &manifest);
         let mut build_caches: Vec<String> = manifest
             .services
             .iter()
@@ -175,38 +111,11 @@ impl Args {
         for cache in &build_caches {
             eprintln!("       Ready build cache {cache}");
         }
-        let mut npm_merged = Vec::new();
-        if !self.no_host_caches {
-            for service in &manifest.services {
-                if let Some(rel) = &service.wheelhouse {
-                    eprintln!(
-                        "        Hint {}: pip on this host can install from the wheelhouse: {}",
-                        service.name,
-                        crate::deps::wheelhouse::host_hint(&dir.join(rel))
-                    );
-                }
-            }
-            let npm_dirs: Vec<&String> = manifest
-                .services
-                .iter()
-                .flat_map(|s| [s.npm_cache.as_ref(), s.npm_host_cache.as_ref()])
-                .flatten()
-                .collect();
-            if !npm_dirs.is_empty() {
-                let home =
-                    std::env::var("HOME").context("HOME is not set; pass --no-host-caches")?;
-                let dest = camino::Utf8PathBuf::from(home).join(".npm");
-                for rel in npm_dirs {
-                    let report = crate::deps::npm_cache::merge_into(&dir.join(rel), &dest)
-                        .with_context(|| format!("merging {rel} into {dest}"))?;
-                    eprintln!(
-                        "      Merged {rel} into {dest} ({} new files, nothing deleted)",
-                        report.content_files
-                    );
-                    npm_merged.push(dest.to_string());
-                }
-            }
-        }
+        let npm_merged = if self.no_host_caches {
+            Vec::new()
+        } else {
+            fill_host_caches(&dir, &manifest)?
+        };
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "    Finished import of {} images ({} loaded, {} already present) in {secs:.1}s",
@@ -231,6 +140,133 @@ impl Args {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Warns when this engine cannot use the bundle's build cache (it still loads).
+fn warn_if_unusable(strategy: Strategy, containerd_store: bool) {
+    match (strategy, containerd_store) {
+        (Strategy::Local, false) => eprintln!(
+            "warning: the bundle's build cache is BuildKit `type=local` (exported from a \
+             containerd image store), which this engine's classic store cannot read: the \
+             images load, but builds will not use that cache. Export again with \
+             --strategy inline for this engine, or enable its containerd image store"
+        ),
+        (Strategy::Inline, true) => eprintln!(
+            "warning: the bundle's cache images carry inline cache, which BuildKit on this \
+             engine's containerd image store looks up in a registry: builds will not use \
+             it offline. Export again with --strategy local for this engine"
+        ),
+        _ => {}
+    }
+}
+
+/// Loads the bundle's images (its layout, or its archive), verified as they stream, and
+/// checks that each has the ID the bundle says.
+fn load(
+    docker: &Docker,
+    engine: &EngineInfo,
+    dir: &Utf8Path,
+    manifest: &Manifest,
+    archive: Option<&FileEntry>,
+) -> anyhow::Result<()> {
+    if let Some(layout) = &manifest.image_layout {
+        let files = images::layout_files(dir, layout, &manifest.files)?;
+        let size = files.iter().map(|(_, _, f)| f.size).sum();
+        preflight_disk(docker, &engine.docker_root_dir, manifest, size)?;
+        images::load_layout(docker, dir, files)?;
+    } else {
+        let archive =
+            archive.context("the manifest lists images but no base-images.tar archive")?;
+        preflight_disk(docker, &engine.docker_root_dir, manifest, archive.size)?;
+        images::load_images(docker, dir, archive, manifest.compression)?;
+    }
+    for image in &manifest.images {
+        match docker.image_id(&image.name)? {
+            Some(id) if id == image.id => {}
+            Some(id) => eprintln!(
+                "warning: {} is {id} after the load, the bundle has {}; a tag was moved",
+                image.name, image.id
+            ),
+            None => bail!("{} is missing after `docker load`", image.name),
+        }
+    }
+    Ok(())
+}
+
+/// The npm caches as images (npm_image.rs), made from the verified folders: what
+/// patch-compose hands to the builds so that cached ones never read the folder. Returns
+/// the references made or present; a cache that cannot be made is a warning.
+fn make_npm_images(
+    docker: &Docker,
+    engine: &EngineInfo,
+    dir: &Utf8Path,
+    manifest: &Manifest,
+) -> Vec<String> {
+    let mut npm_images = Vec::new();
+    if manifest.strategy == Strategy::Local && engine.containerd_store {
+        for service in &manifest.services {
+            let (Some(image), Some(rel)) = (&service.npm_image, &service.npm_cache) else {
+                continue;
+            };
+            match crate::deps::npm_image::ensure(
+                docker,
+                &dir.join(rel),
+                &manifest.project_name,
+                &service.name,
+                &engine.arch,
+                Some(image),
+            ) {
+                Ok(made) => {
+                    if !made.loaded {
+                        eprintln!("     Present {image} (same layer, not made again)");
+                    }
+                    npm_images.push(made.reference);
+                }
+                Err(e) => eprintln!(
+                    "warning: service {}: {e:#}; patch-compose will hand the build the \
+                     folder {rel} instead, and `npm ci` and the steps after it will run \
+                     again (offline)",
+                    service.name
+                ),
+            }
+        }
+    }
+    npm_images
+}
+
+/// The host's caches: a hint for pip, and the npm caches merged into ~/.npm. Returns
+/// where they were merged.
+fn fill_host_caches(dir: &Utf8Path, manifest: &Manifest) -> anyhow::Result<Vec<String>> {
+    let mut npm_merged = Vec::new();
+    for service in &manifest.services {
+        if let Some(rel) = &service.wheelhouse {
+            eprintln!(
+                "        Hint {}: pip on this host can install from the wheelhouse: {}",
+                service.name,
+                crate::deps::wheelhouse::host_hint(&dir.join(rel))
+            );
+        }
+    }
+    let npm_dirs: Vec<&String> = manifest
+        .services
+        .iter()
+        .flat_map(|s| [s.npm_cache.as_ref(), s.npm_host_cache.as_ref()])
+        .flatten()
+        .collect();
+    if !npm_dirs.is_empty() {
+        let home = std::env::var("HOME").context("HOME is not set; pass --no-host-caches")?;
+        let dest = camino::Utf8PathBuf::from(home).join(".npm");
+        for rel in npm_dirs {
+            let report = crate::deps::npm_cache::merge_into(&dir.join(rel), &dest)
+                .with_context(|| format!("merging {rel} into {dest}"))?;
+            eprintln!(
+                "      Merged {rel} into {dest} ({} new files, nothing deleted)",
+                report.content_files
+            );
+            npm_merged.push(dest.to_string());
+        }
+    }
+    Ok(npm_merged)
 }
 
 /// Refuses to start a load that cannot fit, saying how much is needed.
