@@ -1,9 +1,9 @@
 //! The npm cache handed to a build as an image (`docker-image://…`) instead of a folder.
 //!
 //! A folder context costs every build its transfer: BuildKit receives the whole folder
-//! (about 90 MB for the app) and snapshots it before it can compute the checksum that keys
-//! the cached `npm ci`, even when every step is cached. That was most of an offline
-//! rebuild's time (1.3 of 1.8 s here). An image context is keyed by its layers' digests
+//! and snapshots it before it can compute the checksum that keys the cached `npm ci`,
+//! even when every step is cached. That was most of an offline rebuild's time (see the
+//! offline rebuild figure in docs/benchmarks.md). An image context is keyed by its layers' digests
 //! (the chain ID of the config's `diff_ids`), which BuildKit reads from the image config
 //! alone: a cached build never touches the layer.
 //!
