@@ -39,12 +39,14 @@ pub fn human_manifest(m: &Manifest) -> String {
         s.push_str(&format!("  {}\n", service.name));
         if let Some(dir) = &service.build_cache {
             // What to write under build.cache_from by hand (<bundle>: this folder's path).
-            match &service.build_cache_tag {
+            let tag = service.build_cache_tag.as_deref();
+            let cache_from = layout::local_cache_from(format!("<bundle>/{dir}"), tag);
+            match tag {
                 Some(tag) => s.push_str(&format!(
-                    "    build cache: {dir}/, tag {tag} (cache_from: type=local,src=<bundle>/{dir},tag={tag})\n"
+                    "    build cache: {dir}/, tag {tag} (cache_from: {cache_from})\n"
                 )),
                 None => s.push_str(&format!(
-                    "    build cache: {dir}/ (cache_from: type=local,src=<bundle>/{dir})\n"
+                    "    build cache: {dir}/ (cache_from: {cache_from})\n"
                 )),
             }
         }
@@ -298,5 +300,41 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    /// The hint for people names the same `cache_from` patch-compose writes.
+    #[test]
+    fn human_manifest_shows_the_cache_from_entry() {
+        let service = |name: &str, tag: Option<&str>| ServiceEntry {
+            name: name.into(),
+            build_cache: Some("build-cache".into()),
+            build_cache_tag: tag.map(str::to_string),
+            ..ServiceEntry::default()
+        };
+        let m = Manifest {
+            format_version: 1,
+            tool_version: "0.1.0".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            project_name: "p".into(),
+            engine: crate::model::manifest::EngineSummary {
+                server_version: "26.1.5".into(),
+                arch: "amd64".into(),
+                containerd_store: true,
+            },
+            strategy: Strategy::Local,
+            compression: Compression::None,
+            images: Vec::new(),
+            image_layout: None,
+            services: vec![service("web", Some("web")), service("api", None)],
+            files: Vec::new(),
+        };
+        let text = human_manifest(&m);
+        assert!(text.contains(
+            "  web\n    build cache: build-cache/, tag web (cache_from: \
+             type=local,src=<bundle>/build-cache,tag=web)\n"
+        ));
+        assert!(text.contains(
+            "  api\n    build cache: build-cache/ (cache_from: type=local,src=<bundle>/build-cache)\n"
+        ));
     }
 }

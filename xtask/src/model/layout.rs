@@ -73,6 +73,14 @@ pub fn sanitize_tag(s: &str) -> String {
         .collect()
 }
 
+/// The `cache_from` entry that reads the build cache in `src` (under tag `tag`).
+pub fn local_cache_from(src: impl std::fmt::Display, tag: Option<&str>) -> String {
+    match tag {
+        Some(tag) => format!("type=local,src={src},tag={tag}"),
+        None => format!("type=local,src={src}"),
+    }
+}
+
 /// The cache image of a service's stage (strategies inline and legacy); the last stage's
 /// is `latest`.
 pub fn cache_image_name(project: &str, service: &str, stage: Option<&str>) -> String {
@@ -161,14 +169,8 @@ pub fn offline_build(
                     Some(sanitize_tag(&service.name)),
                 )),
             };
-            match cache {
-                Some((rel, Some(tag))) => {
-                    cache_from.push(format!("type=local,src={},tag={tag}", bundle_dir.join(rel)))
-                }
-                Some((rel, None)) => {
-                    cache_from.push(format!("type=local,src={}", bundle_dir.join(rel)))
-                }
-                None => {}
+            if let Some((rel, tag)) = cache {
+                cache_from.push(local_cache_from(bundle_dir.join(rel), tag.as_deref()));
             }
         }
         Strategy::Local => {}
