@@ -1,5 +1,5 @@
-//! The bundle on disk: hashing while writing, verifying against the manifest, and the
-//! export lock.
+//! The bundle on disk: hashing while writing, verifying against the manifest (and
+//! reporting it), reusing the previous bundle's files, and the export lock.
 //!
 //! Every digest is computed while data streams (one pass, 1 MiB buffers, sha2 with the
 //! CPU's SHA extensions); verification hashes files on all cores.

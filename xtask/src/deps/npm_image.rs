@@ -3,9 +3,9 @@
 //! A folder context costs every build its transfer: BuildKit receives the whole folder
 //! and snapshots it before it can compute the checksum that keys the cached `npm ci`,
 //! even when every step is cached. That was most of an offline rebuild's time (see the
-//! offline rebuild figure in docs/benchmarks.md). An image context is keyed by its layers' digests
-//! (the chain ID of the config's `diff_ids`), which BuildKit reads from the image config
-//! alone: a cached build never touches the layer.
+//! offline rebuild figure in docs/benchmarks.md). An image context is keyed by its
+//! layers' digests (the chain ID of the config's `diff_ids`), which BuildKit reads from
+//! the image config alone: a cached build never touches the layer.
 //!
 //! The image is made from the bundle's `npm-cache/<service>` folder, byte for byte the same
 //! on the export machine and on the server: one layer, a tar of the folder with entries in
