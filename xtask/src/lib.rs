@@ -23,3 +23,5 @@ mod progress;
 mod project;
 mod recompress;
 mod secrets;
+#[cfg(test)]
+mod tidy;
