@@ -58,10 +58,14 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
         Err(e) => return Err(e).with_context(|| format!("unpacking into {dest}")),
     }
     let mut archive = tar::Archive::new(reader);
-    let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
-    let mut files: BTreeSet<Vec<String>> = BTreeSet::new();
-    let mut links: Vec<(Vec<String>, String)> = Vec::new();
-    let mut done = Unpacked::default();
+    let mut unpacking = Unpacking {
+        dest,
+        top,
+        seen: BTreeSet::new(),
+        files: BTreeSet::new(),
+        links: Vec::new(),
+        done: Unpacked::default(),
+    };
     let mut last = String::from("(the start)");
     let entries = archive
         .entries()
@@ -70,6 +74,40 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
         let mut entry = entry.with_context(|| {
             format!("reading the archive after entry {last:?}: it is damaged or truncated")
         })?;
+        if let Some(name) = unpacking.entry(&mut entry)? {
+            last = name;
+        }
+    }
+    // Every link is harmless alone; resolved on disk, none may lead out together.
+    for (path, link) in &unpacking.links {
+        resolve_on_disk(dest, path).map_err(|why| {
+            anyhow::anyhow!(
+                "refusing archive entry {:?} (-> {link:?}): {why}; the archive is damaged or \
+                 was crafted: do not use it, export it again",
+                path.join("/")
+            )
+        })?;
+    }
+    Ok(unpacking.done)
+}
+
+/// An unpack under way: the paths written so far, and the counts.
+struct Unpacking<'a> {
+    dest: &'a Utf8Path,
+    top: Option<&'a str>,
+    /// Every path unpacked (normalized), to refuse a second entry with the same path.
+    seen: BTreeSet<Vec<String>>,
+    /// The regular files unpacked: the only targets a hard link may have.
+    files: BTreeSet<Vec<String>>,
+    /// The symlinks made, checked together on disk at the end.
+    links: Vec<(Vec<String>, String)>,
+    done: Unpacked,
+}
+
+impl Unpacking<'_> {
+    /// Checks and writes one entry; its name, or `None` for an entry that writes nothing.
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> anyhow::Result<Option<String>> {
+        let dest = self.dest;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let refuse = |why: String| -> anyhow::Error {
@@ -80,21 +118,21 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
         };
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
-            continue;
+            return Ok(None);
         }
         let path = normalize_entry_path(&raw).map_err(refuse)?;
         if path.is_empty() {
             if kind.is_dir() {
-                continue; // `./`: the destination itself
+                return Ok(None); // `./`: the destination itself
             }
             return Err(refuse("it names the destination folder itself".into()));
         }
-        if let Some(top) = top {
+        if let Some(top) = self.top {
             if path[0] != top {
                 return Err(refuse(format!("it would land outside {top}/")));
             }
         }
-        if !seen.insert(path.clone()) {
+        if !self.seen.insert(path.clone()) {
             return Err(refuse(format!(
                 "another entry already has the path {} (names that differ only by `.` or \
                  `/` are the same path)",
@@ -113,16 +151,16 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
                     .open(&target)
                     .map_err(|e| refuse(format!("cannot create {target}: {e}")))?;
                 let mut out = BufWriter::new(file);
-                let bytes = io::copy(&mut entry, &mut out)
+                let bytes = io::copy(entry, &mut out)
                     .with_context(|| format!("unpacking {name:?} to {target}"))?;
                 let file = out.into_inner().map_err(|e| e.into_error())?;
                 if let Ok(mtime) = entry.header().mtime() {
                     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
                     let _ = file.set_modified(when);
                 }
-                files.insert(path);
-                done.files += 1;
-                done.bytes += bytes;
+                self.files.insert(path);
+                self.done.files += 1;
+                self.done.bytes += bytes;
             }
             tar::EntryType::Directory => {
                 prepare_parents(dest, &path).map_err(refuse)?;
@@ -139,7 +177,7 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
                 }
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
                     .with_context(|| format!("setting the mode of {target}"))?;
-                done.dirs += 1;
+                self.done.dirs += 1;
             }
             tar::EntryType::Symlink => {
                 let link = entry
@@ -151,8 +189,8 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
                 let link = String::from_utf8(link).expect("checked by resolve_link_target");
                 std::os::unix::fs::symlink(&link, &target)
                     .map_err(|e| refuse(format!("cannot create the symlink {target}: {e}")))?;
-                links.push((path, link));
-                done.symlinks += 1;
+                self.links.push((path, link));
+                self.done.symlinks += 1;
             }
             tar::EntryType::Link => {
                 let link = entry
@@ -161,7 +199,7 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
                     .into_owned();
                 let source = normalize_entry_path(&link)
                     .map_err(|why| refuse(format!("its hard-link target: {why}")))?;
-                if !files.contains(&source) {
+                if !self.files.contains(&source) {
                     return Err(refuse(format!(
                         "a hard link to {:?}, which is not a regular file unpacked before it",
                         String::from_utf8_lossy(&link)
@@ -171,27 +209,16 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
                 prepare_parents(dest, &path).map_err(refuse)?;
                 fs::hard_link(dest.join(source.join("/")), &target)
                     .map_err(|e| refuse(format!("cannot create the hard link {target}: {e}")))?;
-                files.insert(path);
-                done.hard_links += 1;
+                self.files.insert(path);
+                self.done.hard_links += 1;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 return Err(refuse("it is a device file or a FIFO".into()));
             }
             other => return Err(refuse(format!("unsupported entry type {other:?}"))),
         }
-        last = name;
+        Ok(Some(name))
     }
-    // Every link is harmless alone; resolved on disk, none may lead out together.
-    for (path, link) in &links {
-        resolve_on_disk(dest, path).map_err(|why| {
-            anyhow::anyhow!(
-                "refusing archive entry {:?} (-> {link:?}): {why}; the archive is damaged or \
-                 was crafted: do not use it, export it again",
-                path.join("/")
-            )
-        })?;
-    }
-    Ok(done)
 }
 
 /// An entry's path as its components (`.` and empty ones dropped), or why it is refused.

@@ -1,5 +1,5 @@
-//! The bundle on disk: hashing while writing, verifying against the manifest, and the
-//! export lock.
+//! The bundle on disk: hashing while writing, verifying against the manifest (and
+//! reporting it), reusing the previous bundle's files, and the export lock.
 //!
 //! Every digest is computed while data streams (one pass, 1 MiB buffers, sha2 with the
 //! CPU's SHA extensions); verification hashes files on all cores.
@@ -520,6 +520,80 @@ pub fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// Verifies the bundle in `dir`, reporting on stderr; `Err` only when it cannot be read
+/// at all, a report with problems when files are bad.
+/// Files named in `later` are left for the caller, which verifies them as it streams them.
+pub fn verify_bundle(
+    dir: &Utf8Path,
+    print: bool,
+    later: &[String],
+) -> anyhow::Result<Verification> {
+    let mut manifest = read_manifest(dir)?;
+    manifest.files.retain(|f| !later.contains(&f.path));
+    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+    eprintln!(
+        "   Verifying {} files ({}) in {dir}",
+        manifest.files.len(),
+        human_bytes(total)
+    );
+    let mut report = verify(dir, &manifest, &|_, _| {})?;
+    report.unlisted.retain(|f| !later.contains(f));
+    for file in &report.unlisted {
+        eprintln!("warning: {file} is in the bundle folder but not in its manifest; it is ignored");
+    }
+    if print || !report.ok() {
+        for problem in &report.problems {
+            eprintln!("error: {problem}");
+        }
+    }
+    if report.ok() {
+        eprintln!(
+            "    Verified {} files, {} in {:.2}s ({}/s)",
+            report.files,
+            human_bytes(report.bytes),
+            report.seconds,
+            human_bytes((report.bytes as f64 / report.seconds.max(1e-6)) as u64)
+        );
+    } else {
+        eprintln!(
+            "error: the bundle in {dir} does not verify ({} bad of {} files); nothing was \
+             loaded. Copy the named files again from the export machine, or export again.",
+            report.problems.len(),
+            report.files
+        );
+    }
+    Ok(report)
+}
+
+/// Checks the previous bundle's `files` against its manifest (on all cores), then
+/// hard-links (or copies) each to `dest_of(file)`; `false`, and nothing linked, if one of
+/// them is missing or damaged.
+pub fn link_checked(
+    out: &Utf8Path,
+    files: &[&FileEntry],
+    dest_of: impl Fn(&FileEntry) -> Utf8PathBuf,
+) -> anyhow::Result<bool> {
+    let names: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    let hashed = hash_files(out, &names, &|_, _| {});
+    let intact = files
+        .iter()
+        .zip(&hashed)
+        .all(|(e, h)| matches!(h, Ok((size, digest)) if *size == e.size && *digest == e.sha256));
+    if !intact {
+        return Ok(false);
+    }
+    for file in files {
+        let (from, to) = (out.join(&file.path), dest_of(file));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
+        }
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

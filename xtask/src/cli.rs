@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::commands::{
     bench, cache_export, cache_import, cache_plan, cache_status, cache_verify, patch_compose,
 };
+use crate::model::manifest::{Compression, Strategy};
 use crate::project;
 
 #[derive(Parser)]
@@ -62,5 +63,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CacheStatus(args) => args.run(&sh, project),
         Command::PatchCompose(args) => args.run(&sh, project),
         Command::Bench(args) => args.run(&sh, project),
+    }
+}
+
+// The model's enums as flag values: written here, not derived in model/, so that the
+// pure model (and the fuzz crate that compiles it) does not depend on clap.
+
+impl clap::ValueEnum for Strategy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Strategy::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            Strategy::Local => {
+                "BuildKit `type=local` cache directories (every stage); needs the containerd store"
+            }
+            Strategy::Inline => {
+                "Cache images built with inline cache, one per stage; needs the classic store"
+            }
+            Strategy::Legacy => {
+                "The classic builder (`DOCKER_BUILDKIT=0`) and cache images per stage"
+            }
+        };
+        Some(clap::builder::PossibleValue::new(self.as_str()).help(help))
+    }
+}
+
+impl clap::ValueEnum for Compression {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Compression::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
     }
 }

@@ -5,12 +5,17 @@
 //! (`docker save`, `docker load`) are spawned as `std::process::Command`s built from
 //! `cmd!`, so the data never sits whole in memory.
 
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use camino::Utf8Path;
 use serde::Serialize;
 use xshell::{cmd, Shell};
+
+use crate::bundle::{self, human_bytes};
+use crate::model::manifest::Strategy;
 
 /// What the engine can do, probed once per command.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -29,6 +34,35 @@ pub struct EngineInfo {
     pub compose_v1: Option<String>,
     /// Free bytes where the engine keeps its data, if known.
     pub docker_root_dir: String,
+}
+
+/// The strongest strategy the engine supports, or the forced one if it can work (pure:
+/// decided from what [`Docker::probe`] found).
+pub fn choose_strategy(engine: &EngineInfo, forced: Option<Strategy>) -> anyhow::Result<Strategy> {
+    let can_local =
+        engine.containerd_store && engine.buildx.is_some() && engine.compose_v2.is_some();
+    let can_inline = !engine.containerd_store && engine.buildx.is_some();
+    match forced {
+        None if can_local => Ok(Strategy::Local),
+        None if can_inline => Ok(Strategy::Inline),
+        None => Ok(Strategy::Legacy),
+        Some(Strategy::Local) if !can_local => bail!(
+            "strategy `local` needs the containerd image store, buildx and compose v2 \
+             (this engine: {} store, buildx {}, compose v2 {}); the docker driver cannot export \
+             a local cache from the classic store. Use --strategy inline or legacy, or enable \
+             the containerd image store (\"features\": {{\"containerd-snapshotter\": true}} in daemon.json)",
+            if engine.containerd_store { "containerd" } else { "classic" },
+            if engine.buildx.is_some() { "present" } else { "missing" },
+            if engine.compose_v2.is_some() { "present" } else { "missing" },
+        ),
+        Some(Strategy::Inline) if !can_inline => bail!(
+            "strategy `inline` cannot work on this engine: with the containerd image store, \
+             BuildKit looks cache images up in a registry and misses offline{}. Use --strategy \
+             local (the default here) or legacy",
+            if engine.buildx.is_none() { ", and buildx is missing" } else { "" }
+        ),
+        Some(s) => Ok(s),
+    }
 }
 
 pub struct Docker<'a> {
@@ -312,5 +346,144 @@ impl Docker<'_> {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Feeds `reader` into `docker load`, read ahead on another thread, holding the last chunk
+/// back until `check` (given how reading ended) accepts the stream; kills `docker load`
+/// otherwise, before it could see the end of the stream and tag anything.
+pub fn stream_into_load(
+    docker: &Docker,
+    what: &str,
+    reader: Box<dyn Read + Send>,
+    check: impl FnOnce(Option<std::io::Error>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut child = docker.spawn_load()?;
+    let mut stdin = child.stdin.take().context("docker load has no stdin")?;
+    let stdout = child.stdout.take().context("docker load has no stdout")?;
+    let stderr = child.stderr.take().context("docker load has no stderr")?;
+    let out_reader = bundle::read_in_background(stdout);
+    let err_reader = bundle::read_in_background(stderr);
+    let ahead = bundle::ReadAhead::new(reader);
+    let mut progress = crate::progress::Progress::new("Loading", None);
+    let mut pending: Option<Vec<u8>> = None;
+    let mut streamed = 0u64;
+    let mut failure: Option<std::io::Error> = None;
+    let mut load_failed: Option<std::io::Error> = None;
+    while let Some(chunk) = ahead.next_chunk() {
+        match chunk {
+            bundle::Chunk::Data(buf) => {
+                if let Some(previous) = pending.replace(buf) {
+                    if let Err(e) = stdin.write_all(&previous) {
+                        load_failed = Some(e);
+                        break;
+                    }
+                    streamed += previous.len() as u64;
+                    progress.set(streamed);
+                    ahead.recycle(previous);
+                }
+            }
+            bundle::Chunk::Failed(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(ahead);
+    progress.done();
+    if let Some(e) = load_failed {
+        // docker load stopped reading: the engine went away or refused the stream. The
+        // bundle is not to blame; what docker load said is the message.
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = err_reader.join().unwrap_or_default();
+        bail!(
+            "`docker load` stopped before the end of {what} ({e}): {}; is the engine \
+             still running? Nothing that was cut short is tagged; run cache-import again",
+            if err.trim().is_empty() {
+                "no message"
+            } else {
+                err.trim()
+            }
+        );
+    }
+    if let Err(err) = check(failure) {
+        // Killed before the end of the stream: nothing gets tagged.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(err);
+    }
+    if let Some(last) = pending.take() {
+        stdin
+            .write_all(&last)
+            .with_context(|| format!("streaming {what} into docker load"))?;
+        streamed += last.len() as u64;
+    }
+    drop(stdin);
+    let status = child.wait()?;
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    if !status.success() {
+        bail!("`docker load` of {what} failed: {}", err.trim());
+    }
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        eprintln!("      {}", line.trim());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "      Loaded {} (verified while streaming) in {secs:.1}s ({}/s)",
+        human_bytes(streamed),
+        human_bytes((streamed as f64 / secs.max(1e-6)) as u64)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(containerd_store: bool, buildx: bool) -> EngineInfo {
+        EngineInfo {
+            server_version: "26.1.5".into(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            buildx: buildx.then(|| "v0.13.1".into()),
+            containerd_store,
+            storage_driver: "overlayfs".into(),
+            compose_v2: Some("2.26.1".into()),
+            compose_v1: None,
+            docker_root_dir: "/var/lib/docker".into(),
+        }
+    }
+
+    #[test]
+    fn strategy_follows_the_engine() {
+        let check = |e: EngineInfo, forced, expected: Result<Strategy, &str>| match (
+            choose_strategy(&e, forced),
+            expected,
+        ) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(err), Err(text)) => assert!(format!("{err:#}").contains(text), "{err:#}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        };
+        check(engine(true, true), None, Ok(Strategy::Local));
+        check(engine(false, true), None, Ok(Strategy::Inline));
+        check(engine(false, false), None, Ok(Strategy::Legacy));
+        check(
+            engine(true, true),
+            Some(Strategy::Legacy),
+            Ok(Strategy::Legacy),
+        );
+        check(
+            engine(true, true),
+            Some(Strategy::Inline),
+            Err("looks cache images up in a registry"),
+        );
+        check(
+            engine(false, true),
+            Some(Strategy::Local),
+            Err("containerd image store"),
+        );
     }
 }

@@ -10,13 +10,18 @@
 
 mod archive;
 mod bundle;
+mod bundle_arg;
+mod bundle_text;
 pub mod cli;
 mod commands;
 mod deps;
 mod docker;
+mod images;
 pub mod lab;
 mod model;
 mod progress;
 mod project;
 mod recompress;
 mod secrets;
+#[cfg(test)]
+mod tidy;

@@ -8,8 +8,6 @@
 //! no manifest, so an interrupted export never leaves a bundle that verifies.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -17,12 +15,19 @@ use anyhow::{bail, Context as _};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
-use crate::bundle::{self, human_bytes, BundleLock, HashingWriter};
+use crate::bundle::{self, human_bytes, BundleLock};
+use crate::bundle_arg::bundle_dir;
+use crate::bundle_text;
 use crate::deps::{npm_cache, npm_image, wheelhouse};
-use crate::docker::{Docker, EngineInfo, StageBuild};
+use crate::docker::{choose_strategy, Docker, EngineInfo, StageBuild};
+use crate::images;
+use crate::model::layout::{
+    self, cache_image_name, npm_cache_dir, npm_host_cache_dir, service_contexts, wheelhouse_dir,
+    BUILD_CACHE_DIR, NPM_CONTEXT, WHEELS_CONTEXT,
+};
 use crate::model::manifest::{
-    Compression, EngineSummary, FileEntry, ImageEntry, ImageLayout, ImageRole, LayoutEntry,
-    Manifest, ServiceEntry, Strategy, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
+    Compression, EngineSummary, FileEntry, ImageEntry, ImageLayout, ImageRole, Manifest,
+    ServiceEntry, Strategy, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
     LAYOUT_FORMAT_VERSION, MANIFEST_FILE, SUMS_FILE,
 };
 use crate::model::plan::{BuildService, Plan};
@@ -83,40 +88,6 @@ pub enum PullPolicy {
     Never,
 }
 
-/// The build contexts an export hands to a service's build (and patch-compose writes):
-/// the wheelhouse as `wheels` and the npm cache as `npm-cache`, where the Dockerfile has a
-/// stage of that name to replace (`FROM scratch AS wheels`) and the service has the
-/// dependency manifest. Context name → bundle-relative folder.
-pub fn service_contexts(service: &BuildService) -> BTreeMap<String, String> {
-    let mut contexts = BTreeMap::new();
-    let has_stage = |name: &str| service.stage_names.iter().any(|s| s == name);
-    if has_stage(WHEELS_CONTEXT) && !service.python_requirements.is_empty() {
-        contexts.insert(WHEELS_CONTEXT.to_string(), wheelhouse_dir(&service.name));
-    }
-    if has_stage(NPM_CONTEXT) && !service.node_lockfiles.is_empty() {
-        contexts.insert(NPM_CONTEXT.to_string(), npm_cache_dir(&service.name));
-    }
-    contexts
-}
-
-pub const WHEELS_CONTEXT: &str = "wheels";
-pub const NPM_CONTEXT: &str = "npm-cache";
-
-fn wheelhouse_dir(service: &str) -> String {
-    format!("pip-cache/{service}")
-}
-
-/// The BuildKit local cache of every service (an OCI layout, one tag per service).
-pub const BUILD_CACHE_DIR: &str = "build-cache";
-
-fn npm_host_cache_dir(service: &str) -> String {
-    format!("npm-host-cache/{service}")
-}
-
-fn npm_cache_dir(service: &str) -> String {
-    format!("npm-cache/{service}")
-}
-
 impl Args {
     pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
@@ -141,12 +112,7 @@ impl Args {
         } else {
             Compression::Zstd
         });
-        let wants = |part: Part| self.only.is_empty() || self.only.contains(&part);
-        let cwd = crate::project::current_dir(sh)?;
-        let out = match &self.output {
-            Some(dir) => crate::project::absolute(&cwd, dir),
-            None => project.dir.join(bundle::DEFAULT_DIR),
-        };
+        let out = bundle_dir(sh, self.output.as_deref(), project_args)?;
         eprintln!(
             "   Exporting {} ({} build services, {} base images) to {out}",
             project.name,
@@ -162,11 +128,7 @@ impl Args {
                 "classic"
             },
             strategy.as_str(),
-            match compression {
-                Compression::Zstd => "zstd",
-                Compression::Gzip => "gzip",
-                Compression::None => "none",
-            }
+            compression.as_str()
         );
 
         let _lock = BundleLock::acquire(&out, "cache-export")?;
@@ -178,247 +140,21 @@ impl Args {
             })?;
         }
         std::fs::create_dir_all(&staging).with_context(|| format!("creating {staging}"))?;
-
-        // Builds need every base image. Dependency caches alone do not: the Python is then
-        // asked of the images that are here, and read from the name of the others.
-        let base_images = if wants(Part::BaseImages) || wants(Part::BuildCache) {
-            ensure_base_images(&docker, &plan, self.pull)?
-        } else {
-            present_images(&docker, &plan)?
-        };
-        let mut images = if wants(Part::BaseImages) || strategy != Strategy::Local {
-            base_images.clone()
-        } else {
-            Vec::new()
-        };
-        // The previous bundle's dependency caches are reused where their inputs did not
-        // change: refilling the npm cache rewrites its index (timestamps), which would
-        // change the build context and miss the layer cache of every step after it.
-        let previous = bundle::read_manifest(&out).ok();
-        let mut services = Vec::new();
-        for service in &plan.build_services {
-            let mut entry = ServiceEntry {
-                name: service.name.clone(),
-                inputs: fingerprints(&project, service)?,
-                ..ServiceEntry::default()
-            };
-            let reusable = |field: fn(&ServiceEntry) -> Option<&String>, inputs: &[Utf8PathBuf]| {
-                let old = previous
-                    .as_ref()?
-                    .services
-                    .iter()
-                    .find(|s| s.name == service.name)?;
-                let same_inputs = inputs.iter().all(|file| {
-                    let rel = rel_to(&project.dir, file);
-                    old.inputs.contains_key(&rel) && old.inputs.get(&rel) == entry.inputs.get(&rel)
-                });
-                same_inputs.then(|| field(old).cloned()).flatten()
-            };
-            // The wheelhouse and the npm cache depend on the base images (their Python,
-            // their libc): reused only if every one has the same ID as then.
-            let same_images = previous.as_ref().is_some_and(|p| {
-                service.base_images.iter().all(|name| {
-                    let now = base_images.iter().find(|i| &i.name == name).map(|i| &i.id);
-                    let then = p.images.iter().find(|i| &i.name == name).map(|i| &i.id);
-                    now.is_some() && now == then
-                })
-            });
-            if wants(Part::PipCache) && !service.python_requirements.is_empty() {
-                let rel = wheelhouse_dir(&service.name);
-                let overridden = self.python_version.is_some() || !self.platforms.is_empty();
-                let old = reusable(|e| e.wheelhouse.as_ref(), &service.python_requirements)
-                    .filter(|_| same_images && !overridden);
-                match old {
-                    Some(old) if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? => {
-                        eprintln!("     Reusing {rel} (requirements and base image unchanged)");
-                    }
-                    _ => {
-                        self.export_wheelhouse(sh, &docker, &engine, service, &staging.join(&rel))?
-                    }
-                }
-                entry.wheelhouse = Some(rel);
-            }
-            if wants(Part::NpmCache) {
-                if let Some(lockfile) = service.node_lockfiles.first() {
-                    let rel = npm_cache_dir(&service.name);
-                    let host_rel = npm_host_cache_dir(&service.name);
-                    let old_entry = previous
-                        .as_ref()
-                        .and_then(|p| p.services.iter().find(|s| s.name == service.name));
-                    let same_arch = previous
-                        .as_ref()
-                        .is_some_and(|p| p.engine.arch == engine.arch);
-                    let old = reusable(|e| e.npm_cache.as_ref(), &service.node_lockfiles)
-                        .filter(|_| same_images && same_arch && !self.all_npm_platforms);
-                    let mut reused = None;
-                    if let (Some(old), Some(old_entry)) = (old, old_entry) {
-                        let host_dest = staging.join(&host_rel);
-                        if reuse(&out, &old, previous.as_ref(), &staging.join(&rel))? {
-                            let host_ok = match &old_entry.npm_host_cache {
-                                None => true,
-                                Some(h) => reuse(&out, h, previous.as_ref(), &host_dest)?,
-                            };
-                            if host_ok {
-                                eprintln!(
-                                    "     Reusing {rel} (lockfile and base images unchanged)"
-                                );
-                                reused = Some((
-                                    old_entry.npm_libc.clone(),
-                                    old_entry.npm_host_cache.is_some(),
-                                ));
-                            } else {
-                                remove_path(&staging.join(&rel))?;
-                            }
-                        }
-                    }
-                    let (libc, with_host) = match reused {
-                        Some(done) => done,
-                        None => export_npm_cache(
-                            sh,
-                            &docker,
-                            &engine,
-                            service,
-                            lockfile,
-                            &staging.join(&rel),
-                            &staging.join(&host_rel),
-                            self.all_npm_platforms,
-                        )?,
-                    };
-                    // Fixed times, modes and no scratch files: the same tarballs give the
-                    // same build context, so a re-export hits the layer cache (npm_cache.rs).
-                    npm_cache::normalize(&staging.join(&rel))
-                        .with_context(|| format!("normalizing {rel}"))?;
-                    if with_host {
-                        npm_cache::normalize(&staging.join(&host_rel))
-                            .with_context(|| format!("normalizing {host_rel}"))?;
-                    }
-                    entry.npm_cache = Some(rel);
-                    entry.npm_libc = libc;
-                    entry.npm_host_cache = with_host.then_some(host_rel);
-                }
-            }
-            // Only the caches exported now are handed to the build, so the target's build
-            // (patched from this manifest) gets exactly the same contexts.
-            entry.contexts = service_contexts(service)
-                .into_iter()
-                .filter(|(_, rel)| {
-                    Some(rel) == entry.wheelhouse.as_ref() || Some(rel) == entry.npm_cache.as_ref()
-                })
-                .collect();
-            services.push(entry);
-        }
-        let mut cache_images = Vec::new();
-        if wants(Part::BuildCache) {
-            for (service, entry) in plan.build_services.iter().zip(&mut services) {
-                match strategy {
-                    Strategy::Local => {
-                        build_local(&docker, &engine, &project, service, entry, &staging)?
-                    }
-                    Strategy::Inline | Strategy::Legacy => {
-                        build_cache_images(&docker, &project, service, strategy, entry, &staging)?;
-                        cache_images.extend(entry.cache_images.iter().cloned());
-                    }
-                }
-            }
-            if strategy == Strategy::Local {
-                recompress_build_cache(&docker, &plan, &out, previous.as_ref(), &staging)?;
-            }
-        }
-        for name in &cache_images {
-            let id = docker
-                .image_id(name)?
-                .with_context(|| format!("the cache image {name} vanished after its build"))?;
-            images.push(ImageEntry {
-                name: name.clone(),
-                id,
-                role: ImageRole::BuildCache,
-            });
-        }
-
-        let mut files = Vec::new();
-        let mut image_layout = None;
-        if !images.is_empty() && compression == Compression::None {
-            // Kept as the archive's files, blobs in the build cache's blob store: a layer
-            // the build cache holds too (the base images' layers) is stored once.
-            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
-            let old = previous
-                .as_ref()
-                .filter(|p| p.images == images && p.compression == compression)
-                .and_then(|p| Some((p, p.image_layout.as_ref()?)));
-            let reused = match old {
-                Some((p, layout)) => reuse_layout(&out, p, layout, &staging)?,
-                None => None,
-            };
-            let (layout, entries) = match reused {
-                Some(done) => {
-                    eprintln!("     Reusing the saved images (same names, same IDs)");
-                    done
-                }
-                None => save_layout(&docker, &names, &staging)?,
-            };
-            files.extend(entries);
-            image_layout = Some(layout);
-        } else if !images.is_empty() {
-            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
-            let archive = format!("base-images.tar{}", compression.suffix());
-            // Image IDs are content digests: the same names with the same IDs are the same
-            // images, so the previous archive (checked against its checksum) is reused
-            // instead of streaming every layer out of the engine again.
-            let old = previous
-                .as_ref()
-                .filter(|p| p.images == images && p.compression == compression)
-                .and_then(|p| p.files.iter().find(|f| f.path == archive));
-            match old {
-                Some(old) if reuse_file(&out, old, &staging)? => {
-                    eprintln!("     Reusing {archive} (same images, same IDs)");
-                    files.push(old.clone());
-                }
-                _ => files.push(save_images(
-                    &docker,
-                    &names,
-                    compression,
-                    &staging.join(&archive),
-                    &archive,
-                )?),
-            }
-        }
-
-        let mut manifest = Manifest {
-            format_version: if image_layout.is_some() {
-                LAYOUT_FORMAT_VERSION
-            } else {
-                FORMAT_VERSION
-            },
-            image_layout,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            created: now_rfc3339(),
-            project_name: project.name.clone(),
-            engine: EngineSummary {
-                server_version: engine.server_version.clone(),
-                arch: engine.arch.clone(),
-                containerd_store: engine.containerd_store,
-            },
+        let mut export = Export {
+            args: &self,
+            sh,
+            docker,
+            engine,
+            project,
+            plan,
             strategy,
             compression,
-            images,
-            services,
-            files: Vec::new(),
+            out,
+            staging,
+            previous: None,
         };
-        // node_modules.tar.gz (node_modules.rs); hashed below with the other files.
-        if self.with_node_modules {
-            crate::deps::node_modules::export(&plan.build_services, &engine.arch, &staging)?;
-        }
-        std::fs::write(staging.join(IMPORT_SCRIPT), import_script(&manifest))?;
-        set_executable(&staging.join(IMPORT_SCRIPT))?;
-        // Hash what was not hashed while streaming (build-cache folders, small files);
-        // the human manifest comes last so that it can list the others.
-        hash_pending(&staging, &mut files)?;
-        manifest.files = files.clone();
-        std::fs::write(staging.join(HUMAN_MANIFEST_FILE), human_manifest(&manifest))?;
-        hash_pending(&staging, &mut files)?;
-        manifest.files = files;
-
-        publish(&out, &staging, &manifest)?;
+        let manifest = export.write()?;
+        let out = &export.out;
         let total: u64 = manifest.files.iter().map(|f| f.size).sum();
         eprintln!(
             "    Finished export of {} files ({}) in {:.1}s: {out}",
@@ -428,6 +164,374 @@ impl Args {
         );
         eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import` (or `sh {IMPORT_SCRIPT}`) there");
         Ok(ExitCode::SUCCESS)
+    }
+
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+}
+
+/// One export under way: what every step reads. The bundle folder `out` is locked;
+/// everything is written to `staging` first, then published.
+struct Export<'a> {
+    args: &'a Args,
+    sh: &'a Shell,
+    docker: Docker<'a>,
+    engine: EngineInfo,
+    project: Project,
+    plan: Plan,
+    strategy: Strategy,
+    compression: Compression,
+    out: Utf8PathBuf,
+    staging: Utf8PathBuf,
+    /// The bundle's previous manifest, whose files are reused where nothing changed.
+    previous: Option<Manifest>,
+}
+
+impl Export<'_> {
+    /// The steps, in order; returns the manifest written.
+    fn write(&mut self) -> anyhow::Result<Manifest> {
+        let args = self.args;
+        // Builds need every base image. Dependency caches alone do not: the Python is then
+        // asked of the images that are here, and read from the name of the others.
+        let base_images = if args.wants(Part::BaseImages) || args.wants(Part::BuildCache) {
+            ensure_base_images(&self.docker, &self.plan, args.pull)?
+        } else {
+            present_images(&self.docker, &self.plan)?
+        };
+        let mut images = if args.wants(Part::BaseImages) || self.strategy != Strategy::Local {
+            base_images.clone()
+        } else {
+            Vec::new()
+        };
+        // The previous bundle's dependency caches are reused where their inputs did not
+        // change: refilling the npm cache rewrites its index (timestamps), which would
+        // change the build context and miss the layer cache of every step after it.
+        self.previous = bundle::read_manifest(&self.out).ok();
+        let mut services = Vec::new();
+        for service in &self.plan.build_services {
+            services.push(self.dependency_caches(service, &base_images)?);
+        }
+        for name in &self.build_caches(&mut services)? {
+            let id = self
+                .docker
+                .image_id(name)?
+                .with_context(|| format!("the cache image {name} vanished after its build"))?;
+            images.push(ImageEntry {
+                name: name.clone(),
+                id,
+                role: ImageRole::BuildCache,
+            });
+        }
+        let (files, image_layout) = self.save_images(&images)?;
+        let manifest = Manifest {
+            format_version: if image_layout.is_some() {
+                LAYOUT_FORMAT_VERSION
+            } else {
+                FORMAT_VERSION
+            },
+            image_layout,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            created: bundle_text::now_rfc3339(),
+            project_name: self.project.name.clone(),
+            engine: EngineSummary {
+                server_version: self.engine.server_version.clone(),
+                arch: self.engine.arch.clone(),
+                containerd_store: self.engine.containerd_store,
+            },
+            strategy: self.strategy,
+            compression: self.compression,
+            images,
+            services,
+            files: Vec::new(),
+        };
+        self.finish(manifest, files)
+    }
+
+    /// The service's wheelhouse and npm cache (reused from the previous bundle where their
+    /// inputs did not change), as its manifest entry.
+    fn dependency_caches(
+        &self,
+        service: &BuildService,
+        base_images: &[ImageEntry],
+    ) -> anyhow::Result<ServiceEntry> {
+        let mut entry = ServiceEntry {
+            name: service.name.clone(),
+            inputs: fingerprints(&self.project, service)?,
+            ..ServiceEntry::default()
+        };
+        // The wheelhouse and the npm cache depend on the base images (their Python,
+        // their libc): reused only if every one has the same ID as then.
+        let same_images = self.previous.as_ref().is_some_and(|p| {
+            service.base_images.iter().all(|name| {
+                let now = base_images.iter().find(|i| &i.name == name).map(|i| &i.id);
+                let then = p.images.iter().find(|i| &i.name == name).map(|i| &i.id);
+                now.is_some() && now == then
+            })
+        });
+        if self.args.wants(Part::PipCache) && !service.python_requirements.is_empty() {
+            self.wheelhouse(service, same_images, &mut entry)?;
+        }
+        if self.args.wants(Part::NpmCache) {
+            if let Some(lockfile) = service.node_lockfiles.first() {
+                self.npm_cache(service, lockfile, same_images, &mut entry)?;
+            }
+        }
+        // Only the caches exported now are handed to the build, so the target's build
+        // (patched from this manifest) gets exactly the same contexts.
+        entry.contexts = service_contexts(service)
+            .into_iter()
+            .filter(|(_, rel)| {
+                Some(rel) == entry.wheelhouse.as_ref() || Some(rel) == entry.npm_cache.as_ref()
+            })
+            .collect();
+        Ok(entry)
+    }
+
+    /// The previous bundle's folder `field` of the service, if its `inputs` have the same
+    /// fingerprints now as then.
+    fn reusable(
+        &self,
+        service: &BuildService,
+        entry: &ServiceEntry,
+        field: fn(&ServiceEntry) -> Option<&String>,
+        inputs: &[Utf8PathBuf],
+    ) -> Option<String> {
+        let old = self
+            .previous
+            .as_ref()?
+            .services
+            .iter()
+            .find(|s| s.name == service.name)?;
+        let same_inputs = inputs.iter().all(|file| {
+            let rel = rel_to(&self.project.dir, file);
+            old.inputs.contains_key(&rel) && old.inputs.get(&rel) == entry.inputs.get(&rel)
+        });
+        same_inputs.then(|| field(old).cloned()).flatten()
+    }
+
+    fn wheelhouse(
+        &self,
+        service: &BuildService,
+        same_images: bool,
+        entry: &mut ServiceEntry,
+    ) -> anyhow::Result<()> {
+        let (out, staging, args) = (&self.out, &self.staging, self.args);
+        let rel = wheelhouse_dir(&service.name);
+        let overridden = args.python_version.is_some() || !args.platforms.is_empty();
+        let old = self
+            .reusable(
+                service,
+                entry,
+                |e| e.wheelhouse.as_ref(),
+                &service.python_requirements,
+            )
+            .filter(|_| same_images && !overridden);
+        match old {
+            Some(old) if reuse(out, &old, self.previous.as_ref(), &staging.join(&rel))? => {
+                eprintln!("     Reusing {rel} (requirements and base image unchanged)");
+            }
+            _ => args.export_wheelhouse(
+                self.sh,
+                &self.docker,
+                &self.engine,
+                service,
+                &staging.join(&rel),
+            )?,
+        }
+        entry.wheelhouse = Some(rel);
+        Ok(())
+    }
+
+    fn npm_cache(
+        &self,
+        service: &BuildService,
+        lockfile: &Utf8Path,
+        same_images: bool,
+        entry: &mut ServiceEntry,
+    ) -> anyhow::Result<()> {
+        let (out, staging, previous) = (&self.out, &self.staging, self.previous.as_ref());
+        let all_platforms = self.args.all_npm_platforms;
+        let rel = npm_cache_dir(&service.name);
+        let host_rel = npm_host_cache_dir(&service.name);
+        let old_entry = previous.and_then(|p| p.services.iter().find(|s| s.name == service.name));
+        let same_arch = previous.is_some_and(|p| p.engine.arch == self.engine.arch);
+        let old = self
+            .reusable(
+                service,
+                entry,
+                |e| e.npm_cache.as_ref(),
+                &service.node_lockfiles,
+            )
+            .filter(|_| same_images && same_arch && !all_platforms);
+        let mut reused = None;
+        if let (Some(old), Some(old_entry)) = (old, old_entry) {
+            let host_dest = staging.join(&host_rel);
+            if reuse(out, &old, previous, &staging.join(&rel))? {
+                let host_ok = match &old_entry.npm_host_cache {
+                    None => true,
+                    Some(h) => reuse(out, h, previous, &host_dest)?,
+                };
+                if host_ok {
+                    eprintln!("     Reusing {rel} (lockfile and base images unchanged)");
+                    reused = Some((
+                        old_entry.npm_libc.clone(),
+                        old_entry.npm_host_cache.is_some(),
+                    ));
+                } else {
+                    remove_path(&staging.join(&rel))?;
+                }
+            }
+        }
+        let (libc, with_host) = match reused {
+            Some(done) => done,
+            None => export_npm_cache(
+                self.sh,
+                &self.docker,
+                &self.engine,
+                service,
+                lockfile,
+                &staging.join(&rel),
+                &staging.join(&host_rel),
+                all_platforms,
+            )?,
+        };
+        // Fixed times, modes and no scratch files: the same tarballs give the same build
+        // context, so a re-export hits the layer cache (npm_cache.rs).
+        npm_cache::normalize(&staging.join(&rel)).with_context(|| format!("normalizing {rel}"))?;
+        if with_host {
+            npm_cache::normalize(&staging.join(&host_rel))
+                .with_context(|| format!("normalizing {host_rel}"))?;
+        }
+        entry.npm_cache = Some(rel);
+        entry.npm_libc = libc;
+        entry.npm_host_cache = with_host.then_some(host_rel);
+        Ok(())
+    }
+
+    /// Builds every service into the build cache (or its cache images); returns the cache
+    /// images made.
+    fn build_caches(&self, services: &mut [ServiceEntry]) -> anyhow::Result<Vec<String>> {
+        let mut cache_images = Vec::new();
+        if !self.args.wants(Part::BuildCache) {
+            return Ok(cache_images);
+        }
+        let (docker, project, staging) = (&self.docker, &self.project, &self.staging);
+        for (service, entry) in self.plan.build_services.iter().zip(services) {
+            match self.strategy {
+                Strategy::Local => {
+                    build_local(docker, &self.engine, project, service, entry, staging)?
+                }
+                Strategy::Inline | Strategy::Legacy => {
+                    build_cache_images(docker, project, service, self.strategy, entry, staging)?;
+                    cache_images.extend(entry.cache_images.iter().cloned());
+                }
+            }
+        }
+        if self.strategy == Strategy::Local {
+            recompress_build_cache(
+                docker,
+                &self.plan,
+                &self.out,
+                self.previous.as_ref(),
+                staging,
+            )?;
+        }
+        Ok(cache_images)
+    }
+
+    /// Saves the images (or reuses the previous bundle's, if they are the same): the
+    /// files written and, without compression, the layout they form.
+    fn save_images(
+        &self,
+        images: &[ImageEntry],
+    ) -> anyhow::Result<(Vec<FileEntry>, Option<ImageLayout>)> {
+        let (out, staging, compression) = (&self.out, &self.staging, self.compression);
+        let mut files = Vec::new();
+        let mut image_layout = None;
+        if !images.is_empty() && compression == Compression::None {
+            // Kept as the archive's files, blobs in the build cache's blob store: a layer
+            // the build cache holds too (the base images' layers) is stored once.
+            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+            let old = self
+                .previous
+                .as_ref()
+                .filter(|p| p.images == images && p.compression == compression)
+                .and_then(|p| Some((p, p.image_layout.as_ref()?)));
+            let reused = match old {
+                Some((p, layout)) => images::reuse_layout(out, p, layout, staging)?,
+                None => None,
+            };
+            let (layout, entries) = match reused {
+                Some(done) => {
+                    eprintln!("     Reusing the saved images (same names, same IDs)");
+                    done
+                }
+                None => images::save_layout(&self.docker, &names, staging)?,
+            };
+            files.extend(entries);
+            image_layout = Some(layout);
+        } else if !images.is_empty() {
+            let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+            let archive = layout::images_archive(compression);
+            // Image IDs are content digests: the same names with the same IDs are the same
+            // images, so the previous archive (checked against its checksum) is reused
+            // instead of streaming every layer out of the engine again.
+            let old = self
+                .previous
+                .as_ref()
+                .filter(|p| p.images == images && p.compression == compression)
+                .and_then(|p| p.files.iter().find(|f| f.path == archive));
+            match old {
+                Some(old) if reuse_file(out, old, staging)? => {
+                    eprintln!("     Reusing {archive} (same images, same IDs)");
+                    files.push(old.clone());
+                }
+                _ => files.push(images::save_images(
+                    &self.docker,
+                    &names,
+                    compression,
+                    &staging.join(&archive),
+                    &archive,
+                )?),
+            }
+        }
+        Ok((files, image_layout))
+    }
+
+    /// Writes the small files, hashes what was not hashed while streaming, and publishes
+    /// the staged bundle with its manifest.
+    fn finish(
+        &self,
+        mut manifest: Manifest,
+        mut files: Vec<FileEntry>,
+    ) -> anyhow::Result<Manifest> {
+        let staging = &self.staging;
+        // node_modules.tar.gz (node_modules.rs); hashed below with the other files.
+        if self.args.with_node_modules {
+            crate::deps::node_modules::export(
+                &self.plan.build_services,
+                &self.engine.arch,
+                staging,
+            )?;
+        }
+        std::fs::write(
+            staging.join(IMPORT_SCRIPT),
+            bundle_text::import_script(&manifest),
+        )?;
+        set_executable(&staging.join(IMPORT_SCRIPT))?;
+        // Hash what was not hashed while streaming (build-cache folders, small files);
+        // the human manifest comes last so that it can list the others.
+        hash_pending(staging, &mut files)?;
+        manifest.files = files.clone();
+        std::fs::write(
+            staging.join(HUMAN_MANIFEST_FILE),
+            bundle_text::human_manifest(&manifest),
+        )?;
+        hash_pending(staging, &mut files)?;
+        manifest.files = files;
+        publish(&self.out, staging, &manifest)?;
+        Ok(manifest)
     }
 }
 
@@ -603,34 +707,6 @@ fn export_npm_cache(
     Ok((Some(libc), true))
 }
 
-/// The strongest strategy the engine supports, or the forced one if it can work.
-pub fn choose_strategy(engine: &EngineInfo, forced: Option<Strategy>) -> anyhow::Result<Strategy> {
-    let can_local =
-        engine.containerd_store && engine.buildx.is_some() && engine.compose_v2.is_some();
-    let can_inline = !engine.containerd_store && engine.buildx.is_some();
-    match forced {
-        None if can_local => Ok(Strategy::Local),
-        None if can_inline => Ok(Strategy::Inline),
-        None => Ok(Strategy::Legacy),
-        Some(Strategy::Local) if !can_local => bail!(
-            "strategy `local` needs the containerd image store, buildx and compose v2 \
-             (this engine: {} store, buildx {}, compose v2 {}); the docker driver cannot export \
-             a local cache from the classic store. Use --strategy inline or legacy, or enable \
-             the containerd image store (\"features\": {{\"containerd-snapshotter\": true}} in daemon.json)",
-            if engine.containerd_store { "containerd" } else { "classic" },
-            if engine.buildx.is_some() { "present" } else { "missing" },
-            if engine.compose_v2.is_some() { "present" } else { "missing" },
-        ),
-        Some(Strategy::Inline) if !can_inline => bail!(
-            "strategy `inline` cannot work on this engine: with the containerd image store, \
-             BuildKit looks cache images up in a registry and misses offline{}. Use --strategy \
-             local (the default here) or legacy",
-            if engine.buildx.is_none() { ", and buildx is missing" } else { "" }
-        ),
-        Some(s) => Ok(s),
-    }
-}
-
 fn present_images(docker: &Docker, plan: &Plan) -> anyhow::Result<Vec<ImageEntry>> {
     let mut entries = Vec::new();
     for image in &plan.base_images {
@@ -693,21 +769,7 @@ fn build_local(
     // One OCI layout for every service, one tag each: BuildKit writes a blob only if the
     // folder lacks it, so the layers services share (base images) are stored once.
     let rel = BUILD_CACHE_DIR.to_string();
-    let tag = sanitize_tag(&service.name);
-    let dest = staging.join(&rel);
-    let mut build = serde_yaml::Mapping::new();
-    // The layers the build makes are compressed with zstd (BuildKit's "better" level):
-    // against gzip the app's `npm ci` layer is 72 MB instead of 95, exported no slower,
-    // and unpacked faster on the server (then recompressed further: recompress.rs).
-    // Layers that already have a blob (the base images', as `docker save` writes them)
-    // keep it, so they are still stored once.
-    build.insert(
-        "cache_to".into(),
-        serde_yaml::Value::Sequence(vec![format!(
-            "type=local,dest={dest},tag={tag},mode=max,compression=zstd,compression-level=7"
-        )
-        .into()]),
-    );
+    let tag = layout::sanitize_tag(&service.name);
     // The npm cache goes in as an image, so that a cached build on the server never reads
     // it (npm_image.rs); patch-compose writes the same reference.
     if let Some(rel_dir) = entry.contexts.get(NPM_CONTEXT) {
@@ -724,25 +786,23 @@ fn build_local(
         npm_image::write_skeleton(staging, rel_dir)?;
         entry.npm_image = Some(image.reference);
     }
-    if !entry.contexts.is_empty() {
-        let mut map = serde_yaml::Mapping::new();
-        for (name, rel_dir) in &entry.contexts {
-            let value = match &entry.npm_image {
-                Some(image) if name == NPM_CONTEXT => format!("docker-image://{image}"),
-                _ => staging.join(rel_dir).to_string(),
-            };
-            map.insert(name.clone().into(), value.into());
-        }
-        build.insert("additional_contexts".into(), map.into());
-    }
-    let mut svc = serde_yaml::Mapping::new();
-    svc.insert("build".into(), build.into());
-    let mut services = serde_yaml::Mapping::new();
-    services.insert(service.name.clone().into(), svc.into());
-    let mut root = serde_yaml::Mapping::new();
-    root.insert("services".into(), services.into());
+    // The settings patch-compose writes on the server (layout.rs), pointing into the
+    // staging folder, plus the cache to fill.
+    let npm_images: BTreeSet<String> = entry.npm_image.iter().cloned().collect();
+    let target = layout::OfflineTarget {
+        bundle_dir: staging,
+        project_name: &project.name,
+        strategy: Strategy::Local,
+        local_cache: true,
+        npm_images: &npm_images,
+    };
+    let build = layout::offline_build(service, layout::Exported::Entry(entry), &target);
+    let cache_to = layout::export_cache_to(staging, &service.name);
     let override_file = staging.join(format!(".compose-export-{}.yml", service.name));
-    std::fs::write(&override_file, serde_yaml::to_string(&root)?)?;
+    std::fs::write(
+        &override_file,
+        layout::export_override(&service.name, &build, &cache_to)?,
+    )?;
     eprintln!("    Building {} (cache to {rel})", service.name);
     let started = Instant::now();
     docker
@@ -804,14 +864,11 @@ fn recompress_build_cache(
         if *mark != params.mark {
             return Ok(None);
         }
-        let path = format!(
-            "{BUILD_CACHE_DIR}/blobs/sha256/{}",
-            blob.digest.trim_start_matches("sha256:")
-        );
+        let path = layout::build_cache_blob(blob.digest.trim_start_matches("sha256:"));
         let Some(entry) = previous.files.iter().find(|f| f.path == path) else {
             return Ok(None);
         };
-        Ok(link_checked(out, &[entry], |_| dest.to_path_buf())?.then(|| blob.clone()))
+        Ok(bundle::link_checked(out, &[entry], |_| dest.to_path_buf())?.then(|| blob.clone()))
     };
     eprintln!(" Compressing the build cache's layers (zstd; long window for builder stages)");
     let started = Instant::now();
@@ -904,23 +961,6 @@ fn named_stages(service: &BuildService, entry: &ServiceEntry) -> Vec<String> {
     stages
 }
 
-pub fn cache_image_name(project: &str, service: &str, stage: Option<&str>) -> String {
-    let tag = stage.map_or_else(|| "latest".to_string(), sanitize_tag);
-    format!("{project}-{service}-cache:{tag}")
-}
-
-pub fn sanitize_tag(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
 fn fingerprints(
     project: &Project,
     service: &BuildService,
@@ -966,40 +1006,11 @@ fn reuse(
     if entries.is_empty() || on_disk.len() != entries.len() {
         return Ok(false);
     }
-    let linked = link_checked(out, &entries, |e| dest.join(&e.path[prefix.len()..]))?;
+    let linked = bundle::link_checked(out, &entries, |e| dest.join(&e.path[prefix.len()..]))?;
     if !linked {
         eprintln!("warning: the previous {old}/ does not match its manifest; filling it again");
     }
     Ok(linked)
-}
-
-/// Checks the previous bundle's `files` against its manifest (on all cores), then
-/// hard-links (or copies) each to `dest_of(file)`; `false`, and nothing linked, if one of
-/// them is missing or damaged.
-fn link_checked(
-    out: &Utf8Path,
-    files: &[&FileEntry],
-    dest_of: impl Fn(&FileEntry) -> Utf8PathBuf,
-) -> anyhow::Result<bool> {
-    let names: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-    let hashed = bundle::hash_files(out, &names, &|_, _| {});
-    let intact = files
-        .iter()
-        .zip(&hashed)
-        .all(|(e, h)| matches!(h, Ok((size, digest)) if *size == e.size && *digest == e.sha256));
-    if !intact {
-        return Ok(false);
-    }
-    for file in files {
-        let (from, to) = (out.join(&file.path), dest_of(file));
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
-        }
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
-        }
-    }
-    Ok(true)
 }
 
 /// Hard-links (or copies) the previous bundle's file `old` into `staging` if it still
@@ -1008,7 +1019,7 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
     if !out.join(&old.path).is_file() {
         return Ok(false);
     }
-    let linked = link_checked(out, &[old], |f| staging.join(&f.path))?;
+    let linked = bundle::link_checked(out, &[old], |f| staging.join(&f.path))?;
     if !linked {
         eprintln!(
             "warning: the previous {} does not match its manifest; saving the images again",
@@ -1016,229 +1027,6 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
         );
     }
     Ok(linked)
-}
-
-/// The saved images' own files (index.json, manifest.json…); their blobs are in
-/// `build-cache/blobs/sha256/`.
-pub const IMAGES_DIR: &str = "base-images";
-
-/// One `docker save` of every image, split into its entries as it streams: each blob goes
-/// to the build cache's blob store unless BuildKit already wrote it there, the other entries
-/// to `base-images/`. Every file written is hashed as it is written; a blob's content must
-/// match its name.
-fn save_layout(
-    docker: &Docker,
-    names: &[String],
-    staging: &Utf8Path,
-) -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
-    eprintln!(
-        "      Saving {} images to {IMAGES_DIR}/ (layers in {BUILD_CACHE_DIR}/blobs/)",
-        names.len()
-    );
-    let started = Instant::now();
-    let mut child = docker.spawn_save(names)?;
-    let stdout = child.stdout.take().context("docker save has no stdout")?;
-    let stderr = child.stderr.take().context("docker save has no stderr")?;
-    let err_reader = bundle::read_in_background(stderr);
-    let mut progress = crate::progress::Progress::new("Saving", None);
-    let mut streamed = 0u64;
-    let mut written = 0u64;
-    let result = (|| -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
-        let mut archive =
-            tar::Archive::new(bundle::ChunkReader::new(bundle::ReadAhead::new(stdout)));
-        let mut layout = ImageLayout::default();
-        let mut files = Vec::new();
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let kind = entry.header().entry_type();
-            let name = entry.path()?.to_string_lossy().into_owned();
-            if kind.is_dir() {
-                continue;
-            }
-            if !kind.is_file() || !crate::model::manifest::is_safe_relative_path(&name) {
-                bail!("`docker save` wrote {name:?} ({kind:?}), which is not a plain file of an image archive");
-            }
-            let blob = name.strip_prefix("blobs/sha256/").filter(|h| {
-                h.len() == 64
-                    && h.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            });
-            let path = match blob {
-                Some(hex) => format!("{BUILD_CACHE_DIR}/blobs/sha256/{hex}"),
-                None => format!("{IMAGES_DIR}/{name}"),
-            };
-            let target = staging.join(&path);
-            let size = entry.size();
-            if blob.is_some() && target.exists() {
-                // BuildKit wrote this layer into the build cache: the name is its digest.
-                std::io::copy(&mut entry, &mut std::io::sink())?;
-            } else {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {parent}"))?;
-                }
-                let partial = bundle::temp_sibling(&target);
-                let file = File::create(&partial).with_context(|| format!("creating {partial}"))?;
-                let mut out = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
-                std::io::copy(&mut entry, &mut out).with_context(|| format!("writing {path}"))?;
-                let (buffered, n, sha256) = out.finish();
-                let file = buffered.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                if let Some(hex) = blob {
-                    if sha256 != hex {
-                        bail!(
-                            "`docker save` wrote {name} with content of sha256 {sha256}: the \
-                             engine's stream is damaged; export again"
-                        );
-                    }
-                }
-                std::fs::rename(&partial, &target)
-                    .with_context(|| format!("renaming {partial}"))?;
-                files.push(FileEntry {
-                    path: path.clone(),
-                    size: n,
-                    sha256,
-                });
-                written += n;
-            }
-            streamed += size;
-            progress.set(streamed);
-            layout.entries.push(LayoutEntry { name, path });
-        }
-        Ok((layout, files))
-    })();
-    progress.done();
-    if result.is_err() {
-        let _ = child.kill();
-    }
-    let status = child.wait()?;
-    let stderr = err_reader.join().unwrap_or_default();
-    if !status.success() && (result.is_ok() || !stderr.trim().is_empty()) {
-        bail!("`docker save` failed: {}", stderr.trim());
-    }
-    let done = result.context("reading the images that `docker save` streamed")?;
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "       Saved {} images: {} streamed, {} written (the rest was in the build cache) in \
-         {secs:.1}s ({}/s)",
-        names.len(),
-        human_bytes(streamed),
-        human_bytes(written),
-        human_bytes((streamed as f64 / secs.max(1e-6)) as u64)
-    );
-    Ok(done)
-}
-
-/// The previous bundle's saved images, hard-linked into `staging` where BuildKit did not
-/// write the file already, after checking each against the previous manifest.
-fn reuse_layout(
-    out: &Utf8Path,
-    previous: &Manifest,
-    layout: &ImageLayout,
-    staging: &Utf8Path,
-) -> anyhow::Result<Option<(ImageLayout, Vec<FileEntry>)>> {
-    let mut entries = Vec::new();
-    for e in &layout.entries {
-        match previous.files.iter().find(|f| f.path == e.path) {
-            Some(f) => entries.push(f),
-            None => return Ok(None),
-        }
-    }
-    // What BuildKit wrote into the staged build cache already is not linked again.
-    let todo: Vec<&FileEntry> = entries
-        .into_iter()
-        .filter(|f| !staging.join(&f.path).exists())
-        .collect();
-    if !link_checked(out, &todo, |f| staging.join(&f.path))? {
-        eprintln!(
-            "warning: the previous saved images do not match their manifest; saving them again"
-        );
-        return Ok(None);
-    }
-    Ok(Some((layout.clone(), todo.into_iter().cloned().collect())))
-}
-
-/// One `docker save` of every image, compressed and hashed while it streams.
-fn save_images(
-    docker: &Docker,
-    names: &[String],
-    compression: Compression,
-    path: &Utf8Path,
-    rel: &str,
-) -> anyhow::Result<FileEntry> {
-    eprintln!("      Saving {} images to {rel}", names.len());
-    let started = Instant::now();
-    let mut child = docker.spawn_save(names)?;
-    let stdout = child.stdout.take().context("docker save has no stdout")?;
-    let stderr = child.stderr.take().context("docker save has no stderr")?;
-    let err_reader = bundle::read_in_background(stderr);
-    let file = File::create(path).with_context(|| format!("creating {path}"))?;
-    let hashing = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
-    let mut progress = crate::progress::Progress::new("Saving", None);
-    // The engine's stream is read ahead on another thread, so `docker save` never waits
-    // on the pipe while a chunk is hashed (and compressed) and written here.
-    let copy = |writer: &mut dyn Write| -> std::io::Result<u64> {
-        let mut total = 0u64;
-        bundle::pipelined(stdout, |chunk| {
-            writer.write_all(chunk)?;
-            total += chunk.len() as u64;
-            progress.set(total);
-            Ok(())
-        })
-    };
-    let written = (|| -> anyhow::Result<_> {
-        Ok(match compression {
-            Compression::None => {
-                let mut w = hashing;
-                let raw = copy(&mut w)?;
-                (w, raw)
-            }
-            Compression::Zstd => {
-                let mut enc = zstd::stream::Encoder::new(hashing, 3)?;
-                enc.multithread(2)?;
-                let raw = copy(&mut enc)?;
-                (enc.finish()?, raw)
-            }
-            Compression::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
-                let raw = copy(&mut enc)?;
-                (enc.finish()?, raw)
-            }
-        })
-    })();
-    let (writer, raw) = match written {
-        Ok(done) => done,
-        Err(err) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(err).with_context(|| format!("writing {path}"));
-        }
-    };
-    progress.done();
-    let status = child.wait()?;
-    if !status.success() {
-        let stderr = err_reader.join().unwrap_or_default();
-        bail!("`docker save` failed: {}", stderr.trim());
-    }
-    let (mut buffered, size, sha256) = writer.finish();
-    buffered.flush()?;
-    buffered
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "       Saved {} images: {} → {} in {secs:.1}s ({}/s)",
-        names.len(),
-        human_bytes(raw),
-        human_bytes(size),
-        human_bytes((raw as f64 / secs.max(1e-6)) as u64)
-    );
-    Ok(FileEntry {
-        path: rel.to_string(),
-        size,
-        sha256,
-    })
 }
 
 /// Moves the staged bundle into `out`: the old manifest goes first, the new one last.
@@ -1253,7 +1041,7 @@ fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::R
     // Remove what the previous bundle listed (and only that): its top-level entries.
     let mut old_tops: Vec<String> = old
         .iter()
-        .flat_map(|m| m.files.iter().map(|f| top_level(&f.path)))
+        .flat_map(|m| m.files.iter().map(|f| layout::top_level(&f.path)))
         .collect();
     old_tops.extend([HUMAN_MANIFEST_FILE.to_string(), IMPORT_SCRIPT.to_string()]);
     old_tops.sort();
@@ -1261,7 +1049,11 @@ fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::R
     for top in old_tops {
         remove_path(&out.join(&top))?;
     }
-    let mut tops: Vec<String> = manifest.files.iter().map(|f| top_level(&f.path)).collect();
+    let mut tops: Vec<String> = manifest
+        .files
+        .iter()
+        .map(|f| layout::top_level(&f.path))
+        .collect();
     tops.sort();
     tops.dedup();
     for top in &tops {
@@ -1274,10 +1066,6 @@ fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::R
     bundle::write_atomic(&out.join(SUMS_FILE), manifest.sha256sums().as_bytes())?;
     bundle::write_atomic(&out.join(MANIFEST_FILE), manifest.to_yaml().as_bytes())?;
     Ok(())
-}
-
-fn top_level(path: &str) -> String {
-    path.split('/').next().unwrap_or(path).to_string()
 }
 
 fn remove_path(path: &Utf8Path) -> anyhow::Result<()> {
@@ -1294,353 +1082,4 @@ fn set_executable(path: &Utf8Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("making {path} executable"))
-}
-
-/// The bundle's `cache-manifest.txt`, for people.
-pub fn human_manifest(m: &Manifest) -> String {
-    let mut s = String::new();
-    s.push_str(&format!(
-        "Docker build cache for {}\ncreated {} by xtask {} on Docker {} ({}, {} image store)\nstrategy: {}\n\n",
-        m.project_name,
-        m.created,
-        m.tool_version,
-        m.engine.server_version,
-        m.engine.arch,
-        if m.engine.containerd_store { "containerd" } else { "classic" },
-        m.strategy.as_str()
-    ));
-    s.push_str("Images:\n");
-    for image in &m.images {
-        let role = match image.role {
-            ImageRole::Base => "base",
-            ImageRole::BuildCache => "build cache",
-        };
-        s.push_str(&format!(
-            "  {:<40} {:<12} {}\n",
-            image.name,
-            role,
-            short_id(&image.id)
-        ));
-    }
-    s.push_str("\nServices:\n");
-    for service in &m.services {
-        s.push_str(&format!("  {}\n", service.name));
-        if let Some(dir) = &service.build_cache {
-            // What to write under build.cache_from by hand (<bundle>: this folder's path).
-            match &service.build_cache_tag {
-                Some(tag) => s.push_str(&format!(
-                    "    build cache: {dir}/, tag {tag} (cache_from: type=local,src=<bundle>/{dir},tag={tag})\n"
-                )),
-                None => s.push_str(&format!(
-                    "    build cache: {dir}/ (cache_from: type=local,src=<bundle>/{dir})\n"
-                )),
-            }
-        }
-        for image in &service.cache_images {
-            s.push_str(&format!("    cache image: {image}\n"));
-        }
-        for (name, dir) in &service.contexts {
-            s.push_str(&format!("    build context {name}: {dir}/\n"));
-            if let (Some(image), true) = (&service.npm_image, name == NPM_CONTEXT) {
-                s.push_str(&format!(
-                    "      or, faster, the image cache-import makes of it: docker-image://{image}\n"
-                ));
-            }
-        }
-    }
-    s.push_str("\nFiles:\n");
-    let mut dirs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    for f in &m.files {
-        let e = dirs.entry(top_level(&f.path)).or_default();
-        e.0 += 1;
-        e.1 += f.size;
-    }
-    for (top, (count, size)) in dirs {
-        s.push_str(&format!(
-            "  {top:<40} {count:>6} files {:>12}\n",
-            human_bytes(size)
-        ));
-    }
-    s.push_str("\nCheck with `sha256sum -c SHA256SUMS` or `cargo xtask cache-verify`.\n");
-    s
-}
-
-fn short_id(id: &str) -> &str {
-    let id = id.strip_prefix("sha256:").unwrap_or(id);
-    &id[..id.len().min(12)]
-}
-
-/// `import-build-cache.sh`: verifies every checksum, then loads the images, for servers
-/// without Rust. POSIX sh.
-pub fn import_script(m: &Manifest) -> String {
-    let archive = m
-        .files
-        .iter()
-        .map(|f| f.path.as_str())
-        .find(|p| p.starts_with("base-images.tar"))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("base-images.tar{}", m.compression.suffix()));
-    let load = match m.compression {
-        Compression::None => "docker load -i \"$archive\"".to_string(),
-        Compression::Gzip => "gzip -dc \"$archive\" | docker load".to_string(),
-        Compression::Zstd => "if ! command -v zstd >/dev/null 2>&1; then\n        \
-             echo \"error: $archive is zstd-compressed and this server has no zstd; install zstd, or import with cargo xtask cache-import\" >&2\n        \
-             exit 1\n    fi\n    zstd -dc \"$archive\" | docker load"
-            .to_string(),
-    };
-    let images = match &m.image_layout {
-        None => format!(
-            r#"archive="{archive}"
-if [ -f "$archive" ]; then
-    echo "Loading images from $archive..."
-    {load}
-else
-    echo "No images archive in this bundle."
-fi"#
-        ),
-        Some(layout) => {
-            // The tar `docker save` wrote, rebuilt from the bundle's files: a folder of
-            // links under the archive's names, read through with tar -h.
-            let mut s = String::from(
-                "link() {\n    mkdir -p \"$tree/images/$(dirname \"$1\")\"\n    \
-                 ln -s \"$bundle/$2\" \"$tree/images/$1\"\n}\n",
-            );
-            let mut names = Vec::new();
-            for e in &layout.entries {
-                s.push_str(&format!(
-                    "link {} {}\n",
-                    sh_quote(&e.name),
-                    sh_quote(&e.path)
-                ));
-                names.push(sh_quote(&e.name));
-            }
-            s.push_str(&format!(
-                "echo \"Loading images ({} files, {} of them in build-cache/blobs/)...\"\n\
-                 (cd \"$tree/images\" && tar -chf - {}) | docker load",
-                layout.entries.len(),
-                layout
-                    .entries
-                    .iter()
-                    .filter(|e| e.path.starts_with(BUILD_CACHE_DIR))
-                    .count(),
-                names.join(" ")
-            ));
-            s
-        }
-    };
-    let npm_images = npm_images_script(m);
-    format!(
-        r#"#!/bin/sh
-# Imports this Docker build-cache bundle ({project}, strategy {strategy}) on a server
-# without Rust. Written by `cargo xtask cache-export`; `cargo xtask cache-import` does the
-# same and more. Nothing is loaded unless every checksum in SHA256SUMS matches.
-set -eu
-
-cd "$(dirname "$0")"
-
-if ! command -v docker >/dev/null 2>&1; then
-    echo "error: docker is not installed or not on PATH" >&2
-    exit 1
-fi
-if ! docker version >/dev/null 2>&1; then
-    echo "error: the Docker engine does not answer; start it or set DOCKER_HOST" >&2
-    exit 1
-fi
-
-echo "Verifying checksums (SHA256SUMS)..."
-if ! sha256sum -c --quiet SHA256SUMS; then
-    echo "error: the bundle is damaged or incomplete (see the files named above); nothing was loaded. Copy them again from the export machine." >&2
-    exit 1
-fi
-
-tree=$(mktemp -d)
-trap 'rm -rf "$tree"' EXIT
-bundle=$(pwd)
-
-{images}
-{npm_images}
-echo "Done. Next, from the project folder: cargo xtask patch-compose (or add the cache_from"
-echo "and additional_contexts entries shown in cache-manifest.txt), then docker compose build."
-"#,
-        project = m.project_name,
-        strategy = m.strategy.as_str(),
-    )
-}
-
-/// The npm caches as images, as cache-import makes them (npm_image.rs): each layer made
-/// again from its folder and skeleton, byte for byte, and checked against the tag (the
-/// first hex digits of its digest) before it is loaded.
-fn npm_images_script(m: &Manifest) -> String {
-    let services: Vec<&ServiceEntry> = m
-        .services
-        .iter()
-        .filter(|s| s.npm_image.is_some() && s.npm_cache.is_some())
-        .collect();
-    if services.is_empty() || m.strategy != Strategy::Local {
-        return String::new();
-    }
-    let mut s = format!(
-        r#"
-npm_image() {{
-    ref=$1 dir=$2 service=$3
-    tag=${{ref##*:}}
-    if docker image inspect "$ref" >/dev/null 2>&1; then
-        echo "Present $ref"
-        return 0
-    fi
-    echo "Making $ref from $dir/ (the npm cache as an image)..."
-    work="$tree/npm"
-    rm -rf "$work"
-    mkdir -p "$work"
-    offset=0
-    while read -r blocks path; do
-        dd if="$dir{headers}" bs=512 skip="$offset" count="$blocks" 2>/dev/null
-        offset=$((offset + blocks))
-        if [ -n "$path" ]; then
-            cat "$dir/$path"
-            size=$(wc -c < "$dir/$path")
-            pad=$(( (512 - size % 512) % 512 ))
-            if [ "$pad" -gt 0 ]; then
-                dd if=/dev/zero bs="$pad" count=1 2>/dev/null
-            fi
-        fi
-    done < "$dir{plan}" > "$work/layer.tar"
-    dd if=/dev/zero bs=1024 count=1 2>/dev/null >> "$work/layer.tar"
-    diff=$(sha256sum "$work/layer.tar" | cut -d ' ' -f 1)
-    case $diff in
-        "$tag"*) ;;
-        *)
-            echo "warning: $dir/ gives a layer $diff, not the export's $tag...; not loaded. cargo xtask patch-compose will hand the build the folder, and npm ci will run again (offline)" >&2
-            return 0
-            ;;
-    esac
-    mkdir "$work/$diff"
-    mv "$work/layer.tar" "$work/$diff/layer.tar"
-    arch=$(docker version --format '{{{{.Server.Arch}}}}')
-    # shellcheck disable=SC2059 # the format is the image config, written by cache-export
-    printf '{config}' "$arch" "$service" "$diff" > "$work/config.json"
-    config=$(sha256sum "$work/config.json" | cut -d ' ' -f 1)
-    mv "$work/config.json" "$work/$config.json"
-    printf '[{{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}}]' "$config" "$ref" "$diff" > "$work/manifest.json"
-    (cd "$work" && tar -cf - manifest.json "$config.json" "$diff/layer.tar") | docker load
-    rm -rf "$work"
-}}
-"#,
-        config = npm_image::CONFIG_PRINTF,
-        headers = npm_image::HEADERS_SUFFIX,
-        plan = npm_image::PLAN_SUFFIX,
-    );
-    for service in services {
-        if let (Some(image), Some(dir)) = (&service.npm_image, &service.npm_cache) {
-            s.push_str(&format!(
-                "npm_image {} {} {}\n",
-                sh_quote(image),
-                sh_quote(dir),
-                sh_quote(&service.name)
-            ));
-        }
-    }
-    s
-}
-
-/// `text` in single quotes for sh.
-fn sh_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
-}
-
-/// The current time as RFC 3339 (UTC), without a date crate.
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    rfc3339(secs)
-}
-
-fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    fn engine(containerd_store: bool, buildx: bool) -> EngineInfo {
-        EngineInfo {
-            server_version: "26.1.5".into(),
-            os: "linux".into(),
-            arch: "amd64".into(),
-            buildx: buildx.then(|| "v0.13.1".into()),
-            containerd_store,
-            storage_driver: "overlayfs".into(),
-            compose_v2: Some("2.26.1".into()),
-            compose_v1: None,
-            docker_root_dir: "/var/lib/docker".into(),
-        }
-    }
-
-    #[test]
-    fn strategy_follows_the_engine() {
-        let check = |e: EngineInfo, forced, expected: Result<Strategy, &str>| match (
-            choose_strategy(&e, forced),
-            expected,
-        ) {
-            (Ok(got), Ok(want)) => assert_eq!(got, want),
-            (Err(err), Err(text)) => assert!(format!("{err:#}").contains(text), "{err:#}"),
-            (got, want) => panic!("got {got:?}, want {want:?}"),
-        };
-        check(engine(true, true), None, Ok(Strategy::Local));
-        check(engine(false, true), None, Ok(Strategy::Inline));
-        check(engine(false, false), None, Ok(Strategy::Legacy));
-        check(
-            engine(true, true),
-            Some(Strategy::Legacy),
-            Ok(Strategy::Legacy),
-        );
-        check(
-            engine(true, true),
-            Some(Strategy::Inline),
-            Err("looks cache images up in a registry"),
-        );
-        check(
-            engine(false, true),
-            Some(Strategy::Local),
-            Err("containerd image store"),
-        );
-    }
-
-    #[test]
-    fn cache_image_names() {
-        assert_eq!(
-            cache_image_name("llm-chat", "backend", None),
-            "llm-chat-backend-cache:latest"
-        );
-        assert_eq!(
-            cache_image_name("p", "web", Some("build")),
-            "p-web-cache:build"
-        );
-    }
 }

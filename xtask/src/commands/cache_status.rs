@@ -14,7 +14,7 @@ use serde::Serialize;
 use xshell::Shell;
 
 use crate::bundle;
-use crate::commands::cache_verify::BundleArg;
+use crate::bundle_arg::BundleArg;
 use crate::deps::npm_cache;
 use crate::deps::wheelhouse;
 use crate::model::manifest::Manifest;

@@ -16,12 +16,10 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
 use crate::bundle;
-use crate::commands::cache_export::{
-    cache_image_name, choose_strategy, service_contexts, NPM_CONTEXT,
-};
-use crate::commands::cache_verify::BundleArg;
-use crate::docker::Docker;
-use crate::model::compose_patch::{self, ServicePatch};
+use crate::bundle_arg::BundleArg;
+use crate::docker::{choose_strategy, Docker};
+use crate::model::compose_patch;
+use crate::model::layout;
 use crate::model::manifest::{Manifest, Strategy};
 use crate::model::plan::Plan;
 use crate::project::ProjectArgs;
@@ -111,14 +109,14 @@ impl Args {
                 (Some(m), Strategy::Local) if local_cache => usable_npm_images(sh, m),
                 _ => BTreeSet::new(),
             };
-            let patches = offline_patches(
-                &plan,
-                &bundle_dir,
-                manifest.as_ref(),
+            let target = layout::OfflineTarget {
+                bundle_dir: &bundle_dir,
+                project_name: &plan.project_name,
                 strategy,
                 local_cache,
-                &npm_images,
-            );
+                npm_images: &npm_images,
+            };
+            let patches = layout::offline_patches(&plan, manifest.as_ref(), &target);
             compose_patch::apply(&original, &patches).with_context(|| format!("patching {file}"))?
         };
         let verb = if self.revert { "reverted" } else { "patched" };
@@ -178,91 +176,6 @@ fn usable_npm_images(sh: &Shell, manifest: &Manifest) -> BTreeSet<String> {
         }
     }
     usable
-}
-
-/// What each build service gets: its build cache, its base images (for the image
-/// strategies), and its dependency caches as build contexts: absolute paths, or for the
-/// npm cache, its image when `npm_images` (what the engine has) holds it.
-pub fn offline_patches(
-    plan: &Plan,
-    bundle_dir: &Utf8Path,
-    manifest: Option<&Manifest>,
-    strategy: Strategy,
-    local_cache: bool,
-    npm_images: &BTreeSet<String>,
-) -> Vec<ServicePatch> {
-    plan.build_services
-        .iter()
-        .map(|service| {
-            let entry = manifest.and_then(|m| m.services.iter().find(|s| s.name == service.name));
-            let mut cache_from = Vec::new();
-            match strategy {
-                Strategy::Local if local_cache => {
-                    // From a bundle, only what it holds (`--only` may have left it out).
-                    let cache = match manifest {
-                        Some(_) => entry.and_then(|e| {
-                            let dir = e.build_cache.clone()?;
-                            Some((dir, e.build_cache_tag.clone()))
-                        }),
-                        None => Some((
-                            crate::commands::cache_export::BUILD_CACHE_DIR.to_string(),
-                            Some(crate::commands::cache_export::sanitize_tag(&service.name)),
-                        )),
-                    };
-                    match cache {
-                        Some((rel, Some(tag))) => cache_from
-                            .push(format!("type=local,src={},tag={tag}", bundle_dir.join(rel))),
-                        Some((rel, None)) => {
-                            cache_from.push(format!("type=local,src={}", bundle_dir.join(rel)))
-                        }
-                        None => {}
-                    }
-                }
-                Strategy::Local => {}
-                Strategy::Inline | Strategy::Legacy => {
-                    match entry.filter(|e| !e.cache_images.is_empty()) {
-                        Some(e) => cache_from.extend(e.cache_images.iter().cloned()),
-                        None => cache_from.push(cache_image_name(
-                            &plan.project_name,
-                            &service.name,
-                            None,
-                        )),
-                    }
-                    cache_from.extend(service.base_images.iter().cloned());
-                }
-            }
-            let contexts = match entry {
-                Some(e) => e.contexts.clone(),
-                None => service_contexts(service),
-            };
-            ServicePatch {
-                service: service.name.clone(),
-                cache_from,
-                additional_contexts: contexts
-                    .into_iter()
-                    .map(|(name, rel)| {
-                        let image = entry
-                            .and_then(|e| e.npm_image.as_ref())
-                            .filter(|image| name == NPM_CONTEXT && npm_images.contains(*image));
-                        let value = match image {
-                            Some(image) => format!("docker-image://{image}"),
-                            None => bundle_dir.join(rel).to_string(),
-                        };
-                        (name, value)
-                    })
-                    .collect(),
-                args: entry
-                    .map(|e| {
-                        e.args
-                            .clone()
-                            .into_iter()
-                            .filter(|(k, _)| !service.args.contains_key(k))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }
-        })
-        .collect()
 }
 
 fn print_diff(sh: &Shell, file: &Utf8Path, old: &str, new: &str) -> anyhow::Result<()> {

@@ -1,11 +1,11 @@
 //! The npm cache handed to a build as an image (`docker-image://…`) instead of a folder.
 //!
 //! A folder context costs every build its transfer: BuildKit receives the whole folder
-//! (about 90 MB for the app) and snapshots it before it can compute the checksum that keys
-//! the cached `npm ci`, even when every step is cached. That was most of an offline
-//! rebuild's time (1.3 of 1.8 s here). An image context is keyed by its layers' digests
-//! (the chain ID of the config's `diff_ids`), which BuildKit reads from the image config
-//! alone: a cached build never touches the layer.
+//! and snapshots it before it can compute the checksum that keys the cached `npm ci`,
+//! even when every step is cached. That was most of an offline rebuild's time (see the
+//! offline rebuild figure in docs/benchmarks.md). An image context is keyed by its
+//! layers' digests (the chain ID of the config's `diff_ids`), which BuildKit reads from
+//! the image config alone: a cached build never touches the layer.
 //!
 //! The image is made from the bundle's `npm-cache/<service>` folder, byte for byte the same
 //! on the export machine and on the server: one layer, a tar of the folder with entries in
@@ -405,23 +405,18 @@ pub fn ensure(
         move || write_archive(&dir, &reference, &arch, &layer, &service, &mut writer)
     }));
     let what = format!("the npm cache image {reference}");
-    let result = crate::commands::cache_import::stream_into_load(
-        docker,
-        &what,
-        Box::new(reader),
-        |failure| {
-            let written = writer_thread
-                .take()
-                .expect("checked once")
-                .join()
-                .map_err(|_| anyhow::anyhow!("the thread writing {reference} panicked"))?;
-            written?;
-            match failure {
-                None => Ok(()),
-                Some(e) => bail!("reading {what}: {e}"),
-            }
-        },
-    );
+    let result = crate::docker::stream_into_load(docker, &what, Box::new(reader), |failure| {
+        let written = writer_thread
+            .take()
+            .expect("checked once")
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread writing {reference} panicked"))?;
+        written?;
+        match failure {
+            None => Ok(()),
+            Some(e) => bail!("reading {what}: {e}"),
+        }
+    });
     if let Some(thread) = writer_thread {
         // docker load stopped first; the writer ends on the broken pipe.
         let _ = thread.join();

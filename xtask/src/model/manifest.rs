@@ -23,7 +23,7 @@ pub const SUMS_FILE: &str = "SHA256SUMS";
 pub const HUMAN_MANIFEST_FILE: &str = "cache-manifest.txt";
 pub const IMPORT_SCRIPT: &str = "import-build-cache.sh";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// BuildKit `type=local` cache directories (every stage); needs the containerd store.
@@ -35,6 +35,8 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    pub const ALL: [Strategy; 3] = [Strategy::Local, Strategy::Inline, Strategy::Legacy];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Local => "local",
@@ -44,7 +46,7 @@ impl Strategy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Zstd,
@@ -53,6 +55,16 @@ pub enum Compression {
 }
 
 impl Compression {
+    pub const ALL: [Compression; 3] = [Compression::Zstd, Compression::Gzip, Compression::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+
     /// The suffix after `.tar`.
     pub fn suffix(self) -> &'static str {
         match self {

@@ -6,6 +6,7 @@ pub mod compose;
 pub mod compose_patch;
 pub mod dockerfile;
 pub mod interpolate;
+pub mod layout;
 pub mod manifest;
 pub mod plan;
 pub mod requirements;

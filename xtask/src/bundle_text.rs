@@ -1,0 +1,340 @@
+//! The bundle's texts: `cache-manifest.txt` for people, and `import-build-cache.sh` for
+//! servers without Rust (POSIX sh, which makes the same images `cache-import` does).
+
+use std::collections::BTreeMap;
+
+use crate::bundle::human_bytes;
+use crate::deps::npm_image;
+use crate::model::layout::{self, BUILD_CACHE_DIR, NPM_CONTEXT};
+use crate::model::manifest::{Compression, ImageRole, Manifest, ServiceEntry, Strategy};
+
+/// The bundle's `cache-manifest.txt`, for people.
+pub fn human_manifest(m: &Manifest) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "Docker build cache for {}\ncreated {} by xtask {} on Docker {} ({}, {} image store)\nstrategy: {}\n\n",
+        m.project_name,
+        m.created,
+        m.tool_version,
+        m.engine.server_version,
+        m.engine.arch,
+        if m.engine.containerd_store { "containerd" } else { "classic" },
+        m.strategy.as_str()
+    ));
+    s.push_str("Images:\n");
+    for image in &m.images {
+        let role = match image.role {
+            ImageRole::Base => "base",
+            ImageRole::BuildCache => "build cache",
+        };
+        s.push_str(&format!(
+            "  {:<40} {:<12} {}\n",
+            image.name,
+            role,
+            short_id(&image.id)
+        ));
+    }
+    s.push_str("\nServices:\n");
+    for service in &m.services {
+        s.push_str(&format!("  {}\n", service.name));
+        if let Some(dir) = &service.build_cache {
+            // What to write under build.cache_from by hand (<bundle>: this folder's path).
+            let tag = service.build_cache_tag.as_deref();
+            let cache_from = layout::local_cache_from(format!("<bundle>/{dir}"), tag);
+            match tag {
+                Some(tag) => s.push_str(&format!(
+                    "    build cache: {dir}/, tag {tag} (cache_from: {cache_from})\n"
+                )),
+                None => s.push_str(&format!(
+                    "    build cache: {dir}/ (cache_from: {cache_from})\n"
+                )),
+            }
+        }
+        for image in &service.cache_images {
+            s.push_str(&format!("    cache image: {image}\n"));
+        }
+        for (name, dir) in &service.contexts {
+            s.push_str(&format!("    build context {name}: {dir}/\n"));
+            if let (Some(image), true) = (&service.npm_image, name == NPM_CONTEXT) {
+                s.push_str(&format!(
+                    "      or, faster, the image cache-import makes of it: docker-image://{image}\n"
+                ));
+            }
+        }
+    }
+    s.push_str("\nFiles:\n");
+    let mut dirs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for f in &m.files {
+        let e = dirs.entry(layout::top_level(&f.path)).or_default();
+        e.0 += 1;
+        e.1 += f.size;
+    }
+    for (top, (count, size)) in dirs {
+        s.push_str(&format!(
+            "  {top:<40} {count:>6} files {:>12}\n",
+            human_bytes(size)
+        ));
+    }
+    s.push_str("\nCheck with `sha256sum -c SHA256SUMS` or `cargo xtask cache-verify`.\n");
+    s
+}
+
+fn short_id(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}
+
+/// `import-build-cache.sh`: verifies every checksum, then loads the images, for servers
+/// without Rust. POSIX sh.
+pub fn import_script(m: &Manifest) -> String {
+    let archive = m
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .find(|p| p.starts_with(layout::IMAGES_ARCHIVE_STEM))
+        .map(str::to_string)
+        .unwrap_or_else(|| layout::images_archive(m.compression));
+    let load = match m.compression {
+        Compression::None => "docker load -i \"$archive\"".to_string(),
+        Compression::Gzip => "gzip -dc \"$archive\" | docker load".to_string(),
+        Compression::Zstd => "if ! command -v zstd >/dev/null 2>&1; then\n        \
+             echo \"error: $archive is zstd-compressed and this server has no zstd; install zstd, or import with cargo xtask cache-import\" >&2\n        \
+             exit 1\n    fi\n    zstd -dc \"$archive\" | docker load"
+            .to_string(),
+    };
+    let images = match &m.image_layout {
+        None => format!(
+            r#"archive="{archive}"
+if [ -f "$archive" ]; then
+    echo "Loading images from $archive..."
+    {load}
+else
+    echo "No images archive in this bundle."
+fi"#
+        ),
+        Some(layout) => {
+            // The tar `docker save` wrote, rebuilt from the bundle's files: a folder of
+            // links under the archive's names, read through with tar -h.
+            let mut s = String::from(
+                "link() {\n    mkdir -p \"$tree/images/$(dirname \"$1\")\"\n    \
+                 ln -s \"$bundle/$2\" \"$tree/images/$1\"\n}\n",
+            );
+            let mut names = Vec::new();
+            for e in &layout.entries {
+                s.push_str(&format!(
+                    "link {} {}\n",
+                    sh_quote(&e.name),
+                    sh_quote(&e.path)
+                ));
+                names.push(sh_quote(&e.name));
+            }
+            s.push_str(&format!(
+                "echo \"Loading images ({} files, {} of them in build-cache/blobs/)...\"\n\
+                 (cd \"$tree/images\" && tar -chf - {}) | docker load",
+                layout.entries.len(),
+                layout
+                    .entries
+                    .iter()
+                    .filter(|e| e.path.starts_with(BUILD_CACHE_DIR))
+                    .count(),
+                names.join(" ")
+            ));
+            s
+        }
+    };
+    let npm_images = npm_images_script(m);
+    format!(
+        r#"#!/bin/sh
+# Imports this Docker build-cache bundle ({project}, strategy {strategy}) on a server
+# without Rust. Written by `cargo xtask cache-export`; `cargo xtask cache-import` does the
+# same and more. Nothing is loaded unless every checksum in SHA256SUMS matches.
+set -eu
+
+cd "$(dirname "$0")"
+
+if ! command -v docker >/dev/null 2>&1; then
+    echo "error: docker is not installed or not on PATH" >&2
+    exit 1
+fi
+if ! docker version >/dev/null 2>&1; then
+    echo "error: the Docker engine does not answer; start it or set DOCKER_HOST" >&2
+    exit 1
+fi
+
+echo "Verifying checksums (SHA256SUMS)..."
+if ! sha256sum -c --quiet SHA256SUMS; then
+    echo "error: the bundle is damaged or incomplete (see the files named above); nothing was loaded. Copy them again from the export machine." >&2
+    exit 1
+fi
+
+tree=$(mktemp -d)
+trap 'rm -rf "$tree"' EXIT
+bundle=$(pwd)
+
+{images}
+{npm_images}
+echo "Done. Next, from the project folder: cargo xtask patch-compose (or add the cache_from"
+echo "and additional_contexts entries shown in cache-manifest.txt), then docker compose build."
+"#,
+        project = m.project_name,
+        strategy = m.strategy.as_str(),
+    )
+}
+
+/// The npm caches as images, as cache-import makes them (npm_image.rs): each layer made
+/// again from its folder and skeleton, byte for byte, and checked against the tag (the
+/// first hex digits of its digest) before it is loaded.
+fn npm_images_script(m: &Manifest) -> String {
+    let services: Vec<&ServiceEntry> = m
+        .services
+        .iter()
+        .filter(|s| s.npm_image.is_some() && s.npm_cache.is_some())
+        .collect();
+    if services.is_empty() || m.strategy != Strategy::Local {
+        return String::new();
+    }
+    let mut s = format!(
+        r#"
+npm_image() {{
+    ref=$1 dir=$2 service=$3
+    tag=${{ref##*:}}
+    if docker image inspect "$ref" >/dev/null 2>&1; then
+        echo "Present $ref"
+        return 0
+    fi
+    echo "Making $ref from $dir/ (the npm cache as an image)..."
+    work="$tree/npm"
+    rm -rf "$work"
+    mkdir -p "$work"
+    offset=0
+    while read -r blocks path; do
+        dd if="$dir{headers}" bs=512 skip="$offset" count="$blocks" 2>/dev/null
+        offset=$((offset + blocks))
+        if [ -n "$path" ]; then
+            cat "$dir/$path"
+            size=$(wc -c < "$dir/$path")
+            pad=$(( (512 - size % 512) % 512 ))
+            if [ "$pad" -gt 0 ]; then
+                dd if=/dev/zero bs="$pad" count=1 2>/dev/null
+            fi
+        fi
+    done < "$dir{plan}" > "$work/layer.tar"
+    dd if=/dev/zero bs=1024 count=1 2>/dev/null >> "$work/layer.tar"
+    diff=$(sha256sum "$work/layer.tar" | cut -d ' ' -f 1)
+    case $diff in
+        "$tag"*) ;;
+        *)
+            echo "warning: $dir/ gives a layer $diff, not the export's $tag...; not loaded. cargo xtask patch-compose will hand the build the folder, and npm ci will run again (offline)" >&2
+            return 0
+            ;;
+    esac
+    mkdir "$work/$diff"
+    mv "$work/layer.tar" "$work/$diff/layer.tar"
+    arch=$(docker version --format '{{{{.Server.Arch}}}}')
+    # shellcheck disable=SC2059 # the format is the image config, written by cache-export
+    printf '{config}' "$arch" "$service" "$diff" > "$work/config.json"
+    config=$(sha256sum "$work/config.json" | cut -d ' ' -f 1)
+    mv "$work/config.json" "$work/$config.json"
+    printf '[{{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}}]' "$config" "$ref" "$diff" > "$work/manifest.json"
+    (cd "$work" && tar -cf - manifest.json "$config.json" "$diff/layer.tar") | docker load
+    rm -rf "$work"
+}}
+"#,
+        config = npm_image::CONFIG_PRINTF,
+        headers = npm_image::HEADERS_SUFFIX,
+        plan = npm_image::PLAN_SUFFIX,
+    );
+    for service in services {
+        if let (Some(image), Some(dir)) = (&service.npm_image, &service.npm_cache) {
+            s.push_str(&format!(
+                "npm_image {} {} {}\n",
+                sh_quote(image),
+                sh_quote(dir),
+                sh_quote(&service.name)
+            ));
+        }
+    }
+    s
+}
+
+/// `text` in single quotes for sh.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// The current time as RFC 3339 (UTC), without a date crate.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    /// The hint for people names the same `cache_from` patch-compose writes.
+    #[test]
+    fn human_manifest_shows_the_cache_from_entry() {
+        let service = |name: &str, tag: Option<&str>| ServiceEntry {
+            name: name.into(),
+            build_cache: Some("build-cache".into()),
+            build_cache_tag: tag.map(str::to_string),
+            ..ServiceEntry::default()
+        };
+        let m = Manifest {
+            format_version: 1,
+            tool_version: "0.1.0".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            project_name: "p".into(),
+            engine: crate::model::manifest::EngineSummary {
+                server_version: "26.1.5".into(),
+                arch: "amd64".into(),
+                containerd_store: true,
+            },
+            strategy: Strategy::Local,
+            compression: Compression::None,
+            images: Vec::new(),
+            image_layout: None,
+            services: vec![service("web", Some("web")), service("api", None)],
+            files: Vec::new(),
+        };
+        let text = human_manifest(&m);
+        assert!(text.contains(
+            "  web\n    build cache: build-cache/, tag web (cache_from: \
+             type=local,src=<bundle>/build-cache,tag=web)\n"
+        ));
+        assert!(text.contains(
+            "  api\n    build cache: build-cache/ (cache_from: type=local,src=<bundle>/build-cache)\n"
+        ));
+    }
+}

@@ -1,0 +1,594 @@
+//! The bundle's images, both ways: `docker save` into the bundle (one archive, or the
+//! archive kept as its files with the blobs in the build cache's blob store) and back into
+//! `docker load`, every byte hashed as it streams.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use camino::Utf8Path;
+use sha2::{Digest, Sha256};
+
+use crate::bundle::{self, human_bytes, HashingWriter};
+use crate::docker::{stream_into_load, Docker};
+use crate::model::layout::{self, BUILD_CACHE_DIR, IMAGES_DIR};
+use crate::model::manifest::{Compression, FileEntry, ImageLayout, LayoutEntry, Manifest};
+
+/// One `docker save` of every image, split into its entries as it streams: each blob goes
+/// to the build cache's blob store unless BuildKit already wrote it there, the other entries
+/// to `base-images/`. Every file written is hashed as it is written; a blob's content must
+/// match its name.
+pub fn save_layout(
+    docker: &Docker,
+    names: &[String],
+    staging: &Utf8Path,
+) -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
+    eprintln!(
+        "      Saving {} images to {IMAGES_DIR}/ (layers in {BUILD_CACHE_DIR}/blobs/)",
+        names.len()
+    );
+    let started = Instant::now();
+    let mut child = docker.spawn_save(names)?;
+    let stdout = child.stdout.take().context("docker save has no stdout")?;
+    let stderr = child.stderr.take().context("docker save has no stderr")?;
+    let err_reader = bundle::read_in_background(stderr);
+    let mut progress = crate::progress::Progress::new("Saving", None);
+    let mut streamed = 0u64;
+    let mut written = 0u64;
+    let result = (|| -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
+        let mut archive =
+            tar::Archive::new(bundle::ChunkReader::new(bundle::ReadAhead::new(stdout)));
+        let mut layout = ImageLayout::default();
+        let mut files = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let kind = entry.header().entry_type();
+            let name = entry.path()?.to_string_lossy().into_owned();
+            if kind.is_dir() {
+                continue;
+            }
+            if !kind.is_file() || !crate::model::manifest::is_safe_relative_path(&name) {
+                bail!("`docker save` wrote {name:?} ({kind:?}), which is not a plain file of an image archive");
+            }
+            let blob = name.strip_prefix("blobs/sha256/").filter(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+            let path = match blob {
+                Some(hex) => layout::build_cache_blob(hex),
+                None => format!("{IMAGES_DIR}/{name}"),
+            };
+            let target = staging.join(&path);
+            let size = entry.size();
+            if blob.is_some() && target.exists() {
+                // BuildKit wrote this layer into the build cache: the name is its digest.
+                std::io::copy(&mut entry, &mut std::io::sink())?;
+            } else {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {parent}"))?;
+                }
+                let partial = bundle::temp_sibling(&target);
+                let file = File::create(&partial).with_context(|| format!("creating {partial}"))?;
+                let mut out = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
+                std::io::copy(&mut entry, &mut out).with_context(|| format!("writing {path}"))?;
+                let (buffered, n, sha256) = out.finish();
+                let file = buffered.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                if let Some(hex) = blob {
+                    if sha256 != hex {
+                        bail!(
+                            "`docker save` wrote {name} with content of sha256 {sha256}: the \
+                             engine's stream is damaged; export again"
+                        );
+                    }
+                }
+                std::fs::rename(&partial, &target)
+                    .with_context(|| format!("renaming {partial}"))?;
+                files.push(FileEntry {
+                    path: path.clone(),
+                    size: n,
+                    sha256,
+                });
+                written += n;
+            }
+            streamed += size;
+            progress.set(streamed);
+            layout.entries.push(LayoutEntry { name, path });
+        }
+        Ok((layout, files))
+    })();
+    progress.done();
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let stderr = err_reader.join().unwrap_or_default();
+    if !status.success() && (result.is_ok() || !stderr.trim().is_empty()) {
+        bail!("`docker save` failed: {}", stderr.trim());
+    }
+    let done = result.context("reading the images that `docker save` streamed")?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "       Saved {} images: {} streamed, {} written (the rest was in the build cache) in \
+         {secs:.1}s ({}/s)",
+        names.len(),
+        human_bytes(streamed),
+        human_bytes(written),
+        human_bytes((streamed as f64 / secs.max(1e-6)) as u64)
+    );
+    Ok(done)
+}
+
+/// The previous bundle's saved images, hard-linked into `staging` where BuildKit did not
+/// write the file already, after checking each against the previous manifest.
+pub fn reuse_layout(
+    out: &Utf8Path,
+    previous: &Manifest,
+    layout: &ImageLayout,
+    staging: &Utf8Path,
+) -> anyhow::Result<Option<(ImageLayout, Vec<FileEntry>)>> {
+    let mut entries = Vec::new();
+    for e in &layout.entries {
+        match previous.files.iter().find(|f| f.path == e.path) {
+            Some(f) => entries.push(f),
+            None => return Ok(None),
+        }
+    }
+    // What BuildKit wrote into the staged build cache already is not linked again.
+    let todo: Vec<&FileEntry> = entries
+        .into_iter()
+        .filter(|f| !staging.join(&f.path).exists())
+        .collect();
+    if !bundle::link_checked(out, &todo, |f| staging.join(&f.path))? {
+        eprintln!(
+            "warning: the previous saved images do not match their manifest; saving them again"
+        );
+        return Ok(None);
+    }
+    Ok(Some((layout.clone(), todo.into_iter().cloned().collect())))
+}
+
+/// One `docker save` of every image, compressed and hashed while it streams.
+pub fn save_images(
+    docker: &Docker,
+    names: &[String],
+    compression: Compression,
+    path: &Utf8Path,
+    rel: &str,
+) -> anyhow::Result<FileEntry> {
+    eprintln!("      Saving {} images to {rel}", names.len());
+    let started = Instant::now();
+    let mut child = docker.spawn_save(names)?;
+    let stdout = child.stdout.take().context("docker save has no stdout")?;
+    let stderr = child.stderr.take().context("docker save has no stderr")?;
+    let err_reader = bundle::read_in_background(stderr);
+    let file = File::create(path).with_context(|| format!("creating {path}"))?;
+    let hashing = HashingWriter::new(BufWriter::with_capacity(bundle::BUFFER, file));
+    let mut progress = crate::progress::Progress::new("Saving", None);
+    // The engine's stream is read ahead on another thread, so `docker save` never waits
+    // on the pipe while a chunk is hashed (and compressed) and written here.
+    let copy = |writer: &mut dyn Write| -> std::io::Result<u64> {
+        let mut total = 0u64;
+        bundle::pipelined(stdout, |chunk| {
+            writer.write_all(chunk)?;
+            total += chunk.len() as u64;
+            progress.set(total);
+            Ok(())
+        })
+    };
+    let written = (|| -> anyhow::Result<_> {
+        Ok(match compression {
+            Compression::None => {
+                let mut w = hashing;
+                let raw = copy(&mut w)?;
+                (w, raw)
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::stream::Encoder::new(hashing, 3)?;
+                enc.multithread(2)?;
+                let raw = copy(&mut enc)?;
+                (enc.finish()?, raw)
+            }
+            Compression::Gzip => {
+                let mut enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
+                let raw = copy(&mut enc)?;
+                (enc.finish()?, raw)
+            }
+        })
+    })();
+    let (writer, raw) = match written {
+        Ok(done) => done,
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err).with_context(|| format!("writing {path}"));
+        }
+    };
+    progress.done();
+    let status = child.wait()?;
+    if !status.success() {
+        let stderr = err_reader.join().unwrap_or_default();
+        bail!("`docker save` failed: {}", stderr.trim());
+    }
+    let (mut buffered, size, sha256) = writer.finish();
+    buffered.flush()?;
+    buffered
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "       Saved {} images: {} → {} in {secs:.1}s ({}/s)",
+        names.len(),
+        human_bytes(raw),
+        human_bytes(size),
+        human_bytes((raw as f64 / secs.max(1e-6)) as u64)
+    );
+    Ok(FileEntry {
+        path: rel.to_string(),
+        size,
+        sha256,
+    })
+}
+
+/// Streams the images archive into `docker load`, decompressed here, while hashing the
+/// archive as it is read. The last chunk is held back until the digest is known: an
+/// archive that does not match its manifest never reaches the end of the stream, and
+/// `docker load` is killed before it could tag anything. One pass over the data.
+pub fn load_images(
+    docker: &Docker,
+    dir: &camino::Utf8Path,
+    entry: &FileEntry,
+    compression: Compression,
+) -> anyhow::Result<()> {
+    let archive = dir.join(&entry.path);
+    eprintln!(
+        "     Loading images from {archive} ({})",
+        human_bytes(entry.size)
+    );
+    let file = File::open(&archive).with_context(|| format!("opening {archive}"))?;
+    let actual_size = file.metadata()?.len();
+    if actual_size != entry.size {
+        bail!(
+            "{}: {actual_size} bytes, expected {} (truncated or grown); nothing was loaded. \
+             Copy it again from the export machine",
+            entry.path,
+            entry.size
+        );
+    }
+    let state = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+    let hashed = SharedHash {
+        inner: BufReader::with_capacity(bundle::BUFFER, file),
+        state: Arc::clone(&state),
+    };
+    let reader: Box<dyn Read + Send> = match compression {
+        Compression::None => Box::new(hashed),
+        Compression::Zstd => Box::new(zstd::stream::Decoder::new(hashed)?),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(hashed)),
+    };
+    stream_into_load(docker, archive.as_str(), reader, |failure| {
+        let (digest, read) = {
+            let state = state
+                .lock()
+                .map_err(|_| anyhow::anyhow!("hashing thread failed"))?;
+            (bundle::hex(&state.0.clone().finalize()), state.1)
+        };
+        let intact = read == entry.size && digest == entry.sha256;
+        match failure {
+            None if intact => Ok(()),
+            Some(e) if intact => bail!("streaming {archive} into docker load failed: {e}"),
+            _ if read != entry.size => bail!(
+                "{}: only {read} of {} bytes are a valid {} archive (damaged); nothing was \
+                 loaded. Copy it again from the export machine",
+                entry.path,
+                entry.size,
+                match compression {
+                    Compression::None => "tar",
+                    Compression::Zstd => "zstd",
+                    Compression::Gzip => "gzip",
+                }
+            ),
+            _ => bail!(
+                "{}: sha256 {digest}, expected {} (corrupted); nothing was loaded. Copy it \
+                 again from the export machine",
+                entry.path,
+                entry.sha256
+            ),
+        }
+    })
+}
+
+/// The layout's entries: tar name, file, and what the manifest says of the file.
+pub fn layout_files(
+    dir: &camino::Utf8Path,
+    layout: &ImageLayout,
+    files: &[FileEntry],
+) -> anyhow::Result<Vec<(String, camino::Utf8PathBuf, FileEntry)>> {
+    layout
+        .entries
+        .iter()
+        .map(|e| {
+            let file = files
+                .iter()
+                .find(|f| f.path == e.path)
+                .with_context(|| format!("manifest.yaml does not list {}", e.path))?;
+            Ok((e.name.clone(), dir.join(&e.path), file.clone()))
+        })
+        .collect()
+}
+
+/// Streams the saved images back into `docker load` as the tar `docker save` wrote, built
+/// here from the layout's files, each checked against the manifest as it streams (the last
+/// chunk is held back as for an archive).
+pub fn load_layout(
+    docker: &Docker,
+    dir: &camino::Utf8Path,
+    files: Vec<(String, camino::Utf8PathBuf, FileEntry)>,
+) -> anyhow::Result<()> {
+    let total: u64 = files.iter().map(|(_, _, f)| f.size).sum();
+    eprintln!(
+        "     Loading images from {dir} ({} files, {})",
+        files.len(),
+        human_bytes(total)
+    );
+    let what = format!("the saved images in {dir}");
+    stream_into_load(
+        docker,
+        &what,
+        Box::new(LayoutTar::new(files)),
+        |failure| match failure {
+            None => Ok(()),
+            Some(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                bail!("{e}; nothing was loaded. Copy it again from the export machine")
+            }
+            Some(e) => bail!("reading {what}: {e}; nothing was loaded"),
+        },
+    )
+}
+
+/// A tar of the layout's files, made as it is read: a header, the file's bytes (hashed as
+/// they go; a file that does not match the manifest ends the stream with `InvalidData`),
+/// padding, and at the end the two zero blocks.
+struct LayoutTar {
+    files: std::vec::IntoIter<(String, camino::Utf8PathBuf, FileEntry)>,
+    parts: std::collections::VecDeque<Part>,
+    ended: bool,
+}
+
+enum Part {
+    Bytes(Vec<u8>, usize),
+    Body {
+        file: File,
+        hasher: Sha256,
+        left: u64,
+        entry: FileEntry,
+    },
+}
+
+impl LayoutTar {
+    fn new(files: Vec<(String, camino::Utf8PathBuf, FileEntry)>) -> LayoutTar {
+        LayoutTar {
+            files: files.into_iter(),
+            parts: Default::default(),
+            ended: false,
+        }
+    }
+
+    /// Queues the next file's header, body and padding, or the trailer; false at the end.
+    fn queue_next(&mut self) -> std::io::Result<bool> {
+        use std::io::{Error, ErrorKind};
+        let Some((name, path, entry)) = self.files.next() else {
+            if self.ended {
+                return Ok(false);
+            }
+            self.ended = true;
+            self.parts.push_back(Part::Bytes(vec![0u8; 1024], 0));
+            return Ok(true);
+        };
+        let file = File::open(&path).map_err(|e| Error::new(e.kind(), format!("{path}: {e}")))?;
+        let size = file.metadata()?.len();
+        if size != entry.size {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "{}: {size} bytes, expected {} (truncated or grown)",
+                    entry.path, entry.size
+                ),
+            ));
+        }
+        let mut header = tar::Header::new_ustar();
+        header.set_path(&name)?;
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        self.parts
+            .push_back(Part::Bytes(header.as_bytes().to_vec(), 0));
+        self.parts.push_back(Part::Body {
+            file,
+            hasher: Sha256::new(),
+            left: size,
+            entry,
+        });
+        let pad = ((512 - size % 512) % 512) as usize;
+        self.parts.push_back(Part::Bytes(vec![0u8; pad], 0));
+        Ok(true)
+    }
+}
+
+impl Read for LayoutTar {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Error, ErrorKind};
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let Some(part) = self.parts.front_mut() else {
+                if !self.queue_next()? {
+                    return Ok(0);
+                }
+                continue;
+            };
+            match part {
+                Part::Bytes(bytes, at) => {
+                    if *at == bytes.len() {
+                        self.parts.pop_front();
+                        continue;
+                    }
+                    let n = buf.len().min(bytes.len() - *at);
+                    buf[..n].copy_from_slice(&bytes[*at..*at + n]);
+                    *at += n;
+                    return Ok(n);
+                }
+                Part::Body {
+                    file,
+                    hasher,
+                    left,
+                    entry,
+                } => {
+                    if *left == 0 {
+                        let digest = bundle::hex(&hasher.clone().finalize());
+                        if digest != entry.sha256 {
+                            let problem = bundle::FileProblem::Digest {
+                                path: entry.path.clone(),
+                                expected: entry.sha256.clone(),
+                                actual: digest,
+                            };
+                            return Err(Error::new(ErrorKind::InvalidData, problem.to_string()));
+                        }
+                        self.parts.pop_front();
+                        continue;
+                    }
+                    let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = file.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(Error::new(
+                            ErrorKind::InvalidData,
+                            format!("{}: ended early (truncated while streaming)", entry.path),
+                        ));
+                    }
+                    hasher.update(&buf[..n]);
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+            }
+        }
+    }
+}
+
+/// Hashes and counts the archive's bytes as the decompressor reads them.
+struct SharedHash<R> {
+    inner: R,
+    state: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl<R: Read> Read for SharedHash<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Ok(mut state) = self.state.lock() {
+            state.0.update(&buf[..n]);
+            state.1 += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout_files(dir: &camino::Utf8Path) -> Vec<(String, camino::Utf8PathBuf, FileEntry)> {
+        let contents: [(&str, Vec<u8>); 3] = [
+            ("index.json", br#"{"schemaVersion":2}"#.to_vec()),
+            (
+                "blobs/sha256/aa",
+                (0..70_000u32).map(|i| (i % 251) as u8).collect(),
+            ),
+            ("oci-layout", vec![]),
+        ];
+        contents
+            .iter()
+            .map(|(name, data)| {
+                let path = dir.join(name.replace('/', "_"));
+                std::fs::write(&path, data).unwrap();
+                let entry = FileEntry {
+                    path: format!("stored/{name}"),
+                    size: data.len() as u64,
+                    sha256: bundle::hex(&Sha256::digest(data)),
+                };
+                (name.to_string(), path, entry)
+            })
+            .collect()
+    }
+
+    fn temp_dir(tag: &str) -> camino::Utf8PathBuf {
+        crate::bundle::test_dir(&format!("layout-{tag}"))
+    }
+
+    /// What docker load reads is a tar with the same names and bytes, in order.
+    #[test]
+    fn layout_tar_gives_the_files_back() {
+        let dir = temp_dir("ok");
+        let files = layout_files(&dir);
+        let mut tar_bytes = Vec::new();
+        // Small reads, as a pipe may do, must give the same stream.
+        let mut reader = LayoutTar::new(files.clone());
+        let mut buf = [0u8; 333];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            tar_bytes.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(tar_bytes.len() % 512, 0);
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            seen.push((name, data));
+        }
+        let expected: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(name, path, _)| (name.clone(), std::fs::read(path).unwrap()))
+            .collect();
+        assert_eq!(seen, expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A damaged file ends the stream with InvalidData, before the stream's end.
+    #[test]
+    fn layout_tar_stops_at_a_damaged_file() {
+        let dir = temp_dir("bad");
+        let files = layout_files(&dir);
+        let mut data = std::fs::read(&files[1].1).unwrap();
+        data[1000] ^= 1;
+        std::fs::write(&files[1].1, &data).unwrap();
+        let mut out = Vec::new();
+        let err = LayoutTar::new(files.clone())
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("stored/blobs/sha256/aa: sha256"),
+            "{err}"
+        );
+        // Nothing after the damaged file: its header and bytes at most.
+        assert!(out.len() <= 512 * 3 + data.len());
+        std::fs::write(&files[1].1, &data[..500]).unwrap();
+        let err = LayoutTar::new(files).read_to_end(&mut out).unwrap_err();
+        assert!(
+            err.to_string().contains("500 bytes, expected 70000"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
