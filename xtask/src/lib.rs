@@ -23,5 +23,3 @@ mod progress;
 mod project;
 mod recompress;
 mod secrets;
-#[cfg(test)]
-mod tidy;
