@@ -2,13 +2,14 @@
 
 // Renders an LLM answer as Markdown (GFM: tables, lists, strikethrough, task lists).
 // Safety: react-markdown builds React elements and never renders raw HTML from the text
-// (no rehype-raw); rehype-sanitize (GitHub's schema) strips anything unexpected from the
-// tree as a second line; safeUrl drops javascript:, data: and other non-http(s) URLs.
+// (no rehype-raw): rehypeRawAsText makes such HTML literal text, then rehype-sanitize
+// (GitHub's schema) strips anything unexpected from the tree as a second line; safeUrl
+// drops javascript:, data: and other non-http(s) URLs.
 import { memo, useRef, useState, type ReactNode } from 'react';
 import ReactMarkdown, { type Components } from 'react-markdown';
 import remarkGfm from 'remark-gfm';
 import rehypeSanitize from 'rehype-sanitize';
-import { safeUrl } from '@/lib/markdown';
+import { rehypeRawAsText, safeUrl } from '@/lib/markdown';
 import { copyText } from './clipboard';
 
 function CodeBlock({ children }: { children?: ReactNode }) {
@@ -59,7 +60,7 @@ const components: Components = {
 };
 
 const remarkPlugins = [remarkGfm];
-const rehypePlugins = [rehypeSanitize];
+const rehypePlugins = [rehypeRawAsText, rehypeSanitize];
 
 /** Memoised: while an answer streams, only the message that changed is parsed again. */
 export const Markdown = memo(function Markdown({ text }: { text: string }) {

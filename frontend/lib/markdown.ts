@@ -20,3 +20,27 @@ export function safeUrl(url: string): string {
   const scheme = cleaned.slice(0, colon + 1).toLowerCase();
   return SAFE_PROTOCOLS.has(scheme) ? cleaned : '';
 }
+
+interface TreeNode {
+  type: string;
+  value?: string;
+  children?: TreeNode[];
+}
+
+/**
+ * Rehype plugin: HTML written in an answer (`raw` nodes) becomes plain text, before
+ * rehype-sanitize runs. The sanitiser would otherwise delete it, and an answer that says
+ * "use <br> here" would lose words; as text it is shown literally and never parsed.
+ */
+export function rehypeRawAsText() {
+  return (tree: TreeNode): void => {
+    const walk = (node: TreeNode) => {
+      if (!node.children) return;
+      node.children = node.children.map((child) =>
+        child.type === 'raw' ? { type: 'text', value: child.value ?? '' } : child,
+      );
+      node.children.forEach(walk);
+    };
+    walk(tree);
+  };
+}

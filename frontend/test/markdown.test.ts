@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { safeUrl } from '../lib/markdown.js';
+import { rehypeRawAsText, safeUrl } from '../lib/markdown.js';
 
 test('keeps http(s), mailto, relative URLs and fragments', () => {
   for (const url of [
@@ -35,4 +35,34 @@ test('drops script and other schemes, however they are disguised', () => {
   ]) {
     assert.equal(safeUrl(url), '', JSON.stringify(url));
   }
+});
+
+test('rehypeRawAsText turns raw HTML nodes into text, at any depth', () => {
+  const tree = {
+    type: 'root',
+    children: [
+      { type: 'raw', value: '<script>x()</script>' },
+      {
+        type: 'element',
+        children: [
+          { type: 'text', value: 'a ' },
+          { type: 'raw', value: '<img src=x onerror=y()>' },
+        ],
+      },
+    ],
+  };
+  rehypeRawAsText()(tree);
+  assert.deepEqual(tree, {
+    type: 'root',
+    children: [
+      { type: 'text', value: '<script>x()</script>' },
+      {
+        type: 'element',
+        children: [
+          { type: 'text', value: 'a ' },
+          { type: 'text', value: '<img src=x onerror=y()>' },
+        ],
+      },
+    ],
+  });
 });
