@@ -34,6 +34,18 @@ function problemOf(err: unknown): ChatProblem {
   return { message: err instanceof Error ? err.message : String(err) };
 }
 
+// Inline icons: an emoji or icon font may be missing on the reader's machine.
+const PencilIcon = () => (
+  <svg aria-hidden="true" viewBox="0 0 16 16" width="15" height="15" fill="none" stroke="currentColor" strokeWidth="1.5">
+    <path d="M11 2.5l2.5 2.5L5.5 13H3v-2.5z" strokeLinejoin="round" />
+  </svg>
+);
+const TrashIcon = () => (
+  <svg aria-hidden="true" viewBox="0 0 16 16" width="15" height="15" fill="none" stroke="currentColor" strokeWidth="1.5">
+    <path d="M2.5 4h11M6 4V2.5h4V4M4 4l.8 9.5h6.4L12 4" strokeLinejoin="round" />
+  </svg>
+);
+
 function ConversationItem({
   conversation,
   active,
@@ -120,7 +132,7 @@ function ConversationItem({
           setMode('rename');
         }}
       >
-        ✎
+        <PencilIcon />
       </button>
       <button
         type="button"
@@ -130,7 +142,7 @@ function ConversationItem({
         disabled={disabled}
         onClick={() => setMode('confirm-delete')}
       >
-        🗑
+        <TrashIcon />
       </button>
     </li>
   );
