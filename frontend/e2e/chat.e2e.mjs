@@ -121,6 +121,16 @@ async function send(text, { waitDone = true } = {}) {
   if (waitDone) await stopButton().waitFor({ state: 'detached', timeout: 20_000 });
 }
 
+/** Awaits a Playwright wait; a timeout becomes a failure that says what did not happen. */
+async function waitOr(promise, why) {
+  try {
+    await promise;
+  } catch (err) {
+    if (err?.name === 'TimeoutError') throw new CheckFailed(why);
+    throw err;
+  }
+}
+
 async function noHorizontalScroll(p) {
   const { sw, cw } = await p.evaluate(() => ({
     sw: document.documentElement.scrollWidth,
@@ -267,16 +277,22 @@ try {
     const input = page.getByRole('textbox', { name: 'New title' });
     await input.fill(newTitle);
     await input.press('Enter');
-    await convItem(newTitle).waitFor();
+    await waitOr(convItem(newTitle).waitFor(), 'the new title is not listed');
     expect((await convItem(secondTitle).count()) === 0, 'the old title is still listed');
-    await page.waitForFunction((t) => document.title.includes(t), newTitle);
+    await waitOr(
+      page.waitForFunction((t) => document.title.includes(t), newTitle),
+      `the page title is "${await page.title()}", not the new title`,
+    );
     await page.reload();
-    await convItem(newTitle).waitFor();
+    await waitOr(convItem(newTitle).waitFor(), 'the new title is gone after a reload (not saved)');
   });
 
   await check('delete a conversation (gone after a reload)', async () => {
+    const victim = 'conversation to delete';
+    await page.getByRole('button', { name: '+ New chat' }).click();
+    await send(victim);
+    await convItem(victim).waitFor();
     const before = await page.locator('li.conv').count();
-    const victim = 'hello from e2e';
     await page.getByRole('button', { name: `Delete “${victim}”` }).click();
     const confirming = page.locator('li.conv.confirming');
     await confirming.getByRole('button', { name: 'Delete', exact: true }).click();
@@ -284,18 +300,22 @@ try {
     expect((await convItem(victim).count()) === 0, 'the deleted conversation is still listed');
     const after = await page.locator('li.conv').count();
     expect(after === before - 1, `the list went from ${before} to ${after} conversations`);
+    expect(
+      (await page.locator('.msg').count()) === 0,
+      'the messages of the deleted conversation are still shown',
+    );
     await page.reload();
-    await convItem(newTitle).waitFor();
+    await page.locator('li.conv').first().waitFor();
     expect((await convItem(victim).count()) === 0, 'the deleted conversation came back after a reload');
   });
 
   await check('stop a streaming answer with the Stop button', async () => {
     await page.getByRole('button', { name: '+ New chat' }).click();
     await send('a long one: e2e-slow', { waitDone: false });
-    await stopButton().waitFor();
-    await lastAssistant().filter({ hasText: 'word2' }).waitFor();
+    await waitOr(stopButton().waitFor(), 'no Stop button while the answer streams');
+    await waitOr(lastAssistant().filter({ hasText: 'word2' }).waitFor(), 'the slow answer does not stream in');
     await stopButton().click();
-    await stopButton().waitFor({ state: 'detached', timeout: 3000 });
+    await waitOr(stopButton().waitFor({ state: 'detached', timeout: 3000 }), 'still streaming 3 s after Stop');
     await page.getByRole('button', { name: 'Send' }).waitFor();
     const atStop = await lastAssistant().innerText();
     await page.waitForTimeout(1000); // the fake sends a word every 300 ms
@@ -322,13 +342,14 @@ try {
     await m.screenshot({ path: path.join(shotDir, 'mobile-login.png') });
     await m.evaluate((t) => localStorage.setItem('chat.token', t), token);
     await m.goto(`${baseUrl}/chat`);
+    await m.getByRole('textbox', { name: 'Message' }).waitFor();
     const toggle = m.getByRole('button', { name: 'Conversations' });
-    await toggle.waitFor();
+    expect(await toggle.isVisible(), 'no Conversations button on a narrow screen');
     expect(!(await m.locator('aside').isVisible()), 'the conversation list is open on a narrow screen');
     await toggle.click();
     await m.locator('aside').waitFor({ state: 'visible' });
     await m.screenshot({ path: path.join(shotDir, 'mobile-nav.png') });
-    // The one with the Markdown answer (wide table, long code line) was deleted; make another.
+    // An answer with a table and a long code line must not widen the page.
     await m.getByRole('button', { name: '+ New chat' }).click();
     expect(!(await m.locator('aside').isVisible()), 'choosing from the list did not close it');
     await m.getByRole('textbox', { name: 'Message' }).fill('mobile e2e-markdown');
