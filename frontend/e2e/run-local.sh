@@ -16,6 +16,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/chat-e2e.XXXXXX")
 shots=${E2E_SCREENSHOT_DIR:-$work/screenshots}
 pids=()
 
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local pid
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
