@@ -340,7 +340,7 @@ export default function ChatPage() {
       </aside>
       {navOpen && <div className="backdrop" aria-hidden="true" onClick={() => setNavOpen(false)} />}
       <main>
-        <div className="messages" aria-live="polite">
+        <div className="messages">
           {messages.length === 0 && <p className="hint">Send a message to start.</p>}
           {messages.map((m) => (
             <div key={m.id} className={`msg ${m.role}`} data-role={m.role}>
