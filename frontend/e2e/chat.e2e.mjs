@@ -71,20 +71,25 @@ async function check(name, fn) {
   console.log(`ok ${passed} - ${name} (${Date.now() - t0} ms)`);
 }
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  // Playwright gives every launch a fresh temporary profile (--user-data-dir).
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await chromium
+  .launch({
+    executablePath,
+    headless: true,
+    // Playwright gives every launch a fresh temporary profile (--user-data-dir).
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  })
+  .catch((err) => {
+    console.error(`FAIL: cannot start Chromium at ${executablePath} (set CHROMIUM): ${err.message.split('\n')[0]}`);
+    process.exit(1);
+  });
 
 const dialogs = [];
 const pageErrors = [];
