@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine of this project's kind:
 # a modern Docker engine with buildx and compose v2 (from Debian trixie, pinned per
-# package), debootstrap and busybox-static for the stand-in base images.
+# package), debootstrap and busybox-static for the stand-in base images, and Debian's
+# chromium for the frontend's browser test.
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io/trixie)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ ! -f /etc/apt/sources.list.d/trixie.sources ]; then

@@ -2,14 +2,15 @@
 # The project's one test command: installs what a fresh machine of this kind lacks, then
 # runs every test: the xtask crate (unit tests, and the Docker suite on private engines
 # that the tests start and stop themselves), the backend's pytest suite, and the
-# frontend's lint, unit tests and production build.
+# frontend's lint, unit tests, production build and browser test (headless chromium
+# against the built export, the backend and a fake LLM, all on 127.0.0.1).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-step "installing test dependencies (Docker engine, buildx, compose v2, debootstrap)"
+step "installing test dependencies (Docker engine, buildx, compose v2, debootstrap, chromium)"
 bash scripts/install-test-deps.sh
 
 step "cargo fmt --check, cargo clippy"
@@ -29,7 +30,7 @@ fi
 backend/.venv/bin/python -m pip install --quiet --disable-pip-version-check -r backend/requirements-dev.txt
 (cd backend && .venv/bin/python -m pytest -q)
 
-step "frontend: npm ci, lint, test, build"
+step "frontend: npm ci, lint, test, build, browser test"
 (
     cd frontend
     export NEXT_TELEMETRY_DISABLED=1
@@ -37,5 +38,7 @@ step "frontend: npm ci, lint, test, build"
     npm run lint
     npm test
     npm run build
+    # the out/ just built; uses backend/.venv from the step above
+    E2E_SKIP_BUILD=1 bash e2e/run-local.sh
 )
 step "all tests passed"

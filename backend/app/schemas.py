@@ -40,6 +40,10 @@ class ConversationCreate(BaseModel):
     title: Optional[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]] = None
 
 
+class ConversationRename(BaseModel):
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
 class ConversationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

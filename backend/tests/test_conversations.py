@@ -39,3 +39,22 @@ def test_conversation_errors(client, auth):
     assert client.post("/api/conversations", json={"title": "x" * 201}, headers=auth).status_code == 422
     assert client.get("/api/conversations").status_code == 401
     assert client.post("/api/conversations").status_code == 401
+
+
+def test_rename(client, auth):
+    conversation_id = client.post("/api/conversations", headers=auth).json()["id"]
+    url = f"/api/conversations/{conversation_id}"
+    renamed = client.patch(url, json={"title": "  Holiday plans "}, headers=auth)
+    assert renamed.status_code == 200
+    assert renamed.json()["id"] == conversation_id
+    assert renamed.json()["title"] == "Holiday plans"
+    assert client.get(url, headers=auth).json()["title"] == "Holiday plans"
+
+    assert client.patch(url, json={"title": ""}, headers=auth).status_code == 422
+    assert client.patch(url, json={"title": "x" * 201}, headers=auth).status_code == 422
+    assert client.patch(url, json={}, headers=auth).status_code == 422
+    assert client.patch("/api/conversations/12345", json={"title": "t"}, headers=auth).status_code == 404
+    other = register(client, "mallory")
+    assert client.patch(url, json={"title": "mine"}, headers=other).status_code == 404
+    assert client.patch(url, json={"title": "t"}).status_code == 401
+    assert client.get(url, headers=auth).json()["title"] == "Holiday plans"

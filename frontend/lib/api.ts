@@ -23,6 +23,8 @@ export class ApiError extends Error {
   constructor(
     public status: number,
     message: string,
+    /** The backend's JSON `detail`; null when the body was not the backend's JSON (a proxy's error page). */
+    public detail: string | null = null,
   ) {
     super(message);
   }
@@ -38,7 +40,7 @@ export function setToken(token: string | null): void {
 }
 
 async function errorOf(res: Response): Promise<ApiError> {
-  let detail = res.statusText || `HTTP ${res.status}`;
+  let detail: string | null = null;
   try {
     const body = await res.json();
     if (typeof body?.detail === 'string') detail = body.detail;
@@ -46,7 +48,7 @@ async function errorOf(res: Response): Promise<ApiError> {
   } catch {
     /* not JSON */
   }
-  return new ApiError(res.status, detail);
+  return new ApiError(res.status, detail ?? (res.statusText || `HTTP ${res.status}`), detail);
 }
 
 async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
@@ -56,6 +58,7 @@ async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
   if (init.body) headers.set('Content-Type', 'application/json');
   const res = await fetch(path, { ...init, headers });
   if (!res.ok) throw await errorOf(res);
+  if (res.status === 204) return undefined as T;
   return (await res.json()) as T;
 }
 
@@ -75,6 +78,15 @@ export const listConversations = () => request<ConversationSummary[]>('/api/conv
 
 export const getConversation = (id: number | string) =>
   request<Conversation>(`/api/conversations/${encodeURIComponent(String(id))}`);
+
+export const renameConversation = (id: number | string, title: string) =>
+  request<ConversationSummary>(`/api/conversations/${encodeURIComponent(String(id))}`, {
+    method: 'PATCH',
+    body: JSON.stringify({ title }),
+  });
+
+export const deleteConversation = (id: number | string) =>
+  request<void>(`/api/conversations/${encodeURIComponent(String(id))}`, { method: 'DELETE' });
 
 /** POST /api/chat and yield the streamed events as they arrive. */
 export async function* streamChat(

@@ -73,6 +73,7 @@ export class SSEParser {
 
 /** Events of the backend's POST /api/chat stream. */
 export type ChatEvent =
+  | { type: 'start'; conversationId: number | string; userMessageId: number | string }
   | { type: 'delta'; delta: string }
   | { type: 'done'; conversationId: number | string; messageId: number | string | null }
   | { type: 'error'; error: string };
@@ -99,6 +100,11 @@ export function parseChatEvent(data: string): ChatEvent | null {
     };
   }
   if (typeof o.delta === 'string') return { type: 'delta', delta: o.delta };
+  const cid = o.conversation_id;
+  const uid = o.user_message_id;
+  if ((typeof cid === 'number' || typeof cid === 'string') && (typeof uid === 'number' || typeof uid === 'string')) {
+    return { type: 'start', conversationId: cid, userMessageId: uid };
+  }
   return null;
 }
 

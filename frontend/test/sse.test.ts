@@ -31,7 +31,7 @@ test('bare CR line endings and flush of an unterminated message', () => {
   assert.deepEqual(p.flush(), []);
 });
 
-test('parseChatEvent recognises delta, done and error', () => {
+test('parseChatEvent recognises start, delta, done and error', () => {
   assert.deepEqual(parseChatEvent('{"delta":"x"}'), { type: 'delta', delta: 'x' });
   assert.deepEqual(parseChatEvent('{"done":true,"conversation_id":3,"message_id":9}'), {
     type: 'done',
@@ -39,6 +39,13 @@ test('parseChatEvent recognises delta, done and error', () => {
     messageId: 9,
   });
   assert.deepEqual(parseChatEvent('{"error":"boom"}'), { type: 'error', error: 'boom' });
+  assert.deepEqual(parseChatEvent('{"error":"boom","conversation_id":3}'), { type: 'error', error: 'boom' });
+  assert.deepEqual(parseChatEvent('{"conversation_id":3,"user_message_id":8}'), {
+    type: 'start',
+    conversationId: 3,
+    userMessageId: 8,
+  });
+  assert.equal(parseChatEvent('{"conversation_id":3}'), null);
   assert.equal(parseChatEvent('not json'), null);
   assert.equal(parseChatEvent('{"other":1}'), null);
   assert.equal(parseChatEvent('[DONE]'), null);

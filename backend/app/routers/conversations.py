@@ -1,4 +1,4 @@
-"""GET/POST /api/conversations, GET/DELETE /api/conversations/{id}."""
+"""GET/POST /api/conversations, GET/PATCH/DELETE /api/conversations/{id}."""
 from typing import List, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Response, status
@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from ..db import get_db
 from ..models import Conversation, User
-from ..schemas import ConversationCreate, ConversationDetail, ConversationOut
+from ..schemas import ConversationCreate, ConversationDetail, ConversationOut, ConversationRename
 from ..security import get_current_user
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
@@ -60,6 +60,19 @@ def get_conversation(
     conversation_id: int, user: User = Depends(get_current_user), db: Session = Depends(get_db)
 ) -> Conversation:
     return get_owned_conversation(db, user.id, conversation_id, with_messages=True)
+
+
+@router.patch("/{conversation_id}", response_model=ConversationOut)
+def rename_conversation(
+    conversation_id: int,
+    body: ConversationRename,
+    user: User = Depends(get_current_user),
+    db: Session = Depends(get_db),
+) -> Conversation:
+    conversation = get_owned_conversation(db, user.id, conversation_id)
+    conversation.title = body.title
+    db.commit()
+    return conversation
 
 
 @router.delete("/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
