@@ -509,7 +509,11 @@ fn resolve_paths(service: &mut Mapping, dir: &Utf8Path) -> anyhow::Result<()> {
             .context("`build.additional_contexts` must be a mapping or a list")?;
         for value in map.values_mut() {
             if let Some(text) = value.as_str() {
-                if !text.contains("://") && !text.starts_with("target:") && !is_remote(text) {
+                if !text.contains("://")
+                    && !text.starts_with("target:")
+                    && !text.starts_with("service:")
+                    && !is_remote(text)
+                {
                     *value = Value::String(absolute(dir, text).into_string());
                 }
             }
@@ -863,6 +867,7 @@ mod tests {
                     wheels: ./wheels
                     base: docker-image://python:3.12
                     stage: target:builder
+                    shared: service:abs
               defaults:
                 build: {}
               abs:
@@ -883,7 +888,7 @@ mod tests {
               dockerfile /p/backend/docker/Dockerfile.prod
               target runtime
               cache_from type=local,src=./cache long:cache
-              additional_contexts base=docker-image://python:3.12 stage=target:builder wheels=/p/wheels
+              additional_contexts base=docker-image://python:3.12 shared=service:abs stage=target:builder wheels=/p/wheels
               network host
             pulled image=redis
             short

@@ -11,7 +11,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 
 use crate::model::compose::{ComposeModel, Context, DockerfileSource};
-use crate::model::{dockerfile, requirements};
+use crate::model::dockerfile::{self, NamedContext};
+use crate::model::requirements;
 
 /// What the plan needs from the filesystem.
 pub trait Fs {
@@ -127,8 +128,9 @@ impl Plan {
                 .map_or_else(|| "its dockerfile_inline".to_string(), |p| p.to_string());
             let parsed = dockerfile::parse(&text)
                 .with_context(|| format!("service {name}: reading {shown}"))?;
+            let contexts = named_contexts(&build.additional_contexts, project_name, name);
             let resolved = parsed
-                .resolve(&build.args, build.target.as_deref())
+                .resolve_with_contexts(&build.args, build.target.as_deref(), &contexts)
                 .with_context(|| format!("service {name}: resolving the stages of {shown}"))?;
             plan.warnings.extend(
                 resolved
@@ -180,6 +182,28 @@ impl Plan {
         plan.base_images = all_images.into_iter().collect();
         Ok(plan)
     }
+}
+
+/// A build's `additional_contexts` as the Dockerfile model reads them. A
+/// `docker-image://` context naming one of this tool's own images
+/// (`<project>-<service>-…`, made on the target by cache-import) is not a base image to
+/// export: it stands for the folder it was made from.
+fn named_contexts(
+    contexts: &BTreeMap<String, String>,
+    project: &str,
+    service: &str,
+) -> BTreeMap<String, NamedContext> {
+    let own = format!("{project}-{service}-");
+    contexts
+        .iter()
+        .map(|(name, value)| {
+            let context = match NamedContext::from_value(value) {
+                NamedContext::Image(image) if image.starts_with(&own) => NamedContext::Other,
+                context => context,
+            };
+            (name.clone(), context)
+        })
+        .collect()
 }
 
 /// The patterns of a `.dockerignore`, enough to tell whether a file at the context's root
@@ -249,6 +273,77 @@ fn glob(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An in-memory project: paths relative to `/p`.
+    struct MemFs(BTreeMap<Utf8PathBuf, String>);
+
+    impl MemFs {
+        fn new(files: &[(&str, &str)]) -> MemFs {
+            MemFs(
+                files
+                    .iter()
+                    .map(|(p, t)| (Utf8Path::new("/p").join(p), t.to_string()))
+                    .collect(),
+            )
+        }
+    }
+
+    impl Fs for MemFs {
+        fn read(&self, path: &Utf8Path) -> std::io::Result<String> {
+            self.0
+                .get(path)
+                .cloned()
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+        }
+        fn list(&self, dir: &Utf8Path) -> std::io::Result<Vec<String>> {
+            let names: BTreeSet<String> = self
+                .0
+                .keys()
+                .filter_map(|p| p.strip_prefix(dir).ok())
+                .filter_map(|rest| rest.components().next())
+                .map(|c| c.as_str().to_string())
+                .collect();
+            if names.is_empty() {
+                return Err(std::io::ErrorKind::NotFound.into());
+            }
+            Ok(names.into_iter().collect())
+        }
+    }
+
+    /// The plan of `/p/compose.yml` among `files`.
+    fn plan_of(files: &[(&str, &str)]) -> Plan {
+        let fs = MemFs::new(files);
+        let read = |p: &Utf8Path| fs.read(p);
+        let model =
+            crate::model::compose::load(Utf8Path::new("/p/compose.yml"), &BTreeMap::new(), &read)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        Plan::build(&model, "proj", &fs).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn additional_contexts_are_not_base_images() {
+        let plan = plan_of(&[
+            (
+                "compose.yml",
+                "services:\n  api:\n    build:\n      context: ./api\n      \
+                 additional_contexts:\n        protos: ./proto\n        \
+                 tools: docker-image://ghcr.io/acme/tools:2\n        \
+                 npm-cache: docker-image://proj-api-npm-cache:0123\n",
+            ),
+            (
+                "api/Dockerfile",
+                "FROM scratch AS npm-cache\nFROM protos AS p\nFROM golang:1.22\n\
+                 COPY --from=protos /a /a\nCOPY --from=tools /bin/t /t\n\
+                 RUN --mount=from=npm-cache,target=/n true\n",
+            ),
+            ("proto/a.proto", ""),
+        ]);
+        assert_eq!(
+            plan.build_services[0].base_images,
+            ["golang:1.22", "ghcr.io/acme/tools:2"]
+        );
+        assert_eq!(plan.base_images, ["ghcr.io/acme/tools:2", "golang:1.22"]);
+    }
 
     #[test]
     fn dockerignore_decides_which_manifests_reach_the_build() {
