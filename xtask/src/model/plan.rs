@@ -24,6 +24,8 @@ pub trait Fs {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Plan {
     pub compose_file: Utf8PathBuf,
+    /// Every compose file of the project, in merge order (`compose_file` first).
+    pub compose_files: Vec<Utf8PathBuf>,
     pub project_name: String,
     pub build_services: Vec<BuildService>,
     /// Services built from a remote (git URL) context: they cannot be rebuilt offline.
@@ -69,6 +71,7 @@ impl Plan {
     pub fn build(model: &ComposeModel, project_name: &str, fs: &dyn Fs) -> anyhow::Result<Plan> {
         let mut plan = Plan {
             compose_file: model.file.clone(),
+            compose_files: model.files.clone(),
             project_name: project_name.to_string(),
             build_services: Vec::new(),
             remote_build_services: Vec::new(),
