@@ -457,12 +457,10 @@ impl Dockerfile {
         }
 
         let mut base_images = Vec::new();
+        // `# syntax=` makes BuildKit fetch that frontend image: it is needed like a base
+        // image (the plan lists it, once, in `frontend_images`).
         if let Some(syntax) = &self.syntax {
             base_images.push(syntax.clone());
-            warnings.push(format!(
-                "`# syntax={syntax}` makes BuildKit fetch that frontend image: export it with \
-                 the base images, or delete the line to use the built-in frontend offline"
-            ));
         }
         let mut stages = Vec::new();
         for i in (0..self.stages.len()).filter(|&i| built[i]) {
@@ -1626,13 +1624,12 @@ mod tests {
     }
 
     #[test]
-    fn syntax_image_comes_first_with_a_warning() {
+    fn syntax_image_comes_first_without_a_warning() {
         let text =
             "# syntax=docker/dockerfile:1.7\nFROM alpine\nFROM alpine\nCOPY --from=alpine / /\n";
         let r = resolve(text, &[], None).expect("resolves");
         assert_eq!(r.base_images, ["docker/dockerfile:1.7", "alpine"]);
-        assert_eq!(r.warnings.len(), 1);
-        assert!(r.warnings[0].contains("export it"));
+        assert_eq!(r.warnings, Vec::<String>::new());
     }
 
     #[test]

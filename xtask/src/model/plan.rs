@@ -33,6 +33,9 @@ pub struct Plan {
     pub image_services: Vec<ImageService>,
     /// Sorted, unique: the build services' base images and the image-only services' images.
     pub base_images: Vec<String>,
+    /// Sorted, unique: the `# syntax=` frontend images (also in `base_images`), which
+    /// BuildKit fetches before it reads the Dockerfile.
+    pub frontend_images: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -77,9 +80,11 @@ impl Plan {
             remote_build_services: Vec::new(),
             image_services: Vec::new(),
             base_images: Vec::new(),
+            frontend_images: Vec::new(),
             warnings: Vec::new(),
         };
         let mut all_images = BTreeSet::new();
+        let mut frontends = BTreeSet::new();
         // BTreeMap: services come sorted by name.
         for (name, service) in &model.services {
             let Some(build) = &service.build else {
@@ -142,6 +147,13 @@ impl Plan {
                     .map(|w| format!("service {name}: {shown}: {w}")),
             );
             all_images.extend(resolved.base_images.iter().cloned());
+            frontends.extend(parsed.syntax.clone());
+            plan.warnings.extend(cache_from_warnings(
+                name,
+                &build.cache_from,
+                &resolved.base_images,
+                project_name,
+            ));
 
             // A requirements file the .dockerignore leaves out cannot be installed by the
             // build (requirements-dev.txt, typically): it is not the image's dependency.
@@ -183,8 +195,53 @@ impl Plan {
             });
         }
         plan.base_images = all_images.into_iter().collect();
+        plan.frontend_images = frontends.into_iter().collect();
         Ok(plan)
     }
+}
+
+/// A `cache_from` entry that names an image (plain `name:tag`, or `type=registry`): on the
+/// containerd image store BuildKit looks such an image up in its registry, never in the
+/// engine, so offline it is not found and that build runs without its cache. Entries
+/// patch-compose writes for the image strategies (`<project>-<service>-cache:…` and the
+/// build's own base images) are meant for classic-store engines and pass without a word.
+fn cache_from_warnings(
+    service: &str,
+    cache_from: &[String],
+    base_images: &[String],
+    project: &str,
+) -> Vec<String> {
+    let own = format!("{project}-{service}-cache:");
+    cache_from
+        .iter()
+        .filter_map(|entry| {
+            let image = if entry.contains('=') {
+                let fields: Vec<(&str, &str)> = entry
+                    .split(',')
+                    .filter_map(|f| f.split_once('='))
+                    .map(|(k, v)| (k.trim(), v.trim()))
+                    .collect();
+                let kind = fields.iter().find(|(k, _)| *k == "type").map(|(_, v)| *v);
+                if kind != Some("registry") {
+                    return None;
+                }
+                fields.iter().find(|(k, _)| *k == "ref").map(|(_, v)| *v)?
+            } else {
+                entry.as_str()
+            };
+            if image.is_empty() || image.starts_with(&own) || base_images.iter().any(|b| b == image)
+            {
+                return None;
+            }
+            Some(format!(
+                "service {service}: `cache_from: {entry}` names an image; with the containerd \
+                 image store BuildKit asks a registry for it (not the engine), so offline it is \
+                 not found and the build runs without that cache. Keep it only for engines \
+                 with the classic image store, or drop it and let `cargo xtask patch-compose` \
+                 add the exported cache"
+            ))
+        })
+        .collect()
 }
 
 /// A build's `additional_contexts` as the Dockerfile model reads them. A
@@ -321,6 +378,41 @@ mod tests {
             crate::model::compose::load(Utf8Path::new("/p/compose.yml"), &BTreeMap::new(), &read)
                 .unwrap_or_else(|e| panic!("{e:#}"));
         Plan::build(&model, "proj", &fs).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn syntax_frontends_are_listed_once_without_a_warning() {
+        let df = "# syntax=docker/dockerfile:1\nFROM alpine\n";
+        let plan = plan_of(&[
+            (
+                "compose.yml",
+                "services:\n  a: {build: ./a}\n  b: {build: ./b}\n  c: {build: ./c}\n",
+            ),
+            ("a/Dockerfile", df),
+            ("b/Dockerfile", df),
+            ("c/Dockerfile", "FROM alpine\n"),
+        ]);
+        assert_eq!(plan.frontend_images, ["docker/dockerfile:1"]);
+        assert_eq!(plan.base_images, ["alpine", "docker/dockerfile:1"]);
+        assert_eq!(plan.warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn cache_from_images_are_warned_about() {
+        let plan = plan_of(&[
+            (
+                "compose.yml",
+                "services:\n  web:\n    build:\n      context: ./web\n      cache_from:\n        \
+                 - myorg/web:cache\n        - type=registry,ref=ghcr.io/o/web:buildcache\n        \
+                 - type=local,src=/srv/cache\n        - type=gha\n        \
+                 - proj-web-cache:latest\n        - python:3.12\n",
+            ),
+            ("web/Dockerfile", "FROM python:3.12\n"),
+        ]);
+        assert_eq!(plan.warnings.len(), 2, "{:#?}", plan.warnings);
+        assert!(plan.warnings[0].contains("`cache_from: myorg/web:cache` names an image"));
+        assert!(plan.warnings[1].contains("ref=ghcr.io/o/web:buildcache"));
+        assert!(plan.warnings[1].contains("containerd image store"));
     }
 
     #[test]
