@@ -44,9 +44,19 @@
 //! characters), and `$` is written `$$`: the values are literal, compose does not
 //! interpolate them. Lines added to a CRLF file end in CRLF.
 //!
+//! # Build sections shared through `<<:` merge keys
+//!
+//! A service that gets its build section from a `<<:` merge key (`x-app: &app {build: …}`,
+//! then `web: {<<: *app}`; also through nested merges, or from a service others merge) is
+//! patched where the section is written, once: every service that shares it builds the
+//! same thing, so they get the same additions (their `cache_from` entries together). The
+//! result is checked with the merge keys applied: each service means what it meant plus
+//! its additions. Refused, with what to write instead: sharers that need different values
+//! for one arg or context name, and a sharer that is not being patched.
+//!
 //! # What it refuses (with an error naming the service and the fix)
 //!
-//! A build section that comes from an alias (`build: *b`), a `<<:` merge key or `extends`;
+//! A build section that comes from an alias (`build: *b`) or `extends`;
 //! a build section (or one of its `args`/`cache_from`/`additional_contexts`) that carries
 //! an anchor some alias reuses, since the additions would leak into the other services;
 //! flow-style `build: {…}` and flow collections spread over several lines (one-line
@@ -105,7 +115,33 @@ pub fn apply(text: &str, patches: &[ServicePatch]) -> anyhow::Result<String> {
     let mut expected = doc.clone();
     let mut edits = Edits::default();
     let mut services_loc: Option<Located> = None;
-    for patch in merge_patches(patches)? {
+    let (patches, shared, anchor_checked) =
+        shared_builds(&lines, services, merge_patches(patches)?)?;
+    let mut merged_expected = (!shared.is_empty()).then(|| merged_view(&doc));
+    for group in &shared {
+        let svc = Value::Mapping(Mapping::from_iter([(
+            Value::from("build"),
+            group.build.clone(),
+        )]));
+        let plan = plan(&group.label, &svc, &group.patch)?;
+        if plan.is_empty() {
+            continue;
+        }
+        edit_build_in(
+            &lines,
+            &group.label,
+            group.map_line,
+            group.map_indent,
+            &plan,
+            &mut edits,
+        )?;
+        if let Some(merged) = merged_expected.as_mut() {
+            for service in &group.services {
+                expect(merged, service, &plan);
+            }
+        }
+    }
+    for patch in patches {
         let svc = services.get(patch.service.as_str()).ok_or_else(|| {
             anyhow!(
                 "service `{}` is not in the compose file; check the service name (or the \
@@ -125,8 +161,12 @@ pub fn apply(text: &str, patches: &[ServicePatch]) -> anyhow::Result<String> {
                 loc
             }
         };
-        edit_service(&lines, &loc, &patch.service, &plan, &mut edits)?;
+        let check = !anchor_checked.contains(&patch.service);
+        edit_service(&lines, &loc, &patch.service, &plan, check, &mut edits)?;
         expect(&mut expected, &patch.service, &plan);
+        if let Some(merged) = merged_expected.as_mut() {
+            expect(merged, &patch.service, &plan);
+        }
     }
     if edits.is_empty() {
         return Ok(base);
@@ -138,7 +178,14 @@ pub fn apply(text: &str, patches: &[ServicePatch]) -> anyhow::Result<String> {
              as it is. Please report this with the compose file"
         )
     })?;
-    if reparsed != expected {
+    // With a shared (merged) build section edited, the anchored mapping changed too: the
+    // services must mean, merge keys applied, what was intended, and nothing else may
+    // change but the `x-` extension keys that hold the anchors.
+    let meaning_differs = match &merged_expected {
+        Some(merged) => !same_meaning(&merged_view(&reparsed), merged),
+        None => reparsed != expected,
+    };
+    if meaning_differs {
         bail!(
             "internal error: the patched compose file would not mean what was intended; the \
              file was left as it is. Please report this with the compose file"
@@ -646,6 +693,337 @@ impl Plan {
     }
 }
 
+/// A build section several services get from one anchored mapping through `<<:` merge
+/// keys (`x-app: &app {build: …}`, then `web: {<<: *app}`), or from a service others
+/// merge: patched once, where it is written.
+#[derive(Debug)]
+struct SharedBuild {
+    /// How messages name it: the anchor and the services that share it.
+    label: String,
+    /// The line and indentation of the key of the mapping that holds `build:`.
+    map_line: usize,
+    map_indent: usize,
+    /// The build section, as parsed.
+    build: Value,
+    /// Every service that builds with it, in file order.
+    services: Vec<String>,
+    /// The patches of those services, together.
+    patch: ServicePatch,
+    /// The services whose patches were joined.
+    patched: Vec<String>,
+    /// The anchor of the mapping that holds it, if any.
+    anchor: Option<String>,
+}
+
+/// Where a service's `build:` is written: the key line and indentation of the mapping that
+/// holds it (the service itself, or the anchored mapping its `<<:` merges, followed
+/// through nested merges and service aliases), and that mapping's anchor.
+fn build_origin(
+    lines: &[Line<'_>],
+    map_line: usize,
+    map_indent: usize,
+    depth: usize,
+) -> Option<(usize, usize, Option<String>)> {
+    if depth > 32 {
+        return None;
+    }
+    let content = lines[map_line].content;
+    let after = parse_key(&content[map_indent..]).map_or(0, |(_, a)| a) + map_indent;
+    let v = value_text(content, after);
+    match v.kind {
+        Kind::Block => {}
+        Kind::Alias => {
+            let name = v.body.trim_start_matches('*');
+            let (line, indent) = find_anchor(lines, name)?;
+            return build_origin(lines, line, indent, depth + 1);
+        }
+        _ => return None,
+    }
+    let anchor = v.anchor.map(String::from);
+    let sp = span(lines, map_line, map_indent);
+    let ci = sp.child_indent.filter(|&c| c > map_indent)?;
+    let keys = keys_in(lines, map_line + 1, sp.end, ci);
+    if keys.iter().any(|(_, k)| k == "build") {
+        return Some((map_line, map_indent, anchor));
+    }
+    let (merge_line, _) = keys.iter().find(|(_, k)| k == "<<")?;
+    let content = lines[*merge_line].content;
+    let after = parse_key(&content[ci..]).map_or(0, |(_, a)| a) + ci;
+    let v = value_text(content, after);
+    let names: Vec<&str> = match v.kind {
+        Kind::Alias => vec![v.body],
+        Kind::Flow => v
+            .body
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(str::trim)
+            .collect(),
+        _ => return None,
+    };
+    // In a merge list the earlier mappings win.
+    for name in names {
+        let name = name.strip_prefix('*')?;
+        let (line, indent) = find_anchor(lines, name)?;
+        if let Some(found) = build_origin(lines, line, indent, depth + 1) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// The key line and indentation of the block mapping that carries `&name`.
+fn find_anchor(lines: &[Line<'_>], name: &str) -> Option<(usize, usize)> {
+    lines.iter().enumerate().find_map(|(i, line)| {
+        let c = line.content;
+        if !is_content(c) || is_comment(c) {
+            return None;
+        }
+        let indent = indent_of(c);
+        let (_, after) = parse_key(&c[indent..])?;
+        let v = value_text(c, indent + after);
+        (v.anchor == Some(name) && matches!(v.kind, Kind::Block)).then_some((i, indent))
+    })
+}
+
+/// The build section a service gets, following its `<<:` merge keys (not merging inside
+/// the build section).
+fn merged_build(svc: &Value, depth: usize) -> Option<Value> {
+    let map = svc.as_mapping()?;
+    if let Some(build) = map.get("build") {
+        return Some(build.clone());
+    }
+    if depth > 32 {
+        return None;
+    }
+    merge_sources(map)
+        .into_iter()
+        .find_map(|m| merged_build(&Value::Mapping(m.clone()), depth + 1))
+}
+
+/// Splits off the patches of services whose build section is shared through merge keys
+/// (or a service anchor): one [`SharedBuild`] per shared section, the others as they were,
+/// and the services whose own anchor was found to share no build section.
+fn shared_builds(
+    lines: &[Line<'_>],
+    services: &Mapping,
+    patches: Vec<ServicePatch>,
+) -> anyhow::Result<(Vec<ServicePatch>, Vec<SharedBuild>, Vec<String>)> {
+    let needed = patches.iter().any(|p| {
+        services
+            .get(p.service.as_str())
+            .and_then(Value::as_mapping)
+            .is_some_and(|m| !m.contains_key("build"))
+    }) || patches.iter().any(|p| {
+        services
+            .get(p.service.as_str())
+            .is_some_and(|_| service_anchor_merged(lines, &p.service))
+    });
+    if !needed {
+        return Ok((patches, Vec::new(), Vec::new()));
+    }
+    let Ok(loc) = locate_services(lines) else {
+        return Ok((patches, Vec::new(), Vec::new()));
+    };
+    // Every service's build origin, by the line of the mapping that holds `build:`.
+    let mut by_origin: BTreeMap<usize, (usize, Option<String>, Vec<String>)> = BTreeMap::new();
+    for (line, name, indent) in &loc.services {
+        let has_build = services
+            .get(name.as_str())
+            .is_some_and(|svc| merged_build(svc, 0).is_some());
+        if !has_build {
+            continue;
+        }
+        if let Some((map_line, map_indent, anchor)) = build_origin(lines, *line, *indent, 0) {
+            let entry = by_origin
+                .entry(map_line)
+                .or_insert((map_indent, anchor, Vec::new()));
+            entry.2.push(name.clone());
+        }
+    }
+    let mut rest = Vec::new();
+    let mut shared: Vec<SharedBuild> = Vec::new();
+    let mut checked = Vec::new();
+    for patch in patches {
+        let origin = loc
+            .services
+            .iter()
+            .find(|(_, k, _)| *k == patch.service)
+            .and_then(|(line, _, indent)| build_origin(lines, *line, *indent, 0));
+        let Some((map_line, _, _)) = origin else {
+            rest.push(patch);
+            continue;
+        };
+        let (map_indent, anchor, sharers) = &by_origin[&map_line];
+        let own_line = loc
+            .services
+            .iter()
+            .any(|(l, k, _)| *l == map_line && *k == patch.service);
+        if own_line && sharers.len() == 1 {
+            // Its own build section, which no other service gets: an anchor on the service
+            // that others merge is fine, they write their own `build:`.
+            checked.push(patch.service.clone());
+            rest.push(patch);
+            continue;
+        }
+        let where_ = match anchor {
+            Some(a) => format!("`&{a}` (line {})", map_line + 1),
+            None => format!("line {}", map_line + 1),
+        };
+        match shared.iter_mut().find(|g| g.map_line == map_line) {
+            Some(group) => {
+                join_shared(group, &patch, &where_)?;
+                group.patched.push(patch.service.clone());
+            }
+            None => {
+                let build = services
+                    .get(sharers[0].as_str())
+                    .and_then(|svc| merged_build(svc, 0))
+                    .ok_or_else(|| anyhow!("service `{}` has no build section", sharers[0]))?;
+                shared.push(SharedBuild {
+                    label: format!(
+                        "the build section of {where_}, shared by services {}",
+                        sharers.join(", ")
+                    ),
+                    map_line,
+                    map_indent: *map_indent,
+                    build,
+                    services: sharers.clone(),
+                    patched: vec![patch.service.clone()],
+                    anchor: anchor.clone(),
+                    patch,
+                });
+            }
+        }
+    }
+    // Every sharer must be patched alike: one left out would get the additions too.
+    for group in &shared {
+        if let Some(left_out) = group.services.iter().find(|s| !group.patched.contains(s)) {
+            let through = match &group.anchor {
+                Some(a) => format!(" through `*{a}`"),
+                None => String::new(),
+            };
+            bail!(
+                "service `{}`: its build section, {}, is shared{through} with service \
+                 `{left_out}`, which is not being patched; editing the section once would \
+                 change service `{left_out}` too. Give service `{}` a `build:` section of its \
+                 own and run again",
+                group.patch.service,
+                group.label,
+                group.patch.service,
+            );
+        }
+    }
+    Ok((rest, shared, checked))
+}
+
+/// Whether a service carries an anchor that another service merges (`base: &base`, then
+/// `sidekiq: {<<: *base}`).
+fn service_anchor_merged(lines: &[Line<'_>], service: &str) -> bool {
+    let Ok(loc) = locate_services(lines) else {
+        return false;
+    };
+    let Some(&(line, _, indent)) = loc.services.iter().find(|(_, k, _)| k == service) else {
+        return false;
+    };
+    let content = lines[line].content;
+    let after = parse_key(&content[indent..]).map_or(0, |(_, a)| a) + indent;
+    value_text(content, after)
+        .anchor
+        .is_some_and(|a| alias_used(lines, a))
+}
+
+/// Adds a sharer's patch to its group: the same additions for all, since they build the
+/// same thing. Cache sources add up; an arg or context one sharer needs with a value
+/// another needs differently cannot be written once.
+fn join_shared(group: &mut SharedBuild, patch: &ServicePatch, where_: &str) -> anyhow::Result<()> {
+    for item in &patch.cache_from {
+        if !group.patch.cache_from.contains(item) {
+            group.patch.cache_from.push(item.clone());
+        }
+    }
+    for (what, mine, theirs) in [
+        (
+            "additional_contexts",
+            &mut group.patch.additional_contexts,
+            &patch.additional_contexts,
+        ),
+        ("args", &mut group.patch.args, &patch.args),
+    ] {
+        for (name, value) in theirs {
+            match mine.iter().find(|(n, _)| n == name) {
+                Some((_, v)) if v == value => {}
+                Some((_, v)) => bail!(
+                    "services `{}` and `{}` share the build section of {where_} (through `<<:` \
+                     merge keys), but need different build.{what} `{name}` ({v} and {value}), \
+                     and one build section cannot say both. Give service `{}` a `build:` \
+                     section of its own (the keys of {where_}'s `build:`) and run again",
+                    group.patch.service,
+                    patch.service,
+                    patch.service
+                ),
+                None => mine.push((name.clone(), value.clone())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The document as compose reads it: `<<:` merge keys applied.
+fn merged_view(doc: &Value) -> Value {
+    let mut doc = doc.clone();
+    apply_merges(&mut doc);
+    doc
+}
+
+fn apply_merges(value: &mut Value) {
+    match value {
+        Value::Mapping(map) => {
+            for child in map.values_mut() {
+                apply_merges(child);
+            }
+            let sources = match map.shift_remove("<<") {
+                Some(Value::Mapping(m)) => vec![m],
+                Some(Value::Sequence(seq)) => seq
+                    .into_iter()
+                    .filter_map(|v| match v {
+                        Value::Mapping(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect(),
+                Some(other) => {
+                    map.insert("<<".into(), other);
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            for source in sources {
+                for (k, v) in source {
+                    if !map.contains_key(&k) {
+                        map.insert(k, v);
+                    }
+                }
+            }
+        }
+        Value::Sequence(seq) => seq.iter_mut().for_each(apply_merges),
+        Value::Tagged(t) => apply_merges(&mut t.value),
+        _ => {}
+    }
+}
+
+/// Equal, but for the top-level `x-` extension keys (compose ignores them; they hold the
+/// anchors a shared build section is written in).
+fn same_meaning(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(map) = v.as_mapping_mut() {
+            map.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
 fn merge_patches(patches: &[ServicePatch]) -> anyhow::Result<Vec<ServicePatch>> {
     let mut out: Vec<ServicePatch> = Vec::new();
     for p in patches {
@@ -921,6 +1299,7 @@ fn edit_service(
     loc: &Located,
     service: &str,
     plan: &Plan,
+    check_service_anchor: bool,
     edits: &mut Edits,
 ) -> anyhow::Result<()> {
     let &(svc_line, _, svc_indent) = loc
@@ -948,7 +1327,24 @@ fn edit_service(
              key per line) so patch-compose can edit it without reformatting it"
         ),
     }
-    check_anchor(lines, service, "the service", v.anchor)?;
+    if check_service_anchor {
+        check_anchor(lines, service, "the service", v.anchor)?;
+    }
+    edit_build_in(lines, service, svc_line, svc_indent, plan, edits)
+}
+
+/// Edits the `build:` key of the block mapping whose key is on `map_line` (at
+/// `map_indent`): a service, or an anchored mapping services merge with `<<:`. `service`
+/// names it in messages.
+fn edit_build_in(
+    lines: &[Line<'_>],
+    service: &str,
+    map_line: usize,
+    map_indent: usize,
+    plan: &Plan,
+    edits: &mut Edits,
+) -> anyhow::Result<()> {
+    let (svc_line, svc_indent) = (map_line, map_indent);
     let sp = span(lines, svc_line, svc_indent);
     let ci = sp.child_indent.unwrap_or(svc_indent + 2);
     let (build_line, _) = keys_in(lines, svc_line + 1, sp.end, ci)
