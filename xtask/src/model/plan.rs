@@ -36,7 +36,25 @@ pub struct Plan {
     /// Sorted, unique: the `# syntax=` frontend images (also in `base_images`), which
     /// BuildKit fetches before it reads the Dockerfile.
     pub frontend_images: Vec<String>,
+    /// Images a service of this project builds and other services start from (`FROM` it,
+    /// `COPY --from` it, or run it): built here, not pulled, so they are in no
+    /// `base_images` list.
+    pub built_here: Vec<BuiltHere>,
+    /// The build services in an order that builds each image before the builds that
+    /// start from it (then by name).
+    pub build_order: Vec<String>,
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BuiltHere {
+    /// The image as the users name it (the first spelling met).
+    pub image: String,
+    /// The service that builds it.
+    pub service: String,
+    /// The services that use it: build services that start from it, image services that
+    /// run it.
+    pub used_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -81,6 +99,8 @@ impl Plan {
             image_services: Vec::new(),
             base_images: Vec::new(),
             frontend_images: Vec::new(),
+            built_here: Vec::new(),
+            build_order: Vec::new(),
             warnings: Vec::new(),
         };
         let mut all_images = BTreeSet::new();
@@ -194,10 +214,115 @@ impl Plan {
                 node_lockfiles,
             });
         }
-        plan.base_images = all_images.into_iter().collect();
         plan.frontend_images = frontends.into_iter().collect();
+        plan.base_images = all_images.into_iter().collect();
+        plan.mark_built_here(model);
         Ok(plan)
     }
+
+    /// Finds the images one service builds and others use (compose names a built image
+    /// `image:`, else `<project>-<service>`), takes them out of the base images, and
+    /// orders the builds so each image is built before the builds that start from it.
+    /// An `additional_contexts` value `service:NAME` is such a dependency too.
+    fn mark_built_here(&mut self, model: &ComposeModel) {
+        let key = |image: &str| dockerfile::context_key(image);
+        let mut builders: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for b in &self.build_services {
+            let image = b
+                .image
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", self.project_name, b.name));
+            builders
+                .entry(key(&image))
+                .or_insert_with(|| (image.clone(), b.name.clone()));
+        }
+        let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for b in &mut self.build_services {
+            let mut needs = BTreeSet::new();
+            b.base_images
+                .retain(|image| match builders.get(&key(image)) {
+                    // A build that starts from its own tag pulls it (the first time): not ours.
+                    Some((_, builder)) if *builder != b.name => {
+                        needs.insert(builder.clone());
+                        used.entry(key(image)).or_default().insert(b.name.clone());
+                        false
+                    }
+                    _ => true,
+                });
+            if let Some(build) = model.services.get(&b.name).and_then(|s| s.build.as_ref()) {
+                for value in build.additional_contexts.values() {
+                    if let Some(other) = value.strip_prefix("service:") {
+                        if other != b.name && self_has(&builders, other) {
+                            needs.insert(other.to_string());
+                        }
+                    }
+                }
+            }
+            deps.insert(b.name.clone(), needs);
+        }
+        for i in &self.image_services {
+            if builders.contains_key(&key(&i.image)) {
+                used.entry(key(&i.image))
+                    .or_default()
+                    .insert(i.name.clone());
+            }
+        }
+        self.built_here = used
+            .iter()
+            .filter_map(|(k, users)| {
+                let (image, service) = builders.get(k)?;
+                Some(BuiltHere {
+                    image: image.clone(),
+                    service: service.clone(),
+                    used_by: users.iter().cloned().collect(),
+                })
+            })
+            .collect();
+        let mut still_needed: BTreeSet<String> = self
+            .build_services
+            .iter()
+            .flat_map(|b| b.base_images.iter().cloned())
+            .collect();
+        still_needed.extend(
+            self.image_services
+                .iter()
+                .filter(|i| !builders.contains_key(&key(&i.image)))
+                .map(|i| i.image.clone()),
+        );
+        self.base_images
+            .retain(|image| still_needed.contains(image));
+
+        // Kahn's algorithm, the ready services by name.
+        let mut order = Vec::new();
+        let mut left = deps.clone();
+        while !left.is_empty() {
+            let ready: Vec<String> = left
+                .iter()
+                .filter(|(_, needs)| needs.iter().all(|n| !left.contains_key(n)))
+                .map(|(name, _)| name.clone())
+                .collect();
+            if ready.is_empty() {
+                let cycle: Vec<String> = left.keys().cloned().collect();
+                self.warnings.push(format!(
+                    "services {} start from each other's images in a cycle; no build order \
+                     can build them offline (check their FROM lines and `image:` names)",
+                    cycle.join(", ")
+                ));
+                order.extend(cycle);
+                break;
+            }
+            for name in ready {
+                left.remove(&name);
+                order.push(name);
+            }
+        }
+        self.build_order = order;
+    }
+}
+
+fn self_has(builders: &BTreeMap<String, (String, String)>, service: &str) -> bool {
+    builders.values().any(|(_, s)| s == service)
 }
 
 /// A `cache_from` entry that names an image (plain `name:tag`, or `type=registry`): on the
@@ -413,6 +538,60 @@ mod tests {
         assert!(plan.warnings[0].contains("`cache_from: myorg/web:cache` names an image"));
         assert!(plan.warnings[1].contains("ref=ghcr.io/o/web:buildcache"));
         assert!(plan.warnings[1].contains("containerd image store"));
+    }
+
+    #[test]
+    fn images_built_here_are_not_pulled_and_build_first() {
+        let plan = plan_of(&[
+            (
+                "compose.yml",
+                "services:\n  web:\n    image: app-local\n    build: ./app\n  \
+                 worker:\n    image: app-local\n  \
+                 cleanup:\n    build:\n      context: ./cron\n      args: {BASE_IMAGE: app-local:latest}\n  \
+                 tools:\n    build: ./tools\n  \
+                 docs:\n    build:\n      context: ./docs\n      \
+                 additional_contexts: {cron: 'service:cleanup'}\n",
+            ),
+            ("app/Dockerfile", "FROM python:3.12\n"),
+            ("cron/Dockerfile", "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY --from=proj-tools /t /t\n"),
+            ("tools/Dockerfile", "FROM golang:1.22\n"),
+            ("docs/Dockerfile", "FROM cron\n"),
+        ]);
+        assert_eq!(plan.base_images, ["golang:1.22", "python:3.12"]);
+        let cleanup = &plan.build_services[0];
+        assert_eq!(cleanup.name, "cleanup");
+        assert_eq!(cleanup.base_images, Vec::<String>::new());
+        assert_eq!(
+            plan.built_here,
+            [
+                BuiltHere {
+                    image: "app-local".into(),
+                    service: "web".into(),
+                    used_by: vec!["cleanup".into(), "worker".into()],
+                },
+                BuiltHere {
+                    image: "proj-tools".into(),
+                    service: "tools".into(),
+                    used_by: vec!["cleanup".into()],
+                },
+            ]
+        );
+        assert_eq!(plan.build_order, ["tools", "web", "cleanup", "docs"]);
+        assert_eq!(plan.warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_cycle_of_built_images_is_warned_about() {
+        let plan = plan_of(&[
+            (
+                "compose.yml",
+                "services:\n  a: {build: ./a, image: img-a}\n  b: {build: ./b, image: img-b}\n",
+            ),
+            ("a/Dockerfile", "FROM img-b\n"),
+            ("b/Dockerfile", "FROM img-a\n"),
+        ]);
+        assert_eq!(plan.build_order, ["a", "b"]);
+        assert!(plan.warnings[0].contains("services a, b start from each other's images"));
     }
 
     #[test]
