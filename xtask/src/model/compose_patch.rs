@@ -194,6 +194,48 @@ pub fn apply(text: &str, patches: &[ServicePatch]) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Which file of a project's set (`texts`: the compose files in merge order) each patch
+/// goes to: the first file that gives the service a build section (its own `build:`, or
+/// one merged in with `<<:`), else the first that names the service. A service only an
+/// override file builds (a test runner in compose.override.yml, say) is patched there,
+/// since the main file has nothing to add to. Returns one list of patches per file.
+#[allow(dead_code)] // for patch-compose over Project::compose_files
+pub fn patches_per_file(
+    texts: &[&str],
+    patches: &[ServicePatch],
+) -> anyhow::Result<Vec<Vec<ServicePatch>>> {
+    let docs: Vec<Option<Value>> = texts
+        .iter()
+        .map(|t| serde_yaml::from_str::<Value>(split_bom(t).1).ok())
+        .collect();
+    let service_in = |doc: &Option<Value>, name: &str| -> Option<Value> {
+        doc.as_ref()?
+            .get("services")?
+            .as_mapping()?
+            .get(name)
+            .cloned()
+    };
+    let mut out = vec![Vec::new(); texts.len()];
+    for patch in patches {
+        let with_build = docs.iter().position(|d| {
+            service_in(d, &patch.service).is_some_and(|svc| merged_build(&svc, 0).is_some())
+        });
+        let named = || {
+            docs.iter()
+                .position(|d| service_in(d, &patch.service).is_some())
+        };
+        match with_build.or_else(named) {
+            Some(i) => out[i].push(patch.clone()),
+            None => bail!(
+                "service `{}` is in none of the compose files; check the service name (or the \
+                 compose files given with -f)",
+                patch.service
+            ),
+        }
+    }
+    Ok(out)
+}
+
 /// Removes what `apply` added and restores the lines it replaced.
 pub fn revert(text: &str) -> anyhow::Result<String> {
     let (bom, body) = split_bom(text);
@@ -1790,6 +1832,33 @@ mod tests {
             out,
             "{name}: re-apply after a move"
         );
+    }
+
+    #[test]
+    fn each_patch_goes_to_the_file_that_builds_the_service() {
+        let main = "x-app: &app\n  build: .\nservices:\n  web:\n    build: ./web\n  \
+                    worker:\n    <<: *app\n  db:\n    image: postgres\n";
+        let over = "services:\n  web:\n    ports: ['80:80']\n  e2e:\n    build: ./e2e\n  \
+                    db:\n    build: ./db\n";
+        let patch = |name: &str| ServicePatch {
+            service: name.into(),
+            cache_from: vec![format!("type=local,src=/c,tag={name}")],
+            ..ServicePatch::default()
+        };
+        let patches: Vec<ServicePatch> = ["web", "worker", "e2e", "db"]
+            .iter()
+            .map(|n| patch(n))
+            .collect();
+        let split = patches_per_file(&[main, over], &patches).expect("splits");
+        let names =
+            |i: usize| -> Vec<&str> { split[i].iter().map(|p| p.service.as_str()).collect() };
+        assert_eq!(names(0), ["web", "worker"]);
+        assert_eq!(names(1), ["e2e", "db"]);
+        // Each file then patches on its own.
+        apply(main, &split[0]).expect("main patches");
+        apply(over, &split[1]).expect("override patches");
+        let err = patches_per_file(&[main], &[patch("nope")]).unwrap_err();
+        assert!(format!("{err}").contains("service `nope` is in none of the compose files"));
     }
 
     #[test]
