@@ -36,11 +36,12 @@ pub const OVERRIDE_FILE_NAMES: [&str; 4] = [
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProjectArgs {
-    /// Compose file (default: COMPOSE_FILE, else compose.yaml, compose.yml,
-    /// docker-compose.yml or docker-compose.yaml in the current directory or the nearest
-    /// parent that has one, with its compose.override.yml beside it)
+    /// Compose file; repeat for overrides, as with docker compose (default: COMPOSE_FILE,
+    /// else compose.yaml, compose.yml, docker-compose.yml or docker-compose.yaml in the
+    /// current directory or the nearest parent that has one, with its compose.override.yml
+    /// beside it)
     #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
-    pub file: Option<Utf8PathBuf>,
+    pub file: Vec<Utf8PathBuf>,
     /// Project name (default: COMPOSE_PROJECT_NAME from the environment or the project's
     /// .env, the compose file's `name:`, else its folder's name)
     #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
@@ -78,7 +79,7 @@ impl ProjectArgs {
     pub fn compose_files(&self, sh: &Shell) -> anyhow::Result<Vec<Utf8PathBuf>> {
         let cwd = current_dir(sh)?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        compose_file_set(&cwd, self.file.as_deref(), &env)
+        compose_file_set(&cwd, &self.file, &env)
     }
 
     pub fn load(&self, sh: &Shell) -> anyhow::Result<Project> {
@@ -107,13 +108,13 @@ impl ProjectArgs {
     }
 }
 
-/// The files compose merges: `file` (`-f`) alone; else `COMPOSE_FILE` from `env`, else
+/// The files compose merges: `files` (`-f`, in order) alone; else `COMPOSE_FILE` from `env`, else
 /// from the `.env` beside the discovered compose file; else the discovered file and its
 /// override. Relative `COMPOSE_FILE` entries resolve against `cwd` (from the environment)
 /// or the `.env`'s folder.
 pub fn compose_file_set(
     cwd: &Utf8Path,
-    file: Option<&Utf8Path>,
+    files: &[Utf8PathBuf],
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let existing = |files: Vec<Utf8PathBuf>, from: &str| -> anyhow::Result<Vec<Utf8PathBuf>> {
@@ -133,8 +134,8 @@ pub fn compose_file_set(
             .map(|part| absolute(base, Utf8Path::new(part)))
             .collect()
     };
-    if let Some(file) = file {
-        return existing(vec![absolute(cwd, file)], "-f");
+    if !files.is_empty() {
+        return existing(files.iter().map(|f| absolute(cwd, f)).collect(), "-f");
     }
     if let Some(list) = env.get("COMPOSE_FILE").filter(|v| !v.is_empty()) {
         let files = split(list, cwd, env.get("COMPOSE_PATH_SEPARATOR"));
@@ -270,7 +271,8 @@ mod tests {
                 .collect()
         };
         let set = |cwd: &Utf8Path, file: Option<&str>, env: &BTreeMap<String, String>| {
-            compose_file_set(cwd, file.map(Utf8Path::new), env)
+            let files: Vec<Utf8PathBuf> = file.into_iter().map(Utf8PathBuf::from).collect();
+            compose_file_set(cwd, &files, env)
                 .map(|files| {
                     files
                         .iter()

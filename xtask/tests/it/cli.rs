@@ -167,6 +167,21 @@ fn dotenv_project_name_and_override_file_count_as_compose_counts_them() {
     let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(plan["project_name"], "cli");
     assert_eq!(plan["base_images"], serde_json::json!(["python:3.9"]));
+    // -f repeats, as with docker compose.
+    let run = xtask(
+        &root,
+        &[
+            "-f",
+            "compose.yaml",
+            "-f",
+            "compose.override.yml",
+            "cache-plan",
+            "--json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["base_images"], serde_json::json!(["python:3.12"]));
 }
 
 #[test]
