@@ -51,8 +51,12 @@
 //! patched where the section is written, once: every service that shares it builds the
 //! same thing, so they get the same additions (their `cache_from` entries together). The
 //! result is checked with the merge keys applied: each service means what it meant plus
-//! its additions. Refused, with what to write instead: sharers that need different values
-//! for one arg or context name, and a sharer that is not being patched.
+//! its additions. Where sharers need different values for one arg or context name, or a
+//! sharer is not being patched, each patched sharer gets a `build:` section of its own
+//! instead (a copy of the shared one, values quoted, plus its additions; the merge no
+//! longer supplies it), and the anchor stays as it was. Where the shared section is a
+//! service's own (`base: &base` merged by `sidekiq`), those cases are refused with what
+//! to write instead (not written out: kept simple, and rare in real projects).
 //!
 //! # What it refuses (with an error naming the service and the fix)
 //!
@@ -115,9 +119,25 @@ pub fn apply(text: &str, patches: &[ServicePatch]) -> anyhow::Result<String> {
     let mut expected = doc.clone();
     let mut edits = Edits::default();
     let mut services_loc: Option<Located> = None;
-    let (patches, shared, anchor_checked) =
+    let (patches, shared, anchor_checked, written_out) =
         shared_builds(&lines, services, merge_patches(patches)?)?;
-    let mut merged_expected = (!shared.is_empty()).then(|| merged_view(&doc));
+    let mut merged_expected =
+        (!shared.is_empty() || !written_out.is_empty()).then(|| merged_view(&doc));
+    for own in &written_out {
+        let svc = Value::Mapping(Mapping::from_iter([(
+            Value::from("build"),
+            own.build.clone(),
+        )]));
+        let plan = plan(&own.service, &svc, &own.patch)?;
+        if plan.is_empty() {
+            continue;
+        }
+        let loc = locate_services(&lines)?;
+        write_out_build(&lines, &loc, &own.service, &own.build, &plan, &mut edits)?;
+        if let Some(merged) = merged_expected.as_mut() {
+            expect(merged, &own.service, &plan);
+        }
+    }
     for group in &shared {
         let svc = Value::Mapping(Mapping::from_iter([(
             Value::from("build"),
@@ -755,6 +775,21 @@ struct SharedBuild {
     patched: Vec<String>,
     /// The anchor of the mapping that holds it, if any.
     anchor: Option<String>,
+    /// The sharers' patches as given.
+    members: Vec<ServicePatch>,
+    /// Whether the mapping that holds it is a service (`base: &base`).
+    in_service: bool,
+}
+
+/// A service whose build section is shared, but which needs additions its sharers do not
+/// (another value for one arg or context), or whose sharers are not all patched: it gets a
+/// `build:` section of its own (a copy of the shared one, with its additions), which its
+/// `<<:` merge then no longer supplies. The others keep the shared one untouched.
+#[derive(Debug)]
+struct WrittenOut {
+    service: String,
+    build: Value,
+    patch: ServicePatch,
 }
 
 /// Where a service's `build:` is written: the key line and indentation of the mapping that
@@ -846,11 +881,17 @@ fn merged_build(svc: &Value, depth: usize) -> Option<Value> {
 /// Splits off the patches of services whose build section is shared through merge keys
 /// (or a service anchor): one [`SharedBuild`] per shared section, the others as they were,
 /// and the services whose own anchor was found to share no build section.
+#[allow(clippy::type_complexity)]
 fn shared_builds(
     lines: &[Line<'_>],
     services: &Mapping,
     patches: Vec<ServicePatch>,
-) -> anyhow::Result<(Vec<ServicePatch>, Vec<SharedBuild>, Vec<String>)> {
+) -> anyhow::Result<(
+    Vec<ServicePatch>,
+    Vec<SharedBuild>,
+    Vec<String>,
+    Vec<WrittenOut>,
+)> {
     let needed = patches.iter().any(|p| {
         services
             .get(p.service.as_str())
@@ -862,10 +903,10 @@ fn shared_builds(
             .is_some_and(|_| service_anchor_merged(lines, &p.service))
     });
     if !needed {
-        return Ok((patches, Vec::new(), Vec::new()));
+        return Ok((patches, Vec::new(), Vec::new(), Vec::new()));
     }
     let Ok(loc) = locate_services(lines) else {
-        return Ok((patches, Vec::new(), Vec::new()));
+        return Ok((patches, Vec::new(), Vec::new(), Vec::new()));
     };
     // Every service's build origin, by the line of the mapping that holds `build:`.
     let mut by_origin: BTreeMap<usize, (usize, Option<String>, Vec<String>)> = BTreeMap::new();
@@ -913,15 +954,13 @@ fn shared_builds(
             None => format!("line {}", map_line + 1),
         };
         match shared.iter_mut().find(|g| g.map_line == map_line) {
-            Some(group) => {
-                join_shared(group, &patch, &where_)?;
-                group.patched.push(patch.service.clone());
-            }
+            Some(group) => group.members.push(patch),
             None => {
                 let build = services
                     .get(sharers[0].as_str())
                     .and_then(|svc| merged_build(svc, 0))
                     .ok_or_else(|| anyhow!("service `{}` has no build section", sharers[0]))?;
+                let in_service = loc.services.iter().any(|(l, _, _)| *l == map_line);
                 shared.push(SharedBuild {
                     label: format!(
                         "the build section of {where_}, shared by services {}",
@@ -933,30 +972,63 @@ fn shared_builds(
                     services: sharers.clone(),
                     patched: vec![patch.service.clone()],
                     anchor: anchor.clone(),
-                    patch,
+                    patch: patch.clone(),
+                    members: vec![patch],
+                    in_service,
                 });
             }
         }
     }
-    // Every sharer must be patched alike: one left out would get the additions too.
-    for group in &shared {
-        if let Some(left_out) = group.services.iter().find(|s| !group.patched.contains(s)) {
-            let through = match &group.anchor {
-                Some(a) => format!(" through `*{a}`"),
-                None => String::new(),
-            };
-            bail!(
-                "service `{}`: its build section, {}, is shared{through} with service \
-                 `{left_out}`, which is not being patched; editing the section once would \
-                 change service `{left_out}` too. Give service `{}` a `build:` section of its \
-                 own and run again",
-                group.patch.service,
-                group.label,
-                group.patch.service,
-            );
+    let mut groups = Vec::new();
+    let mut written_out = Vec::new();
+    for mut group in shared {
+        match join_group(&mut group) {
+            Ok(()) => groups.push(group),
+            // An anchor outside the services: the patched sharers write their own section.
+            Err(_) if !group.in_service => {
+                for patch in std::mem::take(&mut group.members) {
+                    written_out.push(WrittenOut {
+                        service: patch.service.clone(),
+                        build: group.build.clone(),
+                        patch,
+                    });
+                }
+            }
+            Err(err) => return Err(err),
         }
     }
-    Ok((rest, shared, checked))
+    Ok((rest, groups, checked, written_out))
+}
+
+/// Joins the sharers' patches into one; an error when they conflict or a sharer is left
+/// out.
+fn join_group(group: &mut SharedBuild) -> anyhow::Result<()> {
+    let where_ = match &group.anchor {
+        Some(a) => format!("`&{a}` (line {})", group.map_line + 1),
+        None => format!("line {}", group.map_line + 1),
+    };
+    let members = group.members.clone();
+    for patch in members.iter().skip(1) {
+        join_shared(group, patch, &where_)?;
+        group.patched.push(patch.service.clone());
+    }
+    // Every sharer must be patched alike: one left out would get the additions too.
+    if let Some(left_out) = group.services.iter().find(|s| !group.patched.contains(s)) {
+        let through = match &group.anchor {
+            Some(a) => format!(" through `*{a}`"),
+            None => String::new(),
+        };
+        bail!(
+            "service `{}`: its build section, {}, is shared{through} with service \
+             `{left_out}`, which is not being patched; editing the section once would \
+             change service `{left_out}` too. Give service `{}` a `build:` section of its \
+             own and run again",
+            group.patch.service,
+            group.label,
+            group.patch.service,
+        );
+    }
+    Ok(())
 }
 
 /// Whether a service carries an anchor that another service merges (`base: &base`, then
@@ -1467,6 +1539,92 @@ fn edit_build_in(
             Ok(())
         }
     }
+}
+
+/// Adds a `build:` key to a service that gets its build section from a `<<:` merge: the
+/// merged section with the additions, written out (values quoted, as parsed: `${VAR}` in
+/// them still interpolates as it did).
+fn write_out_build(
+    lines: &[Line<'_>],
+    loc: &Located,
+    service: &str,
+    build: &Value,
+    plan: &Plan,
+    edits: &mut Edits,
+) -> anyhow::Result<()> {
+    let &(svc_line, _, svc_indent) = loc
+        .services
+        .iter()
+        .find(|(_, k, _)| k == service)
+        .ok_or_else(|| anyhow!("service `{service}`: could not find its line"))?;
+    let content = lines[svc_line].content;
+    let after = parse_key(&content[svc_indent..]).map_or(0, |(_, a)| a) + svc_indent;
+    if value_text(content, after).kind != Kind::Block {
+        bail!(
+            "service `{service}` is not written as a block mapping; write it with one key \
+             per line so patch-compose can give it a `build:` section of its own"
+        );
+    }
+    let sp = span(lines, svc_line, svc_indent);
+    let ci = sp.child_indent.unwrap_or(svc_indent + 2);
+    let unit = ci.saturating_sub(svc_indent).max(1);
+    let mut doc = Value::Mapping(Mapping::from_iter([(
+        Value::from("services"),
+        Value::Mapping(Mapping::from_iter([(
+            Value::from(service),
+            Value::Mapping(Mapping::from_iter([(Value::from("build"), build.clone())])),
+        )])),
+    )]));
+    expect(&mut doc, service, plan);
+    let full = doc
+        .get("services")
+        .and_then(|s| s.get(service))
+        .and_then(|s| s.get("build"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let new = emit_key("build", &full, ci, unit)
+        .with_context(|| format!("service `{service}`: writing out its build section"))?;
+    edits
+        .inserts
+        .push((insert_point(lines, &sp, service)?, new));
+    Ok(())
+}
+
+/// `key: value` as block YAML lines at `indent`, every scalar on one line.
+fn emit_key(key: &str, value: &Value, indent: usize, unit: usize) -> anyhow::Result<Vec<String>> {
+    let pad = " ".repeat(indent);
+    let key = quote_key(key);
+    Ok(match value {
+        Value::Mapping(m) if m.is_empty() => vec![format!("{pad}{key}: {{}}")],
+        Value::Sequence(s) if s.is_empty() => vec![format!("{pad}{key}: []")],
+        Value::Mapping(m) => {
+            let mut out = vec![format!("{pad}{key}:")];
+            for (k, v) in m {
+                let k = key_string(k).context("a key that is not a string")?;
+                out.extend(emit_key(&k, v, indent + unit, unit)?);
+            }
+            out
+        }
+        Value::Sequence(items) => {
+            let mut out = vec![format!("{pad}{key}:")];
+            let item_pad = " ".repeat(indent + unit);
+            for item in items {
+                out.push(format!("{item_pad}- {}", emit_scalar(item)?));
+            }
+            out
+        }
+        scalar => vec![format!("{pad}{key}: {}", emit_scalar(scalar)?)],
+    })
+}
+
+fn emit_scalar(value: &Value) -> anyhow::Result<String> {
+    Ok(match value {
+        Value::String(s) => quote(s),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".to_string(),
+        _ => bail!("a nested list or a tagged value, which patch-compose does not copy"),
+    })
 }
 
 fn check_anchor(
