@@ -19,10 +19,17 @@ pub type ReadFile<'a> = &'a dyn Fn(&Utf8Path) -> std::io::Result<String>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComposeModel {
-    /// Absolute path of the compose file.
+    /// Absolute path of the (first) compose file.
     pub file: Utf8PathBuf,
-    /// The top-level `name:`, interpolated.
+    /// All the compose files of the project, in merge order (`file` first, then its
+    /// overrides).
+    pub files: Vec<Utf8PathBuf>,
+    /// The top-level `name:`, interpolated (the last file that sets one wins, as compose
+    /// has it).
     pub name: Option<String>,
+    /// `COMPOSE_PROJECT_NAME` from the environment, else from the project's `.env` (empty
+    /// counts as unset).
+    pub name_from_env: Option<String>,
     pub services: BTreeMap<String, Service>,
 }
 
@@ -64,6 +71,7 @@ pub enum DockerfileSource {
 
 /// Loads the compose file at `file` (absolute) with the process environment `env`;
 /// `.env` beside the compose file fills what the environment does not set.
+#[allow(dead_code)] // the fuzz target and the tests call it
 pub fn load(
     file: &Utf8Path,
     env: &BTreeMap<String, String>,
@@ -73,22 +81,38 @@ pub fn load(
 }
 
 /// [`load`], also returning compose's warnings (variables that are not set).
+#[allow(dead_code)] // the tests call it
 pub fn load_with_warnings(
     file: &Utf8Path,
     env: &BTreeMap<String, String>,
     read: ReadFile<'_>,
 ) -> anyhow::Result<(ComposeModel, Vec<String>)> {
-    if !file.is_absolute() {
-        bail!("compose file path {file} is not absolute");
+    load_files(&[file.to_owned()], env, read)
+}
+
+/// Loads `files` (absolute; the first, then its overrides) as one project, as
+/// `docker compose -f a.yml -f b.yml` does: relative paths in all of them resolve against
+/// the first file's folder, whose `.env` fills what `env` does not set.
+pub fn load_files(
+    files: &[Utf8PathBuf],
+    env: &BTreeMap<String, String>,
+    read: ReadFile<'_>,
+) -> anyhow::Result<(ComposeModel, Vec<String>)> {
+    let Some(first) = files.first() else {
+        bail!("no compose file given");
+    };
+    if let Some(relative) = files.iter().find(|f| !f.is_absolute()) {
+        bail!("compose file path {relative} is not absolute");
     }
-    let file = normalize(file);
+    let files: Vec<Utf8PathBuf> = files.iter().map(|f| normalize(f)).collect();
+    let file = normalize(first);
     let dir = parent(&file);
     let vars = with_dotenv(env.clone(), &dir.join(".env"), false, read)?;
     let mut loader = Loader {
         read,
         warnings: Vec::new(),
     };
-    let project = loader.project(std::slice::from_ref(&file), &dir, &vars, &mut Vec::new())?;
+    let project = loader.project(&files, &dir, &vars, &mut Vec::new())?;
     let services = project
         .services
         .into_iter()
@@ -98,9 +122,15 @@ pub fn load_with_warnings(
             Ok((name, service))
         })
         .collect::<anyhow::Result<_>>()?;
+    let name_from_env = vars
+        .get("COMPOSE_PROJECT_NAME")
+        .filter(|name| !name.is_empty())
+        .cloned();
     let model = ComposeModel {
         file,
+        files,
         name: project.name,
+        name_from_env,
         services,
     };
     let mut warnings = loader.warnings;
@@ -171,7 +201,7 @@ impl Loader<'_> {
                 bail!("include cycle: {} -> {file}", chain.join(" -> "));
             }
             let doc = self.document(file, project_dir, vars)?;
-            name = name.or(doc.name.clone());
+            name = doc.name.clone().or(name);
             for service in doc.services.keys() {
                 let resolved = self.extended(&doc, service, vars, &mut Vec::new())?;
                 let merged = match services.remove(service) {
@@ -509,7 +539,11 @@ fn resolve_paths(service: &mut Mapping, dir: &Utf8Path) -> anyhow::Result<()> {
             .context("`build.additional_contexts` must be a mapping or a list")?;
         for value in map.values_mut() {
             if let Some(text) = value.as_str() {
-                if !text.contains("://") && !text.starts_with("target:") && !is_remote(text) {
+                if !text.contains("://")
+                    && !text.starts_with("target:")
+                    && !text.starts_with("service:")
+                    && !is_remote(text)
+                {
                     *value = Value::String(absolute(dir, text).into_string());
                 }
             }
@@ -863,6 +897,7 @@ mod tests {
                     wheels: ./wheels
                     base: docker-image://python:3.12
                     stage: target:builder
+                    shared: service:abs
               defaults:
                 build: {}
               abs:
@@ -883,7 +918,7 @@ mod tests {
               dockerfile /p/backend/docker/Dockerfile.prod
               target runtime
               cache_from type=local,src=./cache long:cache
-              additional_contexts base=docker-image://python:3.12 stage=target:builder wheels=/p/wheels
+              additional_contexts base=docker-image://python:3.12 shared=service:abs stage=target:builder wheels=/p/wheels
               network host
             pulled image=redis
             short
@@ -1168,6 +1203,52 @@ services:
               dockerfile /p/a/Dockerfile
             ",
         );
+    }
+
+    #[test]
+    fn override_files_merge_and_the_last_name_wins() {
+        let files: BTreeMap<Utf8PathBuf, String> = [
+            (
+                "/p/compose.yml",
+                "name: first\nservices:\n  web:\n    build:\n      context: ./web\n      \
+                 args: {A: '1'}\n  db:\n    image: postgres\n",
+            ),
+            (
+                "/p/deploy/compose.override.yml",
+                "name: second\nservices:\n  web:\n    build:\n      target: prod\n      \
+                 args: {B: '2'}\n      context: ./web2\n",
+            ),
+            ("/p/.env", "COMPOSE_PROJECT_NAME=from-dotenv\n"),
+        ]
+        .into_iter()
+        .map(|(p, t)| (Utf8PathBuf::from(p), t.to_string()))
+        .collect();
+        let read = |path: &Utf8Path| {
+            files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+        };
+        let paths = [
+            Utf8PathBuf::from("/p/compose.yml"),
+            Utf8PathBuf::from("/p/deploy/compose.override.yml"),
+        ];
+        let (model, _) = load_files(&paths, &BTreeMap::new(), &read).expect("loads");
+        assert_eq!(model.files, paths);
+        assert_eq!(model.name.as_deref(), Some("second"));
+        assert_eq!(model.name_from_env.as_deref(), Some("from-dotenv"));
+        let build = model.services["web"].build.clone().expect("build");
+        // Relative paths of an override resolve against the first file's folder.
+        assert_eq!(build.context, Context::Local("/p/web2".into()));
+        assert_eq!(build.target.as_deref(), Some("prod"));
+        assert_eq!(build.args.len(), 2);
+        // The environment wins over .env; an empty value counts as unset.
+        let env = |v: &str| BTreeMap::from([("COMPOSE_PROJECT_NAME".to_string(), v.to_string())]);
+        let (model, _) = load_files(&paths, &env("from-env"), &read).expect("loads");
+        assert_eq!(model.name_from_env.as_deref(), Some("from-env"));
+        let (model, _) = load_files(&paths[..1], &env(""), &read).expect("loads");
+        assert_eq!(model.name_from_env, None);
+        assert_eq!(model.name.as_deref(), Some("first"));
     }
 
     #[test]

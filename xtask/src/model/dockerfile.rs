@@ -232,13 +232,74 @@ pub fn parse(text: &str) -> anyhow::Result<Dockerfile> {
     Ok(df)
 }
 
+/// A named build context (compose's `build.additional_contexts`, `docker buildx build
+/// --build-context`), as far as the images a build needs are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// `docker-image://REF`: the build reads the image REF.
+    Image(String),
+    /// A local directory, a git URL, an OCI layout, another service's image (`service:`):
+    /// nothing to pull.
+    Other,
+}
+
+impl NamedContext {
+    /// Reads an `additional_contexts` value.
+    pub fn from_value(value: &str) -> NamedContext {
+        match value.strip_prefix("docker-image://") {
+            Some(image) if !image.is_empty() => NamedContext::Image(image.to_string()),
+            _ => NamedContext::Other,
+        }
+    }
+}
+
+/// The key BuildKit looks a named context up by, for a `FROM`/`--from` value: the image
+/// reference in its short ("familiar") form without `:latest` (`docker.io/library/alpine`
+/// and `alpine:latest` are both `alpine`), a stage name as it is.
+pub fn context_key(name: &str) -> String {
+    let short = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("index.docker.io/library/"))
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .or_else(|| name.strip_prefix("index.docker.io/"))
+        .unwrap_or(name);
+    if short.contains('@') {
+        return short.to_string();
+    }
+    short.strip_suffix(":latest").unwrap_or(short).to_string()
+}
+
 impl Dockerfile {
     /// The images a build with these args and this target needs.
+    #[allow(dead_code)] // the fuzz target and the tests call it
     pub fn resolve(
         &self,
         build_args: &BTreeMap<String, String>,
         target: Option<&str>,
     ) -> anyhow::Result<Resolved> {
+        self.resolve_with_contexts(build_args, target, &BTreeMap::new())
+    }
+
+    /// [`Dockerfile::resolve`] with named build contexts, as BuildKit applies them: a
+    /// context named like a stage replaces that stage (its FROM and what it copies are not
+    /// needed), and a FROM, `COPY --from` or `RUN --mount from=` value that is not a stage
+    /// reads the context of that name instead of pulling an image. A context is an image
+    /// only when it is `docker-image://REF` (then REF is needed).
+    pub fn resolve_with_contexts(
+        &self,
+        build_args: &BTreeMap<String, String>,
+        target: Option<&str>,
+        contexts: &BTreeMap<String, NamedContext>,
+    ) -> anyhow::Result<Resolved> {
+        let named = |name: &str| -> Option<Dep> {
+            let found = contexts
+                .get(name)
+                .or_else(|| contexts.get(&context_key(name)))?;
+            Some(match found {
+                NamedContext::Image(image) => Dep::Image(image.clone()),
+                NamedContext::Other => Dep::Scratch,
+            })
+        };
         if self.stages.is_empty() {
             anyhow::bail!("no FROM instruction: a Dockerfile needs at least one stage");
         }
@@ -262,6 +323,15 @@ impl Dockerfile {
         let mut bases = Vec::with_capacity(self.stages.len());
         let mut deps: Vec<Vec<Dep>> = Vec::with_capacity(self.stages.len());
         for (i, stage) in self.stages.iter().enumerate() {
+            let replaced = stage.name.as_deref().and_then(|n| contexts.get(n));
+            if let Some(context) = replaced {
+                bases.push(match context {
+                    NamedContext::Image(image) => Dep::Image(image.clone()),
+                    NamedContext::Other => Dep::Scratch,
+                });
+                deps.push(Vec::new());
+                continue;
+            }
             let expanded = expand(&stage.from, &env, esc)
                 .map_err(|e| anyhow::anyhow!("line {}: FROM {}: {e}", stage.line, stage.from))?;
             let name = expanded.value;
@@ -293,6 +363,8 @@ impl Dockerfile {
                 Dep::Stage(j)
             } else if name.eq_ignore_ascii_case("scratch") {
                 Dep::Scratch
+            } else if let Some(context) = named(&name) {
+                context
             } else if let Some(j) = later {
                 Dep::Later(j, name)
             } else {
@@ -324,6 +396,8 @@ impl Dockerfile {
                     Dep::Stage(j)
                 } else if value.eq_ignore_ascii_case("scratch") || value.is_empty() {
                     Dep::Scratch
+                } else if let Some(context) = named(&value) {
+                    context
                 } else {
                     Dep::Image(value)
                 };
@@ -383,12 +457,10 @@ impl Dockerfile {
         }
 
         let mut base_images = Vec::new();
+        // `# syntax=` makes BuildKit fetch that frontend image: it is needed like a base
+        // image (the plan lists it, once, in `frontend_images`).
         if let Some(syntax) = &self.syntax {
             base_images.push(syntax.clone());
-            warnings.push(format!(
-                "`# syntax={syntax}` makes BuildKit fetch that frontend image: export it with \
-                 the base images, or delete the line to use the built-in frontend offline"
-            ));
         }
         let mut stages = Vec::new();
         for i in (0..self.stages.len()).filter(|&i| built[i]) {
@@ -1552,13 +1624,74 @@ mod tests {
     }
 
     #[test]
-    fn syntax_image_comes_first_with_a_warning() {
+    fn syntax_image_comes_first_without_a_warning() {
         let text =
             "# syntax=docker/dockerfile:1.7\nFROM alpine\nFROM alpine\nCOPY --from=alpine / /\n";
         let r = resolve(text, &[], None).expect("resolves");
         assert_eq!(r.base_images, ["docker/dockerfile:1.7", "alpine"]);
-        assert_eq!(r.warnings.len(), 1);
-        assert!(r.warnings[0].contains("export it"));
+        assert_eq!(r.warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn named_contexts_are_not_images_unless_docker_image() {
+        let resolve_ctx = |text: &str, contexts: &[(&str, &str)]| -> Vec<String> {
+            let contexts = contexts
+                .iter()
+                .map(|(k, v)| (k.to_string(), NamedContext::from_value(v)))
+                .collect();
+            parse(text)
+                .expect("parses")
+                .resolve_with_contexts(&BTreeMap::new(), None, &contexts)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+                .base_images
+        };
+        // COPY --from and RUN --mount from= a local context: nothing to pull.
+        let text = "FROM golang:1.22\nCOPY --from=protos /p /p\n\
+            RUN --mount=type=bind,from=protos,target=/p true\n";
+        assert_eq!(
+            resolve_ctx(text, &[("protos", "/p/proto")]),
+            ["golang:1.22"]
+        );
+        assert_eq!(resolve_ctx(text, &[]), ["golang:1.22", "protos"]);
+        // FROM a context; a docker-image:// context is the image it names.
+        assert_eq!(
+            resolve_ctx(
+                "FROM base\nRUN true\n",
+                &[("base", "docker-image://alpine:3.20")]
+            ),
+            ["alpine:3.20"]
+        );
+        assert_eq!(
+            resolve_ctx("FROM protos AS p\nFROM p\n", &[("protos", "./x")]),
+            Vec::<String>::new()
+        );
+        // A context overrides an image name in its short form.
+        assert_eq!(
+            resolve_ctx(
+                "FROM docker.io/library/alpine:latest\n",
+                &[("alpine", "docker-image://mirror.local/alpine:3")]
+            ),
+            ["mirror.local/alpine:3"]
+        );
+        // A context named like a stage replaces the stage: its FROM and copies go.
+        let text = "FROM node:20 AS assets\nCOPY --from=nginx / /\nFROM python:3.12\n\
+            COPY --from=assets /a /a\n";
+        assert_eq!(resolve_ctx(text, &[]), ["node:20", "nginx", "python:3.12"]);
+        assert_eq!(resolve_ctx(text, &[("assets", "./dist")]), ["python:3.12"]);
+        assert_eq!(
+            resolve_ctx(text, &[("assets", "docker-image://ghcr.io/o/assets:1")]),
+            ["ghcr.io/o/assets:1", "python:3.12"]
+        );
+    }
+
+    #[test]
+    fn context_keys_are_short_image_names() {
+        assert_eq!(context_key("docker.io/library/alpine:latest"), "alpine");
+        assert_eq!(context_key("alpine:3"), "alpine:3");
+        assert_eq!(context_key("docker.io/grafana/grafana"), "grafana/grafana");
+        assert_eq!(context_key("ghcr.io/o/x:latest"), "ghcr.io/o/x");
+        assert_eq!(context_key("protos"), "protos");
+        assert_eq!(context_key("a@sha256:00"), "a@sha256:00");
     }
 
     #[test]

@@ -133,6 +133,58 @@ fn compose_file_is_found_upwards_in_compose_order() {
 }
 
 #[test]
+fn dotenv_project_name_and_override_file_count_as_compose_counts_them() {
+    let (_d, root) = project(&[
+        (
+            "compose.yaml",
+            "name: from-name\nservices:\n  api:\n    build: ./api\n",
+        ),
+        (
+            "compose.override.yml",
+            "services:\n  api:\n    build:\n      args: {BASE: 'python:3.12'}\n",
+        ),
+        ("api/Dockerfile", "ARG BASE=python:3.9\nFROM $BASE\n"),
+        (".env", "COMPOSE_PROJECT_NAME=From_DotEnv\n"),
+    ]);
+    let run = xtask(&root.join("api"), &["cache-plan", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["project_name"], "from_dotenv");
+    assert_eq!(plan["base_images"], serde_json::json!(["python:3.12"]));
+    assert_eq!(
+        plan["compose_files"],
+        serde_json::json!([
+            root.join("compose.yaml").as_str(),
+            root.join("compose.override.yml").as_str()
+        ])
+    );
+    // -p wins; -f alone leaves the override out.
+    let run = xtask(
+        &root,
+        &["-f", "compose.yaml", "-p", "cli", "cache-plan", "--json"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["project_name"], "cli");
+    assert_eq!(plan["base_images"], serde_json::json!(["python:3.9"]));
+    // -f repeats, as with docker compose.
+    let run = xtask(
+        &root,
+        &[
+            "-f",
+            "compose.yaml",
+            "-f",
+            "compose.override.yml",
+            "cache-plan",
+            "--json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["base_images"], serde_json::json!(["python:3.12"]));
+}
+
+#[test]
 fn a_git_context_is_listed_with_a_warning_and_the_rest_goes_on() {
     let (_d, root) = project(&[
         (
