@@ -22,6 +22,10 @@
 //! - `sh …/import-build-cache.sh` lines must pass no argument: the script the export writes
 //!   (`import_script` in commands/cache_export.rs) reads none.
 //!
+//! One rule for `docker compose` lines, a slip the guide made: `--progress` is a global
+//! option of compose and goes before the subcommand (`docker compose --progress plain
+//! build`); after it, compose warns.
+//!
 //! A failure names the doc file and line, the command, the exit code and clap's message.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +49,8 @@ enum Kind {
     Xtask(Vec<String>),
     /// The bundle's import script with these arguments.
     ImportScript(Vec<String>),
+    /// `docker compose` with these arguments.
+    Compose(Vec<String>),
     /// A placeholder or an ellipsis: not checked.
     Skipped,
 }
@@ -242,6 +248,11 @@ fn classify(words: &[Option<String>]) -> Option<Kind> {
         &words[2..]
     } else if first.ends_with("/xtask") {
         &words[1..]
+    } else if first == "docker" && words.get(1).map(program) == Some("compose") {
+        return Some(match collect(&words[2..]) {
+            Some(args) => Kind::Compose(args),
+            None => Kind::Skipped,
+        });
     } else {
         let script =
             |w: &str| w == "import-build-cache.sh" || w.ends_with("/import-build-cache.sh");
@@ -285,6 +296,19 @@ fn check(bin: &Path, dir: &Path, example: &Example) -> Option<String> {
     match &example.kind {
         Kind::Skipped => None,
         Kind::ImportScript(args) if args.is_empty() => None,
+        Kind::Compose(args) => {
+            let progress = args.iter().position(|a| a.starts_with("--progress"))?;
+            let subcommand = args
+                .iter()
+                .position(|a| COMPOSE_SUBCOMMANDS.contains(&a.as_str()))?;
+            (subcommand < progress).then(|| {
+                format!(
+                    "{}: `{}`: --progress is a global option of docker compose; write it \
+                     before the subcommand (`docker compose --progress plain {}`)",
+                    example.at, example.text, args[subcommand]
+                )
+            })
+        }
         Kind::ImportScript(args) => Some(format!(
             "{}: `{}`: import-build-cache.sh takes no arguments (given: {})",
             example.at,
@@ -321,6 +345,11 @@ fn check(bin: &Path, dir: &Path, example: &Example) -> Option<String> {
         }
     }
 }
+
+/// The compose subcommands the docs use, to tell a global option from a subcommand's.
+const COMPOSE_SUBCOMMANDS: [&str; 10] = [
+    "build", "up", "down", "run", "config", "pull", "push", "create", "logs", "ps",
+];
 
 /// An empty scratch folder, removed on drop.
 struct Scratch(PathBuf);
@@ -457,6 +486,8 @@ cargo xtask cache-export --output
 cargo xtask $COMMAND
 sh import-build-cache.sh --force
 cargo xtask cache-export -o /mnt/usb/docker-build-cache
+docker compose build --progress plain
+docker compose --progress plain -f x.yml build
 ```
 ";
     let examples = extract("bad.md", doc);
@@ -475,11 +506,13 @@ cargo xtask cache-export -o /mnt/usb/docker-build-cache
             "bad.md:7",
             "bad.md:8",
             "bad.md:9",
-            "bad.md:10"
+            "bad.md:10",
+            "bad.md:12"
         ],
         "{bad:#?}"
     );
     assert!(bad[0].contains("invalid value 'fast'"), "{}", bad[0]);
     assert!(bad[2].contains("unexpected argument '-o'"), "{}", bad[2]);
     assert!(bad[7].contains("takes no arguments"), "{}", bad[7]);
+    assert!(bad[8].contains("global option"), "{}", bad[8]);
 }
