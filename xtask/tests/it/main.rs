@@ -8,6 +8,7 @@ mod support;
 mod bundle_e2e;
 mod cli;
 mod docker_smoke;
+mod docs_examples;
 mod offline_rebuild;
 mod security;
 mod tidy;
