@@ -50,13 +50,9 @@ pub struct ProjectArgs {
 
 /// A loaded compose project.
 pub struct Project {
-    /// Absolute path of the compose file (the first of `compose_files`): the one
-    /// patch-compose edits.
-    pub compose_file: Utf8PathBuf,
-    /// All the compose files compose merges for this project, in order (`compose_file`
-    /// first, then overrides). Whatever runs `docker compose` with `-f` must pass every
-    /// one of them: an explicit `-f` turns compose's own discovery off.
-    #[allow(dead_code)] // for cache-export's `docker compose -f … build`
+    /// All the compose files compose merges for this project, in order (the main file
+    /// first, then overrides), absolute. Whatever runs `docker compose` with `-f` must
+    /// pass every one of them: an explicit `-f` turns compose's own discovery off.
     pub compose_files: Vec<Utf8PathBuf>,
     /// The folder holding the compose file: relative paths in it resolve here.
     pub dir: Utf8PathBuf,
@@ -87,8 +83,8 @@ impl ProjectArgs {
         let env: BTreeMap<String, String> = std::env::vars().collect();
         let read = |path: &Utf8Path| std::fs::read_to_string(path);
         let (model, _) = compose::load_files(&compose_files, &env, &read)?;
-        let compose_file = model.file.clone();
-        let dir = compose_file
+        let dir = model
+            .file
             .parent()
             .map(Utf8Path::to_path_buf)
             .unwrap_or_else(|| Utf8PathBuf::from("/"));
@@ -99,7 +95,6 @@ impl ProjectArgs {
             .or_else(|| model.name.clone())
             .unwrap_or_else(|| dir.file_name().unwrap_or("default").to_string());
         Ok(Project {
-            compose_file,
             compose_files: model.files.clone(),
             dir,
             name: normalize_project_name(&name),

@@ -417,7 +417,13 @@ impl Export<'_> {
             return Ok(cache_images);
         }
         let (docker, project, staging) = (&self.docker, &self.project, &self.staging);
-        for (service, entry) in self.plan.build_services.iter().zip(services) {
+        // Images that other services start FROM are built first (the plan's build order):
+        // a build never looks for an image of the project's own that is not there yet.
+        let mut pairs: Vec<(&BuildService, &mut ServiceEntry)> =
+            self.plan.build_services.iter().zip(services).collect();
+        let rank = |name: &str| self.plan.build_order.iter().position(|s| s == name);
+        pairs.sort_by_key(|(service, _)| rank(&service.name));
+        for (service, entry) in pairs {
             match self.strategy {
                 Strategy::Local => {
                     build_local(docker, &self.engine, project, service, entry, staging)?
@@ -808,7 +814,7 @@ fn build_local(
     docker
         .compose_build(
             &project.dir,
-            &[&project.compose_file, &override_file],
+            &compose_files_with(project, &override_file),
             &project.name,
             std::slice::from_ref(&service.name),
             &[],
@@ -823,6 +829,13 @@ fn build_local(
     entry.build_cache = Some(rel);
     entry.build_cache_tag = Some(tag);
     Ok(())
+}
+
+/// The project's compose files, as compose merges them, then the export's override.
+fn compose_files_with<'a>(project: &'a Project, extra: &'a Utf8Path) -> Vec<&'a Utf8Path> {
+    let mut files: Vec<&Utf8Path> = project.compose_files.iter().map(|f| f.as_path()).collect();
+    files.push(extra);
+    files
 }
 
 /// Recompresses the layers the builds made (recompress.rs), keeping the base images'

@@ -55,102 +55,223 @@ pub struct Args {
 impl Args {
     pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let project = project_args.load(sh)?;
-        let file = &project.compose_file;
-        let original = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        // Every file of the project's set (compose.override.yml, COMPOSE_FILE, -f …): each
+        // service is patched in the file that gives it its build section.
+        let files = &project.compose_files;
+        let mut originals = Vec::new();
+        for file in files {
+            originals
+                .push(std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?);
+        }
         let bundle_dir = self.bundle.dir(sh, project_args)?;
         let patched = if self.revert {
-            compose_patch::revert(&original).with_context(|| format!("reverting {file}"))?
+            files
+                .iter()
+                .zip(&originals)
+                .map(|(file, text)| {
+                    compose_patch::revert(text).with_context(|| format!("reverting {file}"))
+                })
+                .collect::<anyhow::Result<Vec<String>>>()?
         } else {
-            let plan = Plan::build(&project.model, &project.name, &RealFs)?;
-            let manifest = bundle::read_manifest(&bundle_dir).ok();
-            // The engine is asked only when neither the bundle nor --strategy decides, or,
-            // for a bundle with a `type=local` cache, whether this engine can read it.
-            let engine = match (&manifest, self.strategy) {
-                (Some(m), _) if m.strategy != Strategy::Local => None,
-                // --strategy is the user's decision for the engine that will build.
-                (None, Some(_)) => None,
-                _ => Docker::new(sh).probe().ok(),
-            };
-            let strategy = match (&manifest, self.strategy, &engine) {
-                (Some(m), _, _) => m.strategy,
-                (None, Some(s), _) => s,
-                (None, None, Some(engine)) => choose_strategy(engine, None)?,
-                (None, None, None) => Strategy::Local,
-            };
-            let mut local_cache = true;
-            if let (Strategy::Local, Some(engine)) = (strategy, &engine) {
-                if !engine.containerd_store {
-                    local_cache = false;
-                    eprintln!(
-                        "warning: this engine uses the classic image store, whose docker driver \
-                         cannot read a `type=local` cache: leaving the build-cache folders out of \
-                         cache_from (the builds would fail on them). Export with --strategy inline \
-                         for this engine, or enable the containerd image store \
-                         (\"features\": {{\"containerd-snapshotter\": true}} in daemon.json)"
-                    );
-                }
-            }
-            if strategy == Strategy::Legacy {
-                eprintln!(
-                    "warning: strategy legacy: the cache images serve the classic builder through \
-                     `cache_from` with docker-compose v1 or `DOCKER_BUILDKIT=0 docker build \
-                     --cache-from …`; compose v2 does not pass `cache_from` to the classic builder. \
-                     With compose v2, export with --strategy local (containerd image store) or inline"
-                );
-            }
-            if manifest.is_none() {
-                eprintln!(
-                    "    Patching from the plan: no bundle in {bundle_dir} yet; paths are those \
-                     cache-export will write (strategy {})",
-                    strategy.as_str()
-                );
-            }
-            let npm_images = match (&manifest, strategy) {
-                (Some(m), Strategy::Local) if local_cache => usable_npm_images(sh, m),
-                _ => BTreeSet::new(),
-            };
-            let target = layout::OfflineTarget {
-                bundle_dir: &bundle_dir,
-                project_name: &plan.project_name,
-                strategy,
-                local_cache,
-                npm_images: &npm_images,
-            };
-            let patches = layout::offline_patches(&plan, manifest.as_ref(), &target);
-            compose_patch::apply(&original, &patches).with_context(|| format!("patching {file}"))?
+            self.patched(sh, &project, &bundle_dir, &originals)?
         };
+        let changed: Vec<usize> = (0..files.len())
+            .filter(|&i| patched[i] != originals[i])
+            .collect();
         let verb = if self.revert { "reverted" } else { "patched" };
         if self.check {
-            return Ok(if patched == original {
-                eprintln!("    {file} is {verb}");
-                ExitCode::SUCCESS
-            } else {
+            if changed.is_empty() {
+                for file in files {
+                    eprintln!("    {file} is {verb}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            for &i in &changed {
                 eprintln!(
-                    "error: {file} is not {verb}; run `cargo xtask patch-compose{}`",
+                    "error: {} is not {verb}; run `cargo xtask patch-compose{}`",
+                    files[i],
                     if self.revert { " --revert" } else { "" }
                 );
-                ExitCode::FAILURE
-            });
+            }
+            return Ok(ExitCode::FAILURE);
         }
         if self.diff {
-            print_diff(sh, file, &original, &patched)?;
+            if changed.is_empty() {
+                eprintln!("   Unchanged {}", files[0]);
+            }
+            for &i in &changed {
+                print_diff(sh, &files[i], &originals[i], &patched[i])?;
+            }
             return Ok(ExitCode::SUCCESS);
         }
-        let target = match &self.output {
-            Some(out) => crate::project::absolute(&crate::project::current_dir(sh)?, out),
-            None => file.clone(),
-        };
-        if self.output.is_none() && patched == original {
-            eprintln!("   Unchanged {file} (already {verb})");
+        if let Some(out) = &self.output {
+            let out = crate::project::absolute(&crate::project::current_dir(sh)?, out);
+            let one = match changed.as_slice() {
+                [] => 0,
+                [i] => *i,
+                _ => anyhow::bail!(
+                    "--output writes one file, and {} files of the project change ({}); run                      without --output to patch each in place, or name one file with -f",
+                    changed.len(),
+                    changed
+                        .iter()
+                        .map(|&i| files[i].as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            write_keeping_permissions(&out, &files[one], patched[one].as_bytes())?;
+            eprintln!(
+                "     {} {out}",
+                if self.revert { "Reverted" } else { "Patched" }
+            );
             return Ok(ExitCode::SUCCESS);
         }
-        write_keeping_permissions(&target, file, patched.as_bytes())?;
-        eprintln!(
-            "     {} {target}",
-            if self.revert { "Reverted" } else { "Patched" }
-        );
+        if changed.is_empty() {
+            eprintln!("   Unchanged {} (already {verb})", files[0]);
+        }
+        for &i in &changed {
+            write_keeping_permissions(&files[i], &files[i], patched[i].as_bytes())?;
+            eprintln!(
+                "     {} {}",
+                if self.revert { "Reverted" } else { "Patched" },
+                files[i]
+            );
+        }
         Ok(ExitCode::SUCCESS)
     }
+
+    /// The patched text of each file of the project's set.
+    fn patched(
+        &self,
+        sh: &Shell,
+        project: &crate::project::Project,
+        bundle_dir: &Utf8Path,
+        originals: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        let plan = Plan::build(&project.model, &project.name, &RealFs)?;
+        for warning in &plan.warnings {
+            eprintln!("warning: {warning}");
+        }
+        let manifest = bundle::read_manifest(bundle_dir).ok();
+        let (strategy, local_cache) = self.strategy_for(sh, manifest.as_ref())?;
+        if manifest.is_none() {
+            eprintln!(
+                "    Patching from the plan: no bundle in {bundle_dir} yet; paths are those \
+                 cache-export will write (strategy {})",
+                strategy.as_str()
+            );
+        }
+        let npm_images = match (&manifest, strategy) {
+            (Some(m), Strategy::Local) if local_cache => usable_npm_images(sh, m),
+            _ => BTreeSet::new(),
+        };
+        let target = layout::OfflineTarget {
+            bundle_dir,
+            project_name: &plan.project_name,
+            strategy,
+            local_cache,
+            npm_images: &npm_images,
+        };
+        let patches = layout::offline_patches(&plan, manifest.as_ref(), &target);
+        let texts: Vec<&str> = originals.iter().map(String::as_str).collect();
+        let per_file = compose_patch::patches_per_file(&texts, &patches)?;
+        let mut out = Vec::new();
+        for ((file, text), patches) in project.compose_files.iter().zip(&texts).zip(per_file) {
+            out.push(
+                compose_patch::apply(text, &patches).with_context(|| format!("patching {file}"))?,
+            );
+        }
+        say_build_order(&plan);
+        Ok(out)
+    }
+
+    /// The strategy to patch for, and whether this engine can read a `type=local` cache.
+    /// The engine is asked only when neither the bundle nor --strategy decides, or, for a
+    /// bundle with a `type=local` cache, whether this engine can read it.
+    fn strategy_for(
+        &self,
+        sh: &Shell,
+        manifest: Option<&Manifest>,
+    ) -> anyhow::Result<(Strategy, bool)> {
+        let engine = match (manifest, self.strategy) {
+            (Some(m), _) if m.strategy != Strategy::Local => None,
+            // --strategy is the user's decision for the engine that will build.
+            (None, Some(_)) => None,
+            _ => Docker::new(sh).probe().ok(),
+        };
+        let strategy = match (manifest, self.strategy, &engine) {
+            (Some(m), _, _) => m.strategy,
+            (None, Some(s), _) => s,
+            (None, None, Some(engine)) => choose_strategy(engine, None)?,
+            (None, None, None) => {
+                eprintln!(
+                    "warning: no bundle and no Docker engine answered, so the strategy cannot \
+                     be chosen from the engine: patching for `local` (containerd image store, \
+                     buildx, compose v2). Pass --strategy inline or legacy for another engine"
+                );
+                Strategy::Local
+            }
+        };
+        let mut local_cache = true;
+        if let (Strategy::Local, Some(engine)) = (strategy, &engine) {
+            if !engine.containerd_store {
+                local_cache = false;
+                eprintln!(
+                    "warning: this engine uses the classic image store, whose docker driver \
+                     cannot read a `type=local` cache: leaving the build-cache folders out of \
+                     cache_from (the builds would fail on them). Export with --strategy inline \
+                     for this engine, or enable the containerd image store \
+                     (\"features\": {{\"containerd-snapshotter\": true}} in daemon.json)"
+                );
+            }
+        }
+        if strategy == Strategy::Legacy {
+            eprintln!(
+                "warning: strategy legacy: the cache images serve the classic builder through \
+                 `cache_from` with docker-compose v1 or `DOCKER_BUILDKIT=0 docker build \
+                 --cache-from …`; compose v2 does not pass `cache_from` to the classic builder. \
+                 With compose v2, export with --strategy local (containerd image store) or inline"
+            );
+        }
+        Ok((strategy, local_cache))
+    }
+}
+
+/// Where a service starts `FROM` an image another service builds, `docker compose build`
+/// would build both at once and look for that image before it exists (offline: a failed
+/// pull). Says the order the export built them in.
+fn say_build_order(plan: &Plan) {
+    if plan.built_here.is_empty() {
+        return;
+    }
+    let firsts: Vec<&str> = plan
+        .built_here
+        .iter()
+        .map(|b| b.service.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rest: Vec<&str> = plan
+        .build_order
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !firsts.contains(s))
+        .collect();
+    eprintln!(
+        "        Note images built here are used by other services ({}): build them first, \
+         as the export did: `docker compose build {}`, then `docker compose build{}`",
+        plan.built_here
+            .iter()
+            .map(|b| format!("{} from service {}", b.image, b.service))
+            .collect::<Vec<_>>()
+            .join(", "),
+        firsts.join(" "),
+        if rest.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", rest.join(" "))
+        }
+    );
 }
 
 /// The manifest's npm cache images that this engine has (cache-import makes them). For

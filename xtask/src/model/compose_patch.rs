@@ -219,7 +219,6 @@ pub fn apply(text: &str, patches: &[ServicePatch]) -> anyhow::Result<String> {
 /// one merged in with `<<:`), else the first that names the service. A service only an
 /// override file builds (a test runner in compose.override.yml, say) is patched there,
 /// since the main file has nothing to add to. Returns one list of patches per file.
-#[allow(dead_code)] // for patch-compose over Project::compose_files
 pub fn patches_per_file(
     texts: &[&str],
     patches: &[ServicePatch],
@@ -2021,7 +2020,13 @@ mod tests {
 
     #[test]
     fn golden() {
-        let bless = std::env::var_os("UPDATE_GOLDEN").is_some();
+        // Only UPDATE_GOLDEN=1 writes expected files, and never in CI: a run that
+        // regenerates its expected output compares it with itself.
+        let bless = std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1");
+        assert!(
+            !(bless && std::env::var_os("CI").is_some()),
+            "UPDATE_GOLDEN=1 with CI set: CI compares, it never writes expected files"
+        );
         for case in cases() {
             let name = &case.name;
             let result = apply(&case.input, &case.patches);

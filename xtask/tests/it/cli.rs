@@ -338,6 +338,65 @@ fn patch_compose_from_the_plan_is_idempotent_and_reverts_to_the_byte() {
     );
 }
 
+/// A service that only the override file builds (a test runner in compose.override.yml)
+/// is patched there, the main file's services in the main file; --check, --revert and
+/// --output see both files.
+#[test]
+fn patch_compose_patches_each_file_of_the_set() {
+    let main = "services:\n  api:\n    build: ./api\n";
+    let over = "services:\n  tests:\n    build: ./tests\n";
+    let (_d, root) = project(&[
+        ("compose.yaml", main),
+        ("compose.override.yml", over),
+        ("api/Dockerfile", "FROM alpine:3.20\n"),
+        ("tests/Dockerfile", "FROM alpine:3.20\n"),
+    ]);
+    let out = root.join("one.yml");
+    let refused = xtask(
+        &root,
+        &[
+            "patch-compose",
+            "--strategy",
+            "local",
+            "--output",
+            out.as_str(),
+        ],
+    );
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("--output writes one file, and 2 files of the project change"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!out.exists());
+    let patch = xtask(&root, &["patch-compose", "--strategy", "local"]);
+    assert_eq!(patch.code, 0, "{}", patch.stderr);
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+    let cache = root.join("docker-build-cache/build-cache");
+    assert!(read("compose.yaml").contains(&format!("type=local,src={cache},tag=api")));
+    assert!(!read("compose.yaml").contains("tag=tests"));
+    assert!(read("compose.override.yml").contains(&format!("type=local,src={cache},tag=tests")));
+    let check = xtask(&root, &["patch-compose", "--check", "--strategy", "local"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    std::fs::write(root.join("compose.override.yml"), over).unwrap();
+    let check = xtask(&root, &["patch-compose", "--check", "--strategy", "local"]);
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    assert!(
+        check.stderr.contains(&format!(
+            "{} is not patched",
+            root.join("compose.override.yml")
+        )),
+        "{}",
+        check.stderr
+    );
+    let revert = xtask(&root, &["patch-compose", "--revert"]);
+    assert_eq!(revert.code, 0, "{}", revert.stderr);
+    assert_eq!(read("compose.yaml"), main);
+    assert_eq!(read("compose.override.yml"), over);
+}
+
 #[test]
 fn verify_names_each_bad_file_without_docker() {
     let (_d, root) = project(&[("compose.yaml", "services: {}\n")]);
