@@ -1092,7 +1092,7 @@ mod tests {
         assert!(host_hint(Utf8Path::new("/my dir")).contains("--find-links '/my dir' "));
     }
 
-    /// Real PyPI: the backend's requirements for the seed's python:3.9-slim (by name).
+    /// Real PyPI: the backend's requirements for the application's python:3.9-slim (by name).
     #[test]
     fn network_export_and_verify_cpython39_manylinux() {
         if std::env::var("XTASK_NETWORK_TESTS").as_deref() != Ok("1") {
@@ -1110,7 +1110,7 @@ mod tests {
         } else {
             let path = cache.join("requirements.txt");
             std::fs::create_dir_all(&cache).unwrap();
-            std::fs::write(&path, SEED_REQUIREMENTS).unwrap();
+            std::fs::write(&path, APP_REQUIREMENTS).unwrap();
             (path, cache.join("wheelhouse-cp39"))
         };
         let target = target_from_image_name("python:3.9-slim", "amd64").unwrap();
@@ -1147,7 +1147,7 @@ mod tests {
         assert!(format!("{err:#}").contains("bcrypt==4.0.0"), "{err:#}");
     }
 
-    const SEED_REQUIREMENTS: &str = "fastapi==0.115.5\nuvicorn==0.32.1\nsqlalchemy==2.0.36\n\
+    const APP_REQUIREMENTS: &str = "fastapi==0.115.5\nuvicorn==0.32.1\nsqlalchemy==2.0.36\n\
         httpx==0.28.1\npydantic==2.10.3\npython-dotenv==1.0.1\npasslib[bcrypt]==1.7.4\n\
         bcrypt==4.0.1\npython-jose[cryptography]==3.3.0\npython-multipart==0.0.9\n";
 }
