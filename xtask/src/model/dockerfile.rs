@@ -95,141 +95,165 @@ pub fn parse(text: &str) -> anyhow::Result<Dockerfile> {
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .collect();
     let mut df = Dockerfile::default();
-
-    for (i, line) in lines.iter().enumerate() {
-        let Some((key, value)) = parser_directive(line) else {
-            break;
-        };
-        match key.as_str() {
-            "syntax" | "escape" | "check" => {}
-            _ => break, // an unknown directive is a comment, and ends the directives
-        }
-        if key == "syntax" {
-            if df.syntax.is_some() {
-                anyhow::bail!("line {}: only one `# syntax=` directive is allowed", i + 1);
-            }
-            df.syntax = Some(value);
-        } else if key == "escape" {
-            df.escape = match value.as_str() {
-                "\\" => Escape::Backslash,
-                "`" => Escape::Backtick,
-                _ => anyhow::bail!(
-                    "line {}: invalid escape character {value:?}: it must be ` or \\",
-                    i + 1
-                ),
-            };
-        }
-    }
+    parse_directives(&lines, &mut df)?;
     let esc = df.escape.char();
-
     let mut i = 0;
     while i < lines.len() {
         let start = i + 1;
-        let first = lines[i].trim_start_matches([' ', '\t']);
-        i += 1;
-        if first.starts_with('#') {
+        let Some(line) = next_instruction(&lines, &mut i, esc) else {
             continue;
-        }
-        let (head, mut done) = trim_continuation(first, esc);
-        if done && head.trim().is_empty() {
-            continue;
-        }
-        let mut joined = head.to_string();
-        while !done && i < lines.len() {
-            let next = lines[i];
-            i += 1;
-            let trimmed = next.trim_start_matches([' ', '\t']);
-            if trimmed.starts_with('#') || trimmed.is_empty() {
-                continue;
-            }
-            let (part, end) = trim_continuation(next, esc);
-            joined.push_str(part);
-            done = end;
-        }
-        let line = joined.trim();
+        };
+        let line = line.trim();
         let (keyword, rest) = match line.find(char::is_whitespace) {
             Some(at) => (&line[..at], line[at..].trim_start()),
             None => (line, ""),
         };
         let keyword = keyword.to_ascii_lowercase();
-
         if matches!(keyword.as_str(), "run" | "copy" | "add") && !is_json_form(rest) {
-            for doc in heredocs(line) {
-                let mut closed = false;
-                while i < lines.len() {
-                    let body = lines[i];
-                    i += 1;
-                    let body = if doc.chomp {
-                        body.trim_start_matches('\t')
-                    } else {
-                        body
-                    };
-                    if body == doc.name {
-                        closed = true;
-                        break;
-                    }
-                }
-                if !closed {
-                    anyhow::bail!(
-                        "line {start}: heredoc <<{} is never closed by a line `{}`",
-                        doc.name,
-                        doc.name
-                    );
-                }
-            }
+            skip_heredocs(line, &lines, &mut i, start)?;
         }
-
-        match keyword.as_str() {
-            "from" => df.stages.push(parse_from(rest, start)?),
-            "arg" => {
-                let args = parse_arg(rest, esc, start)?;
-                match df.stages.last_mut() {
-                    Some(stage) => stage.args.extend(args),
-                    None => df.global_args.extend(args),
-                }
-            }
-            "copy" => {
-                let (flags, _) = builder_flags(rest);
-                if let Some(stage) = df.stages.last_mut() {
-                    for (name, value) in flags {
-                        if name == "from" {
-                            let value = value.unwrap_or_default();
-                            stage.copy_from.push(value.clone());
-                            stage.refs.push(StageRef {
-                                kind: RefKind::Copy,
-                                name: value,
-                                line: start,
-                            });
-                        }
-                    }
-                }
-            }
-            "run" => {
-                let (flags, _) = builder_flags(rest);
-                if let Some(stage) = df.stages.last_mut() {
-                    for (name, value) in flags {
-                        if name != "mount" {
-                            continue;
-                        }
-                        if let Some(from) = value.as_deref().and_then(mount_from) {
-                            stage.mount_from.push(from.clone());
-                            stage.refs.push(StageRef {
-                                kind: RefKind::Mount,
-                                name: from,
-                                line: start,
-                            });
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
+        apply_instruction(&mut df, &keyword, rest, esc, start)?;
     }
-
     if df.stages.is_empty() {
         anyhow::bail!("no FROM instruction: a Dockerfile needs at least one stage");
     }
     Ok(df)
+}
+
+/// The parser directives at the top (`# syntax=`, `# escape=`, `# check=`): they end at
+/// the first line that is not one (an unknown directive is a comment, and ends them).
+fn parse_directives(lines: &[&str], df: &mut Dockerfile) -> anyhow::Result<()> {
+    for (i, line) in lines.iter().enumerate() {
+        let Some((key, value)) = parser_directive(line) else {
+            break;
+        };
+        match key.as_str() {
+            "syntax" => {
+                if df.syntax.is_some() {
+                    anyhow::bail!("line {}: only one `# syntax=` directive is allowed", i + 1);
+                }
+                df.syntax = Some(value);
+            }
+            "escape" => {
+                df.escape = match value.as_str() {
+                    "\\" => Escape::Backslash,
+                    "`" => Escape::Backtick,
+                    _ => anyhow::bail!(
+                        "line {}: invalid escape character {value:?}: it must be ` or \\",
+                        i + 1
+                    ),
+                };
+            }
+            "check" => {}
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// The instruction starting at line `*i`, continuation lines joined (comment and empty
+/// lines inside a continuation skipped, as BuildKit does); `None` for a comment or an
+/// empty line. Moves `*i` past what it read.
+fn next_instruction(lines: &[&str], i: &mut usize, esc: char) -> Option<String> {
+    let first = lines[*i].trim_start_matches([' ', '\t']);
+    *i += 1;
+    if first.starts_with('#') {
+        return None;
+    }
+    let (head, mut done) = trim_continuation(first, esc);
+    if done && head.trim().is_empty() {
+        return None;
+    }
+    let mut joined = head.to_string();
+    while !done && *i < lines.len() {
+        let next = lines[*i];
+        *i += 1;
+        let trimmed = next.trim_start_matches([' ', '\t']);
+        if trimmed.starts_with('#') || trimmed.is_empty() {
+            continue;
+        }
+        let (part, end) = trim_continuation(next, esc);
+        joined.push_str(part);
+        done = end;
+    }
+    Some(joined)
+}
+
+/// Moves `*i` past the bodies of the heredocs `line` opens, so that a body line reading
+/// `FROM evil` is never taken for an instruction.
+fn skip_heredocs(line: &str, lines: &[&str], i: &mut usize, start: usize) -> anyhow::Result<()> {
+    for doc in heredocs(line) {
+        let mut closed = false;
+        while *i < lines.len() {
+            let body = lines[*i];
+            *i += 1;
+            let body = if doc.chomp {
+                body.trim_start_matches('\t')
+            } else {
+                body
+            };
+            if body == doc.name {
+                closed = true;
+                break;
+            }
+        }
+        if !closed {
+            anyhow::bail!(
+                "line {start}: heredoc <<{} is never closed by a line `{}`",
+                doc.name,
+                doc.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Records what an instruction says about stages and images: FROM, ARG, `COPY --from`,
+/// `RUN --mount=…,from=`; the rest is skipped.
+fn apply_instruction(
+    df: &mut Dockerfile,
+    keyword: &str,
+    rest: &str,
+    esc: char,
+    start: usize,
+) -> anyhow::Result<()> {
+    match keyword {
+        "from" => df.stages.push(parse_from(rest, start)?),
+        "arg" => {
+            let args = parse_arg(rest, esc, start)?;
+            match df.stages.last_mut() {
+                Some(stage) => stage.args.extend(args),
+                None => df.global_args.extend(args),
+            }
+        }
+        "copy" | "run" => {
+            let Some(stage) = df.stages.last_mut() else {
+                return Ok(());
+            };
+            let (flags, _) = builder_flags(rest);
+            for (name, value) in flags {
+                let (kind, from) = match (keyword, name.as_str()) {
+                    ("copy", "from") => (RefKind::Copy, value.unwrap_or_default()),
+                    ("run", "mount") => match value.as_deref().and_then(mount_from) {
+                        Some(from) => (RefKind::Mount, from),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                match kind {
+                    RefKind::Copy => stage.copy_from.push(from.clone()),
+                    RefKind::Mount => stage.mount_from.push(from.clone()),
+                }
+                stage.refs.push(StageRef {
+                    kind,
+                    name: from,
+                    line: start,
+                });
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A named build context (compose's `build.additional_contexts`, `docker buildx build
@@ -291,160 +315,26 @@ impl Dockerfile {
         target: Option<&str>,
         contexts: &BTreeMap<String, NamedContext>,
     ) -> anyhow::Result<Resolved> {
-        let named = |name: &str| -> Option<Dep> {
-            let found = contexts
-                .get(name)
-                .or_else(|| contexts.get(&context_key(name)))?;
-            Some(match found {
-                NamedContext::Image(image) => Dep::Image(image.clone()),
-                NamedContext::Other => Dep::Scratch,
-            })
-        };
         if self.stages.is_empty() {
             anyhow::bail!("no FROM instruction: a Dockerfile needs at least one stage");
         }
+        let r = Resolver {
+            df: self,
+            env: self.global_env(build_args),
+            esc: self.escape.char(),
+            contexts,
+        };
         let mut warnings = Vec::new();
-        let esc = self.escape.char();
-        let env = self.global_env(build_args);
-        let display = |i: usize| -> String {
-            match &self.stages[i].name {
-                Some(name) => name.clone(),
-                None => i.to_string(),
-            }
-        };
-        let find_named = |name: &str, before: usize| -> Option<usize> {
-            let name = name.to_ascii_lowercase();
-            (0..before)
-                .rev()
-                .find(|&j| self.stages[j].name.as_deref() == Some(name.as_str()))
-        };
-
         // What each stage stands on and reads from: another stage or an image.
         let mut bases = Vec::with_capacity(self.stages.len());
         let mut deps: Vec<Vec<Dep>> = Vec::with_capacity(self.stages.len());
-        for (i, stage) in self.stages.iter().enumerate() {
-            let replaced = stage.name.as_deref().and_then(|n| contexts.get(n));
-            if let Some(context) = replaced {
-                bases.push(match context {
-                    NamedContext::Image(image) => Dep::Image(image.clone()),
-                    NamedContext::Other => Dep::Scratch,
-                });
-                deps.push(Vec::new());
-                continue;
-            }
-            let expanded = expand(&stage.from, &env, esc)
-                .map_err(|e| anyhow::anyhow!("line {}: FROM {}: {e}", stage.line, stage.from))?;
-            let name = expanded.value;
-            if name.is_empty() {
-                anyhow::bail!(
-                    "line {}: FROM {} gives an empty image name: {}",
-                    stage.line,
-                    stage.from,
-                    self.why_empty(&expanded.missing)
-                );
-            }
-            let undeclared: Vec<String> = expanded
-                .missing
-                .into_iter()
-                .filter(|m| !env.contains_key(m))
-                .collect();
-            if !undeclared.is_empty() {
-                warnings.push(format!(
-                    "line {}: FROM {} gives {name}: {}",
-                    stage.line,
-                    stage.from,
-                    self.why_empty(&undeclared)
-                ));
-            }
-            let later = (i + 1..self.stages.len()).rev().find(|&j| {
-                self.stages[j].name.as_deref() == Some(name.to_ascii_lowercase().as_str())
-            });
-            let base = if let Some(j) = find_named(&name, i) {
-                Dep::Stage(j)
-            } else if name.eq_ignore_ascii_case("scratch") {
-                Dep::Scratch
-            } else if let Some(context) = named(&name) {
-                context
-            } else if let Some(j) = later {
-                Dep::Later(j, name)
-            } else {
-                Dep::Image(name)
-            };
+        for i in 0..self.stages.len() {
+            let (base, stage_deps) = r.stage_deps(i, &mut warnings)?;
             bases.push(base);
-
-            let mut stage_deps = Vec::new();
-            for r in &stage.refs {
-                let value = if r.name.contains('$') {
-                    match expand(&r.name, &env, esc) {
-                        Ok(e) => e.value,
-                        Err(_) => r.name.clone(),
-                    }
-                } else {
-                    r.name.clone()
-                };
-                let dep = if let (RefKind::Copy, Some(index)) = (r.kind, parse_index(&value)) {
-                    match usize::try_from(index) {
-                        Ok(j) if j < self.stages.len() => Dep::Stage(j),
-                        _ => anyhow::bail!(
-                            "line {}: COPY --from={value}: there is no stage {value} \
-                             (stages are numbered 0 to {})",
-                            r.line,
-                            self.stages.len() - 1
-                        ),
-                    }
-                } else if let Some(j) = find_named(&value, self.stages.len()) {
-                    Dep::Stage(j)
-                } else if value.eq_ignore_ascii_case("scratch") || value.is_empty() {
-                    Dep::Scratch
-                } else if let Some(context) = named(&value) {
-                    context
-                } else {
-                    Dep::Image(value)
-                };
-                stage_deps.push(dep);
-            }
             deps.push(stage_deps);
         }
-
-        // BuildKit lets FROM name earlier stages only: a later one is an image of that
-        // name. Unless that later stage depends back on this one, which is a mistake.
-        if let Some(cycle) = find_cycle(self.stages.len(), |i| edges(&bases[i], &deps[i], true)) {
-            let path: Vec<String> = cycle
-                .iter()
-                .map(|&i| format!("{} (line {})", display(i), self.stages[i].line))
-                .collect();
-            let first = cycle.first().map(|&i| display(i)).unwrap_or_default();
-            anyhow::bail!(
-                "the stages depend on each other in a cycle: {} -> {first}; a stage cannot \
-                 use itself, and FROM can only name a stage defined above it",
-                path.join(" -> ")
-            );
-        }
-        for (i, base) in bases.iter_mut().enumerate() {
-            if let Dep::Later(j, name) = base {
-                warnings.push(format!(
-                    "line {}: FROM {name} names stage {} defined below it (line {}); \
-                     BuildKit only looks up earlier stages, so it pulls an image {name}",
-                    self.stages[i].line,
-                    display(*j),
-                    self.stages[*j].line
-                ));
-                *base = Dep::Image(std::mem::take(name));
-            }
-        }
-
-        let last = match target {
-            None => self.stages.len() - 1,
-            Some(t) => find_named(t, self.stages.len()).ok_or_else(|| {
-                let names = self.stage_names();
-                let listed = if names.is_empty() {
-                    "none of its stages has a name".to_string()
-                } else {
-                    format!("its named stages are: {}", names.join(", "))
-                };
-                anyhow::anyhow!("target stage {t:?} is not in the Dockerfile; {listed}")
-            })?,
-        };
+        r.settle_later_stages(&mut bases, &deps, &mut warnings)?;
+        let last = r.target_index(target)?;
         // The legacy builder builds every stage up to the target; BuildKit also builds a
         // later stage a counted one copies from. Count both.
         let mut built = vec![false; self.stages.len()];
@@ -455,7 +345,6 @@ impl Dockerfile {
             }
             todo.extend(edges(&bases[i], &deps[i], false));
         }
-
         let mut base_images = Vec::new();
         // `# syntax=` makes BuildKit fetch that frontend image: it is needed like a base
         // image (the plan lists it, once, in `frontend_images`).
@@ -464,7 +353,7 @@ impl Dockerfile {
         }
         let mut stages = Vec::new();
         for i in (0..self.stages.len()).filter(|&i| built[i]) {
-            stages.push(display(i));
+            stages.push(r.display(i));
             for dep in std::iter::once(&bases[i]).chain(&deps[i]) {
                 if let Dep::Image(image) = dep {
                     if !base_images.contains(image) {
@@ -565,6 +454,193 @@ impl Dockerfile {
             })
             .collect();
         parts.join("; ")
+    }
+}
+
+/// One resolution of a Dockerfile: its build-arg environment and named contexts.
+struct Resolver<'a> {
+    df: &'a Dockerfile,
+    env: BTreeMap<String, String>,
+    esc: char,
+    contexts: &'a BTreeMap<String, NamedContext>,
+}
+
+impl Resolver<'_> {
+    fn display(&self, i: usize) -> String {
+        match &self.df.stages[i].name {
+            Some(name) => name.clone(),
+            None => i.to_string(),
+        }
+    }
+
+    /// The last stage named `name` above stage `before`.
+    fn find_named(&self, name: &str, before: usize) -> Option<usize> {
+        let name = name.to_ascii_lowercase();
+        (0..before)
+            .rev()
+            .find(|&j| self.df.stages[j].name.as_deref() == Some(name.as_str()))
+    }
+
+    /// A named context of that name (or of its short image form), as a dependency.
+    fn named(&self, name: &str) -> Option<Dep> {
+        let found = self
+            .contexts
+            .get(name)
+            .or_else(|| self.contexts.get(&context_key(name)))?;
+        Some(match found {
+            NamedContext::Image(image) => Dep::Image(image.clone()),
+            NamedContext::Other => Dep::Scratch,
+        })
+    }
+
+    /// What stage `i` stands on (its FROM) and reads from (`COPY --from`, mounts).
+    fn stage_deps(&self, i: usize, warnings: &mut Vec<String>) -> anyhow::Result<(Dep, Vec<Dep>)> {
+        let stage = &self.df.stages[i];
+        if let Some(context) = stage.name.as_deref().and_then(|n| self.contexts.get(n)) {
+            let base = match context {
+                NamedContext::Image(image) => Dep::Image(image.clone()),
+                NamedContext::Other => Dep::Scratch,
+            };
+            return Ok((base, Vec::new()));
+        }
+        let base = self.stage_base(i, warnings)?;
+        let mut stage_deps = Vec::new();
+        for r in &stage.refs {
+            stage_deps.push(self.reference(r)?);
+        }
+        Ok((base, stage_deps))
+    }
+
+    /// Stage `i`'s FROM, expanded with the global ARGs.
+    fn stage_base(&self, i: usize, warnings: &mut Vec<String>) -> anyhow::Result<Dep> {
+        let stage = &self.df.stages[i];
+        let expanded = expand(&stage.from, &self.env, self.esc)
+            .map_err(|e| anyhow::anyhow!("line {}: FROM {}: {e}", stage.line, stage.from))?;
+        let name = expanded.value;
+        if name.is_empty() {
+            anyhow::bail!(
+                "line {}: FROM {} gives an empty image name: {}",
+                stage.line,
+                stage.from,
+                self.df.why_empty(&expanded.missing)
+            );
+        }
+        let undeclared: Vec<String> = expanded
+            .missing
+            .into_iter()
+            .filter(|m| !self.env.contains_key(m))
+            .collect();
+        if !undeclared.is_empty() {
+            warnings.push(format!(
+                "line {}: FROM {} gives {name}: {}",
+                stage.line,
+                stage.from,
+                self.df.why_empty(&undeclared)
+            ));
+        }
+        let stages = &self.df.stages;
+        let later = (i + 1..stages.len())
+            .rev()
+            .find(|&j| stages[j].name.as_deref() == Some(name.to_ascii_lowercase().as_str()));
+        Ok(if let Some(j) = self.find_named(&name, i) {
+            Dep::Stage(j)
+        } else if name.eq_ignore_ascii_case("scratch") {
+            Dep::Scratch
+        } else if let Some(context) = self.named(&name) {
+            context
+        } else if let Some(j) = later {
+            Dep::Later(j, name)
+        } else {
+            Dep::Image(name)
+        })
+    }
+
+    /// What a `COPY --from` or `RUN --mount from=` reads.
+    fn reference(&self, r: &StageRef) -> anyhow::Result<Dep> {
+        let stages = &self.df.stages;
+        let value = if r.name.contains('$') {
+            match expand(&r.name, &self.env, self.esc) {
+                Ok(e) => e.value,
+                Err(_) => r.name.clone(),
+            }
+        } else {
+            r.name.clone()
+        };
+        Ok(
+            if let (RefKind::Copy, Some(index)) = (r.kind, parse_index(&value)) {
+                match usize::try_from(index) {
+                    Ok(j) if j < stages.len() => Dep::Stage(j),
+                    _ => anyhow::bail!(
+                        "line {}: COPY --from={value}: there is no stage {value} \
+                         (stages are numbered 0 to {})",
+                        r.line,
+                        stages.len() - 1
+                    ),
+                }
+            } else if let Some(j) = self.find_named(&value, stages.len()) {
+                Dep::Stage(j)
+            } else if value.eq_ignore_ascii_case("scratch") || value.is_empty() {
+                Dep::Scratch
+            } else if let Some(context) = self.named(&value) {
+                context
+            } else {
+                Dep::Image(value)
+            },
+        )
+    }
+
+    /// BuildKit lets FROM name earlier stages only: a later one is an image of that name
+    /// (with a warning). Unless that later stage depends back on this one: a cycle, an
+    /// error.
+    fn settle_later_stages(
+        &self,
+        bases: &mut [Dep],
+        deps: &[Vec<Dep>],
+        warnings: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let stages = &self.df.stages;
+        if let Some(cycle) = find_cycle(stages.len(), |i| edges(&bases[i], &deps[i], true)) {
+            let path: Vec<String> = cycle
+                .iter()
+                .map(|&i| format!("{} (line {})", self.display(i), stages[i].line))
+                .collect();
+            let first = cycle.first().map(|&i| self.display(i)).unwrap_or_default();
+            anyhow::bail!(
+                "the stages depend on each other in a cycle: {} -> {first}; a stage cannot \
+                 use itself, and FROM can only name a stage defined above it",
+                path.join(" -> ")
+            );
+        }
+        for (i, base) in bases.iter_mut().enumerate() {
+            if let Dep::Later(j, name) = base {
+                warnings.push(format!(
+                    "line {}: FROM {name} names stage {} defined below it (line {}); \
+                     BuildKit only looks up earlier stages, so it pulls an image {name}",
+                    stages[i].line,
+                    self.display(*j),
+                    stages[*j].line
+                ));
+                *base = Dep::Image(std::mem::take(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stage the build stops at: the target's, else the last.
+    fn target_index(&self, target: Option<&str>) -> anyhow::Result<usize> {
+        let stages = &self.df.stages;
+        match target {
+            None => Ok(stages.len() - 1),
+            Some(t) => self.find_named(t, stages.len()).ok_or_else(|| {
+                let names = self.df.stage_names();
+                let listed = if names.is_empty() {
+                    "none of its stages has a name".to_string()
+                } else {
+                    format!("its named stages are: {}", names.join(", "))
+                };
+                anyhow::anyhow!("target stage {t:?} is not in the Dockerfile; {listed}")
+            }),
+        }
     }
 }
 
