@@ -138,19 +138,8 @@ impl Plan {
                     model.file
                 )
             })?;
-            let (dockerfile_path, text) = match &build.dockerfile {
-                DockerfileSource::Path(path) => {
-                    let text = fs.read(path).map_err(|err| {
-                        anyhow::anyhow!(
-                            "service {name}: Dockerfile {path} cannot be read ({err}); \
-                             check `build.dockerfile` in {}",
-                            model.file
-                        )
-                    })?;
-                    (Some(path.clone()), text)
-                }
-                DockerfileSource::Inline(text) => (None, text.clone()),
-            };
+            let (dockerfile_path, text) =
+                read_dockerfile(fs, &build.dockerfile, name, &model.file)?;
             let shown = dockerfile_path
                 .as_ref()
                 .map_or_else(|| "its dockerfile_inline".to_string(), |p| p.to_string());
@@ -175,31 +164,8 @@ impl Plan {
                 project_name,
             ));
 
-            // A requirements file the .dockerignore leaves out cannot be installed by the
-            // build (requirements-dev.txt, typically): it is not the image's dependency.
-            let ignore = fs
-                .read(&context.join(".dockerignore"))
-                .map(|text| DockerIgnore::parse(&text))
-                .unwrap_or_default();
-            let roots: Vec<Utf8PathBuf> = files
-                .iter()
-                .filter(|f| f.starts_with("requirements") && f.ends_with(".txt"))
-                .filter(|f| !ignore.excludes(f))
-                .map(|f| context.join(f))
-                .collect();
-            let read = |p: &Utf8Path| fs.read(p);
-            let python_requirements = if roots.is_empty() {
-                Vec::new()
-            } else {
-                requirements::collect(&roots, &read)
-                    .with_context(|| format!("service {name}: reading its requirements"))?
-                    .files
-            };
-            let node_lockfiles = files
-                .iter()
-                .filter(|f| *f == "package-lock.json" && !ignore.excludes(f))
-                .map(|f| context.join(f))
-                .collect();
+            let (python_requirements, node_lockfiles) =
+                dependency_manifests(fs, &context, &files, name)?;
             plan.build_services.push(BuildService {
                 name: name.clone(),
                 context,
@@ -453,6 +419,63 @@ fn glob(pattern: &str, text: &str) -> bool {
         }
     }
     rec(pattern.as_bytes(), text.as_bytes())
+}
+
+/// A build's Dockerfile: its path (`None` for `dockerfile_inline`) and its text.
+fn read_dockerfile(
+    fs: &dyn Fs,
+    source: &DockerfileSource,
+    name: &str,
+    compose_file: &Utf8Path,
+) -> anyhow::Result<(Option<Utf8PathBuf>, String)> {
+    Ok(match source {
+        DockerfileSource::Path(path) => {
+            let text = fs.read(path).map_err(|err| {
+                anyhow::anyhow!(
+                    "service {name}: Dockerfile {path} cannot be read ({err}); \
+                     check `build.dockerfile` in {compose_file}"
+                )
+            })?;
+            (Some(path.clone()), text)
+        }
+        DockerfileSource::Inline(text) => (None, text.clone()),
+    })
+}
+
+/// The dependency manifests in a build context (`files`: its file names): the pip
+/// requirement files (with what they include) and the npm lockfile. A file the
+/// .dockerignore leaves out cannot be installed by the build (requirements-dev.txt,
+/// typically): it is not the image's dependency.
+fn dependency_manifests(
+    fs: &dyn Fs,
+    context: &Utf8Path,
+    files: &[String],
+    name: &str,
+) -> anyhow::Result<(Vec<Utf8PathBuf>, Vec<Utf8PathBuf>)> {
+    let ignore = fs
+        .read(&context.join(".dockerignore"))
+        .map(|text| DockerIgnore::parse(&text))
+        .unwrap_or_default();
+    let roots: Vec<Utf8PathBuf> = files
+        .iter()
+        .filter(|f| f.starts_with("requirements") && f.ends_with(".txt"))
+        .filter(|f| !ignore.excludes(f))
+        .map(|f| context.join(f))
+        .collect();
+    let read = |p: &Utf8Path| fs.read(p);
+    let python_requirements = if roots.is_empty() {
+        Vec::new()
+    } else {
+        requirements::collect(&roots, &read)
+            .with_context(|| format!("service {name}: reading its requirements"))?
+            .files
+    };
+    let node_lockfiles = files
+        .iter()
+        .filter(|f| *f == "package-lock.json" && !ignore.excludes(f))
+        .map(|f| context.join(f))
+        .collect();
+    Ok((python_requirements, node_lockfiles))
 }
 
 #[cfg(test)]
