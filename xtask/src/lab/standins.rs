@@ -335,12 +335,20 @@ pub fn debian_rootfs() -> anyhow::Result<Utf8PathBuf> {
 fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     let sh = Shell::new()?;
     let rootfs = scratch.join("rootfs");
-    // in memory: dpkg syncs a lot, and deleting the tree from this disk is slow
+    // in memory: dpkg syncs a lot, and deleting the tree from disk is slow
     sh.create_dir(&rootfs)?;
     cmd!(sh, "mount -t tmpfs -o size=4g xtask-rootfs {rootfs}")
         .quiet()
         .run()?;
-    let mirror = debian_mirror(&sh);
+    debootstrap(&sh, &rootfs)?;
+    install_npm(&sh, scratch, &rootfs)?;
+    like_official_images(&sh, &rootfs)?;
+    pack_rootfs(&sh, scratch, &rootfs)
+}
+
+/// Debian bookworm with [`DEBIAN_PACKAGES`] into `rootfs`.
+fn debootstrap(sh: &Shell, rootfs: &Utf8Path) -> anyhow::Result<()> {
+    let mirror = debian_mirror(sh);
     cmd!(
         sh,
         "debootstrap --variant=minbase --include={DEBIAN_PACKAGES} bookworm {rootfs} {mirror...}"
@@ -362,9 +370,12 @@ fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     for mounted in ["proc", "sys", "dev"] {
         unmount_below(&rootfs.join(mounted))?;
     }
+    Ok(())
+}
 
-    // npm as in the official node images, from the npm registry
-    sh.change_dir(scratch);
+/// npm as in the official node images, from the npm registry.
+fn install_npm(sh: &Shell, scratch: &Utf8Path, rootfs: &Utf8Path) -> anyhow::Result<()> {
+    let _dir = sh.push_dir(scratch);
     cmd!(sh, "npm pack --silent npm@{NPM_VERSION}")
         .quiet()
         .ignore_stdout()
@@ -380,7 +391,13 @@ fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     sh.create_dir(&bin)?;
     symlink("../lib/node_modules/npm/bin/npm-cli.js", bin.join("npm"))?;
     symlink("../lib/node_modules/npm/bin/npx-cli.js", bin.join("npx"))?;
+    Ok(())
+}
 
+/// What the application can tell of the official python, node and nginx images: their
+/// commands, settings and users.
+fn like_official_images(sh: &Shell, rootfs: &Utf8Path) -> anyhow::Result<()> {
+    let bin = rootfs.join("usr/local/bin");
     // python: `python` and `pip` commands, and pip may install system-wide (no PEP 668)
     symlink("/usr/bin/python3", bin.join("python"))?;
     symlink("/usr/bin/pip3", bin.join("pip"))?;
@@ -439,13 +456,19 @@ fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
         remove_tree(&dir)?;
         sh.create_dir(&dir)?;
     }
+    Ok(())
+}
+
+/// `out/rootfs.tar` of `rootfs` (then removed) and its SHA-256 (the layer's diff id) in
+/// `out/rootfs.tar.sha256`; returns `out`.
+fn pack_rootfs(sh: &Shell, scratch: &Utf8Path, rootfs: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     let out = scratch.join("out");
     sh.create_dir(&out)?;
     let tar = out.join("rootfs.tar");
     cmd!(sh, "tar --numeric-owner --xattrs -C {rootfs} -cf {tar} .")
         .quiet()
         .run()?;
-    remove_tree(&rootfs)?;
+    remove_tree(rootfs)?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut std::fs::File::open(&tar)?, &mut hasher)?;
     let diff_id = format!("sha256:{:x}\n", hasher.finalize());

@@ -11,8 +11,8 @@ use super::Engine;
 const MIB: u64 = 1 << 20;
 
 /// Streams a generated rootfs of `size` bytes into `docker import`: files of up to 64 MiB,
-/// alternately incompressible (xorshift) and text (words drawn at random, about 3:1 under
-/// gzip), so that the layer is neither all compressible nor all random.
+/// alternately incompressible (xorshift) and text (words drawn at random, which gzip
+/// shrinks well), so that the layer is neither all compressible nor all random.
 pub fn import_synthetic_image(engine: &Engine, image: &str, size: u64) -> anyhow::Result<()> {
     let mut child = engine
         .docker_command(["import", "-", image])
