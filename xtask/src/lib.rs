@@ -9,6 +9,7 @@
 //! `cargo xtask bench`; `main.rs` only calls [`cli::main`].
 
 mod archive;
+mod bench;
 mod bundle;
 pub mod cli;
 mod commands;
