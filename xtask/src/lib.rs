@@ -9,6 +9,7 @@
 //! `cargo xtask bench`; `main.rs` only calls [`cli::main`].
 
 mod archive;
+mod bench;
 mod bundle;
 mod bundle_arg;
 mod bundle_text;

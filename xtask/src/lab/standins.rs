@@ -4,28 +4,25 @@
 //! - busybox: the host's static busybox and its applets, made in memory and imported
 //!   (`docker import`) in well under a second; for small fixture projects (`FROM busybox`).
 //! - Debian bookworm with Python 3.11, pip, Node.js 18, npm 10 and nginx, made once by
-//!   debootstrap (1 to 4 minutes, most of it downloading) and cached as a tar across runs;
+//!   debootstrap (minutes, most of it downloading) and cached as a tar across runs;
 //!   loaded under the real names the application's Dockerfiles use (`python:3.9-slim`,
 //!   `node:18-alpine`, `nginx:alpine`), adjusted to behave like those official images
 //!   where the application can tell, so that the application builds unchanged. They are
 //!   loaded with `docker load` of an archive written on the fly, whose three images share
-//!   the one layer: three `docker import`s of the same tar took 51 s here (each gzips the
-//!   300 MB layer into the containerd store), the load takes a few seconds.
+//!   the one layer: three `docker import`s of the same tar would each compress the whole
+//!   layer into the containerd store, one load stores it once.
 
-use std::{
-    io::Write,
-    os::unix::fs::symlink,
-    process::{Command, Stdio},
-    sync::OnceLock,
-    time::Instant,
-};
+use std::{io::Write, os::unix::fs::symlink, process::Stdio, sync::OnceLock, time::Instant};
 
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
-use super::{cached, remove_tree, test_cache_dir, Engine};
+use super::{
+    fs::{cached, remove_tree, test_cache_dir, unmount_below, which},
+    Engine,
+};
 
 /// The name fixture projects use for the busybox stand-in.
 pub const BUSYBOX: &str = "busybox:latest";
@@ -112,25 +109,34 @@ pub fn load_busybox(engine: &Engine) -> anyhow::Result<()> {
             TAR.get_or_init(|| tar)
         }
     };
-    let sh = engine.shell()?;
+    let sh = Shell::new()?;
     let env = format!("ENV {PATH}");
     let default_cmd = r#"CMD ["sh"]"#;
-    cmd!(
-        sh,
-        "docker import --change {env} --change {default_cmd} - {BUSYBOX}"
-    )
-    .stdin(tar)
-    .quiet()
-    .ignore_stdout()
-    .run()
-    .with_context(|| format!("importing the busybox stand-in into {}", engine.name()))
+    engine
+        .docker(
+            &sh,
+            [
+                "import",
+                "--change",
+                &env,
+                "--change",
+                default_cmd,
+                "-",
+                BUSYBOX,
+            ],
+        )
+        .stdin(tar)
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("importing the busybox stand-in into {}", engine.name()))
 }
 
 /// A tar of a busybox root filesystem: `/bin/busybox`, a link for every applet where
 /// busybox would install it, `/tmp`, and the `root` and `nobody` users.
 pub fn busybox_rootfs_tar() -> anyhow::Result<Vec<u8>> {
     let sh = Shell::new()?;
-    let busybox_path = super::which("busybox").context("busybox not found")?;
+    let busybox_path = which("busybox").context("busybox not found")?;
     let busybox = std::fs::read(&busybox_path)?;
     let applets = cmd!(sh, "{busybox_path} --list-full").quiet().read()?;
 
@@ -205,12 +211,33 @@ fn append<W: Write>(
     Ok(())
 }
 
+/// How the stand-ins' one layer goes into the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandinLayer {
+    /// The plain tar: the quickest load (the tests).
+    Tar,
+    /// gzip-compressed as a pulled image's layers are: the engine keeps the blob as it
+    /// was loaded, and `docker save` writes it as it is kept (the benchmark, whose
+    /// exports should carry what a real base image weighs). Compressed once, beside the
+    /// cached rootfs.
+    Gzip,
+}
+
 /// Loads the Debian stand-ins into `engine` under their real names ([`APP_STANDINS`]),
-/// all three over the one layer.
+/// all three over the one plain layer.
 pub fn load_standins(engine: &Engine) -> anyhow::Result<()> {
+    load_standins_as(engine, StandinLayer::Tar)
+}
+
+/// Loads the Debian stand-ins into `engine` under their real names ([`APP_STANDINS`]),
+/// all three over the one layer, stored as `layer` says.
+pub fn load_standins_as(engine: &Engine, layer: StandinLayer) -> anyhow::Result<()> {
     let rootfs = debian_rootfs()?;
     let started = Instant::now();
-    let layer = rootfs.join("rootfs.tar");
+    let layer = match layer {
+        StandinLayer::Tar => rootfs.join("rootfs.tar"),
+        StandinLayer::Gzip => gzip_layer(&rootfs)?,
+    };
     let diff_id = std::fs::read_to_string(rootfs.join("rootfs.tar.sha256"))?;
     let mut manifest = Vec::new();
     let mut configs = Vec::new();
@@ -225,9 +252,8 @@ pub fn load_standins(engine: &Engine) -> anyhow::Result<()> {
         configs.push((name, config));
     }
 
-    let mut load = Command::new("docker")
-        .args(["load", "--quiet"])
-        .envs(engine.env())
+    let mut load = engine
+        .docker_command(["load", "--quiet"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -237,32 +263,14 @@ pub fn load_standins(engine: &Engine) -> anyhow::Result<()> {
     let written = (|| -> anyhow::Result<()> {
         let mut archive = tar::Builder::new(stdin);
         for (name, config) in &configs {
-            append(
-                &mut archive,
-                name,
-                tar::EntryType::Regular,
-                0o644,
-                config,
-                None,
-            )?;
+            let kind = tar::EntryType::Regular;
+            append(&mut archive, name, kind, 0o644, config, None)?;
         }
         let manifest = serde_json::to_vec(&manifest)?;
-        append(
-            &mut archive,
-            "manifest.json",
-            tar::EntryType::Regular,
-            0o644,
-            &manifest,
-            None,
-        )?;
-        append(
-            &mut archive,
-            "layer",
-            tar::EntryType::Directory,
-            0o755,
-            b"",
-            None,
-        )?;
+        let kind = tar::EntryType::Regular;
+        append(&mut archive, "manifest.json", kind, 0o644, &manifest, None)?;
+        let kind = tar::EntryType::Directory;
+        append(&mut archive, "layer", kind, 0o755, b"", None)?;
         archive.append_path_with_name(&layer, "layer/layer.tar")?;
         archive.into_inner()?.flush()?;
         Ok(())
@@ -282,6 +290,25 @@ pub fn load_standins(engine: &Engine) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `rootfs.tar.gz` beside the cached `rootfs.tar` (gzip -6), made once.
+fn gzip_layer(rootfs: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
+    let layer = rootfs.join("rootfs.tar.gz");
+    if layer.exists() {
+        return Ok(layer);
+    }
+    let sh = Shell::new()?;
+    let tar = rootfs.join("rootfs.tar");
+    let partial = rootfs.join(format!("rootfs.tar.gz.{}", std::process::id()));
+    eprintln!("compressing the stand-in layer (gzip -6, once): {layer}");
+    let mut gzip: std::process::Command = cmd!(sh, "gzip -6 -n -c {tar}").into();
+    let status = gzip.stdout(std::fs::File::create(&partial)?).status()?;
+    if !status.success() {
+        bail!("gzip of {tar} failed ({status})");
+    }
+    std::fs::rename(&partial, &layer)?;
+    Ok(layer)
 }
 
 /// The Debian stand-in's rootfs, made once and cached in the test cache dir: a directory
@@ -308,12 +335,20 @@ pub fn debian_rootfs() -> anyhow::Result<Utf8PathBuf> {
 fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     let sh = Shell::new()?;
     let rootfs = scratch.join("rootfs");
-    // in memory: dpkg syncs a lot, and deleting the tree from this disk is slow
+    // in memory: dpkg syncs a lot, and deleting the tree from disk is slow
     sh.create_dir(&rootfs)?;
-    cmd!(sh, "mount -t tmpfs -o size=4g xtd-rootfs {rootfs}")
+    cmd!(sh, "mount -t tmpfs -o size=4g xtask-rootfs {rootfs}")
         .quiet()
         .run()?;
-    let mirror = debian_mirror(&sh);
+    debootstrap(&sh, &rootfs)?;
+    install_npm(&sh, scratch, &rootfs)?;
+    like_official_images(&sh, &rootfs)?;
+    pack_rootfs(&sh, scratch, &rootfs)
+}
+
+/// Debian bookworm with [`DEBIAN_PACKAGES`] into `rootfs`.
+fn debootstrap(sh: &Shell, rootfs: &Utf8Path) -> anyhow::Result<()> {
+    let mirror = debian_mirror(sh);
     cmd!(
         sh,
         "debootstrap --variant=minbase --include={DEBIAN_PACKAGES} bookworm {rootfs} {mirror...}"
@@ -333,11 +368,14 @@ fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     })?;
     // debootstrap unmounts what it mounted, unless it failed half-way
     for mounted in ["proc", "sys", "dev"] {
-        super::unmount_below(&rootfs.join(mounted))?;
+        unmount_below(&rootfs.join(mounted))?;
     }
+    Ok(())
+}
 
-    // npm as in the official node images, from the npm registry
-    sh.change_dir(scratch);
+/// npm as in the official node images, from the npm registry.
+fn install_npm(sh: &Shell, scratch: &Utf8Path, rootfs: &Utf8Path) -> anyhow::Result<()> {
+    let _dir = sh.push_dir(scratch);
     cmd!(sh, "npm pack --silent npm@{NPM_VERSION}")
         .quiet()
         .ignore_stdout()
@@ -353,7 +391,13 @@ fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     sh.create_dir(&bin)?;
     symlink("../lib/node_modules/npm/bin/npm-cli.js", bin.join("npm"))?;
     symlink("../lib/node_modules/npm/bin/npx-cli.js", bin.join("npx"))?;
+    Ok(())
+}
 
+/// What the application can tell of the official python, node and nginx images: their
+/// commands, settings and users.
+fn like_official_images(sh: &Shell, rootfs: &Utf8Path) -> anyhow::Result<()> {
+    let bin = rootfs.join("usr/local/bin");
     // python: `python` and `pip` commands, and pip may install system-wide (no PEP 668)
     symlink("/usr/bin/python3", bin.join("python"))?;
     symlink("/usr/bin/pip3", bin.join("pip"))?;
@@ -395,7 +439,7 @@ fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     cmd!(sh, "chown 1000:1000 {home}").quiet().run()?;
 
     // `wget`, which healthchecks of alpine-based services use, from the host's busybox
-    let busybox = super::which("busybox").context("busybox not found")?;
+    let busybox = which("busybox").context("busybox not found")?;
     std::fs::copy(&busybox, bin.join("busybox"))?;
     symlink("busybox", bin.join("wget"))?;
 
@@ -412,13 +456,19 @@ fn make_debian_rootfs(scratch: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
         remove_tree(&dir)?;
         sh.create_dir(&dir)?;
     }
+    Ok(())
+}
+
+/// `out/rootfs.tar` of `rootfs` (then removed) and its SHA-256 (the layer's diff id) in
+/// `out/rootfs.tar.sha256`; returns `out`.
+fn pack_rootfs(sh: &Shell, scratch: &Utf8Path, rootfs: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
     let out = scratch.join("out");
     sh.create_dir(&out)?;
     let tar = out.join("rootfs.tar");
     cmd!(sh, "tar --numeric-owner --xattrs -C {rootfs} -cf {tar} .")
         .quiet()
         .run()?;
-    remove_tree(&rootfs)?;
+    remove_tree(rootfs)?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut std::fs::File::open(&tar)?, &mut hasher)?;
     let diff_id = format!("sha256:{:x}\n", hasher.finalize());

@@ -1,45 +1,81 @@
-//! Private Docker engines: one `dockerd` per test, beside any other engine on the machine.
+//! Private Docker engines: one `dockerd` per use, beside any other engine on the machine.
 //!
 //! Each engine has its own data root, exec root, pid file, socket, client config and
 //! bridge (`ip link add … type bridge`; `"bridge": "none"` would break RUN steps and delete
 //! the host's `docker0`, see NOTES.md), and no iptables rules: containers reach each other
 //! and the host reaches published ports through docker-proxy on 127.0.0.1, but nothing
-//! reaches any network outside. Everything lives under `/tmp/xtd/<pid>-<n>` (short, since
-//! unix socket paths are limited to 108 bytes), the bridge is `xtd<pid>-<n>`, and the
-//! engine's compose networks come from its own address pool, so engines of concurrent
-//! test runs never collide. What a killed test run left behind is removed by the next one.
+//! reaches any network outside. Everything of an engine lives under
+//! `<site dir>/<pid>-<n>` (short, since unix socket paths are limited to 108 bytes), its
+//! bridge is `<prefix><pid>-<n>`, and its compose networks come from its own address pool,
+//! so engines of concurrent runs never collide; a [`Site`] keeps the tests' engines apart
+//! from the benchmark's. What a killed run left behind is removed by the next one.
 
 use std::{
+    collections::HashSet,
+    ffi::OsStr,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
-        OnceLock,
+        Mutex,
     },
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context as _};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use super::{pid_alive, remove_tree, unmount_below};
+use super::fs::{kill_processes_using, pid_alive, remove_tree, tail, unmount_below};
 
-/// Parent of every private engine's directory.
-const ENGINES_DIR: &str = "/tmp/xtd";
-/// Prefix of every private engine's bridge (interface names have at most 15 bytes).
-const BRIDGE_PREFIX: &str = "xtd";
 /// How long `dockerd` may take to answer, and to stop.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where a family of private engines lives, so that two families (the integration tests,
+/// the benchmark) never share directories, bridges or addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    /// Parent of every engine's directory: short, since unix socket paths are limited.
+    pub dir: &'static str,
+    /// Prefix of every engine's bridge and cgroup parent (interface names have at most
+    /// 15 bytes: keep it to 3).
+    pub prefix: &'static str,
+    /// Bridges get `10.<bridge_net>.<slot>.1/24` ...
+    pub bridge_net: u8,
+    /// ... and compose networks come from the pool `10.<pool_net>.<slot>.0/24`.
+    pub pool_net: u8,
+    /// What the engines are called in messages ("test engine").
+    pub label: &'static str,
+}
+
+impl Site {
+    /// A directory of this process under the site, beside its engines (`<dir>/<pid>-<what>`),
+    /// removed with the engines' leftovers once this process is gone.
+    pub fn process_dir(&self, what: &str) -> Utf8PathBuf {
+        Utf8Path::new(self.dir).join(format!("{}-{what}", std::process::id()))
+    }
+
+    /// Removes what earlier, no longer running processes left under this site, once per
+    /// process (the first engine of a site calls it).
+    pub fn clean_once(&self) {
+        static CLEANED: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+        let mut cleaned = CLEANED.lock().unwrap_or_else(|p| p.into_inner());
+        if cleaned.get_or_insert_with(HashSet::new).insert(self.dir) {
+            if let Err(err) = remove_stale_engines(self) {
+                eprintln!("warning: removing stale {}s: {err:#}", self.label);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// The containerd image store (Engine 26's `containerd-snapshotter` feature), as on
     /// Docker Desktop and new installs; `false` gives the classic overlay2 store.
     pub containerd_store: bool,
-    /// The data root on a tmpfs: builds write faster, and removing a data root that holds
-    /// the Debian stand-ins takes 30 s on this machine's disk (mounted with `discard`)
-    /// but no time as an unmount.
+    /// The data root on a tmpfs: builds write faster, and a data root that holds the Debian
+    /// stand-ins is removed as an unmount instead of a slow delete on a disk mounted with
+    /// `discard`. The benchmark keeps it on disk, as a server does.
     pub data_in_memory: bool,
 }
 
@@ -55,6 +91,7 @@ impl Default for EngineOptions {
 /// A running private `dockerd`. Dropping it stops the daemon and its containerd and
 /// removes its bridge, networks and directories.
 pub struct Engine {
+    site: Site,
     name: String,
     id: String,
     root: Utf8PathBuf,
@@ -63,24 +100,21 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts a private engine; `name` says what it is for (it appears in logs and errors).
-    pub fn start(name: &str, opts: EngineOptions) -> anyhow::Result<Engine> {
-        static CLEANED: OnceLock<()> = OnceLock::new();
-        CLEANED.get_or_init(|| {
-            if let Err(err) = remove_stale_engines() {
-                eprintln!("warning: removing stale test engines: {err:#}");
-            }
-        });
+    /// Starts a private engine under `site`; `name` says what it is for (it appears in
+    /// logs and errors).
+    pub fn start(site: &Site, name: &str, opts: EngineOptions) -> anyhow::Result<Engine> {
+        site.clean_once();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let root = Utf8Path::new(ENGINES_DIR).join(&id);
+        let root = Utf8Path::new(site.dir).join(&id);
         let started = Instant::now();
         // From here on, dropping `engine` undoes whatever was done.
         let mut engine = Engine {
+            site: *site,
             name: name.to_owned(),
             id,
             root,
@@ -94,17 +128,19 @@ impl Engine {
         sh.write_file(engine.root.join("name"), name)?;
         if opts.data_in_memory {
             let data = engine.root.join("data");
-            cmd!(sh, "mount -t tmpfs -o size=16g,mode=0711 xtd-data {data}")
+            let source = format!("{}-data", site.prefix);
+            cmd!(sh, "mount -t tmpfs -o size=16g,mode=0711 {source} {data}")
                 .quiet()
                 .run()?;
         }
         engine.slot = Some(
-            create_bridge(&sh, &engine.id, &engine.root)
-                .with_context(|| format!("creating the bridge of test engine {name}"))?,
+            create_bridge(&sh, site, &engine.id, &engine.root)
+                .with_context(|| format!("creating the bridge of {} {name}", site.label))?,
         );
         engine.spawn(&sh, &opts)?;
         eprintln!(
-            "test engine {name} ({}) up in {:.1}s at {}",
+            "{} {name} ({}) up in {:.1}s at {}",
+            site.label,
             if opts.containerd_store {
                 "containerd store"
             } else {
@@ -118,7 +154,11 @@ impl Engine {
 
     fn spawn(&mut self, sh: &Shell, opts: &EngineOptions) -> anyhow::Result<()> {
         let root = &self.root;
-        let pool = format!("10.214.{}.0/24", self.slot.unwrap_or_default());
+        let pool = format!(
+            "10.{}.{}.0/24",
+            self.site.pool_net,
+            self.slot.unwrap_or_default()
+        );
         let config = serde_json::json!({
             "bridge": self.bridge(),
             "iptables": false,
@@ -128,8 +168,8 @@ impl Engine {
             "default-address-pools": [{ "base": pool, "size": 28 }],
             "features": { "containerd-snapshotter": opts.containerd_store },
             "shutdown-timeout": 2,
-            // so that the containers of a killed test run can be found and killed
-            "cgroup-parent": format!("/{BRIDGE_PREFIX}{}", self.id),
+            // so that the containers of a killed run can be found and killed
+            "cgroup-parent": format!("/{}", self.bridge()),
         });
         sh.write_file(
             root.join("daemon.json"),
@@ -154,12 +194,14 @@ impl Engine {
             .spawn()
             .context("starting dockerd")?;
         self.dockerd = Some(child);
+        self.wait_until_answering(sh, &log_path)
+    }
 
+    fn wait_until_answering(&mut self, sh: &Shell, log_path: &Utf8Path) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let host = self.host();
         loop {
-            let answered = cmd!(sh, "docker -H {host} version")
-                .env("DOCKER_CONFIG", self.client_config())
+            let answered = self
+                .docker(sh, ["version"])
                 .quiet()
                 .ignore_stderr()
                 .ignore_stdout()
@@ -174,17 +216,19 @@ impl Engine {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 bail!(
-                    "dockerd of test engine {} exited ({status}); its log {log_path}:\n{}",
+                    "dockerd of {} {} exited ({status}); its log {log_path}:\n{}",
+                    self.site.label,
                     self.name,
-                    log_tail(&log_path)
+                    tail(log_path, 30)
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "dockerd of test engine {} did not answer within {}s; its log {log_path}:\n{}",
+                    "dockerd of {} {} did not answer within {}s; its log {log_path}:\n{}",
+                    self.site.label,
                     self.name,
                     START_TIMEOUT.as_secs(),
-                    log_tail(&log_path)
+                    tail(log_path, 30)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -207,7 +251,7 @@ impl Engine {
 
     /// The engine's bridge: the default network of its containers.
     pub fn bridge(&self) -> String {
-        format!("{BRIDGE_PREFIX}{}", self.id)
+        format!("{}{}", self.site.prefix, self.id)
     }
 
     /// The Docker client config directory of this engine (empty: no contexts, no builders
@@ -233,39 +277,43 @@ impl Engine {
         Ok(sh)
     }
 
-    /// The last lines of `dockerd`'s log, for error messages.
-    pub fn log_tail(&self) -> String {
-        log_tail(&self.root.join("dockerd.log"))
+    /// `docker ARGS…` against this engine, on `sh` (whatever `sh` points at: the
+    /// engine's environment is set on the command). The lab's one way for its users to
+    /// run the `docker` client; callers add `.quiet()`, `.read()` and so on.
+    pub fn docker<'a, I>(&self, sh: &'a Shell, args: I) -> xshell::Cmd<'a>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<OsStr>,
+    {
+        sh.cmd("docker").envs(self.env()).args(args)
     }
 
-    fn stop(&mut self) -> anyhow::Result<()> {
-        let sh = self.shell()?;
+    /// `docker ARGS…` against this engine as a `std::process::Command`, for streams
+    /// (`docker load`, `docker import` of data written on the fly).
+    pub fn docker_command<I>(&self, args: I) -> Command
+    where
+        I: IntoIterator,
+        I::Item: AsRef<OsStr>,
+    {
+        let mut command = Command::new("docker");
+        command.args(args).envs(self.env());
+        command
+    }
+
+    /// The last lines of `dockerd`'s log, for error messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.root.join("dockerd.log"), 30)
+    }
+
+    /// Stops the daemon; returns the links of the engine's compose networks, for the
+    /// teardown.
+    fn stop_daemon(&mut self) -> anyhow::Result<Vec<String>> {
+        let sh = Shell::new()?;
         let mut networks = Vec::new();
-        if let Some(child) = self.dockerd.as_mut() {
+        if let Some(mut child) = self.dockerd.take() {
             if child.try_wait()?.is_none() {
-                // Containers first: dockerd would wait `shutdown-timeout` for each.
-                let containers = cmd!(sh, "docker ps -aq").quiet().ignore_stderr().read();
-                let containers: Vec<String> = containers
-                    .unwrap_or_default()
-                    .lines()
-                    .map(str::to_owned)
-                    .collect();
-                if !containers.is_empty() {
-                    let _ = cmd!(sh, "docker rm -f {containers...}")
-                        .quiet()
-                        .ignore_stdout()
-                        .ignore_stderr()
-                        .run();
-                }
-                let ids = cmd!(sh, "docker network ls -q --no-trunc --filter type=custom")
-                    .quiet()
-                    .ignore_stderr()
-                    .read()
-                    .unwrap_or_default();
-                networks = ids
-                    .lines()
-                    .map(|id| format!("br-{}", &id[..12.min(id.len())]))
-                    .collect();
+                self.remove_containers(&sh);
+                networks = self.network_links(&sh);
                 let pid = child.id().to_string();
                 let _ = cmd!(sh, "kill -TERM {pid}").quiet().ignore_stderr().run();
                 let deadline = Instant::now() + STOP_TIMEOUT;
@@ -274,16 +322,63 @@ impl Engine {
                 }
                 if child.try_wait()?.is_none() {
                     eprintln!(
-                        "dockerd of test engine {} ignored SIGTERM: killing it",
-                        self.name
+                        "dockerd of {} {} ignored SIGTERM: killing it",
+                        self.site.label, self.name
                     );
                     child.kill()?;
                 }
             }
             child.wait()?;
         }
-        self.dockerd = None;
-        teardown(&sh, &self.id, &self.root, self.slot, &networks)
+        Ok(networks)
+    }
+
+    /// Containers first: dockerd would wait `shutdown-timeout` for each.
+    fn remove_containers(&self, sh: &Shell) {
+        let containers = self
+            .docker(sh, ["ps", "-aq"])
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .unwrap_or_default();
+        let containers: Vec<&str> = containers.lines().collect();
+        if !containers.is_empty() {
+            let _ = self
+                .docker(sh, ["rm", "-f"])
+                .args(containers)
+                .quiet()
+                .ignore_stdout()
+                .ignore_stderr()
+                .run();
+        }
+    }
+
+    /// The bridges (`br-<id>`) of the engine's compose networks.
+    fn network_links(&self, sh: &Shell) -> Vec<String> {
+        let ids = self
+            .docker(
+                sh,
+                [
+                    "network",
+                    "ls",
+                    "-q",
+                    "--no-trunc",
+                    "--filter",
+                    "type=custom",
+                ],
+            )
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .unwrap_or_default();
+        ids.lines()
+            .map(|id| format!("br-{}", &id[..12.min(id.len())]))
+            .collect()
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let networks = self.stop_daemon()?;
+        teardown(&self.site, &self.id, &self.root, self.slot, &networks)
     }
 }
 
@@ -292,41 +387,43 @@ impl Drop for Engine {
         let started = Instant::now();
         match self.stop() {
             Ok(()) => eprintln!(
-                "test engine {} stopped and removed in {:.1}s",
+                "{} {} stopped and removed in {:.1}s",
+                self.site.label,
                 self.name,
                 started.elapsed().as_secs_f64()
             ),
             Err(err) => eprintln!(
-                "warning: stopping test engine {} ({}): {err:#}",
-                self.name, self.root
+                "warning: stopping {} {} ({}): {err:#}",
+                self.site.label, self.name, self.root
             ),
         }
     }
 }
 
-/// Creates and brings up the bridge `xtd<id>` with `10.213.<slot>.1/24`, the slot being
-/// one no other engine (of this or another test run) uses; the slot also chooses the
-/// engine's address pool `10.214.<slot>.0/24`.
-fn create_bridge(sh: &Shell, id: &str, root: &Utf8Path) -> anyhow::Result<u8> {
-    let lock_path = Utf8Path::new(ENGINES_DIR).join(".lock");
+/// Creates and brings up the bridge `<prefix><id>` with `10.<bridge_net>.<slot>.1/24`, the
+/// slot being one no other engine (of this or another run) uses; the slot also chooses
+/// the engine's address pool `10.<pool_net>.<slot>.0/24`.
+fn create_bridge(sh: &Shell, site: &Site, id: &str, root: &Utf8Path) -> anyhow::Result<u8> {
+    let lock_path = Utf8Path::new(site.dir).join(".lock");
     let lock = std::fs::File::create(&lock_path)?;
     lock.lock()?;
     let mut taken = Vec::new();
-    for entry in Utf8Path::new(ENGINES_DIR).read_dir_utf8()? {
+    for entry in Utf8Path::new(site.dir).read_dir_utf8()? {
         if let Ok(slot) = std::fs::read_to_string(entry?.path().join("slot")) {
             taken.push(slot.trim().to_owned());
         }
     }
     let addresses = cmd!(sh, "ip -o -4 addr show").quiet().read()?;
+    let (bridge_net, pool_net) = (site.bridge_net, site.pool_net);
     let slot = (0..=255u8)
         .find(|slot| {
             !taken.contains(&slot.to_string())
-                && !addresses.contains(&format!(" 10.213.{slot}."))
-                && !addresses.contains(&format!(" 10.214.{slot}."))
+                && !addresses.contains(&format!(" 10.{bridge_net}.{slot}."))
+                && !addresses.contains(&format!(" 10.{pool_net}.{slot}."))
         })
-        .context("all 256 address slots of test engines are taken")?;
-    let bridge = format!("{BRIDGE_PREFIX}{id}");
-    let address = format!("10.213.{slot}.1/24");
+        .with_context(|| format!("all 256 address slots of {}s are taken", site.label))?;
+    let bridge = format!("{}{id}", site.prefix);
+    let address = format!("10.{bridge_net}.{slot}.1/24");
     sh.write_file(root.join("slot"), slot.to_string())?;
     cmd!(sh, "ip link add {bridge} type bridge").quiet().run()?;
     cmd!(sh, "ip addr add {address} dev {bridge}")
@@ -337,44 +434,50 @@ fn create_bridge(sh: &Shell, id: &str, root: &Utf8Path) -> anyhow::Result<u8> {
 }
 
 /// Removes what an engine leaves once its dockerd is gone (or to make it gone): its
-/// containerd and shims, mounts, bridges and directory.
+/// containers, containerd and shims, mounts, bridges and directory.
 fn teardown(
-    sh: &Shell,
+    site: &Site,
     id: &str,
     root: &Utf8Path,
     slot: Option<u8>,
     networks: &[String],
 ) -> anyhow::Result<()> {
-    kill_containers(&format!("{BRIDGE_PREFIX}{id}"));
+    let sh = Shell::new()?;
+    let bridge = format!("{}{id}", site.prefix);
+    kill_containers(&bridge);
     kill_processes_using(root)?;
     unmount_below(root)?;
-    let mut links = vec![format!("{BRIDGE_PREFIX}{id}")];
+    let mut links = vec![bridge];
     links.extend(networks.iter().cloned());
     if let Some(slot) = slot {
         // compose networks of the engine whose ids were not read (a killed run)
         let addresses = cmd!(sh, "ip -o -4 addr show").quiet().read()?;
-        for line in addresses.lines() {
-            if line.contains(&format!(" 10.214.{slot}.")) {
-                if let Some(link) = line.split_whitespace().nth(1) {
-                    links.push(link.to_owned());
-                }
+        let pool = format!(" 10.{}.{slot}.", site.pool_net);
+        for line in addresses.lines().filter(|line| line.contains(&pool)) {
+            if let Some(link) = line.split_whitespace().nth(1) {
+                links.push(link.to_owned());
             }
         }
     }
     for link in links {
-        if Utf8Path::new("/sys/class/net").join(&link).exists() {
-            cmd!(sh, "ip link del {link}")
-                .quiet()
-                .ignore_stderr()
-                .ignore_status()
-                .run()?;
-        }
+        delete_link(&sh, &link)?;
     }
     remove_tree(root)
 }
 
-/// SIGKILLs the processes of the engine's containers (a test run killed with its
-/// engine leaves them running) and removes the engine's cgroups (cgroup-parent `/name`).
+fn delete_link(sh: &Shell, link: &str) -> anyhow::Result<()> {
+    if Utf8Path::new("/sys/class/net").join(link).exists() {
+        cmd!(sh, "ip link del {link}")
+            .quiet()
+            .ignore_stderr()
+            .ignore_status()
+            .run()?;
+    }
+    Ok(())
+}
+
+/// SIGKILLs the processes of the engine's containers (a run killed with its engine leaves
+/// them running) and removes the engine's cgroups (cgroup-parent `/name`).
 fn kill_containers(name: &str) {
     let Ok(controllers) = Utf8Path::new("/sys/fs/cgroup").read_dir_utf8() else {
         return;
@@ -416,84 +519,40 @@ fn collect_dirs(dir: &Utf8Path, out: &mut Vec<Utf8PathBuf>) {
     }
 }
 
-/// SIGKILLs every process whose command line names a path below `root` (a dockerd whose
-/// test was killed, its containerd, the containerd shims).
-fn kill_processes_using(root: &Utf8Path) -> anyhow::Result<()> {
-    let needle = format!("{root}/");
-    let sh = Shell::new()?;
-    for _ in 0..50 {
-        let mut pids = Vec::new();
-        for entry in Utf8Path::new("/proc").read_dir_utf8()? {
-            let entry = entry?;
-            let Ok(pid) = entry.file_name().parse::<u32>() else {
-                continue;
-            };
-            if pid == std::process::id() {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&needle) {
-                pids.push(pid.to_string());
-            }
-        }
-        if pids.is_empty() {
-            return Ok(());
-        }
-        cmd!(sh, "kill -KILL {pids...}")
-            .quiet()
-            .ignore_stderr()
-            .ignore_status()
-            .run()?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("processes using {root} survive SIGKILL")
+/// Whether the process that made `<pid>-…` (or `<pid>`) is gone. Our own pid counts as
+/// gone: this runs before this process makes anything, so a dead process with the same
+/// pid left it.
+fn owner_is_gone(id: &str) -> bool {
+    let pid = id.split('-').next().and_then(|pid| pid.parse::<u32>().ok());
+    pid.is_some_and(|pid| pid == std::process::id() || !pid_alive(pid))
 }
 
-/// Removes engines and bridges of test runs that are no longer running (killed, or
-/// crashed before their `Drop` ran). Engines of live test processes are left alone.
-fn remove_stale_engines() -> anyhow::Result<()> {
+/// Removes engines, directories and bridges of runs that are no longer running (killed,
+/// or crashed before their `Drop` ran). Those of live processes are left alone.
+fn remove_stale_engines(site: &Site) -> anyhow::Result<()> {
     let sh = Shell::new()?;
-    let dir = Utf8Path::new(ENGINES_DIR);
+    let dir = Utf8Path::new(site.dir);
     std::fs::create_dir_all(dir)?;
-    let owner_is_gone = |id: &str| {
-        let pid = id.split('-').next().and_then(|pid| pid.parse::<u32>().ok());
-        // our own pid too: a dead process with the same pid left it (this runs first)
-        pid.is_some_and(|pid| pid == std::process::id() || !pid_alive(pid))
-    };
     for entry in dir.read_dir_utf8()? {
         let entry = entry?;
         let id = entry.file_name();
         if !entry.path().is_dir() || !owner_is_gone(id) {
             continue;
         }
-        eprintln!("removing stale test engine {}", entry.path());
+        eprintln!("removing stale {} {}", site.label, entry.path());
         let slot = std::fs::read_to_string(entry.path().join("slot"))
             .ok()
             .and_then(|slot| slot.trim().parse().ok());
-        teardown(&sh, id, entry.path(), slot, &[])?;
+        teardown(site, id, entry.path(), slot, &[])?;
     }
     for link in Utf8Path::new("/sys/class/net").read_dir_utf8()? {
         let link = link?;
-        let Some(id) = link.file_name().strip_prefix(BRIDGE_PREFIX) else {
+        let Some(id) = link.file_name().strip_prefix(site.prefix) else {
             continue;
         };
         if owner_is_gone(id) {
-            let link = link.file_name();
-            cmd!(sh, "ip link del {link}")
-                .quiet()
-                .ignore_stderr()
-                .ignore_status()
-                .run()?;
+            delete_link(&sh, link.file_name())?;
         }
     }
     Ok(())
-}
-
-fn log_tail(path: &Utf8Path) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }

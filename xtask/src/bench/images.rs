@@ -1,0 +1,332 @@
+//! The synthetic image's figures: export (1), import (3), checksum verification (5), peak
+//! memory (6), and the throughput chart's points on smaller images.
+
+use std::time::Instant;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::cmd;
+
+use super::files::{dir_size, remove};
+use super::stats::{Row, Stat, Target, Unit};
+use super::timing::{alternate, peak_of, series, timed, Sample};
+use super::{Bench, Point, Report, MIB};
+use crate::bundle::human_bytes;
+use crate::lab::synthetic::import_synthetic_image;
+use crate::lab::Engine;
+
+const BIG_IMAGE: &str = "bench/big:latest";
+
+/// The files of the synthetic image's measurements, in the work folder.
+struct Big {
+    /// A compose file whose one service is the image.
+    compose: Utf8PathBuf,
+    /// Our bundle.
+    bundle: Utf8PathBuf,
+    /// `docker save -o`'s archive: `docker load -i` reads the same images.
+    saved: Utf8PathBuf,
+}
+
+/// What figure 1 found, for the figures after it.
+struct Exported {
+    bytes: u64,
+    files: Vec<Utf8PathBuf>,
+    peak: Option<u64>,
+    /// Median seconds of ours, and of `docker save -o` alone.
+    median: f64,
+    save_median: f64,
+}
+
+pub(super) fn measure_images(b: &Bench, size: u64, report: &mut Report) -> anyhow::Result<()> {
+    let started = Instant::now();
+    make_image(&b.export, size)?;
+    report.notes.push(format!(
+        "Synthetic image `{BIG_IMAGE}`: one {} layer (half random bytes, half generated text), \
+         made with `docker import` in {:.0}s.",
+        human_bytes(size),
+        started.elapsed().as_secs_f64()
+    ));
+    let dir = b.work.join("big");
+    std::fs::create_dir_all(&dir)?;
+    let big = Big {
+        compose: dir.join("compose.yaml"),
+        bundle: b.work.join("big-bundle"),
+        saved: b.work.join("big-saved.tar"),
+    };
+    std::fs::write(
+        &big.compose,
+        format!("name: bench-big\nservices:\n  big:\n    image: {BIG_IMAGE}\n"),
+    )?;
+
+    let exported = measure_export(b, &big, size, report)?;
+    let (verify_peak, verify_rate) = measure_verify(b, &big, &exported, report)?;
+    let (import, load, import_peak) = measure_import(b, &big, &exported, report)?;
+    report.points.push(Point {
+        bytes: exported.bytes,
+        export: exported.bytes as f64 / exported.median,
+        save: exported.bytes as f64 / exported.save_median,
+        import: exported.bytes as f64 / import,
+        load: exported.bytes as f64 / load,
+        verify: verify_rate,
+    });
+    // -- 6. peak memory
+    for (what, peak) in [
+        ("export (cache-export)", exported.peak),
+        ("import (cache-import)", import_peak),
+        ("verification (cache-verify)", verify_peak),
+    ] {
+        if let Some(peak) = peak {
+            report.rows.push(Row::new(
+                &format!(
+                    "6. Peak RSS of {what}, {} bundle",
+                    human_bytes(exported.bytes)
+                ),
+                Stat::of(&[peak as f64], Unit::Bytes),
+                None,
+                Target::AtMost(100.0 * MIB as f64),
+            ));
+        }
+    }
+    remove(&big.bundle)?;
+    chart_points(b, &big, size, report)?;
+    remove(&big.bundle)?;
+    remove_image(&b.export)
+}
+
+fn make_image(engine: &Engine, size: u64) -> anyhow::Result<()> {
+    eprintln!(
+        "   Making the synthetic image {BIG_IMAGE} ({}) with docker import",
+        human_bytes(size)
+    );
+    import_synthetic_image(engine, BIG_IMAGE, size)
+}
+
+/// Removes the synthetic image from `engine`, if there.
+fn remove_image(engine: &Engine) -> anyhow::Result<()> {
+    let sh = xshell::Shell::new()?;
+    engine
+        .docker(&sh, ["image", "rm", "--force", BIG_IMAGE])
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .ignore_status()
+        .run()?;
+    Ok(())
+}
+
+/// `cache-export --only base-images` of the synthetic image into `big.bundle`.
+fn export_cmd<'a>(b: &'a Bench, big: &Big) -> xshell::Cmd<'a> {
+    let (esh, xtask, compose, bundle) = (&b.esh, &b.xtask, &big.compose, &big.bundle);
+    cmd!(
+        esh,
+        "{xtask} -f {compose} cache-export --only base-images --pull never --output {bundle}"
+    )
+}
+
+/// `docker save -o` of the synthetic image then `sync` of the file: its seconds, and
+/// those of the save alone.
+fn save_and_sync(b: &Bench, saved: &Utf8Path) -> anyhow::Result<(f64, f64)> {
+    remove(saved)?;
+    let esh = &b.esh;
+    let save_args = ["save", BIG_IMAGE, "-o", saved.as_str()];
+    let save = timed(b.export.docker(esh, save_args), &b.log, &[0])?;
+    let sync = timed(cmd!(esh, "sync {saved}"), &b.log, &[0])?;
+    Ok((save.secs + sync.secs, save.secs))
+}
+
+/// Figure 1: `cache-export --only base-images` against `docker save -o` + fsync.
+fn measure_export(
+    b: &Bench,
+    big: &Big,
+    size: u64,
+    report: &mut Report,
+) -> anyhow::Result<Exported> {
+    eprintln!("   Measuring export of images: cache-export --only base-images vs docker save -o");
+    let mut save_only = Vec::new();
+    let (ours, base) = alternate(
+        b.runs,
+        || {
+            remove(&big.bundle)?;
+            timed(export_cmd(b, big), &b.log, &[0])
+        },
+        || {
+            let (secs, save) = save_and_sync(b, &big.saved)?;
+            save_only.push(save);
+            Ok(Sample {
+                secs,
+                peak_rss: None,
+            })
+        },
+    )?;
+    // `docker save -o`'s file stays: `docker load -i` (figure 3) reads the same images.
+    let bytes = dir_size(&big.bundle)?;
+    let files: Vec<Utf8PathBuf> = crate::bundle::list_files(&big.bundle)?
+        .iter()
+        .map(|f| big.bundle.join(f))
+        .collect();
+    let ours_stat = Stat::of(&series(&ours), Unit::Secs);
+    report.rows.push(Row::new(
+        &format!("1. Export of images ({} image)", human_bytes(size)),
+        ours_stat.clone(),
+        Some((
+            "docker save -o + fsync",
+            Stat::of(&series(&base), Unit::Secs),
+        )),
+        Target::RatioAtMost(1.15),
+    ));
+    let save_stat = Stat::of(&save_only, Unit::Secs);
+    report.notes.push(format!(
+        "Figure 1: ours writes {} in {} files (the image's blobs, the archive's own files, \
+         manifest, SHA256SUMS) and fsyncs the blobs; the baseline is `docker save {BIG_IMAGE} \
+         -o FILE` then `sync FILE`, so both end with the data on disk. `docker save` alone \
+         (data still in the page cache): {}, ratio {:.2}×. Figure 3's `docker load -i` reads \
+         that FILE; figure 5's `sha256sum` reads our bundle's files.",
+        human_bytes(bytes),
+        files.len(),
+        save_stat.render(),
+        ours_stat.median / save_stat.median
+    ));
+    Ok(Exported {
+        bytes,
+        files,
+        peak: peak_of(&ours),
+        median: ours_stat.median,
+        save_median: save_stat.median,
+    })
+}
+
+/// Figure 5: `cache-verify` against coreutils `sha256sum` of the same files, page cache
+/// warm (the files were just written); returns ours' peak RSS and median rate.
+fn measure_verify(
+    b: &Bench,
+    big: &Big,
+    exported: &Exported,
+    report: &mut Report,
+) -> anyhow::Result<(Option<u64>, f64)> {
+    eprintln!("   Measuring cache-verify vs sha256sum (page cache warm)");
+    let (esh, xtask, bundle) = (&b.esh, &b.xtask, &big.bundle);
+    timed(
+        cmd!(esh, "{xtask} cache-verify --bundle {bundle}"),
+        &b.log,
+        &[0],
+    )?;
+    let (ours, base) = alternate(
+        b.runs,
+        || {
+            timed(
+                cmd!(esh, "{xtask} cache-verify --bundle {bundle}"),
+                &b.log,
+                &[0],
+            )
+        },
+        || {
+            let files = &exported.files;
+            timed(cmd!(esh, "sha256sum {files...}"), &b.log, &[0])
+        },
+    )?;
+    let rate = |samples: &[Sample]| -> Vec<f64> {
+        samples
+            .iter()
+            .map(|s| exported.bytes as f64 / s.secs)
+            .collect()
+    };
+    report.rows.push(Row::new(
+        &format!(
+            "5. Checksum verification, {} bundle, page cache warm",
+            human_bytes(exported.bytes)
+        ),
+        Stat::of(&rate(&ours), Unit::Rate),
+        Some(("coreutils sha256sum", Stat::of(&rate(&base), Unit::Rate))),
+        Target::AtLeast(1e9),
+    ));
+    Ok((peak_of(&ours), Stat::of(&rate(&ours), Unit::Rate).median))
+}
+
+/// `cache-import` of `big.bundle` into the target engine.
+fn import_cmd<'a>(b: &'a Bench, big: &Big) -> xshell::Cmd<'a> {
+    let (tsh, xtask, bundle) = (&b.tsh, &b.xtask, &big.bundle);
+    cmd!(
+        tsh,
+        "{xtask} cache-import --bundle {bundle} --no-host-caches"
+    )
+}
+
+/// `docker load -i` of `big.saved` into the target engine.
+fn load_cmd<'a>(b: &'a Bench, big: &Big) -> xshell::Cmd<'a> {
+    b.target.docker(&b.tsh, ["load", "-i", big.saved.as_str()])
+}
+
+/// Figure 3: `cache-import` against `docker load -i`, each on an emptied target engine;
+/// returns the medians of both and ours' peak RSS.
+fn measure_import(
+    b: &Bench,
+    big: &Big,
+    exported: &Exported,
+    report: &mut Report,
+) -> anyhow::Result<(f64, f64, Option<u64>)> {
+    eprintln!("   Measuring import: cache-import vs docker load -i, on an emptied engine");
+    let (ours, base) = alternate(
+        b.runs,
+        || {
+            remove_image(&b.target)?;
+            timed(import_cmd(b, big), &b.log, &[0])
+        },
+        || {
+            remove_image(&b.target)?;
+            timed(load_cmd(b, big), &b.log, &[0])
+        },
+    )?;
+    let (ours_stat, base_stat) = (
+        Stat::of(&series(&ours), Unit::Secs),
+        Stat::of(&series(&base), Unit::Secs),
+    );
+    report.rows.push(Row::new(
+        &format!(
+            "3. Import, {} bundle (verification included)",
+            human_bytes(exported.bytes)
+        ),
+        ours_stat.clone(),
+        Some(("docker load -i", base_stat.clone())),
+        Target::RatioAtMost(1.15),
+    ));
+    remove_image(&b.target)?;
+    Ok((ours_stat.median, base_stat.median, peak_of(&ours)))
+}
+
+/// The chart: the same commands, once each, on smaller synthetic images.
+fn chart_points(b: &Bench, big: &Big, size: u64, report: &mut Report) -> anyhow::Result<()> {
+    let mut sizes: Vec<u64> = [8, 4, 2]
+        .iter()
+        .map(|part| (size / part).max(32 * MIB))
+        .collect();
+    sizes.dedup();
+    let (esh, xtask, bundle) = (&b.esh, &b.xtask, &big.bundle);
+    for size in sizes {
+        eprintln!("   Chart point: {} synthetic image", human_bytes(size));
+        make_image(&b.export, size)?;
+        remove(bundle)?;
+        let ours = timed(export_cmd(b, big), &b.log, &[0])?;
+        let bytes = dir_size(bundle)?;
+        let (save, _) = save_and_sync(b, &big.saved)?;
+        let verify = timed(
+            cmd!(esh, "{xtask} cache-verify --bundle {bundle}"),
+            &b.log,
+            &[0],
+        )?;
+        remove_image(&b.target)?;
+        let import = timed(import_cmd(b, big), &b.log, &[0])?;
+        remove_image(&b.target)?;
+        let load = timed(load_cmd(b, big), &b.log, &[0])?;
+        remove_image(&b.target)?;
+        remove(&big.saved)?;
+        report.points.push(Point {
+            bytes,
+            export: bytes as f64 / ours.secs,
+            save: bytes as f64 / save,
+            import: bytes as f64 / import.secs,
+            load: bytes as f64 / load.secs,
+            verify: bytes as f64 / verify.secs,
+        });
+    }
+    report.points.sort_by_key(|p| p.bytes);
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! The benchmark behind `cargo xtask bench`: export, import and rebuild timed side by side
+//! with what they replace (bare `docker save` / `docker load`, and the seed guide's manual
+//! steps).
+//!
+//! Everything runs on two private engines of the lab (an export machine and an offline
+//! target, each with its own data root on disk, socket, bridge and no iptables, as in the
+//! integration tests), against the xtask binary that runs the bench: `cargo xtask bench`
+//! measures `target/debug/xtask`, the binary users run. Workloads: a synthetic image of
+//! several GB (`docker import` of a generated rootfs, half incompressible, half text) and
+//! the application's own compose project on Debian stand-ins of its base images. Ours and
+//! the baseline run in turns (ours first on even runs, the baseline first on odd ones) so
+//! that page cache and background load fall on both. The baseline commands are the ones
+//! a user types, run through the lab's [`Engine::docker`].
+//!
+//! - `measure`: the order of the figures, and the quick commands (figure 7);
+//! - `images`: the synthetic image (figures 1, 3, 5, 6 and the chart);
+//! - `app`: the application stack (figures 0, 2, 4);
+//! - `timing`, `stats`, `render`, `machine`, `files`: the parts they use.
+
+mod app;
+mod files;
+mod images;
+mod machine;
+mod measure;
+mod render;
+mod stats;
+mod timing;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::Shell;
+
+use crate::bundle::human_bytes;
+use crate::lab::{Engine, EngineOptions, Site};
+use machine::Machine;
+use stats::Row;
+
+/// Where the benchmark's engines live: apart from the tests' (`/tmp/xtd`, `xtd*`).
+const BENCH_SITE: Site = Site {
+    dir: "/tmp/xtb",
+    prefix: "xtb",
+    bridge_net: 215,
+    pool_net: 216,
+    label: "benchmark engine",
+};
+
+const MIB: u64 = 1 << 20;
+
+/// What to measure, from the command line.
+pub struct Settings {
+    /// The short CI run (only changes what the report says).
+    pub quick: bool,
+    /// Runs of each measurement.
+    pub runs: usize,
+    /// Size of the synthetic image, in bytes.
+    pub size: u64,
+    /// Measure the application stack too.
+    pub with_app: bool,
+    /// Where to write the report (Markdown, and an SVG chart beside it); absolute.
+    pub output: Option<Utf8PathBuf>,
+}
+
+/// Runs the benchmark, prints the table and writes the report. A benchmark reports, it
+/// does not fail: missed targets are in the table.
+pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut tools = vec!["tar", "sha256sum"];
+    if settings.with_app {
+        tools.extend(["debootstrap", "busybox", "npm"]);
+    }
+    crate::lab::check_prerequisites(&tools)?;
+    let xtask = Utf8PathBuf::try_from(std::env::current_exe()?)
+        .context("the xtask binary's path is not UTF-8")?;
+    eprintln!(
+        "   Benchmark of {xtask} ({} build): {} synthetic image, {} run(s) each{}",
+        profile(),
+        human_bytes(settings.size),
+        settings.runs,
+        if settings.with_app { ", app stack" } else { "" }
+    );
+    let bench = Bench::start(xtask, repo_root(), settings.runs)?;
+    let report = measure::measure_all(&bench, settings.size, settings.with_app);
+    let machine = Machine::describe(&bench.export, &bench.work);
+    drop(bench);
+    let (report, machine) = (report?, machine?);
+    publish(&report, &machine, settings)?;
+    let missed = report.rows.iter().filter(|r| r.met == Some(false)).count();
+    eprintln!(
+        "    Finished benchmark in {:.0}s: {} of {} targets met",
+        started.elapsed().as_secs_f64(),
+        report.rows.iter().filter(|r| r.met == Some(true)).count(),
+        report.rows.iter().filter(|r| r.met.is_some()).count()
+    );
+    if missed > 0 {
+        eprintln!("        {missed} target(s) missed: see the table (a benchmark reports, it does not fail)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the table, and writes the Markdown report and its chart when asked to.
+fn publish(report: &Report, machine: &Machine, settings: &Settings) -> anyhow::Result<()> {
+    let svg = render::render_chart(&report.points);
+    let chart = settings.output.as_ref().map(|file| {
+        let stem = file.file_stem().unwrap_or("benchmarks");
+        file.with_file_name(format!("{stem}-throughput.svg"))
+    });
+    let text = render::render_markdown(
+        report,
+        machine,
+        settings.runs,
+        settings.size,
+        settings.quick,
+        chart.as_ref().and_then(|c| c.file_name()),
+    );
+    println!("{}", render::render_table(&report.rows));
+    println!("{}", render::render_points(&report.points));
+    for line in &report.notes {
+        println!("  - {line}");
+    }
+    if let Some(file) = &settings.output {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        }
+        std::fs::write(file, text).with_context(|| format!("writing {file}"))?;
+        eprintln!("      Wrote {file}");
+        if let Some(chart) = &chart {
+            std::fs::write(chart, &svg).with_context(|| format!("writing {chart}"))?;
+            eprintln!("      Wrote {chart}");
+        }
+    }
+    Ok(())
+}
+
+/// The two engines, the work folder and what every measurement needs. Dropping it stops
+/// the engines and removes every file of the run.
+struct Bench {
+    /// The xtask binary measured (the one running).
+    xtask: Utf8PathBuf,
+    /// The repository, whose compose project is the app stack.
+    repo: Utf8PathBuf,
+    runs: usize,
+    /// `/tmp/xtb/<pid>-work`: bundles, archives, project copies, the log.
+    work: Utf8PathBuf,
+    /// Every command's output, appended.
+    log: Utf8PathBuf,
+    /// The export machine, and a shell pointed at it.
+    export: Engine,
+    esh: Shell,
+    /// The offline target, and a shell pointed at it.
+    target: Engine,
+    tsh: Shell,
+}
+
+impl Bench {
+    fn start(xtask: Utf8PathBuf, repo: Utf8PathBuf, runs: usize) -> anyhow::Result<Bench> {
+        // before this run makes anything under the site: it removes what killed runs left
+        BENCH_SITE.clean_once();
+        // on disk, as on a server (and as the report says)
+        let on_disk = EngineOptions {
+            containerd_store: true,
+            data_in_memory: false,
+        };
+        let export = Engine::start(&BENCH_SITE, "export", on_disk.clone())
+            .context("starting the private engine `export`")?;
+        let target = Engine::start(&BENCH_SITE, "target", on_disk)
+            .context("starting the private engine `target`")?;
+        let work = BENCH_SITE.process_dir("work");
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {work}"))?;
+        let log = work.join("bench.log");
+        eprintln!("        log of every command: {log}");
+        Ok(Bench {
+            xtask,
+            repo,
+            runs,
+            log,
+            esh: export.shell()?,
+            export,
+            tsh: target.shell()?,
+            target,
+            work,
+        })
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        eprintln!("   Cleaning up {}", self.work);
+        if let Err(err) = crate::lab::remove_tree(&self.work) {
+            eprintln!("warning: {err:#}");
+        }
+        // the engines stop and remove themselves as the fields drop
+    }
+}
+
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    /// Throughput against bundle size, one point per synthetic image size.
+    points: Vec<Point>,
+}
+
+/// One synthetic image size: bytes carried, and throughput (bytes/s) of each command.
+#[derive(Debug, Clone)]
+struct Point {
+    bytes: u64,
+    export: f64,
+    save: f64,
+    import: f64,
+    load: f64,
+    verify: f64,
+}
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// The repository this xtask was built from (the parent of `xtask/`).
+pub fn repo_root() -> Utf8PathBuf {
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Utf8Path::new("."))
+        .to_owned()
+}
+
+/// `3G`, `500M`, `64K`, `1000` (bytes; binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let value: f64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 3G or 500M"))?;
+    let scale = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches(['B', 'I'])
+    {
+        "" => 1u64,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        other => return Err(format!("unknown unit `{other}` in `{text}` (use K, M, G)")),
+    };
+    Ok((value * scale as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("3G"), Ok(3 << 30));
+        assert_eq!(parse_size("200M"), Ok(200 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("3X").is_err());
+    }
+}
