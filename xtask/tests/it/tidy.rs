@@ -65,19 +65,32 @@ fn module_of(root: &Utf8Path, path: &Utf8Path) -> String {
     parts.join("::")
 }
 
-/// The file's lines with `//` comments blanked and everything from a trailing
-/// `#[cfg(test)]` module on dropped. Line numbers stay those of the file.
+/// The file's lines with `//` comments and `#[cfg(test)]` modules blanked (tests may
+/// touch files and spawn processes anywhere). Line numbers stay those of the file.
 fn code_lines(text: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let all: Vec<&str> = text.lines().collect();
+    // The closing line of the test module being skipped: its indentation and `}`.
+    let mut skip_until: Option<String> = None;
     for (i, line) in all.iter().enumerate() {
+        if let Some(close) = &skip_until {
+            if line == close {
+                skip_until = None;
+            }
+            lines.push(String::new());
+            continue;
+        }
         let trimmed = line.trim_start();
-        if trimmed == "#[cfg(test)]"
-            && all
-                .get(i + 1)
-                .is_some_and(|next| next.trim_start().starts_with("mod "))
-        {
-            break;
+        if trimmed == "#[cfg(test)]" {
+            if let Some(next) = all.get(i + 1) {
+                let next_trimmed = next.trim_start();
+                if next_trimmed.starts_with("mod ") && next_trimmed.ends_with('{') {
+                    let indent = &next[..next.len() - next_trimmed.len()];
+                    skip_until = Some(format!("{indent}}}"));
+                    lines.push(String::new());
+                    continue;
+                }
+            }
         }
         if trimmed.starts_with("//") {
             lines.push(String::new());
@@ -503,15 +516,24 @@ fn the_rules_find_what_they_look_for() {
         path: "src/commands/one.rs".into(),
         code: code_lines(
             "use crate::commands::two::{A, B};\nfn f() {\n    crate::docker::run();\n}\n\
-             // crate::lab in a comment\n#[cfg(test)]\nmod tests {\n    use crate::lab;\n}\n",
+             // crate::lab in a comment\n#[cfg(test)]\nmod tests {\n    use crate::lab;\n}\n\
+             fn after() {\n    crate::bundle::x();\n}\n",
         ),
     };
     let paths: Vec<String> = crate_paths(&source).into_iter().map(|(_, p)| p).collect();
     assert_eq!(
         paths,
-        ["commands::two::A", "commands::two::B", "docker::run"]
+        [
+            "commands::two::A",
+            "commands::two::B",
+            "docker::run",
+            "bundle::x"
+        ]
     );
-    assert_eq!(functions(&source), [(2, "f".to_string(), 3)]);
+    assert_eq!(
+        functions(&source),
+        [(2, "f".to_string(), 3), (10, "after".to_string(), 3)]
+    );
     let runner = Source {
         module: "x".into(),
         path: "src/x.rs".into(),
