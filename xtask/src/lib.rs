@@ -19,6 +19,7 @@ mod docker;
 mod images;
 pub mod lab;
 mod model;
+mod pack;
 mod progress;
 mod project;
 mod recompress;
