@@ -19,7 +19,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::archive::normalize_entry_path;
-use crate::bundle::{hex, read_manifest, temp_sibling, write_atomic, HashingWriter, BUFFER};
+use crate::bundle::{
+    hex, human_bytes, read_manifest, temp_sibling, write_atomic, HashingWriter, BUFFER,
+};
 use crate::model::manifest::{FileEntry, Manifest, IMPORT_SCRIPT, MANIFEST_FILE, SUMS_FILE};
 use crate::model::pack::{index_name, looks_like_part, part_name, PackIndex, PartEntry};
 
@@ -820,4 +822,23 @@ pub fn unpack(source: &Source, output: &Utf8Path) -> anyhow::Result<ReadReport> 
         let _ = std::fs::remove_dir_all(&temp);
     }
     result
+}
+
+/// Verifies the pack at `path` (absolute) as it streams, writing nothing; reports on stderr.
+pub fn verify_pack(path: &Utf8Path) -> anyhow::Result<ReadReport> {
+    let source = Source::open(path)?;
+    eprintln!("   Verifying {path} (streaming; nothing is written)");
+    let report = read(&source, None)?;
+    eprintln!(
+        "    Verified {} files, {} in {:.2}s{}; bundle digest {}",
+        report.files,
+        human_bytes(report.bytes),
+        report.seconds,
+        match report.parts {
+            0 => String::new(),
+            n => format!(" from {n} parts"),
+        },
+        report.digest
+    );
+    Ok(report)
 }

@@ -1,6 +1,7 @@
 //! `cache-pack` → `cache-unpack` → `cache-verify` on a synthetic bundle (no Docker), and
 //! every way a split pack can arrive broken: a damaged, missing, extra or reordered part
-//! is refused by name and leaves nothing behind. `scripts/release-bundle.sh` runs the
+//! is refused by name (by `cache-unpack` and by `cache-verify --pack`) and leaves
+//! nothing behind. `scripts/release-bundle.sh` runs the
 //! same commands in CI (its pack and verify steps are run here too).
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -160,6 +161,13 @@ fn refused(scratch: &Scratch, index: &Utf8Path, part: &str, why: &str) {
         .filter(|n| n.contains("restored"))
         .collect();
     assert!(left.is_empty(), "a refused unpack left {left:?}");
+    let run = xtask(scratch.path(), &["cache-verify", "--pack", index.as_str()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(part) && run.stderr.contains(why),
+        "cache-verify --pack does not name {part} with {why:?}:\n{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -195,6 +203,12 @@ fn a_split_pack_unpacks_and_verifies() {
     assert_eq!(names.len(), 8, "{names:?}");
 
     let index = json["index"].as_str().unwrap();
+    let run = xtask(scratch.path(), &["cache-verify", "--pack", index, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let verified: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(verified["digest"], sha256(&sums));
+    assert_eq!(verified["files"], 8);
+    assert!(!scratch.path().join("restored").exists());
     let run = xtask(
         scratch.path(),
         &[
