@@ -368,3 +368,53 @@ fn a_damaged_bundle_is_not_packed() {
         .collect();
     assert!(left.is_empty(), "a failed pack left {left:?}");
 }
+
+/// `scripts/release-bundle.sh`, the command both CI workflows run, on a synthetic bundle
+/// (its export step skipped: that needs Docker): it verifies, packs in parts, verifies the
+/// parts and prints the digest, and the assets it leaves unpack into a bundle that verifies.
+#[test]
+fn the_release_script_packs_what_unpacks() {
+    let scratch = synthetic_bundle("release");
+    let script = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release-bundle.sh");
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let sh = Shell::new().unwrap();
+    sh.change_dir(scratch.path());
+    let out = cmd!(
+        sh,
+        "bash {script} --skip-export --bundle docker-build-cache --split 4K --output dist"
+    )
+    .env("XTASK", bin)
+    .env_remove("COMPOSE_PROJECT_NAME")
+    .ignore_status()
+    .quiet()
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let sums = std::fs::read(scratch.path().join("docker-build-cache/SHA256SUMS")).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), sha256(&sums), "the last line is the digest");
+    let dist = scratch.path().join("dist");
+    assert_eq!(
+        std::fs::read_to_string(dist.join("bundle-digest.txt")).unwrap(),
+        format!("{}  docker-build-cache\n", sha256(&sums))
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dist.join("pack.json")).unwrap()).unwrap();
+    assert_eq!(json["digest"], sha256(&sums));
+    assert!(json["parts"].as_array().unwrap().len() > 1);
+    let index = dist.join("docker-build-cache.pack-index");
+    let run = xtask(
+        scratch.path(),
+        &[
+            "cache-unpack",
+            "--pack",
+            index.as_str(),
+            "--output",
+            "restored",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xtask(scratch.path(), &["cache-verify", "--bundle", "restored"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
