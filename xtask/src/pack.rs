@@ -311,6 +311,13 @@ fn append_checked<W: Write>(
 /// most `split` bytes if given. Nothing is left behind on failure.
 pub fn pack(bundle: &Utf8Path, target: &Target, split: Option<u64>) -> anyhow::Result<PackReport> {
     let manifest = read_manifest(bundle)?;
+    if target.dir.starts_with(bundle) {
+        bail!(
+            "{} is inside the bundle folder {bundle}: a pack there would become an unlisted \
+             file of the bundle; give --output a folder outside it",
+            target.dir
+        );
+    }
     target.check_free(split.is_some())?;
     std::fs::create_dir_all(&target.dir).with_context(|| format!("creating {}", target.dir))?;
     let sums = std::fs::read(bundle.join(SUMS_FILE))
@@ -841,4 +848,217 @@ pub fn verify_pack(path: &Utf8Path) -> anyhow::Result<ReadReport> {
         report.digest
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::test_dir;
+
+    /// A bundle manifest and SHA256SUMS listing `files` (path, bytes).
+    fn meta(files: &[(&str, &[u8])]) -> (String, String) {
+        let mut manifest = String::from(
+            "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
+             project_name: p\nengine: {server_version: '26.1.5', arch: amd64, \
+             containerd_store: true}\nstrategy: local\ncompression: none\nimages: []\n\
+             services: []\nfiles:\n",
+        );
+        let mut sums = Vec::new();
+        for (path, bytes) in files {
+            let digest = hex(&Sha256::digest(bytes));
+            manifest.push_str(&format!(
+                "- path: '{path}'\n  size: {}\n  sha256: {digest}\n",
+                bytes.len()
+            ));
+            sums.push(format!("{digest}  {path}\n"));
+        }
+        sums.sort_by(|a, b| a[66..].cmp(&b[66..]));
+        (manifest, sums.concat())
+    }
+
+    enum E<'a> {
+        File(&'a str, &'a [u8]),
+        Link(&'a str, &'a str),
+        Raw(&'a str, &'a [u8]),
+    }
+
+    /// A tar of `entries`; `Raw` writes its name into the header unchecked.
+    fn tar(entries: &[E<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for entry in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            match entry {
+                E::File(name, bytes) => {
+                    h.set_size(bytes.len() as u64);
+                    b.append_data(&mut h, name, *bytes).unwrap();
+                }
+                E::Link(name, target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, name, target).unwrap();
+                }
+                E::Raw(name, bytes) => {
+                    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                    h.set_size(bytes.len() as u64);
+                    h.set_cksum();
+                    b.append(&h, *bytes).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Reads `tar` as a pack into a fresh folder; the error text, or "ok".
+    fn read_tar_file(name: &str, bytes: &[u8]) -> (String, Utf8PathBuf) {
+        let dir = test_dir(&format!("pack-{name}"));
+        let path = dir.join("p.tar");
+        std::fs::write(&path, bytes).unwrap();
+        let out = dir.join("out");
+        let result = unpack(&Source::open(&path).unwrap(), &out);
+        let text = match result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        (text, out)
+    }
+
+    #[test]
+    fn hostile_tars_are_refused_naming_the_entry() {
+        let good: &[u8] = b"good";
+        let (manifest, sums) = meta(&[("a/good", good)]);
+        let head = [
+            E::File(SUMS_FILE, sums.as_bytes()),
+            E::File(MANIFEST_FILE, manifest.as_bytes()),
+        ];
+        let cases: Vec<(&str, Vec<E<'_>>, &str)> = vec![
+            (
+                "unlisted",
+                vec![E::File("a/good", good), E::File("a/evil", b"x")],
+                "\"a/evil\": manifest.yaml does not list it",
+            ),
+            (
+                "twice",
+                vec![E::File("a/good", good), E::File("a/good", good)],
+                "\"a/good\": manifest.yaml does not list it (or lists it once",
+            ),
+            (
+                "symlink",
+                vec![E::Link("a/good", "/etc/passwd")],
+                "\"a/good\": not a regular file or folder",
+            ),
+            (
+                "dotdot",
+                vec![E::Raw("../a/good", good)],
+                "its path has a `..` component",
+            ),
+            (
+                "absolute",
+                vec![E::Raw("/a/good", good)],
+                "its path is absolute",
+            ),
+            (
+                "damaged",
+                vec![E::File("a/good", b"evil")],
+                "a/good: sha256",
+            ),
+            (
+                "missing",
+                vec![],
+                "lacks 1 file(s) manifest.yaml lists: a/good",
+            ),
+        ];
+        for (name, body, why) in cases {
+            let entries: Vec<E<'_>> = head.iter().map(E::clone_file).chain(body).collect();
+            let (err, out) = read_tar_file(name, &tar(&entries));
+            assert!(err.contains(why), "{name}: {err:?} does not say {why:?}");
+            assert!(!out.exists(), "{name}: a refused pack left {out}");
+            let parent = out.parent().unwrap();
+            let left: Vec<_> = std::fs::read_dir(parent)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert_eq!(left.len(), 1, "{name}: a refused pack left {left:?}");
+        }
+        let (ok, out) = read_tar_file(
+            "good",
+            &tar(&[
+                head[0].clone_file(),
+                head[1].clone_file(),
+                E::File("a/good", good),
+            ]),
+        );
+        assert_eq!(ok, "ok");
+        assert_eq!(std::fs::read(out.join("a/good")).unwrap(), good);
+    }
+
+    #[test]
+    fn the_metadata_must_come_first() {
+        let (manifest, sums) = meta(&[]);
+        let (err, _) = read_tar_file(
+            "order",
+            &tar(&[
+                E::File(MANIFEST_FILE, manifest.as_bytes()),
+                E::File(SUMS_FILE, sums.as_bytes()),
+            ]),
+        );
+        assert!(
+            err.contains("starts with \"manifest.yaml\", expected SHA256SUMS"),
+            "{err}"
+        );
+        let (err, _) = read_tar_file(
+            "disagree",
+            &tar(&[
+                E::File(SUMS_FILE, format!("{}  x\n", "0".repeat(64)).as_bytes()),
+                E::File(MANIFEST_FILE, manifest.as_bytes()),
+            ]),
+        );
+        assert!(err.contains("disagree"), "{err}");
+    }
+
+    impl E<'_> {
+        fn clone_file(&self) -> E<'_> {
+            match self {
+                E::File(n, b) => E::File(n, b),
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn parts_are_cut_at_the_limit_and_never_empty() {
+        let dir = test_dir("pack-parts");
+        let target = Target {
+            dir: dir.clone(),
+            name: "b".into(),
+        };
+        let mut writer = PartWriter::new(target.clone(), Some(1024));
+        writer.write_all(&[7u8; 3000]).unwrap();
+        writer.write_all(&[8u8; 72]).unwrap();
+        let parts = writer.publish().unwrap();
+        let sizes: Vec<u64> = parts.iter().map(|(_, p)| p.size).collect();
+        assert_eq!(sizes, [1024, 1024, 1024]);
+        assert_eq!(parts[2].0, dir.join("b.tar.part-003"));
+        let dropped = PartWriter::new(
+            Target {
+                dir: dir.clone(),
+                name: "c".into(),
+            },
+            Some(1024),
+        );
+        let mut dropped = dropped;
+        dropped.write_all(&[1u8; 2000]).unwrap();
+        drop(dropped);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["b.tar.part-001", "b.tar.part-002", "b.tar.part-003"],
+            "a dropped writer left files"
+        );
+    }
 }

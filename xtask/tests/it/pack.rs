@@ -237,6 +237,16 @@ fn one_tar_unpacks_and_an_existing_file_is_never_overwritten() {
     let tar = scratch.path().join("docker-build-cache.tar");
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(json["tar"]["sha256"], sha256(&std::fs::read(&tar).unwrap()));
+    let inside = xtask(
+        scratch.path(),
+        &["cache-pack", "--output", "docker-build-cache/x/"],
+    );
+    assert_eq!(inside.code, 1);
+    assert!(
+        inside.stderr.contains("inside the bundle folder"),
+        "{}",
+        inside.stderr
+    );
     let again = xtask(scratch.path(), &["cache-pack"]);
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
