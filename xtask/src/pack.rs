@@ -609,19 +609,28 @@ pub struct ReadReport {
 }
 
 /// Reads the pack at `source`, checking every part and every file; each file is written
-/// below `dest` (a fresh, empty folder) when given, else only hashed.
-pub fn read(source: &Source, dest: Option<&Utf8Path>) -> anyhow::Result<ReadReport> {
+/// below `dest` (a fresh, empty folder) when given, else only hashed. `expect_digest` is
+/// the digest the operator got from elsewhere (a release page): the index's own digest
+/// only proves that the parts and the index belong together.
+pub fn read(
+    source: &Source,
+    dest: Option<&Utf8Path>,
+    expect_digest: Option<&str>,
+) -> anyhow::Result<ReadReport> {
     let start = std::time::Instant::now();
-    let (pack, parts, expected) = match source {
-        Source::Tar(path) => (path.clone(), 0, None),
-        Source::Parts { index_path, index } => (
-            index_path.clone(),
-            index.parts.len(),
-            Some(index.bundle_digest.as_str()),
-        ),
+    let mut expected: Vec<(&str, &str)> = Vec::new();
+    let (pack, parts) = match source {
+        Source::Tar(path) => (path.clone(), 0),
+        Source::Parts { index_path, index } => {
+            expected.push(("its index says", index.bundle_digest.as_str()));
+            (index_path.clone(), index.parts.len())
+        }
     };
+    if let Some(digest) = expect_digest {
+        expected.push(("--expect-digest says", digest));
+    }
     let mut stream = BufReader::with_capacity(BUFFER, source.stream()?);
-    let result = read_tar(&mut stream, dest, &pack);
+    let result = read_tar(&mut stream, dest, &pack, &expected);
     // Every part is checked to its end, even when the tar failed first: a damaged part
     // is named as such, not only as the file that crossed it.
     let part_failure = stream.get_mut().finish();
@@ -634,15 +643,6 @@ pub fn read(source: &Source, dest: Option<&Utf8Path>) -> anyhow::Result<ReadRepo
         (Err(e), Some(why)) => bail!("{why}; nothing was kept from {pack} (then: {e:#})"),
         (Err(e), None) => return Err(e),
     };
-    if let Some(expected) = expected {
-        if digest != expected {
-            bail!(
-                "the bundle in {pack} has digest {digest} (sha256 of SHA256SUMS), its index \
-                 says {expected}: the parts are of another bundle than the index; copy the \
-                 index and parts of one pack"
-            );
-        }
-    }
     Ok(ReadReport {
         pack,
         digest,
@@ -752,6 +752,7 @@ fn read_tar<R: Read>(
     reader: R,
     dest: Option<&Utf8Path>,
     pack: &Utf8Path,
+    expected: &[(&str, &str)],
 ) -> anyhow::Result<(String, usize, u64)> {
     let mut archive = tar::Archive::new(reader);
     let mut entries = archive
@@ -759,6 +760,17 @@ fn read_tar<R: Read>(
         .with_context(|| format!("reading the tar of {pack}"))?;
     let (sums, manifest, manifest_bytes) = read_meta(&mut entries)?;
     let digest = hex(&Sha256::digest(&sums));
+    // Checked before any file is read: a bundle other than the one expected is refused
+    // whole, not file by file.
+    for (who, want) in expected {
+        if digest != *want {
+            bail!(
+                "the bundle in {pack} has digest {digest} (sha256 of its SHA256SUMS), {who} \
+                 {want}: this is another bundle than the one expected; get the index and the \
+                 parts of one release, and its digest from the same release"
+            );
+        }
+    }
     for (name, bytes) in [(SUMS_FILE, &sums), (MANIFEST_FILE, &manifest_bytes)] {
         take_file(dest, name, 0o644, &mut &bytes[..])?;
     }
@@ -812,7 +824,11 @@ fn read_tar<R: Read>(
 
 /// Unpacks `source` into `output` (absolute, must not exist): into a temporary folder
 /// beside it, renamed into place only once every part and every file checked.
-pub fn unpack(source: &Source, output: &Utf8Path) -> anyhow::Result<ReadReport> {
+pub fn unpack(
+    source: &Source,
+    output: &Utf8Path,
+    expect_digest: Option<&str>,
+) -> anyhow::Result<ReadReport> {
     if std::fs::symlink_metadata(output).is_ok() {
         bail!("{output} already exists; cache-unpack writes a new folder only: remove it, or give another --output");
     }
@@ -821,7 +837,7 @@ pub fn unpack(source: &Source, output: &Utf8Path) -> anyhow::Result<ReadReport> 
     let temp = temp_sibling(output);
     let _ = std::fs::remove_dir_all(&temp);
     std::fs::create_dir(&temp).with_context(|| format!("creating {temp}"))?;
-    let result = read(source, Some(&temp)).and_then(|report| {
+    let result = read(source, Some(&temp), expect_digest).and_then(|report| {
         std::fs::rename(&temp, output).with_context(|| format!("renaming {temp} to {output}"))?;
         Ok(report)
     });
@@ -835,7 +851,7 @@ pub fn unpack(source: &Source, output: &Utf8Path) -> anyhow::Result<ReadReport> 
 pub fn verify_pack(path: &Utf8Path) -> anyhow::Result<ReadReport> {
     let source = Source::open(path)?;
     eprintln!("   Verifying {path} (streaming; nothing is written)");
-    let report = read(&source, None)?;
+    let report = read(&source, None, None)?;
     eprintln!(
         "    Verified {} files, {} in {:.2}s{}; bundle digest {}",
         report.files,
@@ -915,7 +931,7 @@ mod tests {
         let path = dir.join("p.tar");
         std::fs::write(&path, bytes).unwrap();
         let out = dir.join("out");
-        let result = unpack(&Source::open(&path).unwrap(), &out);
+        let result = unpack(&Source::open(&path).unwrap(), &out, None);
         let text = match result {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("{e:#}"),

@@ -20,6 +20,8 @@ use crate::project::{self, ProjectArgs};
     place only when everything checked; on a failure nothing is left.\n\n\
     Examples:\n  cargo xtask cache-unpack --pack /mnt/usb/docker-build-cache.pack-index --output docker-build-cache\n  \
     cargo xtask cache-unpack --pack docker-build-cache.tar --output /srv/docker-build-cache --json\n  \
+    cargo xtask cache-unpack --pack dist/docker-build-cache.pack-index --output docker-build-cache \\\n      \
+    --expect-digest \"$(cut -d' ' -f1 dist/bundle-digest.txt)\"   # the digest the release published\n  \
     cargo xtask cache-import --bundle /srv/docker-build-cache   # then, as for any bundle folder"
 )]
 pub struct Args {
@@ -29,6 +31,10 @@ pub struct Args {
     /// The bundle folder to create; it must not exist
     #[arg(long, value_name = "DIR")]
     pub output: Utf8PathBuf,
+    /// Refuse the pack unless its bundle digest (sha256 of SHA256SUMS) is this one, as
+    /// published beside the release (bundle-digest.txt); checked before any file is read
+    #[arg(long, value_name = "SHA256", value_parser = parse_digest)]
+    pub expect_digest: Option<String>,
     /// Print what was read (digest, files, bytes, parts) as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -43,7 +49,7 @@ impl Args {
         );
         let source = Source::open(&pack_path)?;
         eprintln!("   Unpacking {pack_path} into {output}");
-        let report = pack::unpack(&source, &output)?;
+        let report = pack::unpack(&source, &output, self.expect_digest.as_deref())?;
         eprintln!(
             "    Unpacked {} files, {} in {:.2}s, every part and file checked; bundle digest {}",
             report.files,
@@ -55,5 +61,18 @@ impl Args {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A sha256 as 64 hex digits, lower-cased.
+fn parse_digest(text: &str) -> Result<String, String> {
+    let text = text
+        .trim()
+        .trim_start_matches("sha256:")
+        .to_ascii_lowercase();
+    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(text)
+    } else {
+        Err(format!("`{text}` is not a sha256 (64 hex digits)"))
     }
 }

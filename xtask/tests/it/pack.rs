@@ -428,3 +428,45 @@ fn the_release_script_packs_what_unpacks() {
     let run = xtask(scratch.path(), &["cache-verify", "--bundle", "restored"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+#[test]
+fn the_digest_is_checked_against_the_index_and_the_one_published() {
+    let scratch = synthetic_bundle("digest");
+    let index = pack_split(&scratch);
+    let sums = std::fs::read(scratch.path().join("docker-build-cache/SHA256SUMS")).unwrap();
+    let (right, wrong) = (sha256(&sums), "ab".repeat(32));
+    let unpack = |digest: &str, out: &str| {
+        xtask(
+            scratch.path(),
+            &[
+                "cache-unpack",
+                "--pack",
+                index.as_str(),
+                "--output",
+                out,
+                "--expect-digest",
+                digest,
+            ],
+        )
+    };
+    let run = unpack(&wrong, "wrong");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("has digest {right}"))
+            && run.stderr.contains("--expect-digest says"),
+        "{}",
+        run.stderr
+    );
+    assert!(!scratch.path().join("wrong").exists());
+    let run = unpack(&right.to_uppercase(), "right");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // An index whose digest was edited: its parts are intact, the bundle is not its.
+    let text = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, text.replace(&right, &wrong)).unwrap();
+    refused(
+        &scratch,
+        &index,
+        &format!("has digest {right}"),
+        "its index says",
+    );
+}
