@@ -33,7 +33,7 @@ pub struct Args {
     pub output: Utf8PathBuf,
     /// Refuse the pack unless its bundle digest (sha256 of SHA256SUMS) is this one, as
     /// published beside the release (bundle-digest.txt); checked before any file is read
-    #[arg(long, value_name = "SHA256", value_parser = parse_digest)]
+    #[arg(long, value_name = "SHA256")]
     pub expect_digest: Option<String>,
     /// Print what was read (digest, files, bytes, parts) as JSON on stdout
     #[arg(long)]
@@ -49,7 +49,12 @@ impl Args {
         );
         let source = Source::open(&pack_path)?;
         eprintln!("   Unpacking {pack_path} into {output}");
-        let report = pack::unpack(&source, &output, self.expect_digest.as_deref())?;
+        let expect = self
+            .expect_digest
+            .as_deref()
+            .map(parse_digest)
+            .transpose()?;
+        let report = pack::unpack(&source, &output, expect.as_deref())?;
         eprintln!(
             "    Unpacked {} files, {} in {:.2}s, every part and file checked; bundle digest {}",
             report.files,
@@ -64,8 +69,9 @@ impl Args {
     }
 }
 
-/// A sha256 as 64 hex digits, lower-cased.
-fn parse_digest(text: &str) -> Result<String, String> {
+/// A sha256 as 64 hex digits (`sha256:` allowed before), lower-cased. Checked when the
+/// command runs, not by clap, so that `--expect-digest "$(…)"` in the docs parses.
+fn parse_digest(text: &str) -> anyhow::Result<String> {
     let text = text
         .trim()
         .trim_start_matches("sha256:")
@@ -73,6 +79,9 @@ fn parse_digest(text: &str) -> Result<String, String> {
     if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(text)
     } else {
-        Err(format!("`{text}` is not a sha256 (64 hex digits)"))
+        anyhow::bail!(
+            "--expect-digest `{text}` is not a sha256 (64 hex digits); copy it from \
+             bundle-digest.txt or the release page"
+        )
     }
 }
