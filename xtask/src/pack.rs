@@ -28,6 +28,9 @@ use crate::model::pack::{index_name, looks_like_part, part_name, PackIndex, Part
 /// The largest `SHA256SUMS` or `manifest.yaml` read from a pack into memory.
 const MAX_META_BYTES: u64 = 256 << 20;
 
+/// The largest index read (a line per part: 16 MiB is over 100 000 parts).
+const MAX_INDEX_BYTES: u64 = 16 << 20;
+
 /// A file `cache-pack` wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct WrittenFile {
@@ -397,6 +400,12 @@ impl Source {
     pub fn open(path: &Utf8Path) -> anyhow::Result<Source> {
         let file = path.file_name().unwrap_or("");
         if file.ends_with(crate::model::pack::INDEX_SUFFIX) {
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("reading the pack index {path}"))?
+                .len();
+            if size > MAX_INDEX_BYTES {
+                bail!("{path} is {size} bytes, too large for a pack index; it is not one");
+            }
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the pack index {path}"))?;
             let index = PackIndex::parse(&text).with_context(|| {
