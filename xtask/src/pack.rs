@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::normalize_entry_path;
 use crate::bundle::{
-    hex, human_bytes, read_manifest, temp_sibling, write_atomic, HashingWriter, BUFFER,
+    hex, human_bytes, read_manifest, temp_sibling, write_atomic, ChunkReader, HashingWriter,
+    ReadAhead, BUFFER,
 };
 use crate::model::manifest::{FileEntry, Manifest, IMPORT_SCRIPT, MANIFEST_FILE, SUMS_FILE};
 use crate::model::pack::{index_name, looks_like_part, part_name, PackIndex, PartEntry};
@@ -292,7 +293,7 @@ fn append_checked<W: Write>(
     }
     let file = File::open(&path).with_context(|| format!("opening {path}"))?;
     let mut reader = HashingReader {
-        inner: BufReader::with_capacity(BUFFER, file).take(entry.size),
+        inner: ChunkReader::new(ReadAhead::new(file.take(entry.size))),
         hasher: Sha256::new(),
         bytes: 0,
     };
