@@ -237,6 +237,12 @@ fn one_tar_unpacks_and_an_existing_file_is_never_overwritten() {
     let tar = scratch.path().join("docker-build-cache.tar");
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(json["tar"]["sha256"], sha256(&std::fs::read(&tar).unwrap()));
+    let run = xtask(
+        scratch.path(),
+        &["cache-verify", "--pack", "docker-build-cache.tar"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("Verified 8 files"), "{}", run.stderr);
     let inside = xtask(
         scratch.path(),
         &["cache-pack", "--output", "docker-build-cache/x/"],
