@@ -17,6 +17,9 @@ step "cargo fmt --check, cargo clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "release workflows: check-jsonschema (GitHub, GitLab schemas), actionlint"
+bash scripts/lint-workflows.sh
+
 step "xtask tests, with the Docker suite and the package-registry tests (XTASK_DOCKER_TESTS=1, XTASK_NETWORK_TESTS=1)"
 XTASK_DOCKER_TESTS=1 XTASK_NETWORK_TESTS=1 cargo test --workspace
 

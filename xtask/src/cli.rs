@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, cache_export, cache_import, cache_plan, cache_status, cache_verify, patch_compose,
+    bench, cache_export, cache_import, cache_pack, cache_plan, cache_status, cache_unpack,
+    cache_verify, patch_compose,
 };
 use crate::model::manifest::{Compression, Strategy};
 use crate::project;
@@ -37,6 +38,8 @@ enum Command {
     CacheImport(cache_import::Args),
     CacheVerify(cache_verify::Args),
     CacheStatus(cache_status::Args),
+    CachePack(cache_pack::Args),
+    CacheUnpack(cache_unpack::Args),
     PatchCompose(patch_compose::Args),
     Bench(bench::Args),
 }
@@ -61,6 +64,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CacheImport(args) => args.run(&sh, project),
         Command::CacheVerify(args) => args.run(&sh, project),
         Command::CacheStatus(args) => args.run(&sh, project),
+        Command::CachePack(args) => args.run(&sh, project),
+        Command::CacheUnpack(args) => args.run(&sh, project),
         Command::PatchCompose(args) => args.run(&sh, project),
         Command::Bench(args) => args.run(&sh, project),
     }

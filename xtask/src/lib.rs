@@ -20,6 +20,7 @@ mod docker;
 mod images;
 pub mod lab;
 mod model;
+mod pack;
 mod progress;
 mod project;
 mod recompress;

@@ -1,19 +1,25 @@
 //! `cargo xtask cache-verify`: checks a bundle against its manifest without loading it.
 use std::process::ExitCode;
 
+use camino::Utf8PathBuf;
 use xshell::Shell;
 
 use crate::bundle::verify_bundle;
 use crate::bundle_arg::BundleArg;
-use crate::project::ProjectArgs;
+use crate::project::{self, ProjectArgs};
 
 /// Check every file of a bundle against manifest.yaml and SHA256SUMS
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  cargo xtask cache-verify\n  \
-    cargo xtask cache-verify --bundle /mnt/usb/docker-build-cache --json")]
+    cargo xtask cache-verify --bundle /mnt/usb/docker-build-cache --json\n  \
+    cargo xtask cache-verify --pack /mnt/usb/docker-build-cache.pack-index   # packed, no copy on disk")]
 pub struct Args {
     #[command(flatten)]
     pub bundle: BundleArg,
+    /// Verify a packed bundle instead (NAME.pack-index or NAME.tar): every part and every
+    /// file checked as it streams, nothing written
+    #[arg(long, value_name = "INDEX_OR_TAR", conflicts_with = "bundle")]
+    pub pack: Option<Utf8PathBuf>,
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -21,6 +27,14 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
+        if let Some(pack) = &self.pack {
+            let report =
+                crate::pack::verify_pack(&project::absolute(&project::current_dir(sh)?, pack))?;
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let dir = self.bundle.dir(sh, project)?;
         let report = verify_bundle(&dir, !self.json, &[])?;
         if self.json {

@@ -4,7 +4,9 @@
 pub mod bench;
 pub mod cache_export;
 pub mod cache_import;
+pub mod cache_pack;
 pub mod cache_plan;
 pub mod cache_status;
+pub mod cache_unpack;
 pub mod cache_verify;
 pub mod patch_compose;

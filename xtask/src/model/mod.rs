@@ -8,5 +8,6 @@ pub mod dockerfile;
 pub mod interpolate;
 pub mod layout;
 pub mod manifest;
+pub mod pack;
 pub mod plan;
 pub mod requirements;

@@ -10,5 +10,6 @@ mod cli;
 mod docker_smoke;
 mod docs_examples;
 mod offline_rebuild;
+mod pack;
 mod security;
 mod tidy;

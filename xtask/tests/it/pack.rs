@@ -1,0 +1,478 @@
+//! `cache-pack` → `cache-unpack` → `cache-verify` on a synthetic bundle (no Docker), and
+//! every way a split pack can arrive broken: a damaged, missing, extra or reordered part
+//! is refused by name (by `cache-unpack` and by `cache-verify --pack`) and leaves
+//! nothing behind. `scripts/release-bundle.sh` runs the
+//! same commands in CI (its pack and verify steps are run here too).
+
+use camino::{Utf8Path, Utf8PathBuf};
+use sha2::Digest;
+use xshell::{cmd, Shell};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn xtask(dir: &Utf8Path, args: &[&str]) -> Run {
+    let sh = Shell::new().unwrap();
+    sh.change_dir(dir);
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let out = cmd!(sh, "{bin} {args...}")
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .ignore_status()
+        .quiet()
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A temporary folder, removed on drop.
+struct Scratch(Utf8PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap()).join(format!(
+            "xtask-pack-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn path(&self) -> &Utf8Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A project folder with a synthetic bundle in `docker-build-cache/`: files of the kinds
+/// a real one holds (bytes that do not compress), a manifest and SHA256SUMS that agree.
+fn synthetic_bundle(what: &str) -> Scratch {
+    let scratch = Scratch::new(what);
+    let root = scratch.path();
+    std::fs::write(root.join("compose.yaml"), "services: {}\n").unwrap();
+    let noise = |seed: u32, n: u32| -> Vec<u8> {
+        (0..n)
+            .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+            .collect()
+    };
+    let blob = noise(1, 5000);
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("base-images.tar".into(), noise(2, 7000)),
+        (format!("build-cache/blobs/sha256/{}", sha256(&blob)), blob),
+        (
+            "build-cache/index.json".into(),
+            br#"{"schemaVersion":2}"#.to_vec(),
+        ),
+        (
+            "pip-cache/api/fastapi-0.110.0-py3-none-any.whl".into(),
+            noise(3, 3000),
+        ),
+        (
+            "npm-cache/web/_cacache/content-v2/sha512/ab/cd/ef01".into(),
+            noise(4, 2500),
+        ),
+        (
+            "import-build-cache.sh".into(),
+            b"#!/bin/sh\nset -eu\n".to_vec(),
+        ),
+    ];
+    let bundle = root.join("docker-build-cache");
+    let mut manifest = String::from(
+        "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
+         project_name: p\nengine: {server_version: '26.1.5', arch: amd64, containerd_store: true}\n\
+         strategy: local\ncompression: none\nimages: []\nservices: []\nfiles:\n",
+    );
+    let mut sums: Vec<String> = Vec::new();
+    for (path, bytes) in &files {
+        let file = bundle.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, bytes).unwrap();
+        let digest = sha256(bytes);
+        manifest.push_str(&format!(
+            "- path: '{path}'\n  size: {}\n  sha256: {digest}\n",
+            bytes.len()
+        ));
+        sums.push(format!("{digest}  {path}\n"));
+    }
+    sums.sort_by(|a, b| a[66..].cmp(&b[66..]));
+    std::fs::write(bundle.join("manifest.yaml"), manifest).unwrap();
+    std::fs::write(bundle.join("SHA256SUMS"), sums.concat()).unwrap();
+    scratch
+}
+
+/// Packs the scratch's bundle into `out/` in parts of 4 KiB; the index's path.
+fn pack_split(scratch: &Scratch) -> Utf8PathBuf {
+    let run = xtask(
+        scratch.path(),
+        &["cache-pack", "--split", "4K", "--output", "out/", "--json"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    scratch.path().join("out/docker-build-cache.pack-index")
+}
+
+fn part(scratch: &Scratch, n: usize) -> Utf8PathBuf {
+    scratch
+        .path()
+        .join(format!("out/docker-build-cache.tar.part-{n:03}"))
+}
+
+/// `cache-unpack` of the index must fail naming `part` and saying `why`, leaving no folder.
+fn refused(scratch: &Scratch, index: &Utf8Path, part: &str, why: &str) {
+    let run = xtask(
+        scratch.path(),
+        &[
+            "cache-unpack",
+            "--pack",
+            index.as_str(),
+            "--output",
+            "restored",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(part) && run.stderr.contains(why),
+        "the error does not name {part} with {why:?}:\n{}",
+        run.stderr
+    );
+    let left: Vec<String> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("restored"))
+        .collect();
+    assert!(left.is_empty(), "a refused unpack left {left:?}");
+    let run = xtask(scratch.path(), &["cache-verify", "--pack", index.as_str()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(part) && run.stderr.contains(why),
+        "cache-verify --pack does not name {part} with {why:?}:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_split_pack_unpacks_and_verifies() {
+    let scratch = synthetic_bundle("roundtrip");
+    let run = xtask(
+        scratch.path(),
+        &["cache-pack", "--split", "4K", "--output", "out/", "--json"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let sums = std::fs::read(scratch.path().join("docker-build-cache/SHA256SUMS")).unwrap();
+    assert_eq!(json["digest"], sha256(&sums));
+    let parts = json["parts"].as_array().unwrap();
+    assert!(parts.len() >= 5, "{parts:?}");
+    for p in parts {
+        assert!(p["size"].as_u64().unwrap() <= 4096);
+        let bytes = std::fs::read(p["path"].as_str().unwrap()).unwrap();
+        assert_eq!(p["sha256"], sha256(&bytes));
+    }
+    // The joined parts are one tar: SHA256SUMS, manifest.yaml, then the manifest's files.
+    let joined: Vec<u8> = (1..=parts.len())
+        .flat_map(|n| std::fs::read(part(&scratch, n)).unwrap())
+        .collect();
+    let mut tar = tar::Archive::new(&joined[..]);
+    let names: Vec<String> = tar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names[..2], ["SHA256SUMS", "manifest.yaml"]);
+    assert_eq!(names[2], "base-images.tar");
+    assert_eq!(names.len(), 8, "{names:?}");
+
+    let index = json["index"].as_str().unwrap();
+    let run = xtask(scratch.path(), &["cache-verify", "--pack", index, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let verified: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(verified["digest"], sha256(&sums));
+    assert_eq!(verified["files"], 8);
+    assert!(!scratch.path().join("restored").exists());
+    let run = xtask(
+        scratch.path(),
+        &[
+            "cache-unpack",
+            "--pack",
+            index,
+            "--output",
+            "restored",
+            "--json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["digest"], sha256(&sums));
+    let run = xtask(scratch.path(), &["cache-verify", "--bundle", "restored"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("Verified 6 files"), "{}", run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+}
+
+#[test]
+fn one_tar_unpacks_and_an_existing_file_is_never_overwritten() {
+    let scratch = synthetic_bundle("one-tar");
+    let run = xtask(scratch.path(), &["cache-pack", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let tar = scratch.path().join("docker-build-cache.tar");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["tar"]["sha256"], sha256(&std::fs::read(&tar).unwrap()));
+    let run = xtask(
+        scratch.path(),
+        &["cache-verify", "--pack", "docker-build-cache.tar"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("Verified 8 files"), "{}", run.stderr);
+    let inside = xtask(
+        scratch.path(),
+        &["cache-pack", "--output", "docker-build-cache/x/"],
+    );
+    assert_eq!(inside.code, 1);
+    assert!(
+        inside.stderr.contains("inside the bundle folder"),
+        "{}",
+        inside.stderr
+    );
+    let again = xtask(scratch.path(), &["cache-pack"]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    let run = xtask(
+        scratch.path(),
+        &[
+            "cache-unpack",
+            "--pack",
+            "docker-build-cache.tar",
+            "--output",
+            "restored",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xtask(scratch.path(), &["cache-verify", "--bundle", "restored"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xtask(
+        scratch.path(),
+        &[
+            "cache-unpack",
+            "--pack",
+            "docker-build-cache.tar",
+            "--output",
+            "restored",
+        ],
+    );
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+}
+
+#[test]
+fn a_damaged_part_is_refused_by_name() {
+    let scratch = synthetic_bundle("damaged");
+    let index = pack_split(&scratch);
+    let path = part(&scratch, 2);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    refused(
+        &scratch,
+        &index,
+        "part docker-build-cache.tar.part-002 is damaged",
+        "copy it again",
+    );
+}
+
+#[test]
+fn a_missing_part_is_refused_by_name() {
+    let scratch = synthetic_bundle("missing");
+    let index = pack_split(&scratch);
+    std::fs::remove_file(part(&scratch, 3)).unwrap();
+    refused(
+        &scratch,
+        &index,
+        "part docker-build-cache.tar.part-003 is missing",
+        "nothing was read",
+    );
+}
+
+#[test]
+fn an_extra_part_is_refused_by_name() {
+    let scratch = synthetic_bundle("extra");
+    let index = pack_split(&scratch);
+    std::fs::write(
+        scratch.path().join("out/docker-build-cache.tar.part-099"),
+        b"x",
+    )
+    .unwrap();
+    refused(
+        &scratch,
+        &index,
+        "part docker-build-cache.tar.part-099",
+        "not in it (an extra part)",
+    );
+}
+
+#[test]
+fn reordered_parts_are_refused_by_name() {
+    let scratch = synthetic_bundle("reordered");
+    let index = pack_split(&scratch);
+    let (one, two) = (part(&scratch, 1), part(&scratch, 2));
+    let tmp = scratch.path().join("out/swap");
+    std::fs::rename(&one, &tmp).unwrap();
+    std::fs::rename(&two, &one).unwrap();
+    std::fs::rename(&tmp, &two).unwrap();
+    refused(
+        &scratch,
+        &index,
+        "part docker-build-cache.tar.part-001 holds the bytes of part docker-build-cache.tar.part-002",
+        "reordered",
+    );
+}
+
+#[test]
+fn a_truncated_part_is_refused_before_reading() {
+    let scratch = synthetic_bundle("truncated");
+    let index = pack_split(&scratch);
+    let path = part(&scratch, 1);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..100]).unwrap();
+    refused(
+        &scratch,
+        &index,
+        "part docker-build-cache.tar.part-001 is 100 bytes",
+        "truncated",
+    );
+}
+
+#[test]
+fn a_damaged_bundle_is_not_packed() {
+    let scratch = synthetic_bundle("bad-bundle");
+    let file = scratch.path().join("docker-build-cache/base-images.tar");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let run = xtask(
+        scratch.path(),
+        &["cache-pack", "--split", "4K", "--output", "out/"],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("base-images.tar changed or is damaged"),
+        "{}",
+        run.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(scratch.path().join("out"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "a failed pack left {left:?}");
+}
+
+/// `scripts/release-bundle.sh`, the command both CI workflows run, on a synthetic bundle
+/// (its export step skipped: that needs Docker): it verifies, packs in parts, verifies the
+/// parts and prints the digest, and the assets it leaves unpack into a bundle that verifies.
+#[test]
+fn the_release_script_packs_what_unpacks() {
+    let scratch = synthetic_bundle("release");
+    let script = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release-bundle.sh");
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let sh = Shell::new().unwrap();
+    sh.change_dir(scratch.path());
+    let out = cmd!(
+        sh,
+        "bash {script} --skip-export --bundle docker-build-cache --split 4K --output dist"
+    )
+    .env("XTASK", bin)
+    .env_remove("COMPOSE_PROJECT_NAME")
+    .ignore_status()
+    .quiet()
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let sums = std::fs::read(scratch.path().join("docker-build-cache/SHA256SUMS")).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), sha256(&sums), "the last line is the digest");
+    let dist = scratch.path().join("dist");
+    assert_eq!(
+        std::fs::read_to_string(dist.join("bundle-digest.txt")).unwrap(),
+        format!("{}  docker-build-cache\n", sha256(&sums))
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dist.join("pack.json")).unwrap()).unwrap();
+    assert_eq!(json["digest"], sha256(&sums));
+    assert!(json["parts"].as_array().unwrap().len() > 1);
+    let index = dist.join("docker-build-cache.pack-index");
+    let run = xtask(
+        scratch.path(),
+        &[
+            "cache-unpack",
+            "--pack",
+            index.as_str(),
+            "--output",
+            "restored",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xtask(scratch.path(), &["cache-verify", "--bundle", "restored"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn the_digest_is_checked_against_the_index_and_the_one_published() {
+    let scratch = synthetic_bundle("digest");
+    let index = pack_split(&scratch);
+    let sums = std::fs::read(scratch.path().join("docker-build-cache/SHA256SUMS")).unwrap();
+    let (right, wrong) = (sha256(&sums), "ab".repeat(32));
+    let unpack = |digest: &str, out: &str| {
+        xtask(
+            scratch.path(),
+            &[
+                "cache-unpack",
+                "--pack",
+                index.as_str(),
+                "--output",
+                out,
+                "--expect-digest",
+                digest,
+            ],
+        )
+    };
+    let run = unpack(&wrong, "wrong");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("has digest {right}"))
+            && run.stderr.contains("--expect-digest says"),
+        "{}",
+        run.stderr
+    );
+    assert!(!scratch.path().join("wrong").exists());
+    let run = unpack(&right.to_uppercase(), "right");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // An index whose digest was edited: its parts are intact, the bundle is not its.
+    let text = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, text.replace(&right, &wrong)).unwrap();
+    refused(
+        &scratch,
+        &index,
+        &format!("has digest {right}"),
+        "its index says",
+    );
+}
