@@ -110,7 +110,8 @@ impl Args {
                 [] => 0,
                 [i] => *i,
                 _ => anyhow::bail!(
-                    "--output writes one file, and {} files of the project change ({}); run                      without --output to patch each in place, or name one file with -f",
+                    "--output writes one file, and {} files of the project change ({}); run \
+                     without --output to patch each in place, or name one file with -f",
                     changed.len(),
                     changed
                         .iter()
