@@ -48,6 +48,7 @@ pub struct ServiceStatus {
 impl Args {
     pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let project = project_args.load(sh)?;
+        project.check_host_folders()?;
         let plan = Plan::build(&project.model, &project.name, &RealFs)?;
         let dir = self.bundle.dir(sh, project_args)?;
         let manifest = bundle::read_manifest(&dir)?;

@@ -121,6 +121,9 @@ impl Args {
         };
         let verb = if self.revert { "reverted" } else { "patched" };
         if self.check {
+            if !self.revert {
+                project.check_host_folders()?;
+            }
             return Ok(if patched == original {
                 eprintln!("    {file} is {verb}");
                 ExitCode::SUCCESS

@@ -256,6 +256,9 @@ fn patch_compose_from_the_plan_is_idempotent_and_reverts_to_the_byte() {
     )));
     assert!(patched.contains("# the app\r\n"), "{patched:?}");
 
+    // Patched from the plan: the folder is where the bundle will be (issue 22: --check
+    // fails while it is not there; see a_moved_bundle_fails_check_and_status_naming_it).
+    std::fs::create_dir_all(root.join("docker-build-cache/build-cache")).unwrap();
     let check = xtask(&root, &["patch-compose", "--check", "--strategy", "local"]);
     assert_eq!(check.code, 0, "{}", check.stderr);
     let again = xtask(&root, &["patch-compose", "--strategy", "local"]);
@@ -283,6 +286,59 @@ fn patch_compose_from_the_plan_is_idempotent_and_reverts_to_the_byte() {
     assert_eq!(
         std::fs::read_to_string(root.join("compose.yaml")).unwrap(),
         compose
+    );
+}
+
+/// Issue 22: a bundle moved after patch-compose is named by `patch-compose --check` and
+/// `cache-status`, with what to do, instead of a build that quietly rebuilds everything.
+#[test]
+fn a_moved_bundle_fails_check_and_status_naming_it() {
+    let (_d, root) = project(&[
+        ("compose.yaml", "services:\n  web:\n    build: ./web\n"),
+        (
+            "web/Dockerfile",
+            "FROM scratch AS wheels\nFROM python:3.12-slim\nCOPY requirements.txt .\n",
+        ),
+        ("web/requirements.txt", "six==1.16.0\n"),
+    ]);
+    let bundle = root.join("bundle");
+    let bundle_arg = ["--bundle", bundle.as_str()];
+    let patch = xtask(
+        &root,
+        &[&["patch-compose", "--strategy", "local"][..], &bundle_arg].concat(),
+    );
+    assert_eq!(patch.code, 0, "{}", patch.stderr);
+    std::fs::create_dir_all(bundle.join("build-cache")).unwrap();
+    std::fs::create_dir_all(bundle.join("pip-cache/web")).unwrap();
+    let check_args = [
+        &["patch-compose", "--check", "--strategy", "local"][..],
+        &bundle_arg,
+    ]
+    .concat();
+    let check = xtask(&root, &check_args);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+
+    std::fs::rename(&bundle, root.join("moved")).unwrap();
+    let check = xtask(&root, &check_args);
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    for text in [
+        bundle.join("build-cache").as_str(),
+        bundle.join("pip-cache/web").as_str(),
+        "additional_contexts.wheels",
+        "patch-compose --bundle NEWPATH",
+    ] {
+        assert!(check.stderr.contains(text), "no {text}:\n{}", check.stderr);
+    }
+    let status = xtask(
+        &root,
+        &["cache-status", "--bundle", root.join("moved").as_str()],
+    );
+    assert_eq!(status.code, 1, "{}", status.stderr);
+    assert!(
+        status.stderr.contains(bundle.join("build-cache").as_str())
+            && status.stderr.contains("patch-compose --bundle NEWPATH"),
+        "{}",
+        status.stderr
     );
 }
 
