@@ -85,6 +85,7 @@ impl Args {
         };
         let report = bundle::verify_bundle(&dir, true, &streamed)?;
         if !report.ok() {
+            images::name_damaged_streamed(&dir, &manifest, &streamed);
             bail!("nothing was imported from {dir}: it does not verify (files named above)");
         }
         // node_modules (node_modules.rs, archive.rs): before any image is loaded.
