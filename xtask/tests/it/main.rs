@@ -9,5 +9,6 @@ mod bundle_e2e;
 mod cli;
 mod docker_smoke;
 mod offline_rebuild;
+mod operator;
 mod security;
 mod tidy;
