@@ -14,6 +14,7 @@ mod bundle_arg;
 mod bundle_text;
 pub mod cli;
 mod commands;
+mod context;
 mod deps;
 mod docker;
 mod images;

@@ -1,7 +1,8 @@
 //! `cargo xtask cache-status`: is the bundle still good for what the repository holds now?
 //!
-//! Per build service: which inputs changed since the export (Dockerfile, requirements,
-//! lockfile fingerprints), and whether the bundle can still rebuild it offline: its base
+//! Per build service: which files changed, were added or were removed since the export
+//! (the Dockerfile, requirements and lockfiles, and every file the build context sends,
+//! its `.dockerignore` applied: context.rs), and whether the bundle can still rebuild it offline: its base
 //! images are in the bundle, every pinned requirement has a wheel in the wheelhouse, every
 //! lockfile tarball is in the npm cache. Exit code 1 when a service cannot be rebuilt.
 
@@ -43,6 +44,9 @@ pub struct ServiceStatus {
     /// Why the bundle cannot rebuild this service offline; empty when it can.
     pub missing: Vec<String>,
     pub can_rebuild_offline: bool,
+    /// The bundle records the build context, so changed code is in `changed`; false for a
+    /// bundle made before it did (re-export to check code).
+    pub context_checked: bool,
 }
 
 impl Args {
@@ -67,8 +71,22 @@ impl Args {
                 (_, false) => "CANNOT rebuild offline",
             };
             eprintln!("{:>12} {state}", s.name);
-            for c in &s.changed {
+            if !s.context_checked && s.can_rebuild_offline {
+                eprintln!(
+                    "             the bundle does not record the build context; re-export to \
+                     check code"
+                );
+            }
+            // All of them in --json; on the terminal, enough to see what happened.
+            const SHOWN: usize = 20;
+            for c in s.changed.iter().take(SHOWN) {
                 eprintln!("             changed since the export: {c}");
+            }
+            if s.changed.len() > SHOWN {
+                eprintln!(
+                    "             … and {} more changed files (`--json` lists them all)",
+                    s.changed.len() - SHOWN
+                );
             }
             for m in &s.missing {
                 eprintln!("             missing from the bundle: {m}");
@@ -107,6 +125,7 @@ fn service_status(
             changed: vec!["the service is not in the bundle".into()],
             missing: vec!["the whole service: it was added after the export".into()],
             can_rebuild_offline: false,
+            context_checked: false,
         });
     };
 
@@ -123,16 +142,49 @@ fn service_status(
             .map_or_else(|_| file.to_string(), |p| p.to_string());
         now.insert(rel, digest);
     }
-    for (path, digest) in &now {
-        match entry.inputs.get(path) {
-            Some(old) if old == digest => {}
-            Some(_) => changed.push(path.clone()),
-            None => changed.push(format!("{path} (new)")),
+    let inputs = crate::context::compare(&entry.inputs, &now);
+    // The code: every file the build context sends, as the export recorded it. A file
+    // that is both an input and in the context (the Dockerfile) is named once.
+    let in_project = |rel: &str| {
+        let file = service.context.join(rel);
+        file.strip_prefix(project_dir)
+            .map_or_else(|_| file.to_string(), |p| p.to_string())
+    };
+    let code = match &entry.context_files {
+        Some(then) => {
+            let now = crate::context::fingerprint(
+                &service.context,
+                service.dockerfile.as_deref(),
+                &[bundle_dir],
+            )?;
+            let c = crate::context::compare(then, &now);
+            let named = |v: Vec<String>| v.iter().map(|p| in_project(p)).collect::<Vec<_>>();
+            Some(crate::context::Changes {
+                changed: named(c.changed),
+                added: named(c.added),
+                removed: named(c.removed),
+            })
         }
-    }
-    for path in entry.inputs.keys() {
-        if !now.contains_key(path) {
-            changed.push(format!("{path} (gone)"));
+        None => None,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (paths, suffix) in [
+        (&inputs.changed, ""),
+        (&inputs.added, " (added)"),
+        (&inputs.removed, " (removed)"),
+    ]
+    .into_iter()
+    .chain(code.iter().flat_map(|c| {
+        [
+            (&c.changed, ""),
+            (&c.added, " (added)"),
+            (&c.removed, " (removed)"),
+        ]
+    })) {
+        for path in paths {
+            if seen.insert(path.clone()) {
+                changed.push(format!("{}{suffix}", printable(path)));
+            }
         }
     }
 
@@ -203,7 +255,18 @@ fn service_status(
     Ok(ServiceStatus {
         name: service.name.clone(),
         can_rebuild_offline: missing.is_empty(),
+        context_checked: code.is_some(),
         changed,
         missing,
     })
+}
+
+/// A path from the manifest (hostile input) as it can be printed: quoted when it holds
+/// control characters.
+fn printable(path: &str) -> String {
+    if path.chars().any(char::is_control) {
+        format!("{path:?}")
+    } else {
+        path.to_string()
+    }
 }

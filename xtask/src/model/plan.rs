@@ -11,7 +11,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 
 use crate::model::compose::{ComposeModel, Context, DockerfileSource};
-use crate::model::{dockerfile, requirements};
+use crate::model::{dockerfile, dockerignore, requirements};
 
 /// What the plan needs from the filesystem.
 pub trait Fs {
@@ -140,17 +140,14 @@ impl Plan {
 
             // A requirements file the .dockerignore leaves out cannot be installed by the
             // build (requirements-dev.txt, typically): it is not the image's dependency.
-            let ignore = fs
-                .read(&context.join(".dockerignore"))
-                .map(|text| DockerIgnore::parse(&text))
-                .unwrap_or_default();
+            let read = |p: &Utf8Path| fs.read(p);
+            let (ignore, _) = dockerignore::for_build(&read, &context, dockerfile_path.as_deref());
             let roots: Vec<Utf8PathBuf> = files
                 .iter()
                 .filter(|f| f.starts_with("requirements") && f.ends_with(".txt"))
                 .filter(|f| !ignore.excludes(f))
                 .map(|f| context.join(f))
                 .collect();
-            let read = |p: &Utf8Path| fs.read(p);
             let python_requirements = if roots.is_empty() {
                 Vec::new()
             } else {
@@ -182,70 +179,6 @@ impl Plan {
     }
 }
 
-/// The patterns of a `.dockerignore`, enough to tell whether a file at the context's root
-/// reaches the build: `*`, `?` and `**` globs, `!` exceptions, the last match wins.
-#[derive(Debug, Default)]
-pub struct DockerIgnore {
-    patterns: Vec<(bool, String)>,
-}
-
-impl DockerIgnore {
-    pub fn parse(text: &str) -> DockerIgnore {
-        let patterns = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| match l.strip_prefix('!') {
-                Some(rest) => (
-                    false,
-                    rest.trim()
-                        .trim_start_matches("./")
-                        .trim_start_matches('/')
-                        .to_string(),
-                ),
-                None => (
-                    true,
-                    l.trim_start_matches("./")
-                        .trim_start_matches('/')
-                        .to_string(),
-                ),
-            })
-            .collect();
-        DockerIgnore { patterns }
-    }
-
-    /// Whether `path` (relative to the context, `/`-separated) is left out of the build.
-    pub fn excludes(&self, path: &str) -> bool {
-        let mut excluded = false;
-        for (exclude, pattern) in &self.patterns {
-            if glob(pattern.trim_end_matches('/'), path) {
-                excluded = *exclude;
-            }
-        }
-        excluded
-    }
-}
-
-/// `*` and `?` within a path segment, `**` across segments.
-fn glob(pattern: &str, text: &str) -> bool {
-    fn rec(p: &[u8], t: &[u8]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some((b'*', rest)) if rest.first() == Some(&b'*') => {
-                let rest = rest[1..].strip_prefix(b"/").unwrap_or(&rest[1..]);
-                (0..=t.len()).any(|i| rec(rest, &t[i..]))
-            }
-            Some((b'*', rest)) => {
-                let stop = t.iter().position(|&c| c == b'/').unwrap_or(t.len());
-                (0..=stop).any(|i| rec(rest, &t[i..]))
-            }
-            Some((b'?', rest)) => t.first().is_some_and(|&c| c != b'/') && rec(rest, &t[1..]),
-            Some((c, rest)) => t.first() == Some(c) && rec(rest, &t[1..]),
-        }
-    }
-    rec(pattern.as_bytes(), text.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +187,7 @@ mod tests {
     fn dockerignore_decides_which_manifests_reach_the_build() {
         let check = |ignore: &str, path: &str, expected: bool| {
             assert_eq!(
-                DockerIgnore::parse(ignore).excludes(path),
+                dockerignore::Patterns::parse(ignore).excludes(path),
                 expected,
                 "{ignore:?} {path}"
             )

@@ -213,3 +213,60 @@ fn one_import_names_every_damaged_file_and_a_moved_tag_is_named() -> anyhow::Res
     );
     Ok(())
 }
+
+#[test]
+fn cache_status_names_the_code_that_changed_since_the_export() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("ops-status", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let scratch = Scratch::new("status");
+    let src = scratch.0.join("release");
+    write_fixture(&src)?;
+    ok(xtask_on(&online, &src, &["cache-export"])?, "export")?;
+    let fresh = ok(xtask_on(&online, &src, &["cache-status"])?, "status")?;
+    ensure!(fresh.contains("api fresh"), "{fresh}");
+
+    // Changed, added and removed code; files the .dockerignore leaves out do not count.
+    std::fs::write(src.join("api/src/main.py"), "print('changed')\n")?;
+    std::fs::write(src.join("api/src/new.py"), "print('new')\n")?;
+    std::fs::remove_file(src.join("api/src/old.py"))?;
+    std::fs::write(src.join("api/trace.log"), "ignored\n")?;
+    std::fs::create_dir_all(src.join("api/notes"))?;
+    std::fs::write(src.join("api/notes/todo.txt"), "ignored\n")?;
+    let stale = ok(xtask_on(&online, &src, &["cache-status"])?, "status")?;
+    for line in [
+        "api stale, can rebuild offline",
+        "changed since the export: api/src/main.py\n",
+        "changed since the export: api/src/new.py (added)\n",
+        "changed since the export: api/src/old.py (removed)\n",
+    ] {
+        ensure!(stale.contains(line), "no {line:?} in:\n{stale}");
+    }
+    ensure!(
+        !stale.contains("trace.log") && !stale.contains("todo.txt"),
+        "an ignored file is named:\n{stale}"
+    );
+
+    // A bundle made before the context was recorded: said, not failed.
+    let bundle = src.join("docker-build-cache");
+    let mut m = manifest(&bundle)?;
+    for service in m["services"].as_sequence_mut().context("no services")? {
+        service
+            .as_mapping_mut()
+            .context("a service is not a mapping")?
+            .remove("context_files")
+            .context("the export did not record the context")?;
+    }
+    std::fs::write(bundle.join("manifest.yaml"), serde_yaml::to_string(&m)?)?;
+    let old = ok(
+        xtask_on(&online, &src, &["cache-status"])?,
+        "status of an old bundle",
+    )?;
+    ensure!(
+        old.contains("the bundle does not record the build context; re-export to check code"),
+        "{old}"
+    );
+    Ok(())
+}
