@@ -108,9 +108,12 @@ pub fn save_layout(
     let status = child.wait()?;
     let stderr = err_reader.join().unwrap_or_default();
     if !status.success() && (result.is_ok() || !stderr.trim().is_empty()) {
-        bail!("`docker save` failed: {}", stderr.trim());
+        let err = anyhow::anyhow!("`docker save` failed: {}", stderr.trim());
+        return Err(docker.failed("`docker save` of the images", err));
     }
-    let done = result.context("reading the images that `docker save` streamed")?;
+    let done = result
+        .context("reading the images that `docker save` streamed")
+        .map_err(|e| docker.failed("`docker save` of the images", e))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "       Saved {} images: {} streamed, {} written (the rest was in the build cache) in \
@@ -212,7 +215,8 @@ pub fn save_images(
     let status = child.wait()?;
     if !status.success() {
         let stderr = err_reader.join().unwrap_or_default();
-        bail!("`docker save` failed: {}", stderr.trim());
+        let err = anyhow::anyhow!("`docker save` failed: {}", stderr.trim());
+        return Err(docker.failed("`docker save` of the images", err));
     }
     let (mut buffered, size, sha256) = writer.finish();
     buffered.flush()?;
