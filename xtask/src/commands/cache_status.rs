@@ -18,7 +18,7 @@ use crate::bundle;
 use crate::bundle_arg::BundleArg;
 use crate::deps::npm_cache;
 use crate::deps::wheelhouse;
-use crate::model::manifest::Manifest;
+use crate::model::manifest::{Manifest, ServiceEntry};
 use crate::model::plan::{BuildService, Plan};
 use crate::model::requirements;
 use crate::project::ProjectArgs;
@@ -117,7 +117,6 @@ fn service_status(
     service: &BuildService,
 ) -> anyhow::Result<ServiceStatus> {
     let entry = manifest.services.iter().find(|s| s.name == service.name);
-    let mut changed = Vec::new();
     let mut missing = Vec::new();
     let Some(entry) = entry else {
         return Ok(ServiceStatus {
@@ -129,64 +128,7 @@ fn service_status(
         });
     };
 
-    let mut now = BTreeMap::new();
-    for file in service
-        .dockerfile
-        .iter()
-        .chain(&service.python_requirements)
-        .chain(&service.node_lockfiles)
-    {
-        let (_, digest) = bundle::hash_file(file).with_context(|| format!("hashing {file}"))?;
-        let rel = file
-            .strip_prefix(project_dir)
-            .map_or_else(|_| file.to_string(), |p| p.to_string());
-        now.insert(rel, digest);
-    }
-    let inputs = crate::context::compare(&entry.inputs, &now);
-    // The code: every file the build context sends, as the export recorded it. A file
-    // that is both an input and in the context (the Dockerfile) is named once.
-    let in_project = |rel: &str| {
-        let file = service.context.join(rel);
-        file.strip_prefix(project_dir)
-            .map_or_else(|_| file.to_string(), |p| p.to_string())
-    };
-    let code = match &entry.context_files {
-        Some(then) => {
-            let now = crate::context::fingerprint(
-                &service.context,
-                service.dockerfile.as_deref(),
-                &[bundle_dir],
-            )?;
-            let c = crate::context::compare(then, &now);
-            let named = |v: Vec<String>| v.iter().map(|p| in_project(p)).collect::<Vec<_>>();
-            Some(crate::context::Changes {
-                changed: named(c.changed),
-                added: named(c.added),
-                removed: named(c.removed),
-            })
-        }
-        None => None,
-    };
-    let mut seen = std::collections::BTreeSet::new();
-    for (paths, suffix) in [
-        (&inputs.changed, ""),
-        (&inputs.added, " (added)"),
-        (&inputs.removed, " (removed)"),
-    ]
-    .into_iter()
-    .chain(code.iter().flat_map(|c| {
-        [
-            (&c.changed, ""),
-            (&c.added, " (added)"),
-            (&c.removed, " (removed)"),
-        ]
-    })) {
-        for path in paths {
-            if seen.insert(path.clone()) {
-                changed.push(format!("{}{suffix}", printable(path)));
-            }
-        }
-    }
+    let (changed, context_checked) = changed_files(project_dir, bundle_dir, entry, service)?;
 
     let bundled: Vec<&str> = manifest.images.iter().map(|i| i.name.as_str()).collect();
     for image in &service.base_images {
@@ -255,10 +197,81 @@ fn service_status(
     Ok(ServiceStatus {
         name: service.name.clone(),
         can_rebuild_offline: missing.is_empty(),
-        context_checked: code.is_some(),
+        context_checked,
         changed,
         missing,
     })
+}
+
+/// The files that changed, were added (` (added)`) or were removed (` (removed)`) since
+/// the export, relative to the compose file's folder: the inputs, and every file of the
+/// build context when the bundle records it (the second value says whether it does).
+fn changed_files(
+    project_dir: &Utf8Path,
+    bundle_dir: &Utf8Path,
+    entry: &ServiceEntry,
+    service: &BuildService,
+) -> anyhow::Result<(Vec<String>, bool)> {
+    let mut now = BTreeMap::new();
+    for file in service
+        .dockerfile
+        .iter()
+        .chain(&service.python_requirements)
+        .chain(&service.node_lockfiles)
+    {
+        let (_, digest) = bundle::hash_file(file).with_context(|| format!("hashing {file}"))?;
+        let rel = file
+            .strip_prefix(project_dir)
+            .map_or_else(|_| file.to_string(), |p| p.to_string());
+        now.insert(rel, digest);
+    }
+    let inputs = crate::context::compare(&entry.inputs, &now);
+    // The code: every file the build context sends, as the export recorded it. A file
+    // that is both an input and in the context (the Dockerfile) is named once.
+    let in_project = |rel: &str| {
+        let file = service.context.join(rel);
+        file.strip_prefix(project_dir)
+            .map_or_else(|_| file.to_string(), |p| p.to_string())
+    };
+    let code = match &entry.context_files {
+        Some(then) => {
+            let now = crate::context::fingerprint(
+                &service.context,
+                service.dockerfile.as_deref(),
+                &[bundle_dir],
+            )?;
+            let c = crate::context::compare(then, &now);
+            let named = |v: Vec<String>| v.iter().map(|p| in_project(p)).collect::<Vec<_>>();
+            Some(crate::context::Changes {
+                changed: named(c.changed),
+                added: named(c.added),
+                removed: named(c.removed),
+            })
+        }
+        None => None,
+    };
+    let mut changed = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (paths, suffix) in [
+        (&inputs.changed, ""),
+        (&inputs.added, " (added)"),
+        (&inputs.removed, " (removed)"),
+    ]
+    .into_iter()
+    .chain(code.iter().flat_map(|c| {
+        [
+            (&c.changed, ""),
+            (&c.added, " (added)"),
+            (&c.removed, " (removed)"),
+        ]
+    })) {
+        for path in paths {
+            if seen.insert(path.clone()) {
+                changed.push(format!("{}{suffix}", printable(path)));
+            }
+        }
+    }
+    Ok((changed, code.is_some()))
 }
 
 /// A path from the manifest (hostile input) as it can be printed: quoted when it holds
