@@ -2,9 +2,11 @@
 //!
 //! Per build service: which files changed, were added or were removed since the export
 //! (the Dockerfile, requirements and lockfiles, and every file the build context sends,
-//! its `.dockerignore` applied: context.rs), and whether the bundle can still rebuild it offline: its base
-//! images are in the bundle, every pinned requirement has a wheel in the wheelhouse, every
-//! lockfile tarball is in the npm cache. Exit code 1 when a service cannot be rebuilt.
+//! its `.dockerignore` applied: context.rs), and whether the bundle can still rebuild it
+//! offline: its base images are in the bundle, every pinned requirement has a wheel in the
+//! wheelhouse, every lockfile tarball is in the npm cache. Exit code 1 when a service
+//! cannot be rebuilt, or when the compose file points the builds at folders that are gone
+//! (a moved bundle).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
