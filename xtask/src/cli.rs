@@ -49,7 +49,25 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // An engine that went away is what happened, whatever the step was doing:
+            // said first, then the steps it interrupted.
+            let gone = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<crate::docker::EngineGone>());
+            match gone {
+                Some(gone) => {
+                    eprintln!("error: {gone}");
+                    let steps: Vec<String> = err
+                        .chain()
+                        .take_while(|e| !e.is::<crate::docker::EngineGone>())
+                        .map(|e| e.to_string())
+                        .collect();
+                    if !steps.is_empty() {
+                        eprintln!("  while {}", steps.join(": "));
+                    }
+                }
+                None => eprintln!("error: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }

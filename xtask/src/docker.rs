@@ -69,9 +69,95 @@ pub struct Docker<'a> {
     sh: &'a Shell,
 }
 
+/// A docker command failed and the engine no longer answers: what the docker CLI printed
+/// then (a broken pipe, an EOF, a cut-short stream) is not what happened. `cli.rs` puts
+/// this first when it prints an error.
+#[derive(Debug)]
+pub struct EngineGone {
+    /// What was running, e.g. "`docker compose build` of service api".
+    pub step: String,
+    /// The engine's address: `DOCKER_HOST`, or the default socket.
+    pub host: String,
+    /// What the failed command reported.
+    pub said: String,
+}
+
+impl std::fmt::Display for EngineGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the Docker engine stopped answering ({}) during {}: start it again \
+             (e.g. `systemctl start docker`) and run the command again",
+            self.host, self.step
+        )?;
+        if !self.said.trim().is_empty() {
+            write!(f, " (docker said: {})", self.said.trim())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for EngineGone {}
+
+/// The engine `docker` talks to, as the operator would set it.
+fn engine_address(sh: &Shell) -> String {
+    match sh.var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
+        _ => match sh.var("DOCKER_CONTEXT") {
+            Ok(context) if !context.is_empty() => format!("DOCKER_CONTEXT={context}"),
+            _ => "the default socket unix:///var/run/docker.sock".to_string(),
+        },
+    }
+}
+
+/// How long a failed command's engine gets to answer before it is called gone.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl<'a> Docker<'a> {
     pub fn new(sh: &'a Shell) -> Docker<'a> {
         Docker { sh }
+    }
+
+    /// Whether the engine answers a `docker version` within a few seconds.
+    pub fn answers(&self) -> bool {
+        let sh = self.sh;
+        let format = "{{.Server.Version}}";
+        let mut command: Command = cmd!(sh, "docker version --format {format}").into();
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let Ok(mut child) = command.spawn() else {
+            return false;
+        };
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The error of a docker command that failed during `step`: [`EngineGone`] when the
+    /// engine no longer answers, else `err` as it is.
+    pub fn failed(&self, step: &str, err: impl Into<anyhow::Error>) -> anyhow::Error {
+        let err = err.into();
+        if self.answers() {
+            return err;
+        }
+        anyhow::Error::new(EngineGone {
+            step: step.to_string(),
+            host: engine_address(self.sh),
+            said: format!("{err:#}"),
+        })
     }
 
     /// Probes the engine with one `docker info` (its output also names the client's
@@ -145,10 +231,22 @@ impl<'a> Docker<'a> {
         let sh = self.sh;
         let out = cmd!(sh, "docker image inspect --format {format} {image}")
             .quiet()
-            .ignore_stderr()
             .ignore_status()
             .output()?;
-        Ok(out.status.success().then_some(out.stdout))
+        if out.status.success() {
+            return Ok(Some(out.stdout));
+        }
+        // "No such image", or an engine that went away: asked only when it is not the
+        // former.
+        let said = String::from_utf8_lossy(&out.stderr);
+        if !said.to_lowercase().contains("no such") && !self.answers() {
+            return Err(anyhow::Error::new(EngineGone {
+                step: format!("`docker image inspect {image}`"),
+                host: engine_address(self.sh),
+                said: said.into_owned(),
+            }));
+        }
+        Ok(None)
     }
 
     /// The image's ID, or `None` when the engine does not have it.
@@ -171,7 +269,10 @@ impl<'a> Docker<'a> {
 
     pub fn pull(&self, image: &str) -> anyhow::Result<()> {
         let sh = self.sh;
-        cmd!(sh, "docker pull --quiet {image}").quiet().run()?;
+        cmd!(sh, "docker pull --quiet {image}")
+            .quiet()
+            .run()
+            .map_err(|e| self.failed(&format!("`docker pull {image}`"), e))?;
         Ok(())
     }
 
@@ -221,7 +322,12 @@ impl<'a> Docker<'a> {
         for (k, v) in env {
             c = c.env(k, v);
         }
-        c.run()?;
+        c.run().map_err(|e| {
+            self.failed(
+                &format!("`docker compose build` of {}", services.join(", ")),
+                e,
+            )
+        })?;
         Ok(())
     }
 }
@@ -269,7 +375,8 @@ impl Docker<'_> {
         .env("DOCKER_BUILDKIT", "0")
         .quiet()
         .ignore_stdout()
-        .run()?;
+        .run()
+        .map_err(|e| self.failed(&format!("`docker build` of {tag}"), e))?;
         Ok(())
     }
 
@@ -296,7 +403,8 @@ impl Docker<'_> {
         )
         .quiet()
         .ignore_stdout()
-        .run()?;
+        .run()
+        .map_err(|e| self.failed(&format!("`docker buildx build` of {tag}"), e))?;
         Ok(())
     }
 
@@ -339,11 +447,12 @@ impl Docker<'_> {
         .ignore_status()
         .output()?;
         if !out.status.success() {
-            bail!(
+            let err = anyhow::anyhow!(
                 "`{}` in image {image} (no network) failed: {}",
                 argv.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
+            return Err(self.failed(&format!("`docker run` of {image}"), err));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -398,7 +507,7 @@ pub fn stream_into_load(
         let _ = child.kill();
         let _ = child.wait();
         let err = err_reader.join().unwrap_or_default();
-        bail!(
+        let err = anyhow::anyhow!(
             "`docker load` stopped before the end of {what} ({e}): {}; is the engine \
              still running? Nothing that was cut short is tagged; run cache-import again",
             if err.trim().is_empty() {
@@ -407,6 +516,7 @@ pub fn stream_into_load(
                 err.trim()
             }
         );
+        return Err(docker.failed(&format!("`docker load` of {what}"), err));
     }
     if let Err(err) = check(failure) {
         // Killed before the end of the stream: nothing gets tagged.
@@ -425,7 +535,8 @@ pub fn stream_into_load(
     let out = out_reader.join().unwrap_or_default();
     let err = err_reader.join().unwrap_or_default();
     if !status.success() {
-        bail!("`docker load` of {what} failed: {}", err.trim());
+        let err = anyhow::anyhow!("`docker load` of {what} failed: {}", err.trim());
+        return Err(docker.failed(&format!("`docker load` of {what}"), err));
     }
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         eprintln!("      {}", line.trim());
@@ -455,6 +566,34 @@ mod tests {
             compose_v1: None,
             docker_root_dir: "/var/lib/docker".into(),
         }
+    }
+
+    /// A command that fails while the engine is gone says so, naming the engine's address
+    /// and the step; what the CLI printed comes after.
+    #[test]
+    fn a_failure_with_no_engine_answering_says_the_engine_stopped() {
+        let sh = Shell::new().unwrap();
+        sh.set_var("DOCKER_HOST", "unix:///nonexistent/xtask-test/docker.sock");
+        let docker = Docker::new(&sh);
+        assert!(!docker.answers());
+        let err = docker.failed(
+            "`docker pull busybox`",
+            anyhow::anyhow!("error during connect: EOF"),
+        );
+        assert!(err.downcast_ref::<EngineGone>().is_some());
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "the Docker engine stopped answering \
+                 (DOCKER_HOST=unix:///nonexistent/xtask-test/docker.sock) during \
+                 `docker pull busybox`: start it again"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("(docker said: error during connect: EOF)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -108,9 +108,12 @@ pub fn save_layout(
     let status = child.wait()?;
     let stderr = err_reader.join().unwrap_or_default();
     if !status.success() && (result.is_ok() || !stderr.trim().is_empty()) {
-        bail!("`docker save` failed: {}", stderr.trim());
+        let err = anyhow::anyhow!("`docker save` failed: {}", stderr.trim());
+        return Err(docker.failed("`docker save` of the images", err));
     }
-    let done = result.context("reading the images that `docker save` streamed")?;
+    let done = result
+        .context("reading the images that `docker save` streamed")
+        .map_err(|e| docker.failed("`docker save` of the images", e))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "       Saved {} images: {} streamed, {} written (the rest was in the build cache) in \
@@ -212,7 +215,8 @@ pub fn save_images(
     let status = child.wait()?;
     if !status.success() {
         let stderr = err_reader.join().unwrap_or_default();
-        bail!("`docker save` failed: {}", stderr.trim());
+        let err = anyhow::anyhow!("`docker save` failed: {}", stderr.trim());
+        return Err(docker.failed("`docker save` of the images", err));
     }
     let (mut buffered, size, sha256) = writer.finish();
     buffered.flush()?;
@@ -302,6 +306,29 @@ pub fn load_images(
     })
 }
 
+/// The files the import would have checked while streaming them into `docker load`,
+/// checked without loading anything when the rest of the bundle failed already: one run
+/// names every damaged file. Prints each problem; how many there were.
+pub fn name_damaged_streamed(dir: &Utf8Path, manifest: &Manifest, streamed: &[String]) -> usize {
+    let mut only = manifest.clone();
+    only.files.retain(|f| streamed.contains(&f.path));
+    if only.files.is_empty() {
+        return 0;
+    }
+    match bundle::verify(dir, &only, &|_, _| {}) {
+        Ok(report) => {
+            for problem in &report.problems {
+                eprintln!("error: {problem}");
+            }
+            report.problems.len()
+        }
+        Err(e) => {
+            eprintln!("error: checking the saved images: {e:#}");
+            1
+        }
+    }
+}
+
 /// The layout's entries: tar name, file, and what the manifest says of the file.
 pub fn layout_files(
     dir: &camino::Utf8Path,
@@ -343,7 +370,17 @@ pub fn load_layout(
         |failure| match failure {
             None => Ok(()),
             Some(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                bail!("{e}; nothing was loaded. Copy it again from the export machine")
+                for problem in e.to_string().lines() {
+                    eprintln!("error: {problem}");
+                }
+                bail!(
+                    "the saved images do not verify ({} damaged, named above); nothing was \
+                     loaded. Copy the named files again from the export machine",
+                    match e.to_string().lines().count() {
+                        1 => "one file".to_string(),
+                        n => format!("{n} files"),
+                    }
+                )
             }
             Some(e) => bail!("reading {what}: {e}; nothing was loaded"),
         },
@@ -378,6 +415,39 @@ impl LayoutTar {
         }
     }
 
+    /// The stream's end after a damaged file: nothing more is handed on (docker load
+    /// never sees the end of the tar, so nothing is tagged), but every file left is still
+    /// hashed, so that one import names every damaged file. `InvalidData`, one problem a
+    /// line.
+    fn damaged(&mut self, first: String) -> std::io::Error {
+        let mut problems = vec![first];
+        self.parts.clear();
+        self.ended = true;
+        for (_, path, entry) in self.files.by_ref() {
+            let problem = match bundle::hash_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(format!("{}: missing", entry.path))
+                }
+                Err(e) => Some(format!("{}: {e}", entry.path)),
+                Ok((size, _)) if size != entry.size => Some(format!(
+                    "{}: {size} bytes, expected {} (truncated or grown)",
+                    entry.path, entry.size
+                )),
+                Ok((_, digest)) if digest != entry.sha256 => Some(
+                    bundle::FileProblem::Digest {
+                        path: entry.path.clone(),
+                        expected: entry.sha256.clone(),
+                        actual: digest,
+                    }
+                    .to_string(),
+                ),
+                Ok(_) => None,
+            };
+            problems.extend(problem);
+        }
+        std::io::Error::new(std::io::ErrorKind::InvalidData, problems.join("\n"))
+    }
+
     /// Queues the next file's header, body and padding, or the trailer; false at the end.
     fn queue_next(&mut self) -> std::io::Result<bool> {
         use std::io::{Error, ErrorKind};
@@ -389,16 +459,19 @@ impl LayoutTar {
             self.parts.push_back(Part::Bytes(vec![0u8; 1024], 0));
             return Ok(true);
         };
-        let file = File::open(&path).map_err(|e| Error::new(e.kind(), format!("{path}: {e}")))?;
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(self.damaged(format!("{}: missing", entry.path)))
+            }
+            Err(e) => return Err(Error::new(e.kind(), format!("{path}: {e}"))),
+        };
         let size = file.metadata()?.len();
         if size != entry.size {
-            return Err(Error::new(
-                ErrorKind::InvalidData,
-                format!(
-                    "{}: {size} bytes, expected {} (truncated or grown)",
-                    entry.path, entry.size
-                ),
-            ));
+            return Err(self.damaged(format!(
+                "{}: {size} bytes, expected {} (truncated or grown)",
+                entry.path, entry.size
+            )));
         }
         let mut header = tar::Header::new_ustar();
         header.set_path(&name)?;
@@ -423,7 +496,6 @@ impl LayoutTar {
 
 impl Read for LayoutTar {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::io::{Error, ErrorKind};
         if buf.is_empty() {
             return Ok(0);
         }
@@ -459,7 +531,7 @@ impl Read for LayoutTar {
                                 expected: entry.sha256.clone(),
                                 actual: digest,
                             };
-                            return Err(Error::new(ErrorKind::InvalidData, problem.to_string()));
+                            return Err(self.damaged(problem.to_string()));
                         }
                         self.parts.pop_front();
                         continue;
@@ -467,10 +539,9 @@ impl Read for LayoutTar {
                     let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
                     let n = file.read(&mut buf[..want])?;
                     if n == 0 {
-                        return Err(Error::new(
-                            ErrorKind::InvalidData,
-                            format!("{}: ended early (truncated while streaming)", entry.path),
-                        ));
+                        let problem =
+                            format!("{}: ended early (truncated while streaming)", entry.path);
+                        return Err(self.damaged(problem));
                     }
                     hasher.update(&buf[..n]);
                     *left -= n as u64;
@@ -584,11 +655,25 @@ mod tests {
         // Nothing after the damaged file: its header and bytes at most.
         assert!(out.len() <= 512 * 3 + data.len());
         std::fs::write(&files[1].1, &data[..500]).unwrap();
-        let err = LayoutTar::new(files).read_to_end(&mut out).unwrap_err();
+        let err = LayoutTar::new(files.clone())
+            .read_to_end(&mut out)
+            .unwrap_err();
         assert!(
             err.to_string().contains("500 bytes, expected 70000"),
             "{err}"
         );
+        // Every damaged file is named, those after the first included, and nothing of the
+        // stream after the first is handed on.
+        std::fs::write(&files[0].1, b"{}").unwrap();
+        std::fs::remove_file(&files[2].1).unwrap();
+        let mut out = Vec::new();
+        let err = LayoutTar::new(files).read_to_end(&mut out).unwrap_err();
+        let lines: Vec<String> = err.to_string().lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(lines[0].starts_with("stored/index.json: 2 bytes"), "{err}");
+        assert!(lines[1].contains("500 bytes, expected 70000"), "{err}");
+        assert_eq!(lines[2], "stored/oci-layout: missing");
+        assert!(out.is_empty(), "{} bytes handed on", out.len());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -103,6 +103,29 @@ impl ProjectArgs {
     }
 }
 
+impl Project {
+    /// Fails naming every folder the compose file's builds read that is gone: a bundle
+    /// moved or deleted after patch-compose. Compose would skip such a cache with one
+    /// warning and rebuild everything, without a network.
+    pub fn check_host_folders(&self) -> anyhow::Result<()> {
+        let gone: Vec<String> = crate::model::layout::host_folders(&self.model)
+            .into_iter()
+            .filter(|f| !Utf8Path::new(&f.path).is_dir())
+            .map(|f| format!("{} (service {}, {})", f.path, f.service, f.field))
+            .collect();
+        if !gone.is_empty() {
+            anyhow::bail!(
+                "{} points the builds at folders that are gone:\n  {}\nthe bundle was moved \
+                 or deleted: run `cargo xtask patch-compose --bundle NEWPATH` with the bundle's \
+                 folder now (or put it back), else the builds rebuild every step",
+                self.compose_files[0],
+                gone.join("\n  ")
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The files compose merges: `files` (`-f`, in order) alone; else `COMPOSE_FILE` from `env`, else
 /// from the `.env` beside the discovered compose file; else the discovered file and its
 /// override. Relative `COMPOSE_FILE` entries resolve against `cwd` (from the environment)

@@ -258,6 +258,13 @@ impl Export<'_> {
         let mut entry = ServiceEntry {
             name: service.name.clone(),
             inputs: fingerprints(&self.project, service)?,
+            // What cache-status compares the code with (the bundle, if it lies inside
+            // the context, is not part of it).
+            context_files: Some(crate::context::fingerprint(
+                &service.context,
+                service.dockerfile.as_deref(),
+                &[&self.out],
+            )?),
             ..ServiceEntry::default()
         };
         // The wheelhouse and the npm cache depend on the base images (their Python,

@@ -68,7 +68,17 @@ impl Args {
         for image in &manifest.images {
             match docker.image_id(&image.name)? {
                 Some(id) if id == image.id => present.push(image.name.clone()),
-                _ => to_load.push(image.name.clone()),
+                Some(id) => {
+                    // Someone re-tagged the name onto another image: the load moves it
+                    // back, which the builds then use; say so rather than do it quietly.
+                    eprintln!(
+                        "warning: {} is {id} on this engine, the bundle has {}; a tag was \
+                         moved: loading the bundle's image moves {} back to {}",
+                        image.name, image.id, image.name, image.id
+                    );
+                    to_load.push(image.name.clone());
+                }
+                None => to_load.push(image.name.clone()),
             }
         }
         let archive = manifest
@@ -85,6 +95,7 @@ impl Args {
         };
         let report = bundle::verify_bundle(&dir, true, &streamed)?;
         if !report.ok() {
+            images::name_damaged_streamed(&dir, &manifest, &streamed);
             bail!("nothing was imported from {dir}: it does not verify (files named above)");
         }
         // node_modules (node_modules.rs, archive.rs): before any image is loaded.

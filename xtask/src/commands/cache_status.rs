@@ -1,9 +1,12 @@
 //! `cargo xtask cache-status`: is the bundle still good for what the repository holds now?
 //!
-//! Per build service: which inputs changed since the export (Dockerfile, requirements,
-//! lockfile fingerprints), and whether the bundle can still rebuild it offline: its base
-//! images are in the bundle, every pinned requirement has a wheel in the wheelhouse, every
-//! lockfile tarball is in the npm cache. Exit code 1 when a service cannot be rebuilt.
+//! Per build service: which files changed, were added or were removed since the export
+//! (the Dockerfile, requirements and lockfiles, and every file the build context sends,
+//! its `.dockerignore` applied: context.rs), and whether the bundle can still rebuild it
+//! offline: its base images are in the bundle, every pinned requirement has a wheel in the
+//! wheelhouse, every lockfile tarball is in the npm cache. Exit code 1 when a service
+//! cannot be rebuilt, or when the compose file points the builds at folders that are gone
+//! (a moved bundle).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -17,7 +20,7 @@ use crate::bundle;
 use crate::bundle_arg::BundleArg;
 use crate::deps::npm_cache;
 use crate::deps::wheelhouse;
-use crate::model::manifest::Manifest;
+use crate::model::manifest::{Manifest, ServiceEntry};
 use crate::model::plan::{BuildService, Plan};
 use crate::model::requirements;
 use crate::project::ProjectArgs;
@@ -43,11 +46,15 @@ pub struct ServiceStatus {
     /// Why the bundle cannot rebuild this service offline; empty when it can.
     pub missing: Vec<String>,
     pub can_rebuild_offline: bool,
+    /// The bundle records the build context, so changed code is in `changed`; false for a
+    /// bundle made before it did (re-export to check code).
+    pub context_checked: bool,
 }
 
 impl Args {
     pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let project = project_args.load(sh)?;
+        project.check_host_folders()?;
         let plan = Plan::build(&project.model, &project.name, &RealFs)?;
         let dir = self.bundle.dir(sh, project_args)?;
         let manifest = bundle::read_manifest(&dir)?;
@@ -66,8 +73,22 @@ impl Args {
                 (_, false) => "CANNOT rebuild offline",
             };
             eprintln!("{:>12} {state}", s.name);
-            for c in &s.changed {
+            if !s.context_checked && s.can_rebuild_offline {
+                eprintln!(
+                    "             the bundle does not record the build context; re-export to \
+                     check code"
+                );
+            }
+            // All of them in --json; on the terminal, enough to see what happened.
+            const SHOWN: usize = 20;
+            for c in s.changed.iter().take(SHOWN) {
                 eprintln!("             changed since the export: {c}");
+            }
+            if s.changed.len() > SHOWN {
+                eprintln!(
+                    "             … and {} more changed files (`--json` lists them all)",
+                    s.changed.len() - SHOWN
+                );
             }
             for m in &s.missing {
                 eprintln!("             missing from the bundle: {m}");
@@ -98,7 +119,6 @@ fn service_status(
     service: &BuildService,
 ) -> anyhow::Result<ServiceStatus> {
     let entry = manifest.services.iter().find(|s| s.name == service.name);
-    let mut changed = Vec::new();
     let mut missing = Vec::new();
     let Some(entry) = entry else {
         return Ok(ServiceStatus {
@@ -106,34 +126,11 @@ fn service_status(
             changed: vec!["the service is not in the bundle".into()],
             missing: vec!["the whole service: it was added after the export".into()],
             can_rebuild_offline: false,
+            context_checked: false,
         });
     };
 
-    let mut now = BTreeMap::new();
-    for file in service
-        .dockerfile
-        .iter()
-        .chain(&service.python_requirements)
-        .chain(&service.node_lockfiles)
-    {
-        let (_, digest) = bundle::hash_file(file).with_context(|| format!("hashing {file}"))?;
-        let rel = file
-            .strip_prefix(project_dir)
-            .map_or_else(|_| file.to_string(), |p| p.to_string());
-        now.insert(rel, digest);
-    }
-    for (path, digest) in &now {
-        match entry.inputs.get(path) {
-            Some(old) if old == digest => {}
-            Some(_) => changed.push(path.clone()),
-            None => changed.push(format!("{path} (new)")),
-        }
-    }
-    for path in entry.inputs.keys() {
-        if !now.contains_key(path) {
-            changed.push(format!("{path} (gone)"));
-        }
-    }
+    let (changed, context_checked) = changed_files(project_dir, bundle_dir, entry, service)?;
 
     let bundled: Vec<&str> = manifest.images.iter().map(|i| i.name.as_str()).collect();
     for image in &service.base_images {
@@ -202,7 +199,89 @@ fn service_status(
     Ok(ServiceStatus {
         name: service.name.clone(),
         can_rebuild_offline: missing.is_empty(),
+        context_checked,
         changed,
         missing,
     })
+}
+
+/// The files that changed, were added (` (added)`) or were removed (` (removed)`) since
+/// the export, relative to the compose file's folder: the inputs, and every file of the
+/// build context when the bundle records it (the second value says whether it does).
+fn changed_files(
+    project_dir: &Utf8Path,
+    bundle_dir: &Utf8Path,
+    entry: &ServiceEntry,
+    service: &BuildService,
+) -> anyhow::Result<(Vec<String>, bool)> {
+    let mut now = BTreeMap::new();
+    for file in service
+        .dockerfile
+        .iter()
+        .chain(&service.python_requirements)
+        .chain(&service.node_lockfiles)
+    {
+        let (_, digest) = bundle::hash_file(file).with_context(|| format!("hashing {file}"))?;
+        let rel = file
+            .strip_prefix(project_dir)
+            .map_or_else(|_| file.to_string(), |p| p.to_string());
+        now.insert(rel, digest);
+    }
+    let inputs = crate::context::compare(&entry.inputs, &now);
+    // The code: every file the build context sends, as the export recorded it. A file
+    // that is both an input and in the context (the Dockerfile) is named once.
+    let in_project = |rel: &str| {
+        let file = service.context.join(rel);
+        file.strip_prefix(project_dir)
+            .map_or_else(|_| file.to_string(), |p| p.to_string())
+    };
+    let code = match &entry.context_files {
+        Some(then) => {
+            let now = crate::context::fingerprint(
+                &service.context,
+                service.dockerfile.as_deref(),
+                &[bundle_dir],
+            )?;
+            let c = crate::context::compare(then, &now);
+            let named = |v: Vec<String>| v.iter().map(|p| in_project(p)).collect::<Vec<_>>();
+            Some(crate::context::Changes {
+                changed: named(c.changed),
+                added: named(c.added),
+                removed: named(c.removed),
+            })
+        }
+        None => None,
+    };
+    let mut changed = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (paths, suffix) in [
+        (&inputs.changed, ""),
+        (&inputs.added, " (added)"),
+        (&inputs.removed, " (removed)"),
+    ]
+    .into_iter()
+    .chain(code.iter().flat_map(|c| {
+        [
+            (&c.changed, ""),
+            (&c.added, " (added)"),
+            (&c.removed, " (removed)"),
+        ]
+    })) {
+        for path in paths {
+            if seen.insert(path.clone()) {
+                changed.push(format!("{}{suffix}", printable(path)));
+            }
+        }
+    }
+    Ok((changed, code.is_some()))
+}
+
+/// A path from the manifest (hostile input) as it can be printed: quoted when it holds
+/// control characters.
+fn printable(path: &str) -> String {
+    if path.chars().any(char::is_control) {
+        format!("{path:?}")
+    } else {
+        path.to_string()
+    }
 }

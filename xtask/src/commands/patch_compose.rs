@@ -80,6 +80,9 @@ impl Args {
             .collect();
         let verb = if self.revert { "reverted" } else { "patched" };
         if self.check {
+            if !self.revert {
+                project.check_host_folders()?;
+            }
             if changed.is_empty() {
                 for file in files {
                     eprintln!("    {file} is {verb}");

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use camino::Utf8Path;
 
+use crate::model::compose::ComposeModel;
 use crate::model::compose_patch::ServicePatch;
 use crate::model::manifest::{Compression, Manifest, ServiceEntry, Strategy};
 use crate::model::plan::{BuildService, Plan};
@@ -249,6 +250,58 @@ pub fn offline_patches(
         .collect()
 }
 
+/// A host folder a service's build reads, as the compose file names it: the `src=` of a
+/// `type=local` cache in `cache_from`, or an `additional_contexts` folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFolder {
+    pub service: String,
+    /// `cache_from` or `additional_contexts.<name>`.
+    pub field: String,
+    pub path: String,
+}
+
+/// The host folders the compose file's builds read (the model has made them absolute, as
+/// compose does). Compose skips a missing `type=local` cache with one warning and rebuilds
+/// everything: the caller checks these.
+pub fn host_folders(model: &ComposeModel) -> Vec<HostFolder> {
+    let mut out = Vec::new();
+    for (name, service) in &model.services {
+        let Some(build) = &service.build else {
+            continue;
+        };
+        for entry in &build.cache_from {
+            let attrs: Vec<(&str, &str)> = entry
+                .split(',')
+                .filter_map(|attr| attr.split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .collect();
+            if !attrs.contains(&("type", "local")) {
+                continue;
+            }
+            if let Some((_, src)) = attrs.iter().find(|(k, _)| *k == "src") {
+                if src.starts_with('/') {
+                    out.push(HostFolder {
+                        service: name.clone(),
+                        field: "cache_from".into(),
+                        path: src.to_string(),
+                    });
+                }
+            }
+        }
+        for (context, value) in &build.additional_contexts {
+            // `docker-image://…`, `oci-layout://…`, `service:…`, URLs: not host folders.
+            if value.starts_with('/') && !value.contains("://") {
+                out.push(HostFolder {
+                    service: name.clone(),
+                    field: format!("additional_contexts.{context}"),
+                    path: value.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The `cache_to` of the export's build of `service` into the build cache under
 /// `bundle_dir`.
 ///
@@ -339,6 +392,58 @@ mod tests {
                 ("npm-cache".to_string(), "npm-cache/web".to_string()),
                 ("wheels".to_string(), "pip-cache/web".to_string()),
             ])
+        );
+    }
+
+    /// What patch-compose writes, read back from the compose file: the folders a moved
+    /// bundle leaves behind (and the user's own); images and URLs are not folders.
+    #[test]
+    fn host_folders_are_the_local_caches_and_context_folders() {
+        let text = "services:
+  api:
+    build:
+      context: ./api
+      cache_from:
+        - 'type=local,src=/srv/b/build-cache,tag=api'
+        - 'busybox:latest'
+        - 'type=registry,ref=x/y'
+      additional_contexts:
+        wheels: '/srv/b/pip-cache/api'
+        npm-cache: 'docker-image://p-api-npm-cache:00ff'
+        mine: ./vendor
+  db:
+    image: postgres
+";
+        let read = |p: &Utf8Path| match p.as_str() {
+            "/p/compose.yaml" => Ok(text.to_string()),
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        };
+        let model =
+            crate::model::compose::load(Utf8Path::new("/p/compose.yaml"), &BTreeMap::new(), &read)
+                .unwrap();
+        let folders: Vec<(String, String, String)> = host_folders(&model)
+            .into_iter()
+            .map(|f| (f.service, f.field, f.path))
+            .collect();
+        assert_eq!(
+            folders,
+            [
+                (
+                    "api".into(),
+                    "cache_from".into(),
+                    "/srv/b/build-cache".into()
+                ),
+                (
+                    "api".into(),
+                    "additional_contexts.mine".into(),
+                    "/p/vendor".into()
+                ),
+                (
+                    "api".into(),
+                    "additional_contexts.wheels".into(),
+                    "/srv/b/pip-cache/api".into()
+                ),
+            ]
         );
     }
 

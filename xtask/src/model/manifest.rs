@@ -173,6 +173,11 @@ pub struct ServiceEntry {
     /// sha256 of each input, by path relative to the compose file's folder.
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
+    /// sha256 of every file the build context sends (its `.dockerignore` applied), by path
+    /// relative to the context: what `cache-status` compares the code with. Absent in
+    /// bundles made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_files: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 pub mod compose;
 pub mod compose_patch;
 pub mod dockerfile;
+pub mod dockerignore;
 pub mod interpolate;
 pub mod layout;
 pub mod manifest;

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::model::compose::{ComposeModel, Context, DockerfileSource};
 use crate::model::dockerfile::{self, NamedContext};
-use crate::model::requirements;
+use crate::model::{dockerignore, requirements};
 
 /// What the plan needs from the filesystem.
 pub trait Fs {
@@ -165,7 +165,7 @@ impl Plan {
             ));
 
             let (python_requirements, node_lockfiles) =
-                dependency_manifests(fs, &context, &files, name)?;
+                dependency_manifests(fs, &context, &files, dockerfile_path.as_deref(), name)?;
             plan.build_services.push(BuildService {
                 name: name.clone(),
                 context,
@@ -357,70 +357,6 @@ fn named_contexts(
         .collect()
 }
 
-/// The patterns of a `.dockerignore`, enough to tell whether a file at the context's root
-/// reaches the build: `*`, `?` and `**` globs, `!` exceptions, the last match wins.
-#[derive(Debug, Default)]
-pub struct DockerIgnore {
-    patterns: Vec<(bool, String)>,
-}
-
-impl DockerIgnore {
-    pub fn parse(text: &str) -> DockerIgnore {
-        let patterns = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| match l.strip_prefix('!') {
-                Some(rest) => (
-                    false,
-                    rest.trim()
-                        .trim_start_matches("./")
-                        .trim_start_matches('/')
-                        .to_string(),
-                ),
-                None => (
-                    true,
-                    l.trim_start_matches("./")
-                        .trim_start_matches('/')
-                        .to_string(),
-                ),
-            })
-            .collect();
-        DockerIgnore { patterns }
-    }
-
-    /// Whether `path` (relative to the context, `/`-separated) is left out of the build.
-    pub fn excludes(&self, path: &str) -> bool {
-        let mut excluded = false;
-        for (exclude, pattern) in &self.patterns {
-            if glob(pattern.trim_end_matches('/'), path) {
-                excluded = *exclude;
-            }
-        }
-        excluded
-    }
-}
-
-/// `*` and `?` within a path segment, `**` across segments.
-fn glob(pattern: &str, text: &str) -> bool {
-    fn rec(p: &[u8], t: &[u8]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some((b'*', rest)) if rest.first() == Some(&b'*') => {
-                let rest = rest[1..].strip_prefix(b"/").unwrap_or(&rest[1..]);
-                (0..=t.len()).any(|i| rec(rest, &t[i..]))
-            }
-            Some((b'*', rest)) => {
-                let stop = t.iter().position(|&c| c == b'/').unwrap_or(t.len());
-                (0..=stop).any(|i| rec(rest, &t[i..]))
-            }
-            Some((b'?', rest)) => t.first().is_some_and(|&c| c != b'/') && rec(rest, &t[1..]),
-            Some((c, rest)) => t.first() == Some(c) && rec(rest, &t[1..]),
-        }
-    }
-    rec(pattern.as_bytes(), text.as_bytes())
-}
-
 /// A build's Dockerfile: its path (`None` for `dockerfile_inline`) and its text.
 fn read_dockerfile(
     fs: &dyn Fs,
@@ -450,19 +386,17 @@ fn dependency_manifests(
     fs: &dyn Fs,
     context: &Utf8Path,
     files: &[String],
+    dockerfile: Option<&Utf8Path>,
     name: &str,
 ) -> anyhow::Result<(Vec<Utf8PathBuf>, Vec<Utf8PathBuf>)> {
-    let ignore = fs
-        .read(&context.join(".dockerignore"))
-        .map(|text| DockerIgnore::parse(&text))
-        .unwrap_or_default();
+    let read = |p: &Utf8Path| fs.read(p);
+    let (ignore, _) = dockerignore::for_build(&read, context, dockerfile);
     let roots: Vec<Utf8PathBuf> = files
         .iter()
         .filter(|f| f.starts_with("requirements") && f.ends_with(".txt"))
         .filter(|f| !ignore.excludes(f))
         .map(|f| context.join(f))
         .collect();
-    let read = |p: &Utf8Path| fs.read(p);
     let python_requirements = if roots.is_empty() {
         Vec::new()
     } else {
@@ -646,7 +580,7 @@ mod tests {
     fn dockerignore_decides_which_manifests_reach_the_build() {
         let check = |ignore: &str, path: &str, expected: bool| {
             assert_eq!(
-                DockerIgnore::parse(ignore).excludes(path),
+                dockerignore::Patterns::parse(ignore).excludes(path),
                 expected,
                 "{ignore:?} {path}"
             )

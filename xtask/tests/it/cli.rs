@@ -308,6 +308,9 @@ fn patch_compose_from_the_plan_is_idempotent_and_reverts_to_the_byte() {
     )));
     assert!(patched.contains("# the app\r\n"), "{patched:?}");
 
+    // Patched from the plan: the folder is where the bundle will be (issue 22: --check
+    // fails while it is not there; see a_moved_bundle_fails_check_and_status_naming_it).
+    std::fs::create_dir_all(root.join("docker-build-cache/build-cache")).unwrap();
     let check = xtask(&root, &["patch-compose", "--check", "--strategy", "local"]);
     assert_eq!(check.code, 0, "{}", check.stderr);
     let again = xtask(&root, &["patch-compose", "--strategy", "local"]);
@@ -378,6 +381,9 @@ fn patch_compose_patches_each_file_of_the_set() {
     assert!(read("compose.yaml").contains(&format!("type=local,src={cache},tag=api")));
     assert!(!read("compose.yaml").contains("tag=tests"));
     assert!(read("compose.override.yml").contains(&format!("type=local,src={cache},tag=tests")));
+    // --check also wants the folders the patch points at (the bundle's): here, no export
+    // has made them yet.
+    std::fs::create_dir_all(&cache).unwrap();
     let check = xtask(&root, &["patch-compose", "--check", "--strategy", "local"]);
     assert_eq!(check.code, 0, "{}", check.stderr);
     std::fs::write(root.join("compose.override.yml"), over).unwrap();
@@ -395,6 +401,59 @@ fn patch_compose_patches_each_file_of_the_set() {
     assert_eq!(revert.code, 0, "{}", revert.stderr);
     assert_eq!(read("compose.yaml"), main);
     assert_eq!(read("compose.override.yml"), over);
+}
+
+/// Issue 22: a bundle moved after patch-compose is named by `patch-compose --check` and
+/// `cache-status`, with what to do, instead of a build that quietly rebuilds everything.
+#[test]
+fn a_moved_bundle_fails_check_and_status_naming_it() {
+    let (_d, root) = project(&[
+        ("compose.yaml", "services:\n  web:\n    build: ./web\n"),
+        (
+            "web/Dockerfile",
+            "FROM scratch AS wheels\nFROM python:3.12-slim\nCOPY requirements.txt .\n",
+        ),
+        ("web/requirements.txt", "six==1.16.0\n"),
+    ]);
+    let bundle = root.join("bundle");
+    let bundle_arg = ["--bundle", bundle.as_str()];
+    let patch = xtask(
+        &root,
+        &[&["patch-compose", "--strategy", "local"][..], &bundle_arg].concat(),
+    );
+    assert_eq!(patch.code, 0, "{}", patch.stderr);
+    std::fs::create_dir_all(bundle.join("build-cache")).unwrap();
+    std::fs::create_dir_all(bundle.join("pip-cache/web")).unwrap();
+    let check_args = [
+        &["patch-compose", "--check", "--strategy", "local"][..],
+        &bundle_arg,
+    ]
+    .concat();
+    let check = xtask(&root, &check_args);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+
+    std::fs::rename(&bundle, root.join("moved")).unwrap();
+    let check = xtask(&root, &check_args);
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    for text in [
+        bundle.join("build-cache").as_str(),
+        bundle.join("pip-cache/web").as_str(),
+        "additional_contexts.wheels",
+        "patch-compose --bundle NEWPATH",
+    ] {
+        assert!(check.stderr.contains(text), "no {text}:\n{}", check.stderr);
+    }
+    let status = xtask(
+        &root,
+        &["cache-status", "--bundle", root.join("moved").as_str()],
+    );
+    assert_eq!(status.code, 1, "{}", status.stderr);
+    assert!(
+        status.stderr.contains(bundle.join("build-cache").as_str())
+            && status.stderr.contains("patch-compose --bundle NEWPATH"),
+        "{}",
+        status.stderr
+    );
 }
 
 #[test]

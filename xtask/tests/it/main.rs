@@ -10,6 +10,7 @@ mod cli;
 mod docker_smoke;
 mod docs_examples;
 mod offline_rebuild;
+mod operator;
 mod pack;
 mod security;
 mod tidy;
