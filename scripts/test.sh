@@ -20,12 +20,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "release workflows: check-jsonschema (GitHub, GitLab schemas), actionlint"
 bash scripts/lint-workflows.sh
 
-step "xtask tests, with the Docker suite and the package-registry tests (XTASK_DOCKER_TESTS=1, XTASK_NETWORK_TESTS=1)"
-XTASK_DOCKER_TESTS=1 XTASK_NETWORK_TESTS=1 cargo test --workspace
-
-step "benchmark, short run (proves it still works; the figures are in docs/benchmarks.md)"
-cargo xtask bench --quick
-
 step "backend: pytest"
 if [ ! -x backend/.venv/bin/python ]; then
     python3 -m venv backend/.venv
@@ -44,4 +38,12 @@ step "frontend: npm ci, lint, test, build, browser test"
     # the out/ just built; uses backend/.venv from the step above
     E2E_SKIP_BUILD=1 bash e2e/run-local.sh
 )
+# After the frontend: the application's Docker test runs the browser test (playwright-core
+# from frontend/node_modules) against the stack built from the bundle's cache.
+step "xtask tests, with the Docker suite and the package-registry tests (XTASK_DOCKER_TESTS=1, XTASK_NETWORK_TESTS=1)"
+XTASK_DOCKER_TESTS=1 XTASK_NETWORK_TESTS=1 cargo test --workspace
+
+step "benchmark, short run (proves it still works; the figures are in docs/benchmarks.md)"
+cargo xtask bench --quick
+
 step "all tests passed"

@@ -4,8 +4,10 @@
 //! out, the bundle is imported and the compose file patched; then, the reason people
 //! rebuild offline, one line of backend and one of frontend code change: `docker compose
 //! build` succeeds, the dependency layers come from the cache and the code layers rebuild;
-//! `--no-cache` also succeeds (the wheelhouse and the npm cache alone are enough); the
-//! stack comes up and answers `/api/health` through nginx. A requirement changed to a
+//! the stack starts from those cache-built images and answers `/api/health` through nginx,
+//! and a real browser (Chromium, frontend/e2e/chat.e2e.mjs) registers, logs in and chats
+//! with a fake LLM on the same engine; `--no-cache` also succeeds (the wheelhouse and the
+//! npm cache alone are enough). A requirement changed to a
 //! version the wheelhouse lacks is named by `cache-status` (exit 1) and by the build's
 //! error.
 
@@ -79,6 +81,102 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The fake OpenAI-compatible server of the browser test, as a service of the stack (on
+/// the node stand-in), and the backend pointed at it.
+const E2E_OVERRIDE: &str = "\
+services:
+  fake-llm:
+    image: node:18-alpine
+    command: [\"node\", \"/e2e/fake_llm.mjs\", \"--host\", \"0.0.0.0\", \"--port\", \"9000\"]
+    volumes:
+      - ./frontend/e2e:/e2e:ro
+  backend:
+    environment:
+      LLM_API_BASE: http://fake-llm:9000/v1
+";
+
+/// Starts the stack in `server` from the images already built, checks `/api/health` and
+/// the page through nginx, runs the browser test (frontend/e2e/chat.e2e.mjs) against it,
+/// and stops it. Screenshots go to target/test-artifacts/offline-app/.
+fn run_stack_and_browse(sh: &xshell::Shell, server: &Utf8Path) -> anyhow::Result<()> {
+    let root = repo_root();
+    let frontend = root.join("frontend");
+    ensure!(
+        frontend.join("node_modules/playwright-core").is_dir(),
+        "the browser test needs frontend/node_modules (playwright-core): run `npm ci` in \
+         {frontend} first (scripts/test.sh does)"
+    );
+    std::fs::write(server.join("compose.e2e.yml"), E2E_OVERRIDE)?;
+    let files = ["-f", "docker-compose.yml", "-f", "compose.e2e.yml"];
+    let port = free_port()?.to_string();
+    let shots = root.join("target/test-artifacts/offline-app");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots)?;
+    let up = cmd!(
+        sh,
+        "docker compose {files...} up -d --wait --wait-timeout 120"
+    )
+    .env("HTTP_PORT", &port)
+    .ignore_status()
+    .output()?;
+    let address = format!("127.0.0.1:{port}");
+    let health = support::http_get(&address, "/api/health");
+    let page = support::http_get(&address, "/");
+    let browser = if up.status.success() {
+        let base = format!("http://{address}");
+        let _cd = sh.push_dir(&frontend);
+        Some(
+            cmd!(
+                sh,
+                "node e2e/chat.e2e.mjs --base-url {base} --screenshot-dir {shots}"
+            )
+            .ignore_status()
+            .output()?,
+        )
+    } else {
+        None
+    };
+    let logs = cmd!(sh, "docker compose {files...} logs --no-color")
+        .ignore_status()
+        .read()
+        .unwrap_or_default();
+    cmd!(sh, "docker compose {files...} down --volumes")
+        .env("HTTP_PORT", &port)
+        .ignore_status()
+        .quiet()
+        .run()?;
+    ensure!(
+        up.status.success(),
+        "compose up failed: {}\n{logs}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let health = health?;
+    ensure!(
+        health.contains("200 OK") && health.contains(r#""status":"ok""#),
+        "{health}\n{logs}"
+    );
+    ensure!(
+        page?.contains("200 OK"),
+        "the frontend's page was not served\n{logs}"
+    );
+    let browser = browser.context("no browser run")?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&browser.stdout),
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    ensure!(
+        browser.status.success(),
+        "the browser test failed on the cache-built stack:\n{said}\n{logs}"
+    );
+    ensure!(
+        shots.join("desktop-chat.png").is_file(),
+        "no screenshot in {shots}:\n{said}"
+    );
+    eprintln!("browser test on the cache-built stack passed; screenshots in {shots}");
+    Ok(())
 }
 
 #[test]
@@ -203,6 +301,11 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         "the frontend code did not rebuild:\n{log}"
     );
 
+    // The images this build made from the bundle's cache (zstd layers, recompressed) are
+    // the ones that run: the stack answers through nginx, and a real browser registers,
+    // logs in and chats with a fake LLM that runs on the same offline engine.
+    run_stack_and_browse(&sh, &server)?;
+
     let out = cmd!(sh, "docker compose --progress plain build --no-cache")
         .ignore_status()
         .output()?;
@@ -210,37 +313,6 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         out.status.success(),
         "the offline --no-cache build failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
-    );
-
-    let port = free_port()?.to_string();
-    let up = cmd!(sh, "docker compose up -d --wait --wait-timeout 120")
-        .env("HTTP_PORT", &port)
-        .ignore_status()
-        .output()?;
-    let health = support::http_get(&format!("127.0.0.1:{port}"), "/api/health");
-    let page = support::http_get(&format!("127.0.0.1:{port}"), "/");
-    let logs = cmd!(sh, "docker compose logs --no-color")
-        .ignore_status()
-        .read()
-        .unwrap_or_default();
-    cmd!(sh, "docker compose down --volumes")
-        .env("HTTP_PORT", &port)
-        .ignore_status()
-        .quiet()
-        .run()?;
-    ensure!(
-        up.status.success(),
-        "compose up failed: {}\n{logs}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let health = health?;
-    ensure!(
-        health.contains("200 OK") && health.contains(r#""status":"ok""#),
-        "{health}\n{logs}"
-    );
-    ensure!(
-        page?.contains("200 OK"),
-        "the frontend's page was not served\n{logs}"
     );
 
     // A pin the wheelhouse lacks: cache-status names it before the build; the build fails
