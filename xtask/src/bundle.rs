@@ -15,7 +15,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::manifest::{
-    is_safe_relative_path, FileEntry, Manifest, MANIFEST_FILE, SUMS_FILE,
+    escape, is_safe_relative_path, FileEntry, Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES,
+    SUMS_FILE,
 };
 
 pub const BUFFER: usize = 1 << 20;
@@ -74,14 +75,57 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Size and sha256 of a file, streaming.
+/// Opens a file of a bundle for reading: a symlink in its last component is not followed,
+/// a FIFO does not block, and anything but a regular file is refused.
+pub fn open_regular(path: &Utf8Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other(
+                "it is a symlink, and a bundle holds regular files only (not followed)",
+            ),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "it is not a regular file (a FIFO, a device or a folder), and a bundle holds \
+             regular files only",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a whole file of a bundle ([`open_regular`]), refusing one larger than `cap`
+/// before reading it.
+pub fn read_capped(path: &Utf8Path, cap: usize) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let size = file.metadata()?.len();
+    if size > cap as u64 {
+        return Err(io::Error::other(format!(
+            "it is {size} bytes, more than the {cap} it may have"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(cap as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > cap {
+        return Err(io::Error::other(format!(
+            "it grew to more than the {cap} bytes it may have"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Size and sha256 of a file of a bundle ([`open_regular`]), streaming.
 pub fn hash_file(path: &Utf8Path) -> io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
+    let mut file = open_regular(path)?;
     let mut hasher = Sha256::new();
     let size = file.metadata()?.len();
     if size < 4 * BUFFER as u64 {
         let mut buf = Vec::with_capacity(size as usize);
-        file.read_to_end(&mut buf)?;
+        (&mut file).take(4 * BUFFER as u64).read_to_end(&mut buf)?;
         hasher.update(&buf);
         return Ok((buf.len() as u64, hex(&hasher.finalize())));
     }
@@ -362,23 +406,92 @@ impl Verification {
 
 /// Reads the bundle's manifest, checks that SHA256SUMS agrees with it.
 pub fn read_manifest(dir: &Utf8Path) -> anyhow::Result<Manifest> {
+    Ok(read_checked_manifest(dir, None)?.0)
+}
+
+/// The bundle's digest: the sha256 of its `SHA256SUMS`, which lists every file of the
+/// bundle, `manifest.yaml` included.
+pub fn bundle_digest(sums: &[u8]) -> String {
+    hex(&Sha256::digest(sums))
+}
+
+/// A digest as the user gave it (`sha256:` prefix optional, any case), or why not.
+pub fn parse_digest(text: &str) -> anyhow::Result<String> {
+    let hex = text.trim();
+    let hex = hex
+        .strip_prefix("sha256:")
+        .unwrap_or(hex)
+        .to_ascii_lowercase();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "{:?} is not a bundle digest (64 hex digits, as cache-export prints it)",
+            crate::model::manifest::clip(text)
+        );
+    }
+    Ok(hex)
+}
+
+/// Reads the bundle's manifest and checks it, before anything else of the bundle is read:
+/// `SHA256SUMS` (no symlink, no FIFO, at most 16 MiB) has the digest `expect` when one is
+/// given, it lists `manifest.yaml` with the digest of the bytes read, and it agrees with
+/// the manifest's file list. Returns the manifest and the bundle's digest.
+pub fn read_checked_manifest(
+    dir: &Utf8Path,
+    expect: Option<&str>,
+) -> anyhow::Result<(Manifest, String)> {
     let path = dir.join(MANIFEST_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-            "{dir} holds no bundle ({MANIFEST_FILE} is missing): run `cargo xtask cache-export` \
-             there, or copy the whole folder again if an export or a copy was interrupted"
-        ),
-        Err(e) => return Err(e).with_context(|| format!("reading {path}")),
-    };
-    let manifest = Manifest::from_yaml(&text).with_context(|| format!("reading {path}"))?;
+    if let Err(e) = std::fs::symlink_metadata(&path) {
+        if e.kind() == io::ErrorKind::NotFound {
+            bail!(
+                "{dir} holds no bundle ({MANIFEST_FILE} is missing): run `cargo xtask cache-export` \
+                 there, or copy the whole folder again if an export or a copy was interrupted"
+            );
+        }
+    }
     let sums_path = dir.join(SUMS_FILE);
-    let sums = std::fs::read_to_string(&sums_path)
-        .with_context(|| format!("reading {sums_path}: the bundle is incomplete; copy it again"))?;
-    manifest
-        .check_sums_agree(&sums)
+    let sums = read_capped(&sums_path, MAX_MANIFEST_BYTES).map_err(|e| {
+        anyhow::anyhow!(
+            "reading {sums_path}: {e}: the bundle is incomplete or altered; copy it again"
+        )
+    })?;
+    let digest = bundle_digest(&sums);
+    if let Some(expect) = expect {
+        if digest != expect {
+            bail!(
+                "the bundle in {dir} has the digest sha256:{digest}, not the sha256:{expect} \
+                 expected: it is not the bundle that was exported (damaged, or altered on \
+                 the way); nothing was read from it but SHA256SUMS. Do not import it: copy \
+                 it again from the export machine"
+            );
+        }
+    }
+    let sums = String::from_utf8(sums).map_err(|_| {
+        anyhow::anyhow!("reading {sums_path}: it is not text; copy the bundle again")
+    })?;
+    let text = read_capped(&path, MAX_MANIFEST_BYTES)
+        .map_err(|e| anyhow::anyhow!("reading {path}: {e}; copy the whole folder again"))?;
+    let manifest_sha256 = hex(&Sha256::digest(&text));
+    let mut listed = crate::model::manifest::parse_sha256sums(&sums)
         .with_context(|| format!("checking {sums_path}"))?;
-    Ok(manifest)
+    crate::model::manifest::check_manifest_listed(&mut listed, &manifest_sha256)
+        .with_context(|| format!("checking {path} against {sums_path}"))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| anyhow::anyhow!("reading {path}: it is not UTF-8 text"))?;
+    let manifest = Manifest::from_yaml(&text).with_context(|| format!("reading {path}"))?;
+    manifest
+        .check_sums_agree(&sums, &manifest_sha256)
+        .with_context(|| format!("checking {sums_path}"))?;
+    Ok((manifest, digest))
+}
+
+/// Writes the bundle's `SHA256SUMS` and `manifest.yaml` (last: until it is there, the
+/// folder holds no bundle); returns the bundle's digest.
+pub fn write_manifest(out: &Utf8Path, manifest: &Manifest) -> anyhow::Result<String> {
+    let yaml = manifest.to_yaml();
+    let sums = manifest.sha256sums(&hex(&Sha256::digest(yaml.as_bytes())));
+    write_atomic(&out.join(SUMS_FILE), sums.as_bytes())?;
+    write_atomic(&out.join(MANIFEST_FILE), yaml.as_bytes())?;
+    Ok(bundle_digest(sums.as_bytes()))
 }
 
 /// Checks every file of the bundle against the manifest.
@@ -426,7 +539,7 @@ pub fn verify(
                 error: e.to_string(),
             }),
             Ok((size, digest)) => {
-                report.bytes += size;
+                report.bytes = report.bytes.saturating_add(size);
                 if size != entry.size {
                     report.problems.push(FileProblem::Size {
                         path: entry.path.clone(),
@@ -527,12 +640,13 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Files named in `later` are left for the caller, which verifies them as it streams them.
 pub fn verify_bundle(
     dir: &Utf8Path,
+    manifest: &Manifest,
     print: bool,
     later: &[String],
 ) -> anyhow::Result<Verification> {
-    let mut manifest = read_manifest(dir)?;
+    let mut manifest = manifest.clone();
     manifest.files.retain(|f| !later.contains(&f.path));
-    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+    let total = manifest.total_size();
     eprintln!(
         "   Verifying {} files ({}) in {dir}",
         manifest.files.len(),
@@ -541,7 +655,10 @@ pub fn verify_bundle(
     let mut report = verify(dir, &manifest, &|_, _| {})?;
     report.unlisted.retain(|f| !later.contains(f));
     for file in &report.unlisted {
-        eprintln!("warning: {file} is in the bundle folder but not in its manifest; it is ignored");
+        eprintln!(
+            "warning: {} is in the bundle folder but not in its manifest; it is ignored",
+            escape(file)
+        );
     }
     if print || !report.ok() {
         for problem in &report.problems {

@@ -40,6 +40,10 @@ pub struct Args {
     /// With --extract-node-modules: replace an existing node_modules (swapped in whole)
     #[arg(long, requires = "extract_node_modules")]
     pub force: bool,
+    /// Refuse the bundle unless its digest (printed by cache-export) is this one; checked
+    /// before anything else of the bundle is read
+    #[arg(long, value_name = "SHA256")]
+    pub expect_digest: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -50,6 +54,7 @@ struct Summary {
     images_loaded: Vec<String>,
     images_present: Vec<String>,
     build_caches: Vec<String>,
+    digest: String,
     npm_images: Vec<String>,
     npm_merged_into: Vec<String>,
     seconds: f64,
@@ -59,10 +64,16 @@ impl Args {
     pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let dir = self.bundle.dir(sh, project)?;
+        let expect = self
+            .expect_digest
+            .as_deref()
+            .map(bundle::parse_digest)
+            .transpose()?;
         let _lock = BundleLock::acquire(&dir, "cache-import")?;
         let docker = Docker::new(sh);
         let engine = docker.probe()?;
-        let manifest = bundle::read_manifest(&dir)?;
+        let (manifest, digest) = bundle::read_checked_manifest(&dir, expect.as_deref())?;
+        eprintln!("      Digest sha256:{digest}");
         let mut present = Vec::new();
         let mut to_load = Vec::new();
         for image in &manifest.images {
@@ -83,7 +94,7 @@ impl Args {
             Some(layout) => layout.entries.iter().map(|e| e.path.clone()).collect(),
             None => archive.iter().map(|a| a.path.clone()).collect(),
         };
-        let report = bundle::verify_bundle(&dir, true, &streamed)?;
+        let report = bundle::verify_bundle(&dir, &manifest, true, &streamed)?;
         if !report.ok() {
             bail!("nothing was imported from {dir}: it does not verify (files named above)");
         }
@@ -132,6 +143,7 @@ impl Args {
                 images_loaded: to_load,
                 images_present: present,
                 build_caches,
+                digest: format!("sha256:{digest}"),
                 npm_images,
                 npm_merged_into: npm_merged,
                 seconds: secs,

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use xshell::Shell;
 
-use crate::bundle::verify_bundle;
+use crate::bundle::{self, verify_bundle};
 use crate::bundle_arg::BundleArg;
 use crate::project::ProjectArgs;
 
@@ -17,14 +17,26 @@ pub struct Args {
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
+    /// Refuse the bundle unless its digest (printed by cache-export) is this one
+    #[arg(long, value_name = "SHA256")]
+    pub expect_digest: Option<String>,
 }
 
 impl Args {
     pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let dir = self.bundle.dir(sh, project)?;
-        let report = verify_bundle(&dir, !self.json, &[])?;
+        let expect = self
+            .expect_digest
+            .as_deref()
+            .map(bundle::parse_digest)
+            .transpose()?;
+        let (manifest, digest) = bundle::read_checked_manifest(&dir, expect.as_deref())?;
+        let report = verify_bundle(&dir, &manifest, !self.json, &[])?;
+        eprintln!("      Digest sha256:{digest}");
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            let mut value = serde_json::to_value(&report)?;
+            value["digest"] = serde_json::Value::String(format!("sha256:{digest}"));
+            println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Ok(if report.ok() {
             ExitCode::SUCCESS

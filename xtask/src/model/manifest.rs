@@ -192,14 +192,27 @@ impl Manifest {
         )
     }
 
-    /// Reads a manifest; a newer format version is refused with what to do.
+    /// Reads a manifest; a newer format version is refused with what to do. The text is
+    /// hostile: its size and nesting are bounded before the YAML parser sees it (whose
+    /// time grows with the square of the nesting depth), and no error quotes it at length.
     pub fn from_yaml(text: &str) -> anyhow::Result<Manifest> {
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
         }
-        let version: Version = serde_yaml::from_str(text)
-            .context("manifest.yaml is not a bundle manifest (no format_version)")?;
+        check_shape(text)?;
+        let version: Version = serde_yaml::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "manifest.yaml is not a bundle manifest (no format_version): {}",
+                clip(&e.to_string())
+            )
+        })?;
+        if version.format_version == 0 {
+            bail!(
+                "manifest.yaml has format version 0, which no cache-export writes; this \
+                 bundle was not written by cache-export: do not import it"
+            );
+        }
         if version.format_version > MAX_FORMAT_VERSION {
             bail!(
                 "manifest.yaml has format version {}, this xtask reads up to {MAX_FORMAT_VERSION}; \
@@ -207,10 +220,34 @@ impl Manifest {
                 version.format_version
             );
         }
-        let manifest: Manifest =
-            serde_yaml::from_str(text).context("manifest.yaml is malformed")?;
+        let manifest: Manifest = serde_yaml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("manifest.yaml is malformed: {}", clip(&e.to_string())))?;
         manifest.check_paths()?;
+        manifest.check_sizes()?;
         Ok(manifest)
+    }
+
+    /// The sum of every file's size fits in 64 bits, so that no sum of some of them
+    /// overflows either.
+    fn check_sizes(&self) -> anyhow::Result<()> {
+        let mut total: u64 = 0;
+        for file in &self.files {
+            total = total.checked_add(file.size).with_context(|| {
+                format!(
+                    "manifest.yaml: the sizes of its files add up to more than 2^64 bytes \
+                     (at {}); this bundle was not written by cache-export: do not import it",
+                    escape(&file.path)
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The sum of every file's size (checked at read: it fits).
+    pub fn total_size(&self) -> u64 {
+        self.files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
     }
 
     /// Every folder a service entry names must stay inside the bundle: the checksums cover
@@ -233,7 +270,24 @@ impl Manifest {
                 }
             }
         }
+        for file in &self.files {
+            if [MANIFEST_FILE, SUMS_FILE].contains(&file.path.as_str()) {
+                bail!(
+                    "manifest.yaml: it lists {} among its files; this bundle was not \
+                     written by cache-export: do not import it",
+                    file.path
+                );
+            }
+        }
         for service in &self.services {
+            if !is_compose_service_name(&service.name) {
+                bail!(
+                    "manifest.yaml: the service name {} is not one compose accepts \
+                     (letters, digits, '_', '.', '-', starting with a letter or digit); this \
+                     bundle was not written by cache-export: do not import it",
+                    clip(&format!("{:?}", service.name))
+                );
+            }
             let named = [
                 ("build_cache", service.build_cache.as_ref()),
                 ("wheelhouse", service.wheelhouse.as_ref()),
@@ -246,7 +300,7 @@ impl Manifest {
                 service
                     .contexts
                     .iter()
-                    .map(|(name, value)| (format!("contexts.{name}"), value)),
+                    .map(|(name, value)| (format!("contexts.{}", escape(name)), value)),
             );
             if let Some(libc) = &service.npm_libc {
                 if !matches!(libc.as_str(), "glibc" | "musl") {
@@ -289,19 +343,28 @@ impl Manifest {
         Ok(())
     }
 
-    /// `SHA256SUMS` text: `<hex>  <path>` lines, sorted by path.
-    pub fn sha256sums(&self) -> String {
-        let mut files: Vec<&FileEntry> = self.files.iter().collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
+    /// `SHA256SUMS` text: `<hex>  <path>` lines, sorted by path, for every file of the
+    /// bundle, `manifest.yaml` (whose sha256 is `manifest_sha256`) included: the digest of
+    /// this text is the bundle's digest, which covers every byte the tool reads.
+    pub fn sha256sums(&self, manifest_sha256: &str) -> String {
+        let mut files: Vec<(&str, &str)> = self
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.sha256.as_str()))
+            .chain([(MANIFEST_FILE, manifest_sha256)])
+            .collect();
+        files.sort();
         files
             .iter()
-            .map(|f| format!("{}  {}\n", f.sha256, f.path))
+            .map(|(path, sha256)| format!("{sha256}  {path}\n"))
             .collect()
     }
 
-    /// Checks that `SHA256SUMS` lists exactly the manifest's files with the same digests.
-    pub fn check_sums_agree(&self, sums: &str) -> anyhow::Result<()> {
-        let listed = parse_sha256sums(sums)?;
+    /// Checks that `SHA256SUMS` lists exactly the manifest's files with the same digests,
+    /// and `manifest.yaml` itself with `manifest_sha256`, the digest of the text read.
+    pub fn check_sums_agree(&self, sums: &str, manifest_sha256: &str) -> anyhow::Result<()> {
+        let mut listed = parse_sha256sums(sums)?;
+        check_manifest_listed(&mut listed, manifest_sha256)?;
         let ours: BTreeMap<&str, &str> = self
             .files
             .iter()
@@ -309,17 +372,27 @@ impl Manifest {
             .collect();
         let mut problems = Vec::new();
         for (path, digest) in &listed {
+            let path_shown = escape(path);
             match ours.get(path.as_str()) {
-                None => problems.push(format!("{path} is in SHA256SUMS but not in manifest.yaml")),
+                None => problems.push(format!(
+                    "{path_shown} is in SHA256SUMS but not in manifest.yaml"
+                )),
                 Some(d) if *d != digest => problems.push(format!(
-                    "{path}: SHA256SUMS says {digest}, manifest.yaml says {d}"
+                    "{path_shown}: SHA256SUMS says {digest}, manifest.yaml says {}",
+                    escape(d)
                 )),
                 Some(_) => {}
             }
+            if problems.len() >= 20 {
+                break;
+            }
         }
         for path in ours.keys() {
-            if !listed.contains_key(*path) {
-                problems.push(format!("{path} is in manifest.yaml but not in SHA256SUMS"));
+            if !listed.contains_key(*path) && problems.len() < 40 {
+                problems.push(format!(
+                    "{} is in manifest.yaml but not in SHA256SUMS",
+                    escape(path)
+                ));
             }
         }
         if !problems.is_empty() {
@@ -330,6 +403,147 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Takes `manifest.yaml`'s line out of `listed`, refusing when it is missing or when its
+/// digest is not `manifest_sha256`.
+pub fn check_manifest_listed(
+    listed: &mut BTreeMap<String, String>,
+    manifest_sha256: &str,
+) -> anyhow::Result<()> {
+    match listed.remove(MANIFEST_FILE) {
+        None => bail!(
+            "SHA256SUMS does not list manifest.yaml, so nothing proves the manifest is the \
+             one exported: this bundle was written by an older xtask, or altered; export it \
+             again with this repository's xtask"
+        ),
+        Some(digest) if digest != manifest_sha256 => bail!(
+            "manifest.yaml: sha256 {manifest_sha256}, SHA256SUMS says {digest}: the manifest \
+             was changed after the export (or damaged); do not import this bundle: copy it \
+             again, or export it again"
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The most `manifest.yaml` may hold (and `SHA256SUMS`): both are read whole.
+pub const MAX_MANIFEST_BYTES: usize = 16 << 20;
+/// The deepest flow nesting (`[`, `{`) and block indentation a manifest may have; what
+/// cache-export writes stays below 8 and 16.
+pub const MAX_NESTING: usize = 32;
+pub const MAX_INDENT: usize = 128;
+
+/// Bounds a manifest's size and nesting with one cheap pass, before the YAML parser.
+/// Brackets inside quoted scalars do not count; inside block scalars they do (a manifest
+/// never has that many), which errs on the side of refusing.
+pub fn check_shape(text: &str) -> anyhow::Result<()> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        bail!(
+            "manifest.yaml is {} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may \
+             have; this bundle was not written by cache-export: do not import it",
+            text.len()
+        );
+    }
+    let too_deep = |line: usize| {
+        anyhow::anyhow!(
+            "manifest.yaml line {line}: nested deeper than a manifest is (more than \
+             {MAX_NESTING} levels, or indented more than {MAX_INDENT} columns); this bundle \
+             was not written by cache-export: do not import it"
+        )
+    };
+    let bytes = text.as_bytes();
+    let (mut depth, mut line, mut i) = (0usize, 1usize, 0usize);
+    let mut at_line_start = true;
+    let mut previous = b'\n';
+    while i < bytes.len() {
+        let b = bytes[i];
+        if at_line_start {
+            // Indentation, and block sequence markers (`- - - x`) on one line.
+            let mut indent = 0;
+            while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'-' | b'?' | b':') {
+                indent += 1;
+                i += 1;
+            }
+            if indent > MAX_INDENT {
+                return Err(too_deep(line));
+            }
+            at_line_start = false;
+            previous = b' ';
+            continue;
+        }
+        match b {
+            b'\n' => {
+                line += 1;
+                at_line_start = true;
+            }
+            b'#' if previous.is_ascii_whitespace() => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"' if matches!(previous, b' ' | b'\t' | b'[' | b'{' | b',' | b':') => {
+                // A quoted scalar: skip to its end (`''` and `\"` escape).
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\n' => line += 1,
+                        b'\\' if b == b'"' => i += 1,
+                        q if q == b && b == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                        q if q == b => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(too_deep(line));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = b;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// `text` with control characters (terminal escape codes among them) and backslashes
+/// escaped, as Rust writes them: safe to print on a terminal.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() || c == '\\' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// [`escape`]d and cut to 200 characters: for quoting hostile text in an error.
+pub fn clip(text: &str) -> String {
+    let escaped = escape(text);
+    match escaped.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &escaped[..at]),
+        None => escaped,
+    }
+}
+
+/// A service name compose accepts: `^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`.
+pub fn is_compose_service_name(name: &str) -> bool {
+    name.len() <= 255
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Parses `sha256sum` output (text or binary mode marker).
@@ -346,12 +560,13 @@ pub fn parse_sha256sums(text: &str) -> anyhow::Result<BTreeMap<String, String>> 
         });
         let Some((digest, path)) = parsed else {
             bail!(
-                "SHA256SUMS line {} is not `<sha256>  <path>`: {line:?}",
-                n + 1
+                "SHA256SUMS line {} is not `<sha256>  <path>`: {}",
+                n + 1,
+                clip(&format!("{line:?}"))
             );
         };
         if out.insert(path.clone(), digest).is_some() {
-            bail!("SHA256SUMS lists {path} twice");
+            bail!("SHA256SUMS lists {} twice", escape(&path));
         }
     }
     Ok(out)
@@ -459,41 +674,76 @@ mod tests {
         assert!(Manifest::from_yaml("").is_err());
     }
 
+    const M: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+
     #[test]
     fn sums_agree_with_their_manifest() {
         let m = sample();
-        let sums = m.sha256sums();
+        let sums = m.sha256sums(M);
         assert_eq!(
             sums,
             format!(
-                "{}  base-images.tar\n{}  build-cache/backend/index.json\n",
+                "{}  base-images.tar\n{}  build-cache/backend/index.json\n{M}  manifest.yaml\n",
                 "a".repeat(64),
                 "b".repeat(64)
             )
         );
-        m.check_sums_agree(&sums).unwrap();
+        m.check_sums_agree(&sums, M).unwrap();
     }
 
     #[test]
     fn sums_that_disagree_are_named() {
         let m = sample();
         let check = |sums: String, expected: &str| {
-            let err = format!("{:#}", m.check_sums_agree(&sums).unwrap_err());
+            let err = format!("{:#}", m.check_sums_agree(&sums, M).unwrap_err());
             assert!(err.contains(expected), "{err}");
         };
         check(
-            m.sha256sums().replace(&"a".repeat(64), &"c".repeat(64)),
+            m.sha256sums(M).replace(&"a".repeat(64), &"c".repeat(64)),
             "base-images.tar: SHA256SUMS says ccc",
         );
         check(
-            m.sha256sums().lines().next().unwrap().to_string(),
+            m.sha256sums(M)
+                .lines()
+                .filter(|l| !l.ends_with("index.json"))
+                .map(|l| format!("{l}\n"))
+                .collect(),
             "build-cache/backend/index.json is in manifest.yaml but not in SHA256SUMS",
         );
         check(
-            format!("{}{}  extra\n", m.sha256sums(), "d".repeat(64)),
+            format!("{}{}  extra\n", m.sha256sums(M), "d".repeat(64)),
             "extra is in SHA256SUMS but not in manifest.yaml",
         );
         check("garbage\n".into(), "line 1");
+    }
+
+    /// Issue 15, point 1: SHA256SUMS covers manifest.yaml, so an edited manifest with the
+    /// SHA256SUMS of the export is refused (and one written before that rule too).
+    #[test]
+    fn sums_cover_the_manifest_itself() {
+        let m = sample();
+        let err = format!(
+            "{:#}",
+            m.check_sums_agree(&m.sha256sums(M), &"f".repeat(64))
+                .unwrap_err()
+        );
+        assert!(err.contains("manifest.yaml: sha256 fff"), "{err}");
+        assert!(err.contains("changed after the export"), "{err}");
+        let old_style: String = m
+            .sha256sums(M)
+            .lines()
+            .filter(|l| !l.ends_with("manifest.yaml"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let err = format!("{:#}", m.check_sums_agree(&old_style, M).unwrap_err());
+        assert!(err.contains("does not list manifest.yaml"), "{err}");
+        // The manifest cannot list itself or SHA256SUMS among its files.
+        for name in [MANIFEST_FILE, SUMS_FILE] {
+            let mut bad = sample();
+            bad.files[0].path = name.into();
+            let err = format!("{:#}", Manifest::from_yaml(&bad.to_yaml()).unwrap_err());
+            assert!(err.contains("among its files"), "{err}");
+        }
     }
 
     #[test]

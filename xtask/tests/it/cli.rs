@@ -318,6 +318,7 @@ fn verify_names_each_bad_file_without_docker() {
         ));
         sums.push_str(&format!("{}  {path}\n", sha(bytes)));
     }
+    sums.push_str(&format!("{}  manifest.yaml\n", sha(manifest.as_bytes())));
     std::fs::write(bundle.join("manifest.yaml"), &manifest).unwrap();
     std::fs::write(bundle.join("SHA256SUMS"), &sums).unwrap();
     let ok = xtask(&root, &["cache-verify"]);
@@ -349,9 +350,11 @@ fn verify_names_each_bad_file_without_docker() {
     assert_eq!(report["problems"].as_array().unwrap().len(), 2);
 
     // A future format is refused with what to do.
+    let future_manifest = manifest.replace("format_version: 1", "format_version: 7");
+    std::fs::write(bundle.join("manifest.yaml"), &future_manifest).unwrap();
     std::fs::write(
-        bundle.join("manifest.yaml"),
-        manifest.replace("format_version: 1", "format_version: 7"),
+        bundle.join("SHA256SUMS"),
+        sums.replace(&sha(manifest.as_bytes()), &sha(future_manifest.as_bytes())),
     )
     .unwrap();
     let future = xtask(&root, &["cache-verify"]);
@@ -363,7 +366,8 @@ fn verify_names_each_bad_file_without_docker() {
     );
     // SHA256SUMS that disagrees with the manifest.
     std::fs::write(bundle.join("manifest.yaml"), &manifest).unwrap();
-    std::fs::write(bundle.join("SHA256SUMS"), sums.lines().next().unwrap()).unwrap();
+    let fewer: String = sums.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(bundle.join("SHA256SUMS"), fewer).unwrap();
     let disagree = xtask(&root, &["cache-verify"]);
     assert_eq!(disagree.code, 1);
     assert!(disagree.stderr.contains("disagree"), "{}", disagree.stderr);

@@ -154,11 +154,25 @@ fn manifest_text(files: &[(String, u64, String)]) -> String {
     text
 }
 
-fn sums_text(files: &[(String, u64, String)]) -> String {
-    files
+/// `SHA256SUMS` for `files` and the manifest text `manifest`, as cache-export writes it:
+/// every file, `manifest.yaml` included, sorted by path.
+fn sums_text(files: &[(String, u64, String)], manifest: &str) -> String {
+    let mut lines: Vec<(String, String)> = files
         .iter()
-        .map(|(path, _, digest)| format!("{digest}  {path}\n"))
+        .map(|(path, _, digest)| (path.clone(), digest.clone()))
+        .chain([("manifest.yaml".to_string(), sha256(manifest.as_bytes()))])
+        .collect();
+    lines.sort();
+    lines
+        .iter()
+        .map(|(path, digest)| format!("{digest}  {path}\n"))
         .collect()
+}
+
+/// Writes `manifest` and its `SHA256SUMS` (as an attacker who rewrites both would).
+fn write_lists(bundle: &Utf8Path, files: &[(String, u64, String)], manifest: &str) {
+    std::fs::write(bundle.join("manifest.yaml"), manifest).unwrap();
+    std::fs::write(bundle.join("SHA256SUMS"), sums_text(files, manifest)).unwrap();
 }
 
 /// A project folder (compose.yaml) with a complete synthetic bundle in
@@ -176,8 +190,7 @@ fn synthetic_bundle() -> (Scratch, Vec<(String, u64, String)>) {
         listed.push((path, bytes.len() as u64, sha256(&bytes)));
     }
     listed.sort();
-    std::fs::write(bundle.join("manifest.yaml"), manifest_text(&listed)).unwrap();
-    std::fs::write(bundle.join("SHA256SUMS"), sums_text(&listed)).unwrap();
+    write_lists(&bundle, &listed, &manifest_text(&listed));
     (scratch, listed)
 }
 
@@ -273,7 +286,9 @@ fn a_truncated_or_missing_file_is_named() {
 
 #[test]
 fn a_bad_manifest_is_refused_with_what_to_do() {
-    let check = |manifest: Option<&str>, sums: Option<&str>, expected: &[&str]| {
+    // `sums: None` removes SHA256SUMS; `Some(None)`… : a manifest with the SHA256SUMS that
+    // lists its own digest (damage or an edit that rewrote both), or the given text.
+    let check = |manifest: Option<&str>, sums: Option<Option<&str>>, expected: &[&str]| {
         let (scratch, listed) = synthetic_bundle();
         let bundle = scratch.path().join("docker-build-cache");
         match manifest {
@@ -281,7 +296,12 @@ fn a_bad_manifest_is_refused_with_what_to_do() {
             None => std::fs::remove_file(bundle.join("manifest.yaml")).unwrap(),
         }
         match sums {
-            Some(text) => std::fs::write(bundle.join("SHA256SUMS"), text).unwrap(),
+            Some(Some(text)) => std::fs::write(bundle.join("SHA256SUMS"), text).unwrap(),
+            Some(None) => std::fs::write(
+                bundle.join("SHA256SUMS"),
+                sums_text(&listed, manifest.unwrap_or("")),
+            )
+            .unwrap(),
             None => std::fs::remove_file(bundle.join("SHA256SUMS")).unwrap(),
         }
         let run = xtask(scratch.path(), &["cache-verify"]);
@@ -294,70 +314,127 @@ fn a_bad_manifest_is_refused_with_what_to_do() {
                 run.stderr
             );
         }
-        drop(listed);
     };
     let (_s, listed) = synthetic_bundle();
     let good = manifest_text(&listed);
-    let sums = sums_text(&listed);
+    let sums = sums_text(&listed, &good);
     // Malformed: not YAML, not a manifest, a field of the wrong type, empty.
-    check(
-        Some("format_version: [1\n"),
-        Some(&sums),
-        &["manifest.yaml"],
-    );
+    check(Some("format_version: [1\n"), Some(None), &["manifest.yaml"]);
     check(
         Some("- a list\n"),
-        Some(&sums),
+        Some(None),
         &["manifest.yaml", "not a bundle manifest"],
     );
     check(
         Some(&good.replace("size: ", "size: -")),
-        Some(&sums),
+        Some(None),
         &["manifest.yaml is malformed"],
     );
-    check(Some(""), Some(&sums), &["manifest.yaml"]);
+    check(Some(""), Some(None), &["manifest.yaml"]);
     check(
         None,
-        Some(&sums),
+        Some(Some(&sums)),
         &["manifest.yaml is missing", "copy the whole folder"],
     );
-    // From a future format version.
+    // From a future format version, or format 0.
     check(
         Some(&good.replace("format_version: 1", "format_version: 3")),
-        Some(&sums),
+        Some(None),
         &["format version 3", "update the repository"],
+    );
+    check(
+        Some(&good.replace("format_version: 1", "format_version: 0")),
+        Some(None),
+        &["format version 0", "do not import it"],
     );
     // SHA256SUMS that disagrees: a digest, a line too many, a line too few, garbage.
     let (first, _, digest) = &listed[0];
     check(
         Some(&good),
-        Some(&sums.replacen(digest.as_str(), &"0".repeat(64), 1)),
+        Some(Some(&sums.replacen(digest.as_str(), &"0".repeat(64), 1))),
         &["disagree", &format!("{first}: SHA256SUMS says 0000")],
     );
     check(
         Some(&good),
-        Some(&format!("{sums}{}  extra.bin\n", "1".repeat(64))),
+        Some(Some(&format!("{sums}{}  extra.bin\n", "1".repeat(64)))),
         &["extra.bin is in SHA256SUMS but not in manifest.yaml"],
     );
     check(
         Some(&good),
-        Some(
+        Some(Some(
             &sums
                 .lines()
-                .skip(1)
+                .filter(|l| !l.ends_with(first.as_str()))
                 .map(|l| format!("{l}\n"))
                 .collect::<String>(),
-        ),
+        )),
         &[&format!(
             "{first} is in manifest.yaml but not in SHA256SUMS"
         )],
     );
     check(
         Some(&good),
-        Some("not a sums file\n"),
+        Some(Some("not a sums file\n")),
         &["SHA256SUMS line 1"],
     );
     check(Some(&good), None, &["SHA256SUMS", "copy it again"]);
+}
+
+/// Issue 15, point 1: SHA256SUMS covers manifest.yaml, and `--expect-digest` covers
+/// SHA256SUMS: an edited manifest is refused with the export's SHA256SUMS, and a bundle
+/// whose lists were both rewritten is refused given the export's digest.
+#[test]
+fn an_edited_manifest_is_refused_and_the_digest_covers_everything() {
+    let (scratch, listed) = synthetic_bundle();
+    let bundle = scratch.path().join("docker-build-cache");
+    let good = manifest_text(&listed);
+    let digest = sha256(sums_text(&listed, &good).as_bytes());
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("Digest sha256:{digest}")),
+        "{}",
+        run.stderr
+    );
+    for expect in [digest.clone(), format!("sha256:{}", digest.to_uppercase())] {
+        let run = xtask(
+            scratch.path(),
+            &["cache-verify", "--expect-digest", &expect],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    // The attack of issue 15: a build context added to the manifest, SHA256SUMS as exported.
+    let edited = good.replace(
+        "services: []",
+        "services:\n- name: api\n  contexts: {'busybox:latest': pip-cache/api}",
+    );
+    std::fs::write(bundle.join("manifest.yaml"), &edited).unwrap();
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("manifest.yaml: sha256")
+            && run.stderr.contains("changed after the export"),
+        "{}",
+        run.stderr
+    );
+    // Both lists rewritten to agree: only the digest carried apart tells.
+    write_lists(&bundle, &listed, &edited);
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xtask(
+        scratch.path(),
+        &["cache-verify", "--expect-digest", &digest],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("not the sha256:{digest} expected")),
+        "{}",
+        run.stderr
+    );
+    let run = xtask(scratch.path(), &["cache-verify", "--expect-digest", "abc"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("not a bundle digest"), "{}", run.stderr);
 }
 
 #[test]
@@ -374,8 +451,7 @@ fn a_manifest_naming_paths_outside_the_bundle_is_refused_without_reading_them() 
         std::fs::write(scratch.path().join("outside"), b"secret").unwrap();
         listed.push((evil.to_string(), 6, sha256(b"secret")));
         let bundle = scratch.path().join("docker-build-cache");
-        std::fs::write(bundle.join("manifest.yaml"), manifest_text(&listed)).unwrap();
-        std::fs::write(bundle.join("SHA256SUMS"), sums_text(&listed)).unwrap();
+        write_lists(&bundle, &listed, &manifest_text(&listed));
         let run = xtask(scratch.path(), &["cache-verify"]);
         assert_eq!(run.code, 1, "{evil}: {}", run.stderr);
         assert!(
@@ -1086,11 +1162,14 @@ fn node_modules_round_trips_and_is_never_overwritten_without_force() -> anyhow::
     lines[at + 1] = format!("  size: {}", evil.len());
     lines[at + 2] = format!("  sha256: {digest}");
     std::fs::write(bundle.join("manifest.yaml"), lines.join("\n") + "\n")?;
+    let manifest_digest = sha256(&std::fs::read(bundle.join("manifest.yaml"))?);
     let sums: String = std::fs::read_to_string(bundle.join("SHA256SUMS"))?
         .lines()
         .map(|l| {
             if l.ends_with("  node_modules.tar.gz") {
                 format!("{digest}  node_modules.tar.gz\n")
+            } else if l.ends_with("  manifest.yaml") {
+                format!("{manifest_digest}  manifest.yaml\n")
             } else {
                 format!("{l}\n")
             }
