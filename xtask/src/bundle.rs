@@ -367,23 +367,46 @@ pub enum FileProblem {
     UnsafePath {
         path: String,
     },
+    /// A file the manifest does not list, in a folder handed to a build or merged into
+    /// the host's caches: it would reach them unchecked.
+    Unlisted {
+        path: String,
+        folder: String,
+    },
 }
 
 impl std::fmt::Display for FileProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let escaped = |path: &str| escape(path);
         match self {
-            FileProblem::Missing { path } => write!(f, "{path}: missing"),
+            FileProblem::Missing { path } => write!(f, "{}: missing", escaped(path)),
             FileProblem::Size { path, expected, actual, sha256 } => write!(
                 f,
-                "{path}: {actual} bytes, expected {expected} (truncated or grown; actual sha256 {sha256})"
+                "{}: {actual} bytes, expected {expected} (truncated or grown; actual sha256 {sha256})",
+                escaped(path)
             ),
-            FileProblem::Digest { path, expected, actual } => {
-                write!(f, "{path}: sha256 {actual}, expected {expected} (corrupted)")
+            FileProblem::Digest { path, expected, actual } => write!(
+                f,
+                "{}: sha256 {actual}, expected {} (corrupted)",
+                escaped(path),
+                escaped(expected)
+            ),
+            FileProblem::Unreadable { path, error } => {
+                write!(f, "{}: cannot be read: {error}", escaped(path))
             }
-            FileProblem::Unreadable { path, error } => write!(f, "{path}: cannot be read: {error}"),
-            FileProblem::UnsafePath { path } => {
-                write!(f, "{path}: the manifest names a path outside the bundle")
-            }
+            FileProblem::UnsafePath { path } => write!(
+                f,
+                "{}: the manifest names a path outside the bundle",
+                escaped(path)
+            ),
+            FileProblem::Unlisted { path, folder } => write!(
+                f,
+                "{}: not in the manifest, in {}/, which is handed to the builds (or merged \
+                 into ~/.npm); an unlisted file there would reach them unchecked: remove it, \
+                 or copy the bundle again",
+                escaped(path),
+                escaped(folder)
+            ),
         }
     }
 }
@@ -494,19 +517,22 @@ pub fn write_manifest(out: &Utf8Path, manifest: &Manifest) -> anyhow::Result<Str
     Ok(bundle_digest(sums.as_bytes()))
 }
 
-/// Checks every file of the bundle against the manifest.
+/// Checks every file of the bundle against the manifest, but those in `later` (which the
+/// caller checks as it streams them).
 pub fn verify(
     dir: &Utf8Path,
     manifest: &Manifest,
+    later: &[String],
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> anyhow::Result<Verification> {
     let start = std::time::Instant::now();
+    let checked = manifest.files.iter().filter(|f| !later.contains(&f.path));
     let mut report = Verification {
-        files: manifest.files.len(),
+        files: checked.clone().count(),
         ..Verification::default()
     };
     let mut to_hash: Vec<&FileEntry> = Vec::new();
-    for entry in &manifest.files {
+    for entry in checked {
         if !is_safe_relative_path(&entry.path) {
             report.problems.push(FileProblem::UnsafePath {
                 path: entry.path.clone(),
@@ -559,16 +585,53 @@ pub fn verify(
     }
     let listed: std::collections::BTreeSet<&str> =
         manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let handed = handed_folders(manifest);
     for file in list_files(dir)? {
-        let ours = [MANIFEST_FILE, SUMS_FILE];
+        let ours = [MANIFEST_FILE, SUMS_FILE, LEGACY_LOCK];
         let top_level_known = !file.contains('/')
             && (ours.contains(&file.as_str()) || REPOSITORY_FILES.contains(&file.as_str()));
-        if !listed.contains(file.as_str()) && !top_level_known && !file.starts_with(".") {
-            report.unlisted.push(file);
+        if listed.contains(file.as_str()) || top_level_known {
+            continue;
+        }
+        match handed
+            .iter()
+            .find(|folder| file.starts_with(&format!("{folder}/")))
+        {
+            Some(folder) => report.problems.push(FileProblem::Unlisted {
+                path: file,
+                folder: folder.to_string(),
+            }),
+            None => report.unlisted.push(file),
         }
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The lock file earlier versions left in the bundle folder (empty).
+const LEGACY_LOCK: &str = ".lock";
+
+/// The folders of the bundle that reach a build (BuildKit contexts and caches, read
+/// whole) or the host (merged into ~/.npm): every file in them must be listed.
+pub fn handed_folders(manifest: &Manifest) -> Vec<&str> {
+    let mut folders: Vec<&str> = manifest
+        .services
+        .iter()
+        .flat_map(|s| {
+            [
+                s.build_cache.as_deref(),
+                s.wheelhouse.as_deref(),
+                s.npm_cache.as_deref(),
+                s.npm_host_cache.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(s.contexts.values().map(String::as_str))
+        })
+        .collect();
+    folders.sort();
+    folders.dedup();
+    folders
 }
 
 /// Writes `contents` to `path` through a temporary file beside it and a rename.
@@ -644,16 +707,16 @@ pub fn verify_bundle(
     print: bool,
     later: &[String],
 ) -> anyhow::Result<Verification> {
-    let mut manifest = manifest.clone();
-    manifest.files.retain(|f| !later.contains(&f.path));
-    let total = manifest.total_size();
+    let (count, total) = manifest
+        .files
+        .iter()
+        .filter(|f| !later.contains(&f.path))
+        .fold((0, 0u64), |(n, sum), f| (n + 1, sum.saturating_add(f.size)));
     eprintln!(
-        "   Verifying {} files ({}) in {dir}",
-        manifest.files.len(),
+        "   Verifying {count} files ({}) in {dir}",
         human_bytes(total)
     );
-    let mut report = verify(dir, &manifest, &|_, _| {})?;
-    report.unlisted.retain(|f| !later.contains(f));
+    let report = verify(dir, manifest, later, &|_, _| {})?;
     for file in &report.unlisted {
         eprintln!(
             "warning: {} is in the bundle folder but not in its manifest; it is ignored",

@@ -489,6 +489,59 @@ fn a_file_the_manifest_does_not_list_is_a_warning() {
     );
 }
 
+/// Issue 15, point 2: only what the manifest lists reaches a build or the host. A file the
+/// manifest does not list, in a folder handed to BuildKit (wheelhouse, npm cache, build
+/// cache, contexts) or merged into ~/.npm, is an error; elsewhere (hidden top-level entries
+/// included) a warning. Names are printed escaped (point 8).
+#[test]
+fn an_unlisted_file_in_a_folder_handed_to_a_build_or_the_host_is_refused() {
+    let (scratch, listed) = synthetic_bundle();
+    let bundle = scratch.path().join("docker-build-cache");
+    let manifest = manifest_text(&listed).replace(
+        "services: []",
+        "services:\n- name: api\n  build_cache: build-cache/api\n  wheelhouse: pip-cache/api\n\
+         - name: web\n  npm_host_cache: npm-cache/web\n  contexts: {npm-cache: npm-cache/web}",
+    );
+    write_lists(&bundle, &listed, &manifest);
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for planted in [
+        "pip-cache/api/fastapi-0.1-py3-none-any.whl",
+        "npm-cache/web/_cacache/index-v5/aa/bb/poisoned",
+        "build-cache/api/blobs/sha256/planted",
+    ] {
+        let file = bundle.join(planted);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"planted").unwrap();
+        let run = xtask(scratch.path(), &["cache-verify"]);
+        assert_eq!(run.code, 1, "{planted}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("error: {planted}: not in the manifest")),
+            "{planted}: {}",
+            run.stderr
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+    // Elsewhere: a warning, hidden entries too, the name escaped.
+    for (planted, shown) in [
+        (".hidden", ".hidden"),
+        ("x\x1b]0;owned\x07.txt", "x\\u{1b}]0;owned\\u{7}.txt"),
+    ] {
+        std::fs::write(bundle.join(planted), b"?").unwrap();
+        let run = xtask(scratch.path(), &["cache-verify"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("warning: {shown} is in the bundle folder")),
+            "{planted}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains('\x1b'), "{}", run.stderr);
+        std::fs::remove_file(bundle.join(planted)).unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // With Docker: private engines and the busybox stand-in.
 
