@@ -542,6 +542,52 @@ fn an_unlisted_file_in_a_folder_handed_to_a_build_or_the_host_is_refused() {
     }
 }
 
+/// Issue 15, point 3: manifest.yaml and SHA256SUMS are read before any check, so they are
+/// opened without following a symlink, a FIFO does not block, anything but a regular file
+/// is refused, and their content is never printed. A FIFO used to hang for ever, a
+/// symlink to /etc/passwd printed it, one to /dev/zero read until memory ran out.
+#[test]
+fn manifest_or_sums_as_a_symlink_fifo_or_device_is_refused_without_reading_it() {
+    for name in ["manifest.yaml", "SHA256SUMS"] {
+        for kind in ["passwd", "zero", "fifo"] {
+            let (scratch, _) = synthetic_bundle();
+            let file = scratch.path().join("docker-build-cache").join(name);
+            std::fs::remove_file(&file).unwrap();
+            match kind {
+                "passwd" => std::os::unix::fs::symlink("/etc/passwd", &file).unwrap(),
+                "zero" => std::os::unix::fs::symlink("/dev/zero", &file).unwrap(),
+                _ => {
+                    let sh = Shell::new().unwrap();
+                    cmd!(sh, "mkfifo {file}").quiet().run().unwrap();
+                }
+            }
+            let started = std::time::Instant::now();
+            let sh = Shell::new().unwrap();
+            sh.change_dir(scratch.path());
+            let bin = env!("CARGO_BIN_EXE_xtask");
+            let out = cmd!(sh, "timeout 20 {bin} cache-verify")
+                .ignore_status()
+                .quiet()
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{name} {kind}: {stderr}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{name} {kind}: took {:?}",
+                started.elapsed()
+            );
+            assert!(
+                stderr.contains(name)
+                    && (stderr.contains("symlink") || stderr.contains("not a regular file")),
+                "{name} {kind}: {stderr}"
+            );
+            assert!(!stderr.contains("root:"), "{name} {kind}: {stderr}");
+            assert!(stderr.len() < 4000, "{name} {kind}: {stderr}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // With Docker: private engines and the busybox stand-in.
 
