@@ -455,7 +455,7 @@ pub fn parse_digest(text: &str) -> anyhow::Result<String> {
 }
 
 /// Reads the bundle's manifest and checks it, before anything else of the bundle is read:
-/// `SHA256SUMS` (no symlink, no FIFO, at most 16 MiB) has the digest `expect` when one is
+/// `SHA256SUMS` (no symlink, no FIFO, at most 8 MiB) has the digest `expect` when one is
 /// given, it lists `manifest.yaml` with the digest of the bytes read, and it agrees with
 /// the manifest's file list. Returns the manifest and the bundle's digest.
 pub fn read_checked_manifest(

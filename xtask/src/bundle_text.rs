@@ -67,7 +67,7 @@ pub fn human_manifest(m: &Manifest) -> String {
     for f in &m.files {
         let e = dirs.entry(layout::top_level(&f.path)).or_default();
         e.0 += 1;
-        e.1 += f.size;
+        e.1 = e.1.saturating_add(f.size);
     }
     for (top, (count, size)) in dirs {
         s.push_str(&format!(

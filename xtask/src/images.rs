@@ -329,7 +329,9 @@ pub fn load_layout(
     dir: &camino::Utf8Path,
     files: Vec<(String, camino::Utf8PathBuf, FileEntry)>,
 ) -> anyhow::Result<()> {
-    let total: u64 = files.iter().map(|(_, _, f)| f.size).sum();
+    let total: u64 = files
+        .iter()
+        .fold(0, |sum, (_, _, f)| sum.saturating_add(f.size));
     eprintln!(
         "     Loading images from {dir} ({} files, {})",
         files.len(),

@@ -183,7 +183,9 @@ fn load(
 ) -> anyhow::Result<()> {
     if let Some(layout) = &manifest.image_layout {
         let files = images::layout_files(dir, layout, &manifest.files)?;
-        let size = files.iter().map(|(_, _, f)| f.size).sum();
+        let size = files
+            .iter()
+            .fold(0u64, |sum, (_, _, f)| sum.saturating_add(f.size));
         preflight_disk(docker, &engine.docker_root_dir, manifest, size)?;
         images::load_layout(docker, dir, files)?;
     } else {

@@ -230,6 +230,22 @@ impl Manifest {
     /// The sum of every file's size fits in 64 bits, so that no sum of some of them
     /// overflows either.
     fn check_sizes(&self) -> anyhow::Result<()> {
+        // The images' layout may name one file many times: what its load streams adds up too.
+        if let Some(layout) = &self.image_layout {
+            let sizes: BTreeMap<&str, u64> = self
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), f.size))
+                .collect();
+            let mut total: u64 = 0;
+            for entry in &layout.entries {
+                let size = sizes.get(entry.path.as_str()).copied().unwrap_or(0);
+                total = total.checked_add(size).with_context(|| {
+                    "manifest.yaml: the files of its image_layout add up to more than 2^64 \
+                     bytes; this bundle was not written by cache-export: do not import it"
+                })?;
+            }
+        }
         let mut total: u64 = 0;
         for file in &self.files {
             total = total.checked_add(file.size).with_context(|| {
@@ -426,8 +442,9 @@ pub fn check_manifest_listed(
     }
 }
 
-/// The most `manifest.yaml` may hold (and `SHA256SUMS`): both are read whole.
-pub const MAX_MANIFEST_BYTES: usize = 16 << 20;
+/// The most `manifest.yaml` may hold (and `SHA256SUMS`): both are read whole. About 60 000
+/// files; a manifest this long reads in about half a second in a debug build.
+pub const MAX_MANIFEST_BYTES: usize = 8 << 20;
 /// The deepest flow nesting (`[`, `{`) and block indentation a manifest may have; what
 /// cache-export writes stays below 8 and 16.
 pub const MAX_NESTING: usize = 32;
@@ -843,6 +860,126 @@ mod tests {
             }],
         });
         assert_eq!(Manifest::from_yaml(&good.to_yaml()).unwrap(), good);
+    }
+
+    /// Issue 15, point 4, and the fuzzing for time: no hostile manifest makes the reader
+    /// panic or take more than a second (serde_yaml's time grows with the square of the
+    /// nesting depth: 120 KB of `[` took over 30 s before the depth was bounded).
+    #[test]
+    fn hostile_manifests_are_refused_quickly_without_a_panic() {
+        let good = sample().to_yaml();
+        let files_at = good.find("files:").unwrap();
+        let many_files: String = (0..20_000)
+            .map(|i| format!("- path: f{i}\n  size: {i}\n  sha256: {}\n", "a".repeat(64)))
+            .collect();
+        let cases: Vec<(&str, String)> = vec![
+            ("deep flow [", "[".repeat(120_000)),
+            ("deep flow {", "{a: ".repeat(60_000)),
+            ("deep mixed", "[{".repeat(60_000)),
+            ("deep block -", "- ".repeat(60_000) + "x\n"),
+            (
+                "deep block indentation",
+                (0..3000)
+                    .map(|i| format!("{}a{i}:\n", " ".repeat(i)))
+                    .collect(),
+            ),
+            (
+                "quotes hiding brackets",
+                format!("a: ['x', \"]]]]\", {}]", "[".repeat(50_000)),
+            ),
+            (
+                "a quote inside a plain scalar",
+                format!("a: x'\nb: {}\n", "[".repeat(50_000)),
+            ),
+            ("aliases (billion laughs)", {
+                let mut t = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+                for i in 1..10 {
+                    t.push_str(&format!(
+                            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+                            p = i - 1
+                        ));
+                }
+                t + &good
+            }),
+            (
+                "a manifest over the size allowed",
+                format!("{good}#{}", "x".repeat(MAX_MANIFEST_BYTES)),
+            ),
+            (
+                "a string as long as allowed",
+                good.replace(
+                    "project_name: llm-chat",
+                    &format!(
+                        "project_name: {}",
+                        "y".repeat(MAX_MANIFEST_BYTES - good.len())
+                    ),
+                ),
+            ),
+            (
+                "a quoted string as long as allowed",
+                good.replace(
+                    "project_name: llm-chat",
+                    &format!(
+                        "project_name: '{}'",
+                        "'' ".repeat((MAX_MANIFEST_BYTES - good.len()) / 3 - 1)
+                    ),
+                ),
+            ),
+            (
+                "sizes over 2^64",
+                good.replace("size: 3", &format!("size: {}", u64::MAX))
+                    .replace("size: 2", &format!("size: {}", u64::MAX)),
+            ),
+            (
+                "a size over u64",
+                good.replace("size: 3", "size: 99999999999999999999999"),
+            ),
+            (
+                "format 0",
+                good.replace("format_version: 1", "format_version: 0"),
+            ),
+            (
+                "a negative version",
+                good.replace("format_version: 1", "format_version: -1"),
+            ),
+            (
+                "a service name compose rejects",
+                good.replace("name: backend", "name: \"-x\\e[2J\""),
+            ),
+            (
+                "20 000 files",
+                format!("{}files:\n{many_files}", &good[..files_at]),
+            ),
+            (
+                "control characters",
+                "format_version: \"\\e]0;owned\\a\"\n".into(),
+            ),
+            ("NUL and invalid", "\0\0\0: [\0".into()),
+        ];
+        for (what, text) in &cases {
+            let started = std::time::Instant::now();
+            let result = std::panic::catch_unwind(|| Manifest::from_yaml(text));
+            let took = started.elapsed();
+            let result = result.unwrap_or_else(|_| panic!("{what}: panicked"));
+            assert!(took.as_secs_f64() < 1.0, "{what}: took {took:?}");
+            if let Err(e) = &result {
+                let err = format!("{e:#}");
+                assert!(err.len() < 1000, "{what}: an error of {} bytes", err.len());
+                assert!(
+                    !err.contains('\x1b') && !err.contains('\x07'),
+                    "{what}: {err}"
+                );
+            }
+            let refused = result.is_err();
+            let may_read = [
+                "20 000 files",
+                "aliases (billion laughs)",
+                "a string as long as allowed",
+                "a quoted string as long as allowed",
+            ]
+            .contains(what);
+            assert!(refused || may_read, "{what}: accepted");
+        }
     }
 
     #[test]
