@@ -655,21 +655,45 @@ pub fn temp_sibling(path: &Utf8Path) -> Utf8PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// An exclusive lock on a bundle folder, held while an export or import writes there.
+/// An exclusive lock on a bundle folder, held while an export or import uses it. The lock
+/// file is not in the bundle (a bundle on a read-only disk imports): it is
+/// `/run/lock/xtask-bundle-<hash of the folder's canonical path>.lock`, or in the temporary
+/// folder when /run/lock cannot be written. It is opened without following a symlink and
+/// without blocking on a FIFO, and must be a regular file.
 pub struct BundleLock {
     _file: File,
 }
 
 impl BundleLock {
-    pub fn acquire(dir: &Utf8Path, what: &str) -> anyhow::Result<BundleLock> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
-        let path = dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {path}"))?;
+    /// Locks `dir`, which must exist (an import) or is created (`create`: an export).
+    pub fn acquire(dir: &Utf8Path, what: &str, create: bool) -> anyhow::Result<BundleLock> {
+        if create {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        }
+        let canonical = match std::fs::canonicalize(dir) {
+            Ok(path) if path.is_dir() => path,
+            Ok(_) => bail!("{dir} is not a folder: give --bundle the bundle's folder"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+                "{dir} does not exist, so it holds no bundle: give --bundle the folder \
+                 cache-export wrote (copied whole)"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("reading {dir}")),
+        };
+        let name = format!(
+            "xtask-bundle-{}.lock",
+            &hex(&Sha256::digest(canonical.as_os_str().as_encoded_bytes()))[..24]
+        );
+        let run_lock = Utf8Path::new("/run/lock").join(&name);
+        let (path, file) = match open_lock(&run_lock) {
+            Ok(file) => (run_lock, file),
+            Err(_) => {
+                let tmp = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+                    .unwrap_or_else(|_| Utf8PathBuf::from("/tmp"))
+                    .join(&name);
+                let file = open_lock(&tmp).with_context(|| format!("opening the lock {tmp}"))?;
+                (tmp, file)
+            }
+        };
         match file.try_lock() {
             Ok(()) => Ok(BundleLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -681,6 +705,25 @@ impl BundleLock {
             }
         }
     }
+}
+
+/// Opens (or creates, 0600) a lock file: never through a symlink, never a FIFO or device.
+fn open_lock(path: &Utf8Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "it is not a regular file (a FIFO or a device); remove it",
+        ));
+    }
+    Ok(file)
 }
 
 pub fn human_bytes(bytes: u64) -> String {

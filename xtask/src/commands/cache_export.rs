@@ -134,7 +134,7 @@ impl Args {
             compression.as_str()
         );
 
-        let _lock = BundleLock::acquire(&out, "cache-export")?;
+        let _lock = BundleLock::acquire(&out, "cache-export", true)?;
         let staging = out.join(".export-partial");
         if staging.exists() {
             // Only an interrupted export leaves it, and we hold the lock.

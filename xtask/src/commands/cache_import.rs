@@ -69,7 +69,7 @@ impl Args {
             .as_deref()
             .map(bundle::parse_digest)
             .transpose()?;
-        let _lock = BundleLock::acquire(&dir, "cache-import")?;
+        let _lock = BundleLock::acquire(&dir, "cache-import", false)?;
         let docker = Docker::new(sh);
         let engine = docker.probe()?;
         let (manifest, digest) = bundle::read_checked_manifest(&dir, expect.as_deref())?;

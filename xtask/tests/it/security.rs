@@ -588,6 +588,118 @@ fn manifest_or_sums_as_a_symlink_fifo_or_device_is_refused_without_reading_it() 
     }
 }
 
+/// A tmpfs mounted at `dir`, read-only once `fill` has written it; `None` when this test
+/// cannot mount (not root).
+struct ReadOnlyMount(Utf8PathBuf);
+
+impl ReadOnlyMount {
+    fn new(dir: &Utf8Path, fill: impl FnOnce(&Utf8Path)) -> Option<ReadOnlyMount> {
+        let sh = Shell::new().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        cmd!(sh, "mount -t tmpfs -o size=16m tmpfs {dir}")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .ok()?;
+        let mount = ReadOnlyMount(dir.to_path_buf());
+        fill(dir);
+        cmd!(sh, "mount -o remount,ro {dir}").quiet().run().unwrap();
+        Some(mount)
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let sh = Shell::new().unwrap();
+        let dir = &self.0;
+        let _ = cmd!(sh, "umount {dir}").quiet().run();
+    }
+}
+
+/// The lock file cache-import takes for the bundle folder `dir`.
+fn lock_path(dir: &Utf8Path) -> Utf8PathBuf {
+    let canonical = std::fs::canonicalize(dir).unwrap();
+    let name = format!(
+        "xtask-bundle-{}.lock",
+        &sha256(canonical.as_os_str().as_encoded_bytes())[..24]
+    );
+    Utf8PathBuf::from("/run/lock").join(name)
+}
+
+/// Issue 15, point 6: the import lock is not in the bundle, so a bundle on a read-only
+/// disk imports (the import used to fail opening `<bundle>/.lock`); a folder that does not
+/// exist is not created; a FIFO or symlink where the lock goes neither hangs nor is
+/// followed. No engine here: the import gets past the lock and stops at the engine.
+#[test]
+fn the_import_lock_is_outside_the_bundle_and_never_followed() {
+    let no_engine = [("DOCKER_HOST", "unix:///nonexistent/xtask-test.sock")];
+    let (scratch, _) = synthetic_bundle();
+    let ro = scratch.path().join("usb");
+    let source = scratch.path().join("docker-build-cache");
+    let Some(_mount) = ReadOnlyMount::new(&ro, |dir| {
+        let sh = Shell::new().unwrap();
+        cmd!(sh, "cp -a {source} {dir}/").quiet().run().unwrap();
+    }) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let bundle = ro.join("docker-build-cache");
+    let run = xtask(&bundle, &["cache-verify", "--bundle", bundle.as_str()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xtask_env(
+        scratch.path(),
+        &["cache-import", "--bundle", bundle.as_str()],
+        &no_engine,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("Read-only") && !run.stderr.contains(".lock"),
+        "the lock stopped the import of a read-only bundle:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.to_lowercase().contains("docker"),
+        "{}",
+        run.stderr
+    );
+
+    // A folder that does not exist is not created.
+    let missing = scratch.path().join("nothing/docker-build-cache");
+    let run = xtask_env(
+        scratch.path(),
+        &["cache-import", "--bundle", missing.as_str()],
+        &no_engine,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    assert!(!scratch.path().join("nothing").exists());
+
+    // A FIFO, then a symlink, planted where the lock goes.
+    let lock = lock_path(&source);
+    let _ = std::fs::remove_file(&lock);
+    let sh = Shell::new().unwrap();
+    cmd!(sh, "mkfifo {lock}").quiet().run().unwrap();
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let out = cmd!(sh, "timeout 20 {bin} cache-import --bundle {source}")
+        .env("DOCKER_HOST", no_engine[0].1)
+        .ignore_status()
+        .quiet()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a FIFO lock hangs the import");
+    std::fs::remove_file(&lock).unwrap();
+    let victim = scratch.path().join("victim");
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let run = xtask_env(
+        scratch.path(),
+        &["cache-import", "--bundle", source.as_str()],
+        &no_engine,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!victim.exists(), "the lock symlink was followed");
+    std::fs::remove_file(&lock).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // With Docker: private engines and the busybox stand-in.
 
