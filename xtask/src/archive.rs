@@ -185,15 +185,7 @@ impl Unpacking<'_> {
                     .link_name_bytes()
                     .ok_or_else(|| refuse("a symlink with no target".into()))?
                     .into_owned();
-                let points_at = resolve_link_target(&path, &link).map_err(refuse)?;
-                if let Some(top) = self.top {
-                    if points_at.first().map(String::as_str) != Some(top) {
-                        return Err(refuse(format!(
-                            "a symlink to {:?}, which points outside {top}/",
-                            String::from_utf8_lossy(&link)
-                        )));
-                    }
-                }
+                resolve_link_under(&path, &link, self.top).map_err(refuse)?;
                 prepare_parents(dest, &path).map_err(refuse)?;
                 let link = String::from_utf8(link).expect("checked by resolve_link_target");
                 std::os::unix::fs::symlink(&link, &target)
@@ -394,6 +386,18 @@ pub fn resolve_link_target(link: &[String], target: &[u8]) -> Result<Vec<String>
         }
     }
     Ok(at)
+}
+
+/// [`resolve_link_target`], also refusing a target outside `top/` when there is a top.
+fn resolve_link_under(link: &[String], target: &[u8], top: Option<&str>) -> Result<(), String> {
+    let points_at = resolve_link_target(link, target)?;
+    match top {
+        Some(top) if points_at.first().map(String::as_str) != Some(top) => Err(format!(
+            "a symlink to {:?}, which points outside {top}/",
+            String::from_utf8_lossy(target)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Creates the missing folders above `path`, refusing to go through a symlink or a file.

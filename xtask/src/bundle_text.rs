@@ -84,6 +84,25 @@ fn short_id(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
+/// The script's `checked_copy`: copies a bundle file into the private folder and checks
+/// the copy against the private SHA256SUMS.
+const CHECKED_COPY: &str = r#"# Copies the bundle's file $1 to $2 (in the private folder) and checks the copy: what is
+# loaded is what was checked, whatever happens to the bundle meanwhile.
+checked_copy() {
+    want=$(awk -v p="$1" 'substr($0, 67) == p { print substr($0, 1, 64) }' "$tree/SHA256SUMS")
+    if [ -L "$1" ] || [ ! -f "$1" ]; then
+        echo "error: $1 is no longer a regular file; nothing more is loaded" >&2
+        exit 1
+    fi
+    cp "$1" "$2"
+    got=$(sha256sum < "$2" | cut -d ' ' -f 1)
+    if [ -z "$want" ] || [ "$got" != "$want" ]; then
+        echo "error: $1 changed after it was checked (sha256 $got, expected $want); it was not loaded. Copy the bundle again" >&2
+        exit 1
+    fi
+}
+"#;
+
 /// `import-build-cache.sh`: verifies every checksum, then loads the images, for servers
 /// without Rust. POSIX sh. What it loads is what it checked: each file is copied into a
 /// private folder (`mktemp -d`, 0700), the copy is hashed and compared with the private
@@ -194,22 +213,7 @@ if ! sha256sum -c --quiet "$tree/SHA256SUMS"; then
     exit 1
 fi
 
-# Copies the bundle's file $1 to $2 (in the private folder) and checks the copy: what is
-# loaded is what was checked, whatever happens to the bundle meanwhile.
-checked_copy() {{
-    want=$(awk -v p="$1" 'substr($0, 67) == p {{ print substr($0, 1, 64) }}' "$tree/SHA256SUMS")
-    if [ -L "$1" ] || [ ! -f "$1" ]; then
-        echo "error: $1 is no longer a regular file; nothing more is loaded" >&2
-        exit 1
-    fi
-    cp "$1" "$2"
-    got=$(sha256sum < "$2" | cut -d ' ' -f 1)
-    if [ -z "$want" ] || [ "$got" != "$want" ]; then
-        echo "error: $1 changed after it was checked (sha256 $got, expected $want); it was not loaded. Copy the bundle again" >&2
-        exit 1
-    fi
-}}
-
+{CHECKED_COPY}
 {images}
 {npm_images}
 echo "Done. Next, from the project folder: cargo xtask patch-compose (or add the cache_from"
