@@ -70,10 +70,15 @@ impl Args {
             .map(bundle::parse_digest)
             .transpose()?;
         let _lock = BundleLock::acquire(&dir, "cache-import", false)?;
-        let docker = Docker::new(sh);
-        let engine = docker.probe()?;
         let (manifest, digest) = bundle::read_checked_manifest(&dir, expect.as_deref())?;
         eprintln!("      Digest sha256:{digest}");
+        // Where the npm caches go, known before anything is loaded.
+        let npm_home = match self.no_host_caches {
+            true => None,
+            false => npm_home(&manifest)?,
+        };
+        let docker = Docker::new(sh);
+        let engine = docker.probe()?;
         let mut present = Vec::new();
         let mut to_load = Vec::new();
         for image in &manifest.images {
@@ -125,7 +130,7 @@ impl Args {
         let npm_merged = if self.no_host_caches {
             Vec::new()
         } else {
-            fill_host_caches(&dir, &manifest)?
+            fill_host_caches(&dir, &manifest, npm_home.as_deref())?
         };
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
@@ -248,9 +253,34 @@ fn make_npm_images(
     npm_images
 }
 
-/// The host's caches: a hint for pip, and the npm caches merged into ~/.npm. Returns
-/// where they were merged.
-fn fill_host_caches(dir: &Utf8Path, manifest: &Manifest) -> anyhow::Result<Vec<String>> {
+/// `~/.npm`, when the bundle has npm caches to merge there: HOME must be set, and absolute
+/// (an empty one would merge into `./.npm`).
+fn npm_home(manifest: &Manifest) -> anyhow::Result<Option<camino::Utf8PathBuf>> {
+    let any = manifest
+        .services
+        .iter()
+        .any(|s| s.npm_cache.is_some() || s.npm_host_cache.is_some());
+    if !any {
+        return Ok(None);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let home = camino::Utf8PathBuf::from(home);
+    if !home.is_absolute() {
+        bail!(
+            "HOME is not set (or not an absolute path), so the npm caches cannot be merged \
+             into ~/.npm; set HOME, or pass --no-host-caches. Nothing was loaded"
+        );
+    }
+    Ok(Some(home.join(".npm")))
+}
+
+/// The host's caches: a hint for pip, and the npm caches merged into `npm_home` (~/.npm).
+/// Returns where they were merged.
+fn fill_host_caches(
+    dir: &Utf8Path,
+    manifest: &Manifest,
+    npm_home: Option<&Utf8Path>,
+) -> anyhow::Result<Vec<String>> {
     let mut npm_merged = Vec::new();
     for service in &manifest.services {
         if let Some(rel) = &service.wheelhouse {
@@ -267,11 +297,9 @@ fn fill_host_caches(dir: &Utf8Path, manifest: &Manifest) -> anyhow::Result<Vec<S
         .flat_map(|s| [s.npm_cache.as_ref(), s.npm_host_cache.as_ref()])
         .flatten()
         .collect();
-    if !npm_dirs.is_empty() {
-        let home = std::env::var("HOME").context("HOME is not set; pass --no-host-caches")?;
-        let dest = camino::Utf8PathBuf::from(home).join(".npm");
+    if let (false, Some(dest)) = (npm_dirs.is_empty(), npm_home) {
         for rel in npm_dirs {
-            let report = crate::deps::npm_cache::merge_into(&dir.join(rel), &dest)
+            let report = crate::deps::npm_cache::merge_into(&dir.join(rel), dest)
                 .with_context(|| format!("merging {rel} into {dest}"))?;
             eprintln!(
                 "      Merged {rel} into {dest} ({} new files, nothing deleted)",

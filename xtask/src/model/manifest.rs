@@ -286,6 +286,20 @@ impl Manifest {
                 }
             }
         }
+        for image in &self.images {
+            let printable = |t: &str| {
+                !t.is_empty()
+                    && t.len() <= 512
+                    && !t.chars().any(|c| c.is_control() || c.is_whitespace())
+            };
+            if !printable(&image.name) || !printable(&image.id) {
+                bail!(
+                    "manifest.yaml: the image {} is not an image name and ID cache-export \
+                     writes; this bundle was not written by cache-export: do not import it",
+                    clip(&format!("{:?} {:?}", image.name, image.id))
+                );
+            }
+        }
         for file in &self.files {
             if [MANIFEST_FILE, SUMS_FILE].contains(&file.path.as_str()) {
                 bail!(
@@ -619,7 +633,7 @@ pub fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
         && !path.contains('\\')
-        && !path.contains('\0')
+        && !path.chars().any(char::is_control)
         && path
             .split('/')
             .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
@@ -987,7 +1001,18 @@ mod tests {
         for ok in ["a", "a/b", "build-cache/x/blobs/sha256/00"] {
             assert!(is_safe_relative_path(ok), "{ok}");
         }
-        for bad in ["", "/a", "a/../b", "..", "./a", "a//b", "a\\b", "a/"] {
+        for bad in [
+            "",
+            "/a",
+            "a/../b",
+            "..",
+            "./a",
+            "a//b",
+            "a\\b",
+            "a/",
+            "a\nb",
+            "a\u{1b}[2Jb",
+        ] {
             assert!(!is_safe_relative_path(bad), "{bad}");
         }
     }

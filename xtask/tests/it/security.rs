@@ -700,6 +700,41 @@ fn the_import_lock_is_outside_the_bundle_and_never_followed() {
     std::fs::remove_file(&lock).unwrap();
 }
 
+/// Issue 15, point 8: with HOME unset the import used to fail only after loading the
+/// images, and `HOME=""` merged the npm caches into `./.npm`. Both now fail first, before
+/// the engine is even asked (no engine here).
+#[test]
+fn an_unset_or_empty_home_fails_the_import_before_anything_is_loaded() {
+    let (scratch, listed) = synthetic_bundle();
+    let bundle = scratch.path().join("docker-build-cache");
+    let manifest = manifest_text(&listed).replace(
+        "services: []",
+        "services:\n- name: web\n  npm_cache: npm-cache/web",
+    );
+    write_lists(&bundle, &listed, &manifest);
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    for home in [None, Some(""), Some("relative")] {
+        let sh = Shell::new().unwrap();
+        sh.change_dir(scratch.path());
+        let mut command = cmd!(sh, "{bin} cache-import")
+            .env("DOCKER_HOST", "unix:///nonexistent/xtask-test.sock")
+            .ignore_status()
+            .quiet();
+        command = match home {
+            None => command.env_remove("HOME"),
+            Some(home) => command.env("HOME", home),
+        };
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "HOME={home:?}: {stderr}");
+        assert!(
+            stderr.contains("HOME is not set") && stderr.contains("--no-host-caches"),
+            "HOME={home:?}: {stderr}"
+        );
+        assert!(!scratch.path().join(".npm").exists());
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // With Docker: private engines and the busybox stand-in.
 
