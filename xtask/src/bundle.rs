@@ -429,7 +429,79 @@ impl Verification {
 
 /// Reads the bundle's manifest, checks that SHA256SUMS agrees with it.
 pub fn read_manifest(dir: &Utf8Path) -> anyhow::Result<Manifest> {
-    Ok(read_checked_manifest(dir, None)?.0)
+    Ok(read_checked_manifest(dir, &Trust::default())?.0)
+}
+
+/// The signature of `SHA256SUMS` that `cache-export --sign-key` writes beside it.
+pub const SIGNATURE_FILE: &str = "SHA256SUMS.sig";
+/// The `ssh-keygen -Y` namespace of that signature: a signature made for something else
+/// (git commits, files) does not verify as a bundle's.
+pub const SIGNING_NAMESPACE: &str = "xtask-bundle";
+
+/// What a bundle must prove before anything else of it is read: its digest, and a
+/// signature by `identity` in an allowed-signers file.
+#[derive(Default, Clone)]
+pub struct Trust {
+    pub digest: Option<String>,
+    pub signers: Option<(Utf8PathBuf, String)>,
+}
+
+/// Signs the bundle's `SHA256SUMS` (hence every file) with the ssh key `key`:
+/// `SHA256SUMS.sig` beside it.
+pub fn sign_sums(out: &Utf8Path, key: &Utf8Path) -> anyhow::Result<()> {
+    let sh = xshell::Shell::new()?;
+    let sums = out.join(SUMS_FILE);
+    let sig = out.join(SIGNATURE_FILE);
+    if sig.exists() {
+        std::fs::remove_file(&sig).with_context(|| format!("removing {sig}"))?;
+    }
+    let namespace = SIGNING_NAMESPACE;
+    xshell::cmd!(sh, "ssh-keygen -q -Y sign -f {key} -n {namespace} {sums}")
+        .quiet()
+        .run()
+        .with_context(|| format!("signing {sums} with {key} (ssh-keygen -Y sign)"))?;
+    Ok(())
+}
+
+/// Checks `SHA256SUMS.sig` against `sums`, the bytes of SHA256SUMS already read (what is
+/// checked is what is used).
+fn check_signature(
+    dir: &Utf8Path,
+    sums: &[u8],
+    signers: &Utf8Path,
+    identity: &str,
+) -> anyhow::Result<()> {
+    let sig_path = dir.join(SIGNATURE_FILE);
+    let sig = read_capped(&sig_path, 64 * 1024).map_err(|e| {
+        anyhow::anyhow!(
+            "reading {sig_path}: {e}: the bundle is not signed (cache-export --sign-key), or \
+             its signature was lost; do not import it"
+        )
+    })?;
+    let sh = xshell::Shell::new()?;
+    let tmp = sh.create_temp_dir()?;
+    let sig_copy = tmp.path().join("SHA256SUMS.sig");
+    std::fs::write(&sig_copy, &sig)?;
+    let namespace = SIGNING_NAMESPACE;
+    let out = xshell::cmd!(
+        sh,
+        "ssh-keygen -Y verify -f {signers} -I {identity} -n {namespace} -s {sig_copy}"
+    )
+    .stdin(sums)
+    .quiet()
+    .ignore_status()
+    .output()
+    .context("running ssh-keygen -Y verify (OpenSSH 8.1 or later)")?;
+    if !out.status.success() {
+        bail!(
+            "{sig_path} is not a signature of this SHA256SUMS by {} in {signers} \
+             (ssh-keygen: {}): the bundle was altered, or signed by someone else; nothing \
+             else was read from it. Do not import it",
+            crate::model::manifest::clip(identity),
+            crate::model::manifest::clip(String::from_utf8_lossy(&out.stderr).trim())
+        );
+    }
+    Ok(())
 }
 
 /// The bundle's digest: the sha256 of its `SHA256SUMS`, which lists every file of the
@@ -458,10 +530,7 @@ pub fn parse_digest(text: &str) -> anyhow::Result<String> {
 /// `SHA256SUMS` (no symlink, no FIFO, at most 8 MiB) has the digest `expect` when one is
 /// given, it lists `manifest.yaml` with the digest of the bytes read, and it agrees with
 /// the manifest's file list. Returns the manifest and the bundle's digest.
-pub fn read_checked_manifest(
-    dir: &Utf8Path,
-    expect: Option<&str>,
-) -> anyhow::Result<(Manifest, String)> {
+pub fn read_checked_manifest(dir: &Utf8Path, trust: &Trust) -> anyhow::Result<(Manifest, String)> {
     let path = dir.join(MANIFEST_FILE);
     if let Err(e) = std::fs::symlink_metadata(&path) {
         if e.kind() == io::ErrorKind::NotFound {
@@ -478,8 +547,11 @@ pub fn read_checked_manifest(
         )
     })?;
     let digest = bundle_digest(&sums);
-    if let Some(expect) = expect {
-        if digest != expect {
+    if let Some((signers, identity)) = &trust.signers {
+        check_signature(dir, &sums, signers, identity)?;
+    }
+    if let Some(expect) = &trust.digest {
+        if &digest != expect {
             bail!(
                 "the bundle in {dir} has the digest sha256:{digest}, not the sha256:{expect} \
                  expected: it is not the bundle that was exported (damaged, or altered on \
@@ -587,7 +659,7 @@ pub fn verify(
         manifest.files.iter().map(|f| f.path.as_str()).collect();
     let handed = handed_folders(manifest);
     for file in list_files(dir)? {
-        let ours = [MANIFEST_FILE, SUMS_FILE, LEGACY_LOCK];
+        let ours = [MANIFEST_FILE, SUMS_FILE, SIGNATURE_FILE, LEGACY_LOCK];
         let top_level_known = !file.contains('/')
             && (ours.contains(&file.as_str()) || REPOSITORY_FILES.contains(&file.as_str()));
         if listed.contains(file.as_str()) || top_level_known {
@@ -856,6 +928,35 @@ mod tests {
         .unwrap();
         assert_eq!((total, hex(&streamed.finalize())), (size, digest));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// cache-export --sign-key signs SHA256SUMS so that the import's check accepts it,
+    /// and only those bytes.
+    #[test]
+    fn sign_sums_makes_a_signature_check_signature_accepts() {
+        let sh = xshell::Shell::new().unwrap();
+        let dir = test_dir("sign");
+        let key = dir.join("key");
+        if xshell::cmd!(sh, "ssh-keygen -q -t ed25519 -N '' -C me -f {key}")
+            .quiet()
+            .run()
+            .is_err()
+        {
+            eprintln!("skipped: no ssh-keygen");
+            return;
+        }
+        let public = std::fs::read_to_string(dir.join("key.pub")).unwrap();
+        let signers = dir.join("allowed");
+        std::fs::write(&signers, format!("me@x {public}")).unwrap();
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join(SUMS_FILE), b"sums\n").unwrap();
+        sign_sums(&bundle, &key).unwrap();
+        sign_sums(&bundle, &key).unwrap(); // again: the old signature is replaced
+        check_signature(&bundle, b"sums\n", &signers, "me@x").unwrap();
+        assert!(check_signature(&bundle, b"sumS\n", &signers, "me@x").is_err());
+        assert!(check_signature(&bundle, b"sums\n", &signers, "you@x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

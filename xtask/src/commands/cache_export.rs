@@ -75,6 +75,10 @@ pub struct Args {
     /// Also write the bundle's digest (what `cache-import --expect-digest` checks) to FILE
     #[arg(long, value_name = "FILE")]
     pub digest_file: Option<Utf8PathBuf>,
+    /// Sign the bundle with this ssh private key (`ssh-keygen -Y sign`, namespace
+    /// xtask-bundle): SHA256SUMS.sig, checked by cache-import --allowed-signers
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<Utf8PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -165,6 +169,11 @@ impl Args {
             human_bytes(total),
             started.elapsed().as_secs_f64()
         );
+        if let Some(key) = &self.sign_key {
+            let key = crate::project::absolute(&crate::project::current_dir(sh)?, key);
+            bundle::sign_sums(out, &key)?;
+            eprintln!("      Signed {out}/{} with {key}", bundle::SIGNATURE_FILE);
+        }
         if let Some(file) = &self.digest_file {
             let file = crate::project::absolute(&crate::project::current_dir(sh)?, file);
             bundle::write_atomic(&file, format!("sha256:{digest}\n").as_bytes())?;
@@ -1041,7 +1050,7 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
 /// Returns the bundle's digest.
 fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::Result<String> {
     let old = bundle::read_manifest(out).ok();
-    for name in [MANIFEST_FILE, SUMS_FILE] {
+    for name in [MANIFEST_FILE, SUMS_FILE, bundle::SIGNATURE_FILE] {
         let path = out.join(name);
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing the old {path}"))?;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use xshell::Shell;
 
 use crate::bundle::{self, human_bytes, BundleLock};
-use crate::bundle_arg::BundleArg;
+use crate::bundle_arg::{BundleArg, TrustArgs};
 use crate::docker::{Docker, EngineInfo};
 use crate::images;
 use crate::model::layout;
@@ -40,10 +40,8 @@ pub struct Args {
     /// With --extract-node-modules: replace an existing node_modules (swapped in whole)
     #[arg(long, requires = "extract_node_modules")]
     pub force: bool,
-    /// Refuse the bundle unless its digest (printed by cache-export) is this one; checked
-    /// before anything else of the bundle is read
-    #[arg(long, value_name = "SHA256")]
-    pub expect_digest: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 #[derive(Serialize)]
@@ -64,13 +62,9 @@ impl Args {
     pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let dir = self.bundle.dir(sh, project)?;
-        let expect = self
-            .expect_digest
-            .as_deref()
-            .map(bundle::parse_digest)
-            .transpose()?;
+        let trust = self.trust.trust(sh)?;
         let _lock = BundleLock::acquire(&dir, "cache-import", false)?;
-        let (manifest, digest) = bundle::read_checked_manifest(&dir, expect.as_deref())?;
+        let (manifest, digest) = bundle::read_checked_manifest(&dir, &trust)?;
         eprintln!("      Digest sha256:{digest}");
         // Where the npm caches go, known before anything is loaded.
         let npm_home = match self.no_host_caches {

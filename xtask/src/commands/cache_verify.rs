@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use xshell::Shell;
 
 use crate::bundle::{self, verify_bundle};
-use crate::bundle_arg::BundleArg;
+use crate::bundle_arg::{BundleArg, TrustArgs};
 use crate::project::ProjectArgs;
 
 /// Check every file of a bundle against manifest.yaml and SHA256SUMS
@@ -17,20 +17,15 @@ pub struct Args {
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
-    /// Refuse the bundle unless its digest (printed by cache-export) is this one
-    #[arg(long, value_name = "SHA256")]
-    pub expect_digest: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 impl Args {
     pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let dir = self.bundle.dir(sh, project)?;
-        let expect = self
-            .expect_digest
-            .as_deref()
-            .map(bundle::parse_digest)
-            .transpose()?;
-        let (manifest, digest) = bundle::read_checked_manifest(&dir, expect.as_deref())?;
+        let trust = self.trust.trust(sh)?;
+        let (manifest, digest) = bundle::read_checked_manifest(&dir, &trust)?;
         let report = verify_bundle(&dir, &manifest, !self.json, &[])?;
         eprintln!("      Digest sha256:{digest}");
         if self.json {

@@ -735,6 +735,87 @@ fn an_unset_or_empty_home_fails_the_import_before_anything_is_loaded() {
     }
 }
 
+/// Issue 15, point 1 (signing): with `--allowed-signers` and `--signer-identity`, a bundle
+/// is read only when `SHA256SUMS.sig` is an `ssh-keygen -Y sign` signature (namespace
+/// xtask-bundle) of its SHA256SUMS by that signer; a bundle whose lists were both
+/// rewritten, an unsigned one, one signed by another key or for another namespace are
+/// refused.
+#[test]
+fn a_signed_bundle_verifies_only_with_its_signature() {
+    let sh = Shell::new().unwrap();
+    if cmd!(sh, "ssh-keygen -?")
+        .quiet()
+        .ignore_status()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        eprintln!("skipped: no ssh-keygen");
+        return;
+    }
+    let (scratch, listed) = synthetic_bundle();
+    let root = scratch.path();
+    let bundle = root.join("docker-build-cache");
+    let keys = root.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for name in ["release", "other"] {
+        let key = keys.join(name);
+        cmd!(sh, "ssh-keygen -q -t ed25519 -N '' -C {name} -f {key}")
+            .quiet()
+            .run()
+            .unwrap();
+    }
+    let public = std::fs::read_to_string(keys.join("release.pub")).unwrap();
+    let signers = keys.join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!("release@example.com namespaces=\"xtask-bundle\" {public}"),
+    )
+    .unwrap();
+    let sign = |key: &str, namespace: &str| {
+        let (key, sums) = (keys.join(key), bundle.join("SHA256SUMS"));
+        let _ = std::fs::remove_file(bundle.join("SHA256SUMS.sig"));
+        cmd!(sh, "ssh-keygen -q -Y sign -f {key} -n {namespace} {sums}")
+            .quiet()
+            .run()
+            .unwrap();
+    };
+    let verify = || {
+        xtask(
+            root,
+            &[
+                "cache-verify",
+                "--allowed-signers",
+                signers.as_str(),
+                "--signer-identity",
+                "release@example.com",
+            ],
+        )
+    };
+    let run = verify();
+    assert_eq!(run.code, 1, "unsigned: {}", run.stderr);
+    assert!(run.stderr.contains("SHA256SUMS.sig"), "{}", run.stderr);
+    sign("release", "xtask-bundle");
+    let run = verify();
+    assert_eq!(run.code, 0, "signed: {}", run.stderr);
+    assert!(
+        !run.stderr.contains("SHA256SUMS.sig is in the bundle"),
+        "{}",
+        run.stderr
+    );
+    // Both lists rewritten to agree with an edited manifest: the signature no longer does.
+    let edited = manifest_text(&listed).replace("project_name: p", "project_name: q");
+    write_lists(&bundle, &listed, &edited);
+    let run = verify();
+    assert_eq!(run.code, 1, "rewritten: {}", run.stderr);
+    assert!(run.stderr.contains("is not a signature"), "{}", run.stderr);
+    for (key, namespace) in [("other", "xtask-bundle"), ("release", "file")] {
+        sign(key, namespace);
+        let run = verify();
+        assert_eq!(run.code, 1, "{key} {namespace}: {}", run.stderr);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // With Docker: private engines and the busybox stand-in.
 
