@@ -596,7 +596,7 @@ impl ReadOnlyMount {
     fn new(dir: &Utf8Path, fill: impl FnOnce(&Utf8Path)) -> Option<ReadOnlyMount> {
         let sh = Shell::new().unwrap();
         std::fs::create_dir_all(dir).unwrap();
-        cmd!(sh, "mount -t tmpfs -o size=16m tmpfs {dir}")
+        cmd!(sh, "mount -t tmpfs -o size=256m tmpfs {dir}")
             .quiet()
             .ignore_stderr()
             .run()
@@ -919,6 +919,12 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
             false => format!("{l}\n"),
         })
         .collect();
+    // SHA256SUMS lists the manifest's digest: rewritten with it, as a newer xtask would.
+    let sums = std::fs::read_to_string(bundle.join("SHA256SUMS"))?;
+    std::fs::write(
+        bundle.join("SHA256SUMS"),
+        sums.replace(&sha256(manifest.as_bytes()), &sha256(future.as_bytes())),
+    )?;
     std::fs::write(bundle.join("manifest.yaml"), future)?;
     let run = xtask_on(&offline, &src, &["cache-import"], &[]);
     ensure!(
@@ -928,6 +934,7 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
     );
     ensure!(images(&offline)?.is_empty(), "images were loaded");
     std::fs::write(bundle.join("manifest.yaml"), &manifest)?;
+    std::fs::write(bundle.join("SHA256SUMS"), &sums)?;
 
     // Import is idempotent: twice, and after an import killed mid-load.
     ok(xtask_on(&offline, &src, &["cache-import"], &[]), "import")?;
@@ -972,6 +979,59 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
         now == before,
         "after a killed import: {now:?}, expected {before:?}"
     );
+    Ok(())
+}
+
+/// Issue 15, point 6 on a real engine: a bundle on a read-only mount imports, checked
+/// against the digest the export wrote with --digest-file.
+#[test]
+fn a_bundle_on_a_read_only_mount_imports_with_its_digest() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-ro-online", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("sec-ro-offline", EngineOptions::default())?;
+    let scratch = Scratch::new("readonly");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    let digest_file = scratch.path().join("digest.txt");
+    let export = ok(
+        xtask_on(
+            &online,
+            &src,
+            &["cache-export", "--digest-file", digest_file.as_str()],
+            &[],
+        ),
+        "export",
+    )?;
+    let digest = std::fs::read_to_string(&digest_file)?.trim().to_string();
+    ensure!(digest.starts_with("sha256:"), "{digest}");
+    ensure!(export.contains(&format!("Digest {digest}")), "{export}");
+    let bundle = src.join("docker-build-cache");
+    let usb = scratch.path().join("usb");
+    let Some(_mount) = ReadOnlyMount::new(&usb, |dir| {
+        let sh = Shell::new().unwrap();
+        cmd!(sh, "cp -a {bundle} {dir}/").quiet().run().unwrap();
+    }) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return Ok(());
+    };
+    let on_usb = usb.join("docker-build-cache");
+    let run = xtask_on(
+        &offline,
+        scratch.path(),
+        &[
+            "cache-import",
+            "--bundle",
+            on_usb.as_str(),
+            "--expect-digest",
+            &digest,
+        ],
+        &[],
+    );
+    ok(run, "import from a read-only mount")?;
+    ensure!(!images(&offline)?.is_empty(), "nothing was loaded");
     Ok(())
 }
 
