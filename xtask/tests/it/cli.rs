@@ -306,7 +306,7 @@ fn verify_names_each_bad_file_without_docker() {
     ];
     let mut manifest = String::from(
         "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
-         project_name: p\nengine: {server_version: '26', arch: amd64, containerd_store: true}\n\
+         project_name: p\nengine:\n  server_version: '26'\n  arch: amd64\n  containerd_store: true\n\
          strategy: local\ncompression: none\nimages: []\nservices: []\nfiles:\n",
     );
     let mut sums = String::new();

@@ -142,7 +142,7 @@ const KINDS: [&str; 6] = [
 fn manifest_text(files: &[(String, u64, String)]) -> String {
     let mut text = String::from(
         "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
-         project_name: p\nengine: {server_version: '26.1.5', arch: amd64, containerd_store: true}\n\
+         project_name: p\nengine:\n  server_version: '26.1.5'\n  arch: amd64\n  containerd_store: true\n\
          strategy: local\ncompression: none\nimages:\n- name: busybox:latest\n  id: sha256:0\n  \
          role: base\nservices: []\nfiles:\n",
     );
@@ -406,7 +406,7 @@ fn an_edited_manifest_is_refused_and_the_digest_covers_everything() {
     // The attack of issue 15: a build context added to the manifest, SHA256SUMS as exported.
     let edited = good.replace(
         "services: []",
-        "services:\n- name: api\n  contexts: {'busybox:latest': pip-cache/api}",
+        "services:\n- name: api\n  contexts:\n    'busybox:latest': pip-cache/api",
     );
     std::fs::write(bundle.join("manifest.yaml"), &edited).unwrap();
     let run = xtask(scratch.path(), &["cache-verify"]);
@@ -500,7 +500,7 @@ fn an_unlisted_file_in_a_folder_handed_to_a_build_or_the_host_is_refused() {
     let manifest = manifest_text(&listed).replace(
         "services: []",
         "services:\n- name: api\n  build_cache: build-cache/api\n  wheelhouse: pip-cache/api\n\
-         - name: web\n  npm_host_cache: npm-cache/web\n  contexts: {npm-cache: npm-cache/web}",
+         - name: web\n  npm_host_cache: npm-cache/web\n  contexts:\n    npm-cache: npm-cache/web",
     );
     write_lists(&bundle, &listed, &manifest);
     let run = xtask(scratch.path(), &["cache-verify"]);
