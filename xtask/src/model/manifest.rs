@@ -201,26 +201,34 @@ impl Manifest {
             format_version: u32,
         }
         check_shape(text)?;
-        let version: Version = serde_yaml::from_str(text).map_err(|e| {
-            anyhow::anyhow!(
-                "manifest.yaml is not a bundle manifest (no format_version): {}",
-                clip(&e.to_string())
-            )
-        })?;
-        if version.format_version == 0 {
+        // One parse for a good manifest; the version alone is read only to explain a failure.
+        let parsed: Result<Manifest, _> = serde_yaml::from_str(text);
+        let version = match &parsed {
+            Ok(manifest) => manifest.format_version,
+            Err(_) => {
+                let version: Version = serde_yaml::from_str(text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "manifest.yaml is not a bundle manifest (no format_version): {}",
+                        clip(&e.to_string())
+                    )
+                })?;
+                version.format_version
+            }
+        };
+        if version == 0 {
             bail!(
                 "manifest.yaml has format version 0, which no cache-export writes; this \
                  bundle was not written by cache-export: do not import it"
             );
         }
-        if version.format_version > MAX_FORMAT_VERSION {
+        if version > MAX_FORMAT_VERSION {
             bail!(
-                "manifest.yaml has format version {}, this xtask reads up to {MAX_FORMAT_VERSION}; \
-                 update the repository (and xtask) on this machine to the one that exported the bundle",
-                version.format_version
+                "manifest.yaml has format version {version}, this xtask reads up to \
+                 {MAX_FORMAT_VERSION}; update the repository (and xtask) on this machine to \
+                 the one that exported the bundle"
             );
         }
-        let manifest: Manifest = serde_yaml::from_str(text)
+        let manifest = parsed
             .map_err(|e| anyhow::anyhow!("manifest.yaml is malformed: {}", clip(&e.to_string())))?;
         manifest.check_paths()?;
         manifest.check_sizes()?;
@@ -459,6 +467,10 @@ pub fn check_manifest_listed(
 /// The most `manifest.yaml` may hold (and `SHA256SUMS`): both are read whole. About 60 000
 /// files; a manifest this long reads in about half a second in a debug build.
 pub const MAX_MANIFEST_BYTES: usize = 8 << 20;
+/// The most lines a manifest may have: parse time and memory grow with the number of
+/// YAML events, and 100 000 lines read in under a second and 100 MiB in a debug build.
+pub const MAX_MANIFEST_LINES: usize = 100_000;
+
 /// The deepest block nesting a manifest may have (sequence markers on one line, and
 /// columns of indentation); what cache-export writes stays below 4 and 16.
 pub const MAX_NESTING: usize = 32;
@@ -482,6 +494,14 @@ pub fn check_shape(text: &str) -> anyhow::Result<()> {
     // Lines more indented than this column belong to a block scalar.
     let mut block_body: Option<usize> = None;
     for (n, line) in text.split('\n').enumerate() {
+        if n >= MAX_MANIFEST_LINES {
+            bail!(
+                "manifest.yaml has more than {MAX_MANIFEST_LINES} lines (about {} files), \
+                 more than a manifest may have; this bundle was not written by cache-export: \
+                 do not import it",
+                MAX_MANIFEST_LINES / 3
+            );
+        }
         let line = line.strip_suffix('\r').unwrap_or(line);
         let indent = line.len() - line.trim_start_matches(' ').len();
         if let Some(column) = block_body {
@@ -1058,6 +1078,22 @@ mod tests {
                 format!("{}files:\n{many_files}", &good[..files_at]),
             ),
             (
+                "as many tiny lines as allowed",
+                good.replace(
+                    "  inputs: {}\n",
+                    &format!(
+                        "  inputs:\n{}",
+                        (0..MAX_MANIFEST_LINES - 100)
+                            .map(|i| format!("    {i:x}: a\n"))
+                            .collect::<String>()
+                    ),
+                ),
+            ),
+            (
+                "one line too many",
+                format!("{good}{}", "#\n".repeat(MAX_MANIFEST_LINES)),
+            ),
+            (
                 "control characters",
                 "format_version: \"\\e]0;owned\\a\"\n".into(),
             ),
@@ -1080,6 +1116,7 @@ mod tests {
             let refused = result.is_err();
             let may_read = [
                 "20 000 files",
+                "as many tiny lines as allowed",
                 "aliases (billion laughs)",
                 "a string as long as allowed",
                 "a quoted string as long as allowed",
