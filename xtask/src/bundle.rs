@@ -286,9 +286,10 @@ pub fn list_files(dir: &Utf8Path) -> anyhow::Result<Vec<String>> {
     fn walk(root: &Utf8Path, dir: &Utf8Path, out: &mut Vec<String>) -> anyhow::Result<()> {
         let entries = dir
             .read_dir_utf8()
-            .with_context(|| format!("reading folder {dir}"))?;
+            .with_context(|| format!("reading folder {}", escape(dir.as_str())))?;
         for entry in entries {
-            let entry = entry.with_context(|| format!("reading folder {dir}"))?;
+            let entry =
+                entry.with_context(|| format!("reading folder {}", escape(dir.as_str())))?;
             let path = entry.path();
             let kind = entry.file_type()?;
             if kind.is_dir() {
@@ -297,7 +298,10 @@ pub fn list_files(dir: &Utf8Path) -> anyhow::Result<Vec<String>> {
                 let rel = path.strip_prefix(root).unwrap_or(path);
                 out.push(rel.as_str().replace('\\', "/"));
             } else {
-                bail!("{path} is not a regular file or folder (a symlink or device); a bundle holds neither");
+                bail!(
+                    "{} is not a regular file or folder (a symlink or device); a bundle holds neither",
+                    escape(path.as_str())
+                );
             }
         }
         Ok(())

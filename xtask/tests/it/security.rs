@@ -540,6 +540,12 @@ fn an_unlisted_file_in_a_folder_handed_to_a_build_or_the_host_is_refused() {
         assert!(!run.stderr.contains('\x1b'), "{}", run.stderr);
         std::fs::remove_file(bundle.join(planted)).unwrap();
     }
+    // A symlink with such a name: the error names it escaped too.
+    std::os::unix::fs::symlink("/etc/passwd", bundle.join("l\x1b[2J")).unwrap();
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "{}", run.stderr);
+    assert!(run.stderr.contains("l\\u{1b}[2J"), "{}", run.stderr);
 }
 
 /// Issue 15, point 3: manifest.yaml and SHA256SUMS are read before any check, so they are
