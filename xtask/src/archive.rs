@@ -57,7 +57,7 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
         Ok(_) => bail!("{dest} is not a folder (a symlink or a file); nothing was unpacked"),
         Err(e) => return Err(e).with_context(|| format!("unpacking into {dest}")),
     }
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(HeaderGuard::new(reader));
     let mut unpacking = Unpacking {
         dest,
         top,
@@ -79,8 +79,9 @@ fn unpack<R: Read>(reader: R, dest: &Utf8Path, top: Option<&str>) -> anyhow::Res
         }
     }
     // Every link is harmless alone; resolved on disk, none may lead out together.
+    let floor = usize::from(top.is_some());
     for (path, link) in &unpacking.links {
-        resolve_on_disk(dest, path).map_err(|why| {
+        resolve_on_disk(dest, path, floor).map_err(|why| {
             anyhow::anyhow!(
                 "refusing archive entry {:?} (-> {link:?}): {why}; the archive is damaged or \
                  was crafted: do not use it, export it again",
@@ -147,7 +148,7 @@ impl Unpacking<'_> {
                 let file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(mode | 0o600)
+                    .mode(safe_mode(mode, 0o600))
                     .open(&target)
                     .map_err(|e| refuse(format!("cannot create {target}: {e}")))?;
                 let mut out = BufWriter::new(file);
@@ -175,7 +176,7 @@ impl Unpacking<'_> {
                     }
                     Err(e) => return Err(refuse(format!("cannot inspect {target}: {e}"))),
                 }
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
+                fs::set_permissions(&target, fs::Permissions::from_mode(safe_mode(mode, 0o700)))
                     .with_context(|| format!("setting the mode of {target}"))?;
                 self.done.dirs += 1;
             }
@@ -184,7 +185,7 @@ impl Unpacking<'_> {
                     .link_name_bytes()
                     .ok_or_else(|| refuse("a symlink with no target".into()))?
                     .into_owned();
-                resolve_link_target(&path, &link).map_err(refuse)?;
+                resolve_link_under(&path, &link, self.top).map_err(refuse)?;
                 prepare_parents(dest, &path).map_err(refuse)?;
                 let link = String::from_utf8(link).expect("checked by resolve_link_target");
                 std::os::unix::fs::symlink(&link, &target)
@@ -218,6 +219,127 @@ impl Unpacking<'_> {
             other => return Err(refuse(format!("unsupported entry type {other:?}"))),
         }
         Ok(Some(name))
+    }
+}
+
+/// The mode an unpacked file or folder gets: the archive's permission bits without
+/// set-id, sticky, or group and other write, plus `owner` (what the unpacker needs).
+fn safe_mode(mode: u32, owner: u32) -> u32 {
+    (mode & 0o755) | owner
+}
+
+/// The largest GNU long name or long link, or PAX header, an archive may have: the tar
+/// crate reads their bodies whole, at the size the header declares.
+pub const MAX_EXTENSION_HEADER: u64 = 64 * 1024;
+
+/// Passes a tar stream through, reading each header as it goes by, before the tar crate
+/// acts on it: a GNU long name / long link or PAX header declaring more than
+/// [`MAX_EXTENSION_HEADER`] bytes is an error (a 1 MB archive declaring a 1 GiB long name
+/// made the tar crate allocate 5 GB), and so is a PAX `size` record (which would change
+/// where the next header is; the tool never writes one).
+struct HeaderGuard<R> {
+    inner: R,
+    header: [u8; 512],
+    filled: usize,
+    /// Bytes of the current entry's body and padding still to pass.
+    skip: u64,
+    /// The body of the PAX header passing, to look for a `size` record.
+    pax: Option<Vec<u8>>,
+}
+
+impl<R> HeaderGuard<R> {
+    fn new(inner: R) -> Self {
+        HeaderGuard {
+            inner,
+            header: [0; 512],
+            filled: 0,
+            skip: 0,
+            pax: None,
+        }
+    }
+
+    fn inspect(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let take = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                if let Some(pax) = &mut self.pax {
+                    pax.extend_from_slice(&data[..take]);
+                }
+                self.skip -= take as u64;
+                data = &data[take..];
+                if self.skip == 0 {
+                    if let Some(pax) = self.pax.take() {
+                        if pax.windows(5).any(|w| w == b"size=") {
+                            return Err(io::Error::other(
+                                "a PAX header with a size record, which cache-export never writes",
+                            ));
+                        }
+                    }
+                }
+                continue;
+            }
+            let take = (512 - self.filled).min(data.len());
+            self.header[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+            self.filled += take;
+            data = &data[take..];
+            if self.filled == 512 {
+                self.filled = 0;
+                self.on_header()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_header(&mut self) -> io::Result<()> {
+        if self.header.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        let kind = self.header[156];
+        let size = header_size(&self.header[124..136])
+            .ok_or_else(|| io::Error::other("a tar header whose size is not a number"))?;
+        if matches!(kind, b'L' | b'K' | b'x' | b'g') && size > MAX_EXTENSION_HEADER {
+            return Err(io::Error::other(format!(
+                "a long-name or PAX header of {size} bytes (at most {MAX_EXTENSION_HEADER})"
+            )));
+        }
+        if matches!(kind, b'x' | b'g') {
+            self.pax = Some(Vec::new());
+        }
+        self.skip = size
+            .checked_add(511)
+            .map(|n| n & !511)
+            .ok_or_else(|| io::Error::other("a tar header whose size overflows"))?;
+        if self.skip == 0 {
+            self.pax = None;
+        }
+        Ok(())
+    }
+}
+
+/// A tar header's size field: octal text, or base-256 when its first byte has the high bit.
+fn header_size(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        let mut value: u64 = u64::from(field[0] & 0x7f);
+        for &b in &field[1..] {
+            value = value.checked_mul(256)?.checked_add(u64::from(b))?;
+        }
+        return Some(value);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.inspect(&buf[..n])?;
+        Ok(n)
     }
 }
 
@@ -266,6 +388,18 @@ pub fn resolve_link_target(link: &[String], target: &[u8]) -> Result<Vec<String>
     Ok(at)
 }
 
+/// [`resolve_link_target`], also refusing a target outside `top/` when there is a top.
+fn resolve_link_under(link: &[String], target: &[u8], top: Option<&str>) -> Result<(), String> {
+    let points_at = resolve_link_target(link, target)?;
+    match top {
+        Some(top) if points_at.first().map(String::as_str) != Some(top) => Err(format!(
+            "a symlink to {:?}, which points outside {top}/",
+            String::from_utf8_lossy(target)
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Creates the missing folders above `path`, refusing to go through a symlink or a file.
 fn prepare_parents(dest: &Utf8Path, path: &[String]) -> Result<(), String> {
     let mut at = dest.to_path_buf();
@@ -309,8 +443,9 @@ fn check_no_symlink_on(dest: &Utf8Path, path: &[String]) -> Result<(), String> {
 }
 
 /// Resolves the symlink at `link` (components below `dest`) as the kernel would, link by
-/// link, refusing the first step that would leave `dest`.
-fn resolve_on_disk(dest: &Utf8Path, link: &[String]) -> Result<(), String> {
+/// link, refusing the first step that would leave `dest` (or its first `floor` components:
+/// the top folder).
+fn resolve_on_disk(dest: &Utf8Path, link: &[String], floor: usize) -> Result<(), String> {
     const MAX_HOPS: usize = 40;
     let mut at: Vec<String> = link[..link.len() - 1].to_vec();
     let first = fs::read_link(dest.join(link.join("/")))
@@ -321,9 +456,10 @@ fn resolve_on_disk(dest: &Utf8Path, link: &[String]) -> Result<(), String> {
         match part.as_str() {
             "" | "." => {}
             ".." => {
-                if at.pop().is_none() {
+                if at.len() <= floor {
                     return Err("through other symlinks it points outside the destination".into());
                 }
+                at.pop();
             }
             _ => {
                 at.push(part);
@@ -722,6 +858,143 @@ mod tests {
             err.contains("\"package.json\"") && err.contains("outside node_modules/"),
             "{err}"
         );
+    }
+
+    /// Issue 15, point 5: the tar crate reads a GNU long name (or long link, or PAX header)
+    /// whole, at the size its header declares: a header declaring 1 GiB must be refused
+    /// before that (it took 5.3 GB of memory). The body need not even be there.
+    #[test]
+    fn huge_long_name_or_pax_headers_are_refused_before_they_are_read() {
+        for (kind, declared) in [
+            (b'L', 1u64 << 30),
+            (b'K', 1 << 30),
+            (b'x', 1 << 30),
+            (b'g', 1 << 30),
+            (b'L', MAX_EXTENSION_HEADER + 1),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+            header.set_entry_type(tar::EntryType::new(kind));
+            header.set_size(declared);
+            header.set_mode(0o644);
+            header.set_cksum();
+            let mut bytes = header.as_bytes().to_vec();
+            bytes.extend_from_slice(&[b'a'; 4096]);
+            let scratch = Scratch::new();
+            let err = unpack_safely(&bytes[..], &scratch.dest()).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains(&format!("header of {declared} bytes")),
+                "{}: {err}",
+                kind as char
+            );
+        }
+        // A PAX size record would move the next header where the guard does not look.
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("size", &b"0"[..])])
+            .unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, "a", &b"x"[..]).unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let scratch = Scratch::new();
+        let err = format!(
+            "{:#}",
+            unpack_safely(&bytes[..], &scratch.dest()).unwrap_err()
+        );
+        assert!(err.contains("size record"), "{err}");
+        // Long names of a normal length still unpack (the tool's own archives use them).
+        let long = format!(
+            "node_modules/{}index.js",
+            format!("{}/", "p".repeat(90)).repeat(3)
+        );
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, &long, &b"ok"[..]).unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let scratch = Scratch::new();
+        unpack_safely_under(&bytes[..], &scratch.dest(), "node_modules").unwrap();
+        assert_eq!(fs::read(scratch.dest().join(&long)).unwrap(), b"ok");
+    }
+
+    /// Issue 15, point 5: folders lose set-id, sticky and group/other write bits as files do
+    /// (a 2777 folder stayed world-writable), whatever the umask.
+    #[test]
+    fn folders_and_files_lose_set_id_and_group_or_other_write_bits() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, mode) in [
+            ("node_modules/d", tar::EntryType::Directory, 0o2777),
+            ("node_modules/s", tar::EntryType::Directory, 0o1777),
+            ("node_modules/f", tar::EntryType::Regular, 0o6777),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(0);
+            header.set_mode(mode);
+            builder.append_data(&mut header, name, &b""[..]).unwrap();
+        }
+        let bytes = builder.into_inner().unwrap();
+        let scratch = Scratch::new();
+        unpack_safely_under(&bytes[..], &scratch.dest(), "node_modules").unwrap();
+        for name in ["d", "s", "f"] {
+            let mode = fs::metadata(scratch.dest().join("node_modules").join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7022, 0, "{name}: {mode:o}");
+        }
+    }
+
+    /// Issue 15, point 5: under a top folder, a symlink may not point above it (it could
+    /// point one level above node_modules/, into the build context).
+    #[test]
+    fn a_symlink_may_not_point_above_the_top_folder() {
+        for (link, target) in [
+            ("node_modules/up", ".."),
+            ("node_modules/a/up", "../../package.json"),
+            ("node_modules/a/b", "../../x/y"),
+        ] {
+            let scratch = Scratch::new();
+            let err = unpack_safely_under(
+                &tarball(&[E::Symlink(link, target)])[..],
+                &scratch.dest(),
+                "node_modules",
+            )
+            .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("outside node_modules/"),
+                "{link} -> {target}: {err}"
+            );
+        }
+        // Chains of links each inside, that lead above it together, are refused on disk.
+        let scratch = Scratch::new();
+        let err = unpack_safely_under(
+            &tarball(&[
+                E::Symlink("node_modules/a/top", ".."),
+                E::Symlink("node_modules/b", "a/top/.."),
+            ])[..],
+            &scratch.dest(),
+            "node_modules",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("outside"), "{err:#}");
+        // Inside is fine, also to the top folder itself.
+        let scratch = Scratch::new();
+        unpack_safely_under(
+            &tarball(&[
+                E::File("node_modules/pkg/index.js", b"1"),
+                E::Symlink("node_modules/.bin/tool", "../pkg/index.js"),
+                E::Symlink("node_modules/.bin/root", ".."),
+            ])[..],
+            &scratch.dest(),
+            "node_modules",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -15,7 +15,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::manifest::{
-    is_safe_relative_path, FileEntry, Manifest, MANIFEST_FILE, SUMS_FILE,
+    escape, is_safe_relative_path, FileEntry, Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES,
+    SUMS_FILE,
 };
 
 pub const BUFFER: usize = 1 << 20;
@@ -74,14 +75,57 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Size and sha256 of a file, streaming.
+/// Opens a file of a bundle for reading: a symlink in its last component is not followed,
+/// a FIFO does not block, and anything but a regular file is refused.
+pub fn open_regular(path: &Utf8Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other(
+                "it is a symlink, and a bundle holds regular files only (not followed)",
+            ),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "it is not a regular file (a FIFO, a device or a folder), and a bundle holds \
+             regular files only",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a whole file of a bundle ([`open_regular`]), refusing one larger than `cap`
+/// before reading it.
+pub fn read_capped(path: &Utf8Path, cap: usize) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let size = file.metadata()?.len();
+    if size > cap as u64 {
+        return Err(io::Error::other(format!(
+            "it is {size} bytes, more than the {cap} it may have"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(cap as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > cap {
+        return Err(io::Error::other(format!(
+            "it grew to more than the {cap} bytes it may have"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Size and sha256 of a file of a bundle ([`open_regular`]), streaming.
 pub fn hash_file(path: &Utf8Path) -> io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
+    let mut file = open_regular(path)?;
     let mut hasher = Sha256::new();
     let size = file.metadata()?.len();
     if size < 4 * BUFFER as u64 {
         let mut buf = Vec::with_capacity(size as usize);
-        file.read_to_end(&mut buf)?;
+        (&mut file).take(4 * BUFFER as u64).read_to_end(&mut buf)?;
         hasher.update(&buf);
         return Ok((buf.len() as u64, hex(&hasher.finalize())));
     }
@@ -242,9 +286,10 @@ pub fn list_files(dir: &Utf8Path) -> anyhow::Result<Vec<String>> {
     fn walk(root: &Utf8Path, dir: &Utf8Path, out: &mut Vec<String>) -> anyhow::Result<()> {
         let entries = dir
             .read_dir_utf8()
-            .with_context(|| format!("reading folder {dir}"))?;
+            .with_context(|| format!("reading folder {}", escape(dir.as_str())))?;
         for entry in entries {
-            let entry = entry.with_context(|| format!("reading folder {dir}"))?;
+            let entry =
+                entry.with_context(|| format!("reading folder {}", escape(dir.as_str())))?;
             let path = entry.path();
             let kind = entry.file_type()?;
             if kind.is_dir() {
@@ -253,7 +298,10 @@ pub fn list_files(dir: &Utf8Path) -> anyhow::Result<Vec<String>> {
                 let rel = path.strip_prefix(root).unwrap_or(path);
                 out.push(rel.as_str().replace('\\', "/"));
             } else {
-                bail!("{path} is not a regular file or folder (a symlink or device); a bundle holds neither");
+                bail!(
+                    "{} is not a regular file or folder (a symlink or device); a bundle holds neither",
+                    escape(path.as_str())
+                );
             }
         }
         Ok(())
@@ -323,23 +371,46 @@ pub enum FileProblem {
     UnsafePath {
         path: String,
     },
+    /// A file the manifest does not list, in a folder handed to a build or merged into
+    /// the host's caches: it would reach them unchecked.
+    Unlisted {
+        path: String,
+        folder: String,
+    },
 }
 
 impl std::fmt::Display for FileProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let escaped = |path: &str| escape(path);
         match self {
-            FileProblem::Missing { path } => write!(f, "{path}: missing"),
+            FileProblem::Missing { path } => write!(f, "{}: missing", escaped(path)),
             FileProblem::Size { path, expected, actual, sha256 } => write!(
                 f,
-                "{path}: {actual} bytes, expected {expected} (truncated or grown; actual sha256 {sha256})"
+                "{}: {actual} bytes, expected {expected} (truncated or grown; actual sha256 {sha256})",
+                escaped(path)
             ),
-            FileProblem::Digest { path, expected, actual } => {
-                write!(f, "{path}: sha256 {actual}, expected {expected} (corrupted)")
+            FileProblem::Digest { path, expected, actual } => write!(
+                f,
+                "{}: sha256 {actual}, expected {} (corrupted)",
+                escaped(path),
+                escaped(expected)
+            ),
+            FileProblem::Unreadable { path, error } => {
+                write!(f, "{}: cannot be read: {error}", escaped(path))
             }
-            FileProblem::Unreadable { path, error } => write!(f, "{path}: cannot be read: {error}"),
-            FileProblem::UnsafePath { path } => {
-                write!(f, "{path}: the manifest names a path outside the bundle")
-            }
+            FileProblem::UnsafePath { path } => write!(
+                f,
+                "{}: the manifest names a path outside the bundle",
+                escaped(path)
+            ),
+            FileProblem::Unlisted { path, folder } => write!(
+                f,
+                "{}: not in the manifest, in {}/, which is handed to the builds (or merged \
+                 into ~/.npm); an unlisted file there would reach them unchecked: remove it, \
+                 or copy the bundle again",
+                escaped(path),
+                escaped(folder)
+            ),
         }
     }
 }
@@ -362,38 +433,182 @@ impl Verification {
 
 /// Reads the bundle's manifest, checks that SHA256SUMS agrees with it.
 pub fn read_manifest(dir: &Utf8Path) -> anyhow::Result<Manifest> {
-    let path = dir.join(MANIFEST_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-            "{dir} holds no bundle ({MANIFEST_FILE} is missing): run `cargo xtask cache-export` \
-             there, or copy the whole folder again if an export or a copy was interrupted"
-        ),
-        Err(e) => return Err(e).with_context(|| format!("reading {path}")),
-    };
-    let manifest = Manifest::from_yaml(&text).with_context(|| format!("reading {path}"))?;
-    let sums_path = dir.join(SUMS_FILE);
-    let sums = std::fs::read_to_string(&sums_path)
-        .with_context(|| format!("reading {sums_path}: the bundle is incomplete; copy it again"))?;
-    manifest
-        .check_sums_agree(&sums)
-        .with_context(|| format!("checking {sums_path}"))?;
-    Ok(manifest)
+    Ok(read_checked_manifest(dir, &Trust::default())?.0)
 }
 
-/// Checks every file of the bundle against the manifest.
+/// The signature of `SHA256SUMS` that `cache-export --sign-key` writes beside it.
+pub const SIGNATURE_FILE: &str = "SHA256SUMS.sig";
+/// The `ssh-keygen -Y` namespace of that signature: a signature made for something else
+/// (git commits, files) does not verify as a bundle's.
+pub const SIGNING_NAMESPACE: &str = "xtask-bundle";
+
+/// What a bundle must prove before anything else of it is read: its digest, and a
+/// signature by `identity` in an allowed-signers file.
+#[derive(Default, Clone)]
+pub struct Trust {
+    pub digest: Option<String>,
+    pub signers: Option<(Utf8PathBuf, String)>,
+}
+
+/// Signs the bundle's `SHA256SUMS` (hence every file) with the ssh key `key`:
+/// `SHA256SUMS.sig` beside it.
+pub fn sign_sums(out: &Utf8Path, key: &Utf8Path) -> anyhow::Result<()> {
+    let sh = xshell::Shell::new()?;
+    let sums = out.join(SUMS_FILE);
+    let sig = out.join(SIGNATURE_FILE);
+    if sig.exists() {
+        std::fs::remove_file(&sig).with_context(|| format!("removing {sig}"))?;
+    }
+    let namespace = SIGNING_NAMESPACE;
+    xshell::cmd!(sh, "ssh-keygen -q -Y sign -f {key} -n {namespace} {sums}")
+        .quiet()
+        .run()
+        .with_context(|| format!("signing {sums} with {key} (ssh-keygen -Y sign)"))?;
+    Ok(())
+}
+
+/// Checks `SHA256SUMS.sig` against `sums`, the bytes of SHA256SUMS already read (what is
+/// checked is what is used).
+fn check_signature(
+    dir: &Utf8Path,
+    sums: &[u8],
+    signers: &Utf8Path,
+    identity: &str,
+) -> anyhow::Result<()> {
+    let sig_path = dir.join(SIGNATURE_FILE);
+    let sig = read_capped(&sig_path, 64 * 1024).map_err(|e| {
+        anyhow::anyhow!(
+            "reading {sig_path}: {e}: the bundle is not signed (cache-export --sign-key), or \
+             its signature was lost; do not import it"
+        )
+    })?;
+    let sh = xshell::Shell::new()?;
+    let tmp = sh.create_temp_dir()?;
+    let sig_copy = tmp.path().join("SHA256SUMS.sig");
+    std::fs::write(&sig_copy, &sig)?;
+    let namespace = SIGNING_NAMESPACE;
+    let out = xshell::cmd!(
+        sh,
+        "ssh-keygen -Y verify -f {signers} -I {identity} -n {namespace} -s {sig_copy}"
+    )
+    .stdin(sums)
+    .quiet()
+    .ignore_status()
+    .output()
+    .context("running ssh-keygen -Y verify (OpenSSH 8.1 or later)")?;
+    if !out.status.success() {
+        bail!(
+            "{sig_path} is not a signature of this SHA256SUMS by {} in {signers} \
+             (ssh-keygen: {}): the bundle was altered, or signed by someone else; nothing \
+             else was read from it. Do not import it",
+            crate::model::manifest::clip(identity),
+            crate::model::manifest::clip(String::from_utf8_lossy(&out.stderr).trim())
+        );
+    }
+    Ok(())
+}
+
+/// The bundle's digest: the sha256 of its `SHA256SUMS`, which lists every file of the
+/// bundle, `manifest.yaml` included.
+pub fn bundle_digest(sums: &[u8]) -> String {
+    hex(&Sha256::digest(sums))
+}
+
+/// A digest as the user gave it (`sha256:` prefix optional, any case), or why not.
+pub fn parse_digest(text: &str) -> anyhow::Result<String> {
+    let hex = text.trim();
+    let hex = hex
+        .strip_prefix("sha256:")
+        .unwrap_or(hex)
+        .to_ascii_lowercase();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "{:?} is not a bundle digest (64 hex digits, as cache-export prints it)",
+            crate::model::manifest::clip(text)
+        );
+    }
+    Ok(hex)
+}
+
+/// Reads the bundle's manifest and checks it, before anything else of the bundle is read:
+/// `SHA256SUMS` (no symlink, no FIFO, at most 8 MiB) has the digest `expect` when one is
+/// given, it lists `manifest.yaml` with the digest of the bytes read, and it agrees with
+/// the manifest's file list. Returns the manifest and the bundle's digest.
+pub fn read_checked_manifest(dir: &Utf8Path, trust: &Trust) -> anyhow::Result<(Manifest, String)> {
+    let path = dir.join(MANIFEST_FILE);
+    if let Err(e) = std::fs::symlink_metadata(&path) {
+        if e.kind() == io::ErrorKind::NotFound {
+            bail!(
+                "{dir} holds no bundle ({MANIFEST_FILE} is missing): run `cargo xtask cache-export` \
+                 there, or copy the whole folder again if an export or a copy was interrupted"
+            );
+        }
+    }
+    let sums_path = dir.join(SUMS_FILE);
+    let sums = read_capped(&sums_path, MAX_MANIFEST_BYTES).map_err(|e| {
+        anyhow::anyhow!(
+            "reading {sums_path}: {e}: the bundle is incomplete or altered; copy it again"
+        )
+    })?;
+    let digest = bundle_digest(&sums);
+    if let Some((signers, identity)) = &trust.signers {
+        check_signature(dir, &sums, signers, identity)?;
+    }
+    if let Some(expect) = &trust.digest {
+        if &digest != expect {
+            bail!(
+                "the bundle in {dir} has the digest sha256:{digest}, not the sha256:{expect} \
+                 expected: it is not the bundle that was exported (damaged, or altered on \
+                 the way); nothing was read from it but SHA256SUMS. Do not import it: copy \
+                 it again from the export machine"
+            );
+        }
+    }
+    let sums = String::from_utf8(sums).map_err(|_| {
+        anyhow::anyhow!("reading {sums_path}: it is not text; copy the bundle again")
+    })?;
+    let text = read_capped(&path, MAX_MANIFEST_BYTES)
+        .map_err(|e| anyhow::anyhow!("reading {path}: {e}; copy the whole folder again"))?;
+    let manifest_sha256 = hex(&Sha256::digest(&text));
+    let mut listed = crate::model::manifest::parse_sha256sums(&sums)
+        .with_context(|| format!("checking {sums_path}"))?;
+    crate::model::manifest::check_manifest_listed(&mut listed, &manifest_sha256)
+        .with_context(|| format!("checking {path} against {sums_path}"))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| anyhow::anyhow!("reading {path}: it is not UTF-8 text"))?;
+    let manifest = Manifest::from_yaml(&text).with_context(|| format!("reading {path}"))?;
+    manifest
+        .check_sums_agree(&sums, &manifest_sha256)
+        .with_context(|| format!("checking {sums_path}"))?;
+    Ok((manifest, digest))
+}
+
+/// Writes the bundle's `SHA256SUMS` and `manifest.yaml` (last: until it is there, the
+/// folder holds no bundle); returns the bundle's digest.
+pub fn write_manifest(out: &Utf8Path, manifest: &Manifest) -> anyhow::Result<String> {
+    let yaml = manifest.to_yaml();
+    let sums = manifest.sha256sums(&hex(&Sha256::digest(yaml.as_bytes())));
+    write_atomic(&out.join(SUMS_FILE), sums.as_bytes())?;
+    write_atomic(&out.join(MANIFEST_FILE), yaml.as_bytes())?;
+    Ok(bundle_digest(sums.as_bytes()))
+}
+
+/// Checks every file of the bundle against the manifest, but those in `later` (which the
+/// caller checks as it streams them).
 pub fn verify(
     dir: &Utf8Path,
     manifest: &Manifest,
+    later: &[String],
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> anyhow::Result<Verification> {
     let start = std::time::Instant::now();
+    let checked = manifest.files.iter().filter(|f| !later.contains(&f.path));
     let mut report = Verification {
-        files: manifest.files.len(),
+        files: checked.clone().count(),
         ..Verification::default()
     };
     let mut to_hash: Vec<&FileEntry> = Vec::new();
-    for entry in &manifest.files {
+    for entry in checked {
         if !is_safe_relative_path(&entry.path) {
             report.problems.push(FileProblem::UnsafePath {
                 path: entry.path.clone(),
@@ -426,7 +641,7 @@ pub fn verify(
                 error: e.to_string(),
             }),
             Ok((size, digest)) => {
-                report.bytes += size;
+                report.bytes = report.bytes.saturating_add(size);
                 if size != entry.size {
                     report.problems.push(FileProblem::Size {
                         path: entry.path.clone(),
@@ -446,16 +661,53 @@ pub fn verify(
     }
     let listed: std::collections::BTreeSet<&str> =
         manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let handed = handed_folders(manifest);
     for file in list_files(dir)? {
-        let ours = [MANIFEST_FILE, SUMS_FILE];
+        let ours = [MANIFEST_FILE, SUMS_FILE, SIGNATURE_FILE, LEGACY_LOCK];
         let top_level_known = !file.contains('/')
             && (ours.contains(&file.as_str()) || REPOSITORY_FILES.contains(&file.as_str()));
-        if !listed.contains(file.as_str()) && !top_level_known && !file.starts_with(".") {
-            report.unlisted.push(file);
+        if listed.contains(file.as_str()) || top_level_known {
+            continue;
+        }
+        match handed
+            .iter()
+            .find(|folder| file.starts_with(&format!("{folder}/")))
+        {
+            Some(folder) => report.problems.push(FileProblem::Unlisted {
+                path: file,
+                folder: folder.to_string(),
+            }),
+            None => report.unlisted.push(file),
         }
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The lock file earlier versions left in the bundle folder (empty).
+const LEGACY_LOCK: &str = ".lock";
+
+/// The folders of the bundle that reach a build (BuildKit contexts and caches, read
+/// whole) or the host (merged into ~/.npm): every file in them must be listed.
+pub fn handed_folders(manifest: &Manifest) -> Vec<&str> {
+    let mut folders: Vec<&str> = manifest
+        .services
+        .iter()
+        .flat_map(|s| {
+            [
+                s.build_cache.as_deref(),
+                s.wheelhouse.as_deref(),
+                s.npm_cache.as_deref(),
+                s.npm_host_cache.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(s.contexts.values().map(String::as_str))
+        })
+        .collect();
+    folders.sort();
+    folders.dedup();
+    folders
 }
 
 /// Writes `contents` to `path` through a temporary file beside it and a rename.
@@ -479,21 +731,45 @@ pub fn temp_sibling(path: &Utf8Path) -> Utf8PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// An exclusive lock on a bundle folder, held while an export or import writes there.
+/// An exclusive lock on a bundle folder, held while an export or import uses it. The lock
+/// file is not in the bundle (a bundle on a read-only disk imports): it is
+/// `/run/lock/xtask-bundle-<hash of the folder's canonical path>.lock`, or in the temporary
+/// folder when /run/lock cannot be written. It is opened without following a symlink and
+/// without blocking on a FIFO, and must be a regular file.
 pub struct BundleLock {
     _file: File,
 }
 
 impl BundleLock {
-    pub fn acquire(dir: &Utf8Path, what: &str) -> anyhow::Result<BundleLock> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
-        let path = dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {path}"))?;
+    /// Locks `dir`, which must exist (an import) or is created (`create`: an export).
+    pub fn acquire(dir: &Utf8Path, what: &str, create: bool) -> anyhow::Result<BundleLock> {
+        if create {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        }
+        let canonical = match std::fs::canonicalize(dir) {
+            Ok(path) if path.is_dir() => path,
+            Ok(_) => bail!("{dir} is not a folder: give --bundle the bundle's folder"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+                "{dir} does not exist, so it holds no bundle: give --bundle the folder \
+                 cache-export wrote (copied whole)"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("reading {dir}")),
+        };
+        let name = format!(
+            "xtask-bundle-{}.lock",
+            &hex(&Sha256::digest(canonical.as_os_str().as_encoded_bytes()))[..24]
+        );
+        let run_lock = Utf8Path::new("/run/lock").join(&name);
+        let (path, file) = match open_lock(&run_lock) {
+            Ok(file) => (run_lock, file),
+            Err(_) => {
+                let tmp = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+                    .unwrap_or_else(|_| Utf8PathBuf::from("/tmp"))
+                    .join(&name);
+                let file = open_lock(&tmp).with_context(|| format!("opening the lock {tmp}"))?;
+                (tmp, file)
+            }
+        };
         match file.try_lock() {
             Ok(()) => Ok(BundleLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -505,6 +781,25 @@ impl BundleLock {
             }
         }
     }
+}
+
+/// Opens (or creates, 0600) a lock file: never through a symlink, never a FIFO or device.
+fn open_lock(path: &Utf8Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(
+            "it is not a regular file (a FIFO or a device); remove it",
+        ));
+    }
+    Ok(file)
 }
 
 pub fn human_bytes(bytes: u64) -> String {
@@ -527,21 +822,25 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Files named in `later` are left for the caller, which verifies them as it streams them.
 pub fn verify_bundle(
     dir: &Utf8Path,
+    manifest: &Manifest,
     print: bool,
     later: &[String],
 ) -> anyhow::Result<Verification> {
-    let mut manifest = read_manifest(dir)?;
-    manifest.files.retain(|f| !later.contains(&f.path));
-    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+    let (count, total) = manifest
+        .files
+        .iter()
+        .filter(|f| !later.contains(&f.path))
+        .fold((0, 0u64), |(n, sum), f| (n + 1, sum.saturating_add(f.size)));
     eprintln!(
-        "   Verifying {} files ({}) in {dir}",
-        manifest.files.len(),
+        "   Verifying {count} files ({}) in {dir}",
         human_bytes(total)
     );
-    let mut report = verify(dir, &manifest, &|_, _| {})?;
-    report.unlisted.retain(|f| !later.contains(f));
+    let report = verify(dir, manifest, later, &|_, _| {})?;
     for file in &report.unlisted {
-        eprintln!("warning: {file} is in the bundle folder but not in its manifest; it is ignored");
+        eprintln!(
+            "warning: {} is in the bundle folder but not in its manifest; it is ignored",
+            escape(file)
+        );
     }
     if print || !report.ok() {
         for problem in &report.problems {
@@ -633,6 +932,35 @@ mod tests {
         .unwrap();
         assert_eq!((total, hex(&streamed.finalize())), (size, digest));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// cache-export --sign-key signs SHA256SUMS so that the import's check accepts it,
+    /// and only those bytes.
+    #[test]
+    fn sign_sums_makes_a_signature_check_signature_accepts() {
+        let sh = xshell::Shell::new().unwrap();
+        let dir = test_dir("sign");
+        let key = dir.join("key");
+        if xshell::cmd!(sh, "ssh-keygen -q -t ed25519 -N '' -C me -f {key}")
+            .quiet()
+            .run()
+            .is_err()
+        {
+            eprintln!("skipped: no ssh-keygen");
+            return;
+        }
+        let public = std::fs::read_to_string(dir.join("key.pub")).unwrap();
+        let signers = dir.join("allowed");
+        std::fs::write(&signers, format!("me@x {public}")).unwrap();
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join(SUMS_FILE), b"sums\n").unwrap();
+        sign_sums(&bundle, &key).unwrap();
+        sign_sums(&bundle, &key).unwrap(); // again: the old signature is replaced
+        check_signature(&bundle, b"sums\n", &signers, "me@x").unwrap();
+        assert!(check_signature(&bundle, b"sumS\n", &signers, "me@x").is_err());
+        assert!(check_signature(&bundle, b"sums\n", &signers, "you@x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `--bundle DIR` option, and the one rule for where the bundle folder is: the folder
 //! given (against the current directory), else `docker-build-cache/` beside the compose
-//! file, else in the current directory.
+//! file, else in the current directory. Also the options that say which bundle to trust
+//! (`--expect-digest`, `--allowed-signers` with `--signer-identity`).
 
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
@@ -38,4 +39,38 @@ pub fn bundle_dir(
         Err(_) => cwd,
     };
     Ok(base.join(bundle::DEFAULT_DIR))
+}
+
+/// What the bundle must prove before anything else of it is read.
+#[derive(clap::Args, Clone, Default)]
+pub struct TrustArgs {
+    /// Refuse the bundle unless its digest (printed by cache-export) is this one; checked
+    /// before anything else of the bundle is read
+    #[arg(long, value_name = "SHA256")]
+    pub expect_digest: Option<String>,
+    /// Refuse the bundle unless SHA256SUMS.sig signs it by --signer-identity in this
+    /// allowed-signers file (`ssh-keygen -Y verify`, namespace xtask-bundle)
+    #[arg(long, value_name = "FILE", requires = "signer_identity")]
+    pub allowed_signers: Option<Utf8PathBuf>,
+    /// The signer that --allowed-signers must find (e.g. release@example.com)
+    #[arg(long, value_name = "ID", requires = "allowed_signers")]
+    pub signer_identity: Option<String>,
+}
+
+impl TrustArgs {
+    pub fn trust(&self, sh: &Shell) -> anyhow::Result<bundle::Trust> {
+        let digest = self
+            .expect_digest
+            .as_deref()
+            .map(bundle::parse_digest)
+            .transpose()?;
+        let signers = match (&self.allowed_signers, &self.signer_identity) {
+            (Some(file), Some(identity)) => Some((
+                project::absolute(&project::current_dir(sh)?, file),
+                identity.clone(),
+            )),
+            _ => None,
+        };
+        Ok(bundle::Trust { digest, signers })
+    }
 }

@@ -67,7 +67,7 @@ pub fn human_manifest(m: &Manifest) -> String {
     for f in &m.files {
         let e = dirs.entry(layout::top_level(&f.path)).or_default();
         e.0 += 1;
-        e.1 += f.size;
+        e.1 = e.1.saturating_add(f.size);
     }
     for (top, (count, size)) in dirs {
         s.push_str(&format!(
@@ -84,8 +84,30 @@ fn short_id(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
+/// The script's `checked_copy`: copies a bundle file into the private folder and checks
+/// the copy against the private SHA256SUMS.
+const CHECKED_COPY: &str = r#"# Copies the bundle's file $1 to $2 (in the private folder) and checks the copy: what is
+# loaded is what was checked, whatever happens to the bundle meanwhile.
+checked_copy() {
+    want=$(awk -v p="$1" 'substr($0, 67) == p { print substr($0, 1, 64) }' "$tree/SHA256SUMS")
+    if [ -L "$1" ] || [ ! -f "$1" ]; then
+        echo "error: $1 is no longer a regular file; nothing more is loaded" >&2
+        exit 1
+    fi
+    cp "$1" "$2"
+    got=$(sha256sum < "$2" | cut -d ' ' -f 1)
+    if [ -z "$want" ] || [ "$got" != "$want" ]; then
+        echo "error: $1 changed after it was checked (sha256 $got, expected $want); it was not loaded. Copy the bundle again" >&2
+        exit 1
+    fi
+}
+"#;
+
 /// `import-build-cache.sh`: verifies every checksum, then loads the images, for servers
-/// without Rust. POSIX sh.
+/// without Rust. POSIX sh. What it loads is what it checked: each file is copied into a
+/// private folder (`mktemp -d`, 0700), the copy is hashed and compared with the private
+/// copy of SHA256SUMS, and the copy is loaded; a file changed after `sha256sum -c` fails
+/// the import before `docker load` runs. An optional argument is the bundle digest.
 pub fn import_script(m: &Manifest) -> String {
     let archive = m
         .files
@@ -95,42 +117,46 @@ pub fn import_script(m: &Manifest) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| layout::images_archive(m.compression));
     let load = match m.compression {
-        Compression::None => "docker load -i \"$archive\"".to_string(),
-        Compression::Gzip => "gzip -dc \"$archive\" | docker load".to_string(),
+        Compression::None => "docker load -i \"$tree/archive\"".to_string(),
+        Compression::Gzip => "gzip -dc \"$tree/archive\" | docker load".to_string(),
         Compression::Zstd => "if ! command -v zstd >/dev/null 2>&1; then\n        \
              echo \"error: $archive is zstd-compressed and this server has no zstd; install zstd, or import with cargo xtask cache-import\" >&2\n        \
-             exit 1\n    fi\n    zstd -dc \"$archive\" | docker load"
+             exit 1\n    fi\n    zstd -dc \"$tree/archive\" | docker load"
             .to_string(),
     };
     let images = match &m.image_layout {
         None => format!(
             r#"archive="{archive}"
 if [ -f "$archive" ]; then
+    echo "Copying $archive to $tree and checking the copy..."
+    checked_copy "$archive" "$tree/archive"
     echo "Loading images from $archive..."
     {load}
+    rm -f "$tree/archive"
 else
     echo "No images archive in this bundle."
 fi"#
         ),
         Some(layout) => {
-            // The tar `docker save` wrote, rebuilt from the bundle's files: a folder of
-            // links under the archive's names, read through with tar -h.
+            // The tar `docker save` wrote, rebuilt from checked copies of the bundle's
+            // files, under the archive's names.
             let mut s = String::from(
-                "link() {\n    mkdir -p \"$tree/images/$(dirname \"$1\")\"\n    \
-                 ln -s \"$bundle/$2\" \"$tree/images/$1\"\n}\n",
+                "put() {\n    mkdir -p \"$tree/images/$(dirname \"$1\")\"\n    \
+                 checked_copy \"$2\" \"$tree/images/$1\"\n}\n",
             );
             let mut names = Vec::new();
             for e in &layout.entries {
                 s.push_str(&format!(
-                    "link {} {}\n",
+                    "put {} {}\n",
                     sh_quote(&e.name),
                     sh_quote(&e.path)
                 ));
                 names.push(sh_quote(&e.name));
             }
             s.push_str(&format!(
-                "echo \"Loading images ({} files, {} of them in build-cache/blobs/)...\"\n\
-                 (cd \"$tree/images\" && tar -chf - {}) | docker load",
+                "echo \"Loading images ({} files, {} of them from build-cache/blobs/)...\"\n\
+                 (cd \"$tree/images\" && tar -cf - {}) | docker load\n\
+                 rm -rf \"$tree/images\"",
                 layout.entries.len(),
                 layout
                     .entries
@@ -147,7 +173,14 @@ fi"#
         r#"#!/bin/sh
 # Imports this Docker build-cache bundle ({project}, strategy {strategy}) on a server
 # without Rust. Written by `cargo xtask cache-export`; `cargo xtask cache-import` does the
-# same and more. Nothing is loaded unless every checksum in SHA256SUMS matches.
+# same and more. Nothing is loaded unless every checksum in SHA256SUMS matches, and what
+# is loaded is a private copy whose checksum was checked.
+#
+#   sh import-build-cache.sh [sha256:DIGEST]
+#
+# DIGEST: the bundle digest cache-export printed (the sha256 of SHA256SUMS); given, the
+# bundle is refused unless it has it. Copies go to a private folder in $TMPDIR (default
+# /var/tmp), which needs room for the images.
 set -eu
 
 cd "$(dirname "$0")"
@@ -161,16 +194,26 @@ if ! docker version >/dev/null 2>&1; then
     exit 1
 fi
 
+tree=$(mktemp -d "${{TMPDIR:-/var/tmp}}/import-build-cache.XXXXXX")
+trap 'rm -rf "$tree"' EXIT
+chmod 700 "$tree"
+cp SHA256SUMS "$tree/SHA256SUMS"
+if [ $# -gt 0 ]; then
+    want=${{1#sha256:}}
+    got=$(sha256sum < "$tree/SHA256SUMS" | cut -d ' ' -f 1)
+    if [ "$got" != "$want" ]; then
+        echo "error: the bundle digest is sha256:$got, not sha256:$want: this is not the bundle that was exported; nothing was loaded" >&2
+        exit 1
+    fi
+fi
+
 echo "Verifying checksums (SHA256SUMS)..."
-if ! sha256sum -c --quiet SHA256SUMS; then
+if ! sha256sum -c --quiet "$tree/SHA256SUMS"; then
     echo "error: the bundle is damaged or incomplete (see the files named above); nothing was loaded. Copy them again from the export machine." >&2
     exit 1
 fi
 
-tree=$(mktemp -d)
-trap 'rm -rf "$tree"' EXIT
-bundle=$(pwd)
-
+{CHECKED_COPY}
 {images}
 {npm_images}
 echo "Done. Next, from the project folder: cargo xtask patch-compose (or add the cache_from"
@@ -294,12 +337,179 @@ fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xshell::cmd;
 
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    fn script_manifest(compression: Compression, layout: bool) -> Manifest {
+        Manifest {
+            format_version: 1,
+            tool_version: "0.1.0".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            project_name: "p".into(),
+            engine: crate::model::manifest::EngineSummary {
+                server_version: "26.1.5".into(),
+                arch: "amd64".into(),
+                containerd_store: true,
+            },
+            strategy: Strategy::Local,
+            compression,
+            images: Vec::new(),
+            image_layout: layout.then(|| crate::model::manifest::ImageLayout {
+                entries: vec![crate::model::manifest::LayoutEntry {
+                    name: "blobs/sha256/ab".into(),
+                    path: "build-cache/blobs/sha256/ab".into(),
+                }],
+            }),
+            services: vec![ServiceEntry {
+                name: "web".into(),
+                npm_cache: Some("npm-cache/web".into()),
+                npm_image: Some("p-web-npm-cache:abcd".into()),
+                ..ServiceEntry::default()
+            }],
+            files: Vec::new(),
+        }
+    }
+
+    /// Issue 15, point 7: every variant of the script is shellcheck-clean (the zstd and
+    /// gzip ones tripped SC2034).
+    #[test]
+    fn every_import_script_variant_is_shellcheck_clean() {
+        let sh = xshell::Shell::new().unwrap();
+        if cmd!(sh, "shellcheck --version")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .is_err()
+        {
+            eprintln!("skipped: no shellcheck");
+            return;
+        }
+        let dir = crate::bundle::test_dir("shellcheck");
+        for compression in Compression::ALL {
+            for layout in [false, true] {
+                let script = dir.join(format!("{}-{layout}.sh", compression.as_str()));
+                std::fs::write(
+                    &script,
+                    import_script(&script_manifest(compression, layout)),
+                )
+                .unwrap();
+                let out = cmd!(sh, "shellcheck --shell=sh {script}")
+                    .quiet()
+                    .ignore_status()
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{script}:\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 15, point 7: a file swapped after `sha256sum -c` passed is never loaded (the
+    /// old script read the archive again: a swap in between was loaded 5 times in 10).
+    /// A stand-in `docker` records what it loads; a stand-in `sha256sum` swaps the archive
+    /// right after the check passes.
+    #[test]
+    fn the_import_script_loads_only_the_bytes_it_checked() {
+        use sha2::Digest as _;
+        let sh = xshell::Shell::new().unwrap();
+        for layout in [false, true] {
+            let dir = crate::bundle::test_dir(&format!("script-toctou-{layout}"));
+            let (bundle, bin) = (dir.join("bundle"), dir.join("bin"));
+            let file = if layout {
+                "build-cache/blobs/sha256/ab"
+            } else {
+                "base-images.tar"
+            };
+            std::fs::create_dir_all(bundle.join("build-cache/blobs/sha256")).unwrap();
+            std::fs::create_dir_all(&bin).unwrap();
+            let good = b"the checked images".to_vec();
+            std::fs::write(bundle.join(file), &good).unwrap();
+            let digest = crate::bundle::hex(&sha2::Sha256::digest(&good));
+            std::fs::write(bundle.join("SHA256SUMS"), format!("{digest}  {file}\n")).unwrap();
+            let mut m = script_manifest(Compression::None, layout);
+            m.services.clear();
+            std::fs::write(bundle.join("import-build-cache.sh"), import_script(&m)).unwrap();
+            let log = dir.join("loaded");
+            std::fs::write(
+                bin.join("docker"),
+                format!(
+                    "#!/bin/sh\ncase $1 in\n  load) if [ \"${{2:-}}\" = -i ]; then cat \"$3\"; \
+                     else cat; fi >> {log} ;;\nesac\nexit 0\n"
+                ),
+            )
+            .unwrap();
+            std::fs::write(
+                bin.join("sha256sum"),
+                format!(
+                    "#!/bin/sh\n/usr/bin/sha256sum \"$@\" || exit $?\n\
+                     if [ \"$1\" = -c ]; then printf 'swapped images' > {bundle}/{file}; fi\n"
+                ),
+            )
+            .unwrap();
+            for tool in ["docker", "sha256sum"] {
+                let path = bin.join(tool);
+                cmd!(sh, "chmod +x {path}").quiet().run().unwrap();
+            }
+            let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+            let script = bundle.join("import-build-cache.sh");
+            let out = cmd!(sh, "sh {script}")
+                .env("PATH", &path)
+                .env("TMPDIR", &dir)
+                .quiet()
+                .ignore_status()
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let loaded = std::fs::read(&log).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&loaded).contains("swapped"),
+                "layout {layout}: the swapped file was loaded; {stderr}"
+            );
+            assert!(!out.status.success(), "layout {layout}: {stderr}");
+            assert!(stderr.contains("changed after it was checked"), "{stderr}");
+            // Without a swap, the checked bytes are loaded; a wrong digest argument refuses.
+            std::fs::write(bundle.join(file), &good).unwrap();
+            std::fs::remove_file(bin.join("sha256sum")).unwrap();
+            let out = cmd!(sh, "sh {script}")
+                .env("PATH", &path)
+                .env("TMPDIR", &dir)
+                .quiet()
+                .ignore_status()
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let loaded = std::fs::read(&log).unwrap();
+            let expected: &[u8] = if layout { b"the checked images" } else { &good };
+            assert!(
+                loaded.windows(expected.len()).any(|w| w == expected),
+                "layout {layout}: not loaded"
+            );
+            let wrong = "0".repeat(64);
+            let out = cmd!(sh, "sh {script} sha256:{wrong}")
+                .env("PATH", &path)
+                .env("TMPDIR", &dir)
+                .quiet()
+                .ignore_status()
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            assert!(String::from_utf8_lossy(&out.stderr).contains("bundle digest"));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     /// The hint for people names the same `cache_from` patch-compose writes.

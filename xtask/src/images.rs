@@ -315,7 +315,7 @@ pub fn name_damaged_streamed(dir: &Utf8Path, manifest: &Manifest, streamed: &[St
     if only.files.is_empty() {
         return 0;
     }
-    match bundle::verify(dir, &only, &|_, _| {}) {
+    match bundle::verify(dir, &only, &[], &|_, _| {}) {
         Ok(report) => {
             for problem in &report.problems {
                 eprintln!("error: {problem}");
@@ -356,7 +356,9 @@ pub fn load_layout(
     dir: &camino::Utf8Path,
     files: Vec<(String, camino::Utf8PathBuf, FileEntry)>,
 ) -> anyhow::Result<()> {
-    let total: u64 = files.iter().map(|(_, _, f)| f.size).sum();
+    let total: u64 = files
+        .iter()
+        .fold(0, |sum, (_, _, f)| sum.saturating_add(f.size));
     eprintln!(
         "     Loading images from {dir} ({} files, {})",
         files.len(),

@@ -702,8 +702,9 @@ fn read_meta<R: Read>(
     let text = std::str::from_utf8(&manifest_bytes).context("manifest.yaml is not UTF-8")?;
     let manifest = Manifest::from_yaml(text).context("reading manifest.yaml from the pack")?;
     let sums_text = std::str::from_utf8(&sums).context("SHA256SUMS is not UTF-8")?;
+    let manifest_sha256 = crate::bundle::hex(&sha2::Sha256::digest(&manifest_bytes));
     manifest
-        .check_sums_agree(sums_text)
+        .check_sums_agree(sums_text, &manifest_sha256)
         .context("checking SHA256SUMS from the pack")?;
     Ok((sums, manifest, manifest_bytes))
 }
@@ -885,8 +886,8 @@ mod tests {
     fn meta(files: &[(&str, &[u8])]) -> (String, String) {
         let mut manifest = String::from(
             "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
-             project_name: p\nengine: {server_version: '26.1.5', arch: amd64, \
-             containerd_store: true}\nstrategy: local\ncompression: none\nimages: []\n\
+             project_name: p\nengine:\n  server_version: '26.1.5'\n  arch: amd64\n  \
+             containerd_store: true\nstrategy: local\ncompression: none\nimages: []\n\
              services: []\nfiles:\n",
         );
         let mut sums = Vec::new();
@@ -898,6 +899,9 @@ mod tests {
             ));
             sums.push(format!("{digest}  {path}\n"));
         }
+        // SHA256SUMS lists manifest.yaml too, as cache-export writes it.
+        let manifest_digest = hex(&Sha256::digest(manifest.as_bytes()));
+        sums.push(format!("{manifest_digest}  manifest.yaml\n"));
         sums.sort_by(|a, b| a[66..].cmp(&b[66..]));
         (manifest, sums.concat())
     }
@@ -1036,11 +1040,17 @@ mod tests {
         let (err, _) = read_tar_file(
             "disagree",
             &tar(&[
-                E::File(SUMS_FILE, format!("{}  x\n", "0".repeat(64)).as_bytes()),
+                E::File(
+                    SUMS_FILE,
+                    format!("{sums}{}  x\n", "0".repeat(64)).as_bytes(),
+                ),
                 E::File(MANIFEST_FILE, manifest.as_bytes()),
             ]),
         );
-        assert!(err.contains("disagree"), "{err}");
+        assert!(
+            err.contains("x is in SHA256SUMS but not in manifest.yaml"),
+            "{err}"
+        );
     }
 
     impl E<'_> {

@@ -72,6 +72,13 @@ pub struct Args {
     /// this host's platform, for use on hosts like it
     #[arg(long)]
     pub with_node_modules: bool,
+    /// Also write the bundle's digest (what `cache-import --expect-digest` checks) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub digest_file: Option<Utf8PathBuf>,
+    /// Sign the bundle with this ssh private key (`ssh-keygen -Y sign`, namespace
+    /// xtask-bundle): SHA256SUMS.sig, checked by cache-import --allowed-signers
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<Utf8PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -131,7 +138,7 @@ impl Args {
             compression.as_str()
         );
 
-        let _lock = BundleLock::acquire(&out, "cache-export")?;
+        let _lock = BundleLock::acquire(&out, "cache-export", true)?;
         let staging = out.join(".export-partial");
         if staging.exists() {
             // Only an interrupted export leaves it, and we hold the lock.
@@ -153,16 +160,26 @@ impl Args {
             staging,
             previous: None,
         };
-        let manifest = export.write()?;
+        let (manifest, digest) = export.write()?;
         let out = &export.out;
-        let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+        let total = manifest.total_size();
         eprintln!(
             "    Finished export of {} files ({}) in {:.1}s: {out}",
             manifest.files.len(),
             human_bytes(total),
             started.elapsed().as_secs_f64()
         );
-        eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import` (or `sh {IMPORT_SCRIPT}`) there");
+        if let Some(key) = &self.sign_key {
+            let key = crate::project::absolute(&crate::project::current_dir(sh)?, key);
+            bundle::sign_sums(out, &key)?;
+            eprintln!("      Signed {out}/{} with {key}", bundle::SIGNATURE_FILE);
+        }
+        if let Some(file) = &self.digest_file {
+            let file = crate::project::absolute(&crate::project::current_dir(sh)?, file);
+            bundle::write_atomic(&file, format!("sha256:{digest}\n").as_bytes())?;
+        }
+        eprintln!("      Digest sha256:{digest} (SHA256SUMS, which lists every file; carry it apart from the bundle)");
+        eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import --expect-digest sha256:{digest}` (or `sh {IMPORT_SCRIPT}`) there");
         Ok(ExitCode::SUCCESS)
     }
 
@@ -190,7 +207,7 @@ struct Export<'a> {
 
 impl Export<'_> {
     /// The steps, in order; returns the manifest written.
-    fn write(&mut self) -> anyhow::Result<Manifest> {
+    fn write(&mut self) -> anyhow::Result<(Manifest, String)> {
         let args = self.args;
         // Builds need every base image. Dependency caches alone do not: the Python is then
         // asked of the images that are here, and read from the name of the others.
@@ -518,7 +535,7 @@ impl Export<'_> {
         &self,
         mut manifest: Manifest,
         mut files: Vec<FileEntry>,
-    ) -> anyhow::Result<Manifest> {
+    ) -> anyhow::Result<(Manifest, String)> {
         let staging = &self.staging;
         // node_modules.tar.gz (node_modules.rs); hashed below with the other files.
         if self.args.with_node_modules {
@@ -543,8 +560,8 @@ impl Export<'_> {
         )?;
         hash_pending(staging, &mut files)?;
         manifest.files = files;
-        publish(&self.out, staging, &manifest)?;
-        Ok(manifest)
+        let digest = publish(&self.out, staging, &manifest)?;
+        Ok((manifest, digest))
     }
 }
 
@@ -1050,9 +1067,10 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
 }
 
 /// Moves the staged bundle into `out`: the old manifest goes first, the new one last.
-fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::Result<()> {
+/// Returns the bundle's digest.
+fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::Result<String> {
     let old = bundle::read_manifest(out).ok();
-    for name in [MANIFEST_FILE, SUMS_FILE] {
+    for name in [MANIFEST_FILE, SUMS_FILE, bundle::SIGNATURE_FILE] {
         let path = out.join(name);
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing the old {path}"))?;
@@ -1083,9 +1101,7 @@ fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::R
             .with_context(|| format!("moving {top} into {out}"))?;
     }
     std::fs::remove_dir_all(staging).with_context(|| format!("removing {staging}"))?;
-    bundle::write_atomic(&out.join(SUMS_FILE), manifest.sha256sums().as_bytes())?;
-    bundle::write_atomic(&out.join(MANIFEST_FILE), manifest.to_yaml().as_bytes())?;
-    Ok(())
+    bundle::write_manifest(out, manifest)
 }
 
 fn remove_path(path: &Utf8Path) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use xshell::Shell;
 
 use crate::bundle::{self, human_bytes, BundleLock};
-use crate::bundle_arg::BundleArg;
+use crate::bundle_arg::{BundleArg, TrustArgs};
 use crate::docker::{Docker, EngineInfo};
 use crate::images;
 use crate::model::layout;
@@ -40,6 +40,8 @@ pub struct Args {
     /// With --extract-node-modules: replace an existing node_modules (swapped in whole)
     #[arg(long, requires = "extract_node_modules")]
     pub force: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 #[derive(Serialize)]
@@ -50,6 +52,7 @@ struct Summary {
     images_loaded: Vec<String>,
     images_present: Vec<String>,
     build_caches: Vec<String>,
+    digest: String,
     npm_images: Vec<String>,
     npm_merged_into: Vec<String>,
     seconds: f64,
@@ -59,10 +62,17 @@ impl Args {
     pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let dir = self.bundle.dir(sh, project)?;
-        let _lock = BundleLock::acquire(&dir, "cache-import")?;
+        let trust = self.trust.trust(sh)?;
+        let _lock = BundleLock::acquire(&dir, "cache-import", false)?;
+        let (manifest, digest) = bundle::read_checked_manifest(&dir, &trust)?;
+        eprintln!("      Digest sha256:{digest}");
+        // Where the npm caches go, known before anything is loaded.
+        let npm_home = match self.no_host_caches {
+            true => None,
+            false => npm_home(&manifest)?,
+        };
         let docker = Docker::new(sh);
         let engine = docker.probe()?;
-        let manifest = bundle::read_manifest(&dir)?;
         let mut present = Vec::new();
         let mut to_load = Vec::new();
         for image in &manifest.images {
@@ -93,7 +103,7 @@ impl Args {
             Some(layout) => layout.entries.iter().map(|e| e.path.clone()).collect(),
             None => archive.iter().map(|a| a.path.clone()).collect(),
         };
-        let report = bundle::verify_bundle(&dir, true, &streamed)?;
+        let report = bundle::verify_bundle(&dir, &manifest, true, &streamed)?;
         if !report.ok() {
             images::name_damaged_streamed(&dir, &manifest, &streamed);
             bail!("nothing was imported from {dir}: it does not verify (files named above)");
@@ -125,7 +135,7 @@ impl Args {
         let npm_merged = if self.no_host_caches {
             Vec::new()
         } else {
-            fill_host_caches(&dir, &manifest)?
+            fill_host_caches(&dir, &manifest, npm_home.as_deref())?
         };
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
@@ -143,6 +153,7 @@ impl Args {
                 images_loaded: to_load,
                 images_present: present,
                 build_caches,
+                digest: format!("sha256:{digest}"),
                 npm_images,
                 npm_merged_into: npm_merged,
                 seconds: secs,
@@ -182,7 +193,9 @@ fn load(
 ) -> anyhow::Result<()> {
     if let Some(layout) = &manifest.image_layout {
         let files = images::layout_files(dir, layout, &manifest.files)?;
-        let size = files.iter().map(|(_, _, f)| f.size).sum();
+        let size = files
+            .iter()
+            .fold(0u64, |sum, (_, _, f)| sum.saturating_add(f.size));
         preflight_disk(docker, &engine.docker_root_dir, manifest, size)?;
         images::load_layout(docker, dir, files)?;
     } else {
@@ -245,9 +258,34 @@ fn make_npm_images(
     npm_images
 }
 
-/// The host's caches: a hint for pip, and the npm caches merged into ~/.npm. Returns
-/// where they were merged.
-fn fill_host_caches(dir: &Utf8Path, manifest: &Manifest) -> anyhow::Result<Vec<String>> {
+/// `~/.npm`, when the bundle has npm caches to merge there: HOME must be set, and absolute
+/// (an empty one would merge into `./.npm`).
+fn npm_home(manifest: &Manifest) -> anyhow::Result<Option<camino::Utf8PathBuf>> {
+    let any = manifest
+        .services
+        .iter()
+        .any(|s| s.npm_cache.is_some() || s.npm_host_cache.is_some());
+    if !any {
+        return Ok(None);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let home = camino::Utf8PathBuf::from(home);
+    if !home.is_absolute() {
+        bail!(
+            "HOME is not set (or not an absolute path), so the npm caches cannot be merged \
+             into ~/.npm; set HOME, or pass --no-host-caches. Nothing was loaded"
+        );
+    }
+    Ok(Some(home.join(".npm")))
+}
+
+/// The host's caches: a hint for pip, and the npm caches merged into `npm_home` (~/.npm).
+/// Returns where they were merged.
+fn fill_host_caches(
+    dir: &Utf8Path,
+    manifest: &Manifest,
+    npm_home: Option<&Utf8Path>,
+) -> anyhow::Result<Vec<String>> {
     let mut npm_merged = Vec::new();
     for service in &manifest.services {
         if let Some(rel) = &service.wheelhouse {
@@ -264,11 +302,9 @@ fn fill_host_caches(dir: &Utf8Path, manifest: &Manifest) -> anyhow::Result<Vec<S
         .flat_map(|s| [s.npm_cache.as_ref(), s.npm_host_cache.as_ref()])
         .flatten()
         .collect();
-    if !npm_dirs.is_empty() {
-        let home = std::env::var("HOME").context("HOME is not set; pass --no-host-caches")?;
-        let dest = camino::Utf8PathBuf::from(home).join(".npm");
+    if let (false, Some(dest)) = (npm_dirs.is_empty(), npm_home) {
         for rel in npm_dirs {
-            let report = crate::deps::npm_cache::merge_into(&dir.join(rel), &dest)
+            let report = crate::deps::npm_cache::merge_into(&dir.join(rel), dest)
                 .with_context(|| format!("merging {rel} into {dest}"))?;
             eprintln!(
                 "      Merged {rel} into {dest} ({} new files, nothing deleted)",

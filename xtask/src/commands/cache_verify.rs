@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use camino::Utf8PathBuf;
 use xshell::Shell;
 
-use crate::bundle::verify_bundle;
-use crate::bundle_arg::BundleArg;
+use crate::bundle::{self, verify_bundle};
+use crate::bundle_arg::{BundleArg, TrustArgs};
 use crate::project::{self, ProjectArgs};
 
 /// Check every file of a bundle against manifest.yaml and SHA256SUMS
@@ -23,6 +23,8 @@ pub struct Args {
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 impl Args {
@@ -36,9 +38,14 @@ impl Args {
             return Ok(ExitCode::SUCCESS);
         }
         let dir = self.bundle.dir(sh, project)?;
-        let report = verify_bundle(&dir, !self.json, &[])?;
+        let trust = self.trust.trust(sh)?;
+        let (manifest, digest) = bundle::read_checked_manifest(&dir, &trust)?;
+        let report = verify_bundle(&dir, &manifest, !self.json, &[])?;
+        eprintln!("      Digest sha256:{digest}");
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            let mut value = serde_json::to_value(&report)?;
+            value["digest"] = serde_json::Value::String(format!("sha256:{digest}"));
+            println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Ok(if report.ok() {
             ExitCode::SUCCESS

@@ -197,25 +197,86 @@ impl Manifest {
         )
     }
 
-    /// Reads a manifest; a newer format version is refused with what to do.
+    /// Reads a manifest; a newer format version is refused with what to do. The text is
+    /// hostile: its size and nesting are bounded before the YAML parser sees it (whose
+    /// time grows with the square of the nesting depth), and no error quotes it at length.
     pub fn from_yaml(text: &str) -> anyhow::Result<Manifest> {
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
         }
-        let version: Version = serde_yaml::from_str(text)
-            .context("manifest.yaml is not a bundle manifest (no format_version)")?;
-        if version.format_version > MAX_FORMAT_VERSION {
-            bail!(
-                "manifest.yaml has format version {}, this xtask reads up to {MAX_FORMAT_VERSION}; \
-                 update the repository (and xtask) on this machine to the one that exported the bundle",
+        check_shape(text)?;
+        // One parse for a good manifest; the version alone is read only to explain a failure.
+        let parsed: Result<Manifest, _> = serde_yaml::from_str(text);
+        let version = match &parsed {
+            Ok(manifest) => manifest.format_version,
+            Err(_) => {
+                let version: Version = serde_yaml::from_str(text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "manifest.yaml is not a bundle manifest (no format_version): {}",
+                        clip(&e.to_string())
+                    )
+                })?;
                 version.format_version
+            }
+        };
+        if version == 0 {
+            bail!(
+                "manifest.yaml has format version 0, which no cache-export writes; this \
+                 bundle was not written by cache-export: do not import it"
             );
         }
-        let manifest: Manifest =
-            serde_yaml::from_str(text).context("manifest.yaml is malformed")?;
+        if version > MAX_FORMAT_VERSION {
+            bail!(
+                "manifest.yaml has format version {version}, this xtask reads up to \
+                 {MAX_FORMAT_VERSION}; update the repository (and xtask) on this machine to \
+                 the one that exported the bundle"
+            );
+        }
+        let manifest = parsed
+            .map_err(|e| anyhow::anyhow!("manifest.yaml is malformed: {}", clip(&e.to_string())))?;
         manifest.check_paths()?;
+        manifest.check_sizes()?;
         Ok(manifest)
+    }
+
+    /// The sum of every file's size fits in 64 bits, so that no sum of some of them
+    /// overflows either.
+    fn check_sizes(&self) -> anyhow::Result<()> {
+        // The images' layout may name one file many times: what its load streams adds up too.
+        if let Some(layout) = &self.image_layout {
+            let sizes: BTreeMap<&str, u64> = self
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), f.size))
+                .collect();
+            let mut total: u64 = 0;
+            for entry in &layout.entries {
+                let size = sizes.get(entry.path.as_str()).copied().unwrap_or(0);
+                total = total.checked_add(size).with_context(|| {
+                    "manifest.yaml: the files of its image_layout add up to more than 2^64 \
+                     bytes; this bundle was not written by cache-export: do not import it"
+                })?;
+            }
+        }
+        let mut total: u64 = 0;
+        for file in &self.files {
+            total = total.checked_add(file.size).with_context(|| {
+                format!(
+                    "manifest.yaml: the sizes of its files add up to more than 2^64 bytes \
+                     (at {}); this bundle was not written by cache-export: do not import it",
+                    escape(&file.path)
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The sum of every file's size (checked at read: it fits).
+    pub fn total_size(&self) -> u64 {
+        self.files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
     }
 
     /// Every folder a service entry names must stay inside the bundle: the checksums cover
@@ -238,7 +299,38 @@ impl Manifest {
                 }
             }
         }
+        for image in &self.images {
+            let printable = |t: &str| {
+                !t.is_empty()
+                    && t.len() <= 512
+                    && !t.chars().any(|c| c.is_control() || c.is_whitespace())
+            };
+            if !printable(&image.name) || !printable(&image.id) {
+                bail!(
+                    "manifest.yaml: the image {} is not an image name and ID cache-export \
+                     writes; this bundle was not written by cache-export: do not import it",
+                    clip(&format!("{:?} {:?}", image.name, image.id))
+                );
+            }
+        }
+        for file in &self.files {
+            if [MANIFEST_FILE, SUMS_FILE].contains(&file.path.as_str()) {
+                bail!(
+                    "manifest.yaml: it lists {} among its files; this bundle was not \
+                     written by cache-export: do not import it",
+                    file.path
+                );
+            }
+        }
         for service in &self.services {
+            if !is_compose_service_name(&service.name) {
+                bail!(
+                    "manifest.yaml: the service name {} is not one compose accepts \
+                     (letters, digits, '_', '.', '-', starting with a letter or digit); this \
+                     bundle was not written by cache-export: do not import it",
+                    clip(&format!("{:?}", service.name))
+                );
+            }
             let named = [
                 ("build_cache", service.build_cache.as_ref()),
                 ("wheelhouse", service.wheelhouse.as_ref()),
@@ -251,7 +343,7 @@ impl Manifest {
                 service
                     .contexts
                     .iter()
-                    .map(|(name, value)| (format!("contexts.{name}"), value)),
+                    .map(|(name, value)| (format!("contexts.{}", escape(name)), value)),
             );
             if let Some(libc) = &service.npm_libc {
                 if !matches!(libc.as_str(), "glibc" | "musl") {
@@ -294,19 +386,28 @@ impl Manifest {
         Ok(())
     }
 
-    /// `SHA256SUMS` text: `<hex>  <path>` lines, sorted by path.
-    pub fn sha256sums(&self) -> String {
-        let mut files: Vec<&FileEntry> = self.files.iter().collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
+    /// `SHA256SUMS` text: `<hex>  <path>` lines, sorted by path, for every file of the
+    /// bundle, `manifest.yaml` (whose sha256 is `manifest_sha256`) included: the digest of
+    /// this text is the bundle's digest, which covers every byte the tool reads.
+    pub fn sha256sums(&self, manifest_sha256: &str) -> String {
+        let mut files: Vec<(&str, &str)> = self
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.sha256.as_str()))
+            .chain([(MANIFEST_FILE, manifest_sha256)])
+            .collect();
+        files.sort();
         files
             .iter()
-            .map(|f| format!("{}  {}\n", f.sha256, f.path))
+            .map(|(path, sha256)| format!("{sha256}  {path}\n"))
             .collect()
     }
 
-    /// Checks that `SHA256SUMS` lists exactly the manifest's files with the same digests.
-    pub fn check_sums_agree(&self, sums: &str) -> anyhow::Result<()> {
-        let listed = parse_sha256sums(sums)?;
+    /// Checks that `SHA256SUMS` lists exactly the manifest's files with the same digests,
+    /// and `manifest.yaml` itself with `manifest_sha256`, the digest of the text read.
+    pub fn check_sums_agree(&self, sums: &str, manifest_sha256: &str) -> anyhow::Result<()> {
+        let mut listed = parse_sha256sums(sums)?;
+        check_manifest_listed(&mut listed, manifest_sha256)?;
         let ours: BTreeMap<&str, &str> = self
             .files
             .iter()
@@ -314,17 +415,27 @@ impl Manifest {
             .collect();
         let mut problems = Vec::new();
         for (path, digest) in &listed {
+            let path_shown = escape(path);
             match ours.get(path.as_str()) {
-                None => problems.push(format!("{path} is in SHA256SUMS but not in manifest.yaml")),
+                None => problems.push(format!(
+                    "{path_shown} is in SHA256SUMS but not in manifest.yaml"
+                )),
                 Some(d) if *d != digest => problems.push(format!(
-                    "{path}: SHA256SUMS says {digest}, manifest.yaml says {d}"
+                    "{path_shown}: SHA256SUMS says {digest}, manifest.yaml says {}",
+                    escape(d)
                 )),
                 Some(_) => {}
             }
+            if problems.len() >= 20 {
+                break;
+            }
         }
         for path in ours.keys() {
-            if !listed.contains_key(*path) {
-                problems.push(format!("{path} is in manifest.yaml but not in SHA256SUMS"));
+            if !listed.contains_key(*path) && problems.len() < 40 {
+                problems.push(format!(
+                    "{} is in manifest.yaml but not in SHA256SUMS",
+                    escape(path)
+                ));
             }
         }
         if !problems.is_empty() {
@@ -335,6 +446,233 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Takes `manifest.yaml`'s line out of `listed`, refusing when it is missing or when its
+/// digest is not `manifest_sha256`.
+pub fn check_manifest_listed(
+    listed: &mut BTreeMap<String, String>,
+    manifest_sha256: &str,
+) -> anyhow::Result<()> {
+    match listed.remove(MANIFEST_FILE) {
+        None => bail!(
+            "SHA256SUMS does not list manifest.yaml, so nothing proves the manifest is the \
+             one exported: this bundle was written by an older xtask, or altered; export it \
+             again with this repository's xtask"
+        ),
+        Some(digest) if digest != manifest_sha256 => bail!(
+            "manifest.yaml: sha256 {manifest_sha256}, SHA256SUMS says {digest}: the manifest \
+             was changed after the export (or damaged); do not import this bundle: copy it \
+             again, or export it again"
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The most `manifest.yaml` may hold (and `SHA256SUMS`): both are read whole. About 60 000
+/// files; a manifest this long reads in about half a second in a debug build.
+pub const MAX_MANIFEST_BYTES: usize = 8 << 20;
+/// The most lines a manifest may have: parse time and memory grow with the number of
+/// YAML events, and 100 000 lines read in under a second and 100 MiB in a debug build.
+pub const MAX_MANIFEST_LINES: usize = 100_000;
+
+/// The deepest block nesting a manifest may have (sequence markers on one line, and
+/// columns of indentation); what cache-export writes stays below 4 and 16.
+pub const MAX_NESTING: usize = 32;
+pub const MAX_INDENT: usize = 128;
+
+/// Bounds a manifest's size and shape with one cheap pass, before the YAML parser (whose
+/// time grows with the square of the flow nesting depth: 120 KB of `[` took over 30 s).
+/// A manifest is YAML as serde_yaml writes it, block style only: every line is a comment,
+/// `- ` markers, and a key with a value or a value alone; a value is a plain scalar, a
+/// quoted scalar closed on its line, a block scalar (`|`, `>`…) whose body is indented
+/// more, or the empty `[]` / `{}`. So there is no flow nesting at all, and no anchor,
+/// alias, tag or complex key. Anything else is refused.
+pub fn check_shape(text: &str) -> anyhow::Result<()> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        bail!(
+            "manifest.yaml is {} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may \
+             have; this bundle was not written by cache-export: do not import it",
+            text.len()
+        );
+    }
+    // Lines more indented than this column belong to a block scalar.
+    let mut block_body: Option<usize> = None;
+    for (n, line) in text.split('\n').enumerate() {
+        if n >= MAX_MANIFEST_LINES {
+            bail!(
+                "manifest.yaml has more than {MAX_MANIFEST_LINES} lines (about {} files), \
+                 more than a manifest may have; this bundle was not written by cache-export: \
+                 do not import it",
+                MAX_MANIFEST_LINES / 3
+            );
+        }
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if let Some(column) = block_body {
+            if line.trim().is_empty() || indent > column {
+                continue;
+            }
+            block_body = None;
+        }
+        let opens = check_line(line, indent).map_err(|why| {
+            anyhow::anyhow!(
+                "manifest.yaml line {}: {why}; this is not YAML as cache-export writes it \
+                 (block style only, no nesting deeper than {MAX_NESTING}): this bundle was not \
+                 written by cache-export: do not import it",
+                n + 1
+            )
+        })?;
+        if opens.is_some() {
+            block_body = opens;
+        }
+    }
+    Ok(())
+}
+
+/// Checks one line outside block scalars; `Some(column)` when it opens a block scalar
+/// whose body lines are indented more than `column`.
+fn check_line(line: &str, indent: usize) -> Result<Option<usize>, String> {
+    if indent > MAX_INDENT {
+        return Err(format!("indented {indent} columns"));
+    }
+    let mut rest = &line[indent..];
+    let mut column = indent;
+    let mut markers = 0;
+    while rest == "-" || rest.starts_with("- ") {
+        let after = rest[1..].trim_start_matches(' ');
+        column += rest.len() - after.len();
+        rest = after;
+        markers += 1;
+        if markers > MAX_NESTING {
+            return Err("too many sequence markers".into());
+        }
+    }
+    if rest.is_empty() || rest.starts_with('#') || (indent == 0 && rest == "---") {
+        return Ok(None);
+    }
+    if rest.starts_with(['[', '{', '|', '>']) {
+        return value_of(rest, column);
+    }
+    let (_, after) = scalar(rest)?;
+    let after = after.trim_start_matches(' ');
+    match after.strip_prefix(':') {
+        Some(value) if value.is_empty() || value.starts_with(' ') => {
+            value_of(value.trim_start_matches(' '), column)
+        }
+        _ if after.is_empty() || after.starts_with('#') => {
+            // A value alone (a sequence item): the same rules as after a key.
+            value_of(rest, column)
+        }
+        _ => Err("text after a quoted scalar".into()),
+    }
+}
+
+/// Checks what follows `key: ` (or a `- `); `Some(column)` for a block scalar header.
+fn value_of(value: &str, column: usize) -> Result<Option<usize>, String> {
+    if value.is_empty() || value.starts_with('#') {
+        return Ok(None);
+    }
+    for empty in ["[]", "{}"] {
+        if let Some(after) = value.strip_prefix(empty) {
+            return match after.trim_start_matches(' ') {
+                "" => Ok(None),
+                a if a.starts_with('#') => Ok(None),
+                _ => Err(format!("text after {empty}")),
+            };
+        }
+    }
+    if value.starts_with(['|', '>']) {
+        let header = value.split(" #").next().unwrap_or("").trim_end();
+        let ok = header.len() <= 3
+            && header[1..]
+                .chars()
+                .all(|c| matches!(c, '-' | '+' | '1'..='9'));
+        return match ok {
+            true => Ok(Some(column)),
+            false => Err("a block scalar header cache-export does not write".into()),
+        };
+    }
+    let (_, after) = scalar(value)?;
+    let after = after.trim_start_matches(' ');
+    if after.is_empty() || after.starts_with('#') {
+        Ok(None)
+    } else {
+        Err("a mapping or text after a value on one line".into())
+    }
+}
+
+/// A scalar at the start of `text`: quoted (closed on this line) or plain (up to `: `,
+/// ` #` or the end); returns it and what follows.
+fn scalar(text: &str) -> Result<(&str, &str), String> {
+    let bytes = text.as_bytes();
+    match bytes.first() {
+        Some(&quote @ (b'\'' | b'"')) => {
+            let mut i = 1;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' if quote == b'"' => i += 1,
+                    b'\'' if quote == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                    b if b == quote => return Ok((&text[..=i], &text[i + 1..])),
+                    _ => {}
+                }
+                i += 1;
+            }
+            Err("a quoted scalar not closed on its line".into())
+        }
+        Some(b'[' | b']' | b'{' | b'}' | b',' | b'&' | b'*' | b'!' | b'%' | b'@' | b'`')
+        | Some(b'?' | b'|' | b'>' | b'\t') => {
+            Err("flow syntax, an anchor, alias, tag or complex key".into())
+        }
+        _ => {
+            let end = [text.find(": "), text.find(" #")]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(text.len());
+            let end = if end == text.len() && text.ends_with(':') {
+                end - 1
+            } else {
+                end
+            };
+            Ok((&text[..end], &text[end..]))
+        }
+    }
+}
+
+/// `text` with control characters (terminal escape codes among them) and backslashes
+/// escaped, as Rust writes them: safe to print on a terminal.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() || c == '\\' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// [`escape`]d and cut to 200 characters: for quoting hostile text in an error.
+pub fn clip(text: &str) -> String {
+    let escaped = escape(text);
+    match escaped.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &escaped[..at]),
+        None => escaped,
+    }
+}
+
+/// A service name compose accepts: `^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`.
+pub fn is_compose_service_name(name: &str) -> bool {
+    name.len() <= 255
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Parses `sha256sum` output (text or binary mode marker).
@@ -351,12 +689,13 @@ pub fn parse_sha256sums(text: &str) -> anyhow::Result<BTreeMap<String, String>> 
         });
         let Some((digest, path)) = parsed else {
             bail!(
-                "SHA256SUMS line {} is not `<sha256>  <path>`: {line:?}",
-                n + 1
+                "SHA256SUMS line {} is not `<sha256>  <path>`: {}",
+                n + 1,
+                clip(&format!("{line:?}"))
             );
         };
         if out.insert(path.clone(), digest).is_some() {
-            bail!("SHA256SUMS lists {path} twice");
+            bail!("SHA256SUMS lists {} twice", escape(&path));
         }
     }
     Ok(out)
@@ -392,7 +731,7 @@ pub fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
         && !path.contains('\\')
-        && !path.contains('\0')
+        && !path.chars().any(char::is_control)
         && path
             .split('/')
             .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
@@ -464,41 +803,76 @@ mod tests {
         assert!(Manifest::from_yaml("").is_err());
     }
 
+    const M: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+
     #[test]
     fn sums_agree_with_their_manifest() {
         let m = sample();
-        let sums = m.sha256sums();
+        let sums = m.sha256sums(M);
         assert_eq!(
             sums,
             format!(
-                "{}  base-images.tar\n{}  build-cache/backend/index.json\n",
+                "{}  base-images.tar\n{}  build-cache/backend/index.json\n{M}  manifest.yaml\n",
                 "a".repeat(64),
                 "b".repeat(64)
             )
         );
-        m.check_sums_agree(&sums).unwrap();
+        m.check_sums_agree(&sums, M).unwrap();
     }
 
     #[test]
     fn sums_that_disagree_are_named() {
         let m = sample();
         let check = |sums: String, expected: &str| {
-            let err = format!("{:#}", m.check_sums_agree(&sums).unwrap_err());
+            let err = format!("{:#}", m.check_sums_agree(&sums, M).unwrap_err());
             assert!(err.contains(expected), "{err}");
         };
         check(
-            m.sha256sums().replace(&"a".repeat(64), &"c".repeat(64)),
+            m.sha256sums(M).replace(&"a".repeat(64), &"c".repeat(64)),
             "base-images.tar: SHA256SUMS says ccc",
         );
         check(
-            m.sha256sums().lines().next().unwrap().to_string(),
+            m.sha256sums(M)
+                .lines()
+                .filter(|l| !l.ends_with("index.json"))
+                .map(|l| format!("{l}\n"))
+                .collect(),
             "build-cache/backend/index.json is in manifest.yaml but not in SHA256SUMS",
         );
         check(
-            format!("{}{}  extra\n", m.sha256sums(), "d".repeat(64)),
+            format!("{}{}  extra\n", m.sha256sums(M), "d".repeat(64)),
             "extra is in SHA256SUMS but not in manifest.yaml",
         );
         check("garbage\n".into(), "line 1");
+    }
+
+    /// Issue 15, point 1: SHA256SUMS covers manifest.yaml, so an edited manifest with the
+    /// SHA256SUMS of the export is refused (and one written before that rule too).
+    #[test]
+    fn sums_cover_the_manifest_itself() {
+        let m = sample();
+        let err = format!(
+            "{:#}",
+            m.check_sums_agree(&m.sha256sums(M), &"f".repeat(64))
+                .unwrap_err()
+        );
+        assert!(err.contains("manifest.yaml: sha256 fff"), "{err}");
+        assert!(err.contains("changed after the export"), "{err}");
+        let old_style: String = m
+            .sha256sums(M)
+            .lines()
+            .filter(|l| !l.ends_with("manifest.yaml"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let err = format!("{:#}", m.check_sums_agree(&old_style, M).unwrap_err());
+        assert!(err.contains("does not list manifest.yaml"), "{err}");
+        // The manifest cannot list itself or SHA256SUMS among its files.
+        for name in [MANIFEST_FILE, SUMS_FILE] {
+            let mut bad = sample();
+            bad.files[0].path = name.into();
+            let err = format!("{:#}", Manifest::from_yaml(&bad.to_yaml()).unwrap_err());
+            assert!(err.contains("among its files"), "{err}");
+        }
     }
 
     #[test]
@@ -600,12 +974,248 @@ mod tests {
         assert_eq!(Manifest::from_yaml(&good.to_yaml()).unwrap(), good);
     }
 
+    /// Issue 15, point 4, and the fuzzing for time: no hostile manifest makes the reader
+    /// panic or take more than a second (serde_yaml's time grows with the square of the
+    /// nesting depth: 120 KB of `[` took over 30 s before the depth was bounded).
+    #[test]
+    fn hostile_manifests_are_refused_quickly_without_a_panic() {
+        let good = sample().to_yaml();
+        let files_at = good.find("files:").unwrap();
+        let many_files: String = (0..20_000)
+            .map(|i| format!("- path: f{i}\n  size: {i}\n  sha256: {}\n", "a".repeat(64)))
+            .collect();
+        let cases: Vec<(&str, String)> = vec![
+            ("deep flow [", "[".repeat(120_000)),
+            ("deep flow {", "{a: ".repeat(60_000)),
+            ("deep mixed", "[{".repeat(60_000)),
+            ("deep block -", "- ".repeat(60_000) + "x\n"),
+            (
+                "deep block indentation",
+                (0..3000)
+                    .map(|i| format!("{}a{i}:\n", " ".repeat(i)))
+                    .collect(),
+            ),
+            (
+                "quotes hiding brackets",
+                format!("a: ['x', \"]]]]\", {}]", "[".repeat(50_000)),
+            ),
+            (
+                "a quote after a comma in a plain key",
+                format!("a, 'b: {}\n", "[".repeat(50_000)),
+            ),
+            (
+                "a bracket and a quote in a plain key",
+                format!("a[b, 'c: {}\n", "[".repeat(50_000)),
+            ),
+            (
+                "a quote after a colon",
+                format!("a:'c: {}\n", "[".repeat(50_000)),
+            ),
+            (
+                "a quote in a flow plain scalar",
+                format!("x: {{a 'b, c: {}\n", "[".repeat(50_000)),
+            ),
+            (
+                "a block scalar hiding a quote",
+                format!("a: |\n  'x\nb: {}\n", "[".repeat(50_000)),
+            ),
+            (
+                "a quote inside a plain scalar",
+                format!("a: x'\nb: {}\n", "[".repeat(50_000)),
+            ),
+            ("aliases (billion laughs)", {
+                let mut t = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+                for i in 1..10 {
+                    t.push_str(&format!(
+                            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+                            p = i - 1
+                        ));
+                }
+                t + &good
+            }),
+            (
+                "a manifest over the size allowed",
+                format!("{good}#{}", "x".repeat(MAX_MANIFEST_BYTES)),
+            ),
+            (
+                "a string as long as allowed",
+                good.replace(
+                    "project_name: llm-chat",
+                    &format!(
+                        "project_name: {}",
+                        "y".repeat(MAX_MANIFEST_BYTES - good.len())
+                    ),
+                ),
+            ),
+            (
+                "a quoted string as long as allowed",
+                good.replace(
+                    "project_name: llm-chat",
+                    &format!(
+                        "project_name: '{}'",
+                        "'' ".repeat((MAX_MANIFEST_BYTES - good.len()) / 3 - 1)
+                    ),
+                ),
+            ),
+            (
+                "sizes over 2^64",
+                good.replace("size: 3", &format!("size: {}", u64::MAX))
+                    .replace("size: 2", &format!("size: {}", u64::MAX)),
+            ),
+            (
+                "a size over u64",
+                good.replace("size: 3", "size: 99999999999999999999999"),
+            ),
+            (
+                "format 0",
+                good.replace("format_version: 1", "format_version: 0"),
+            ),
+            (
+                "a negative version",
+                good.replace("format_version: 1", "format_version: -1"),
+            ),
+            (
+                "a service name compose rejects",
+                good.replace("name: backend", "name: \"-x\\e[2J\""),
+            ),
+            (
+                "20 000 files",
+                format!("{}files:\n{many_files}", &good[..files_at]),
+            ),
+            (
+                "as many tiny lines as allowed",
+                good.replace(
+                    "  inputs: {}\n",
+                    &format!(
+                        "  inputs:\n{}",
+                        (0..MAX_MANIFEST_LINES - 100)
+                            .map(|i| format!("    {i:x}: a\n"))
+                            .collect::<String>()
+                    ),
+                ),
+            ),
+            (
+                "one line too many",
+                format!("{good}{}", "#\n".repeat(MAX_MANIFEST_LINES)),
+            ),
+            (
+                "control characters",
+                "format_version: \"\\e]0;owned\\a\"\n".into(),
+            ),
+            ("NUL and invalid", "\0\0\0: [\0".into()),
+        ];
+        for (what, text) in &cases {
+            let started = std::time::Instant::now();
+            let result = std::panic::catch_unwind(|| Manifest::from_yaml(text));
+            let took = started.elapsed();
+            let result = result.unwrap_or_else(|_| panic!("{what}: panicked"));
+            assert!(took.as_secs_f64() < 1.0, "{what}: took {took:?}");
+            if let Err(e) = &result {
+                let err = format!("{e:#}");
+                assert!(err.len() < 1000, "{what}: an error of {} bytes", err.len());
+                assert!(
+                    !err.contains('\x1b') && !err.contains('\x07'),
+                    "{what}: {err}"
+                );
+            }
+            let refused = result.is_err();
+            let may_read = [
+                "20 000 files",
+                "as many tiny lines as allowed",
+                "aliases (billion laughs)",
+                "a string as long as allowed",
+                "a quoted string as long as allowed",
+            ]
+            .contains(what);
+            assert!(refused || may_read, "{what}: accepted");
+        }
+    }
+
+    /// What serde_yaml writes passes the shape check, whatever the strings hold.
+    #[test]
+    fn every_manifest_cache_export_writes_has_the_shape_allowed() {
+        let odd = [
+            "",
+            " lead",
+            "trail ",
+            "a: b",
+            "a #b",
+            "#x",
+            "- x",
+            "-x",
+            "[x]",
+            "{x}",
+            "x]",
+            "'q'",
+            "\"d\"",
+            "it's",
+            "a\nb [c]\n'd",
+            "a\n\n  b\n",
+            "\u{1b}[2J",
+            "null",
+            "~",
+            "1",
+            "0x1f",
+            "yes",
+            "key:",
+            ":",
+            "|",
+            ">",
+            "&a",
+            "*a",
+            "!t",
+            "%",
+            "@",
+            "`",
+            "?",
+            ",",
+            "tab\there",
+            "ünï",
+            "a\r\nb",
+            "\t",
+        ];
+        let mut m = sample();
+        for (i, value) in odd.iter().enumerate() {
+            m.services[0]
+                .args
+                .insert(format!("A{i}"), value.to_string());
+            // Keys with a line break would be complex keys (`? |`), which are refused: no
+            // input path has one.
+            if !value.contains(['\n', '\r']) {
+                m.services[0]
+                    .inputs
+                    .insert(value.to_string(), value.to_string());
+            }
+        }
+        m.services[0]
+            .contexts
+            .insert("busybox:latest".into(), "pip-cache/x".into());
+        m.services.push(ServiceEntry {
+            name: "web".into(),
+            ..ServiceEntry::default()
+        });
+        let text = m.to_yaml();
+        check_shape(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+        assert_eq!(Manifest::from_yaml(&text).unwrap(), m);
+    }
+
     #[test]
     fn safe_relative_paths() {
         for ok in ["a", "a/b", "build-cache/x/blobs/sha256/00"] {
             assert!(is_safe_relative_path(ok), "{ok}");
         }
-        for bad in ["", "/a", "a/../b", "..", "./a", "a//b", "a\\b", "a/"] {
+        for bad in [
+            "",
+            "/a",
+            "a/../b",
+            "..",
+            "./a",
+            "a//b",
+            "a\\b",
+            "a/",
+            "a\nb",
+            "a\u{1b}[2Jb",
+        ] {
             assert!(!is_safe_relative_path(bad), "{bad}");
         }
     }

@@ -476,7 +476,7 @@ fn verify_names_each_bad_file_without_docker() {
     ];
     let mut manifest = String::from(
         "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
-         project_name: p\nengine: {server_version: '26', arch: amd64, containerd_store: true}\n\
+         project_name: p\nengine:\n  server_version: '26'\n  arch: amd64\n  containerd_store: true\n\
          strategy: local\ncompression: none\nimages: []\nservices: []\nfiles:\n",
     );
     let mut sums = String::new();
@@ -488,6 +488,7 @@ fn verify_names_each_bad_file_without_docker() {
         ));
         sums.push_str(&format!("{}  {path}\n", sha(bytes)));
     }
+    sums.push_str(&format!("{}  manifest.yaml\n", sha(manifest.as_bytes())));
     std::fs::write(bundle.join("manifest.yaml"), &manifest).unwrap();
     std::fs::write(bundle.join("SHA256SUMS"), &sums).unwrap();
     let ok = xtask(&root, &["cache-verify"]);
@@ -519,9 +520,11 @@ fn verify_names_each_bad_file_without_docker() {
     assert_eq!(report["problems"].as_array().unwrap().len(), 2);
 
     // A future format is refused with what to do.
+    let future_manifest = manifest.replace("format_version: 1", "format_version: 7");
+    std::fs::write(bundle.join("manifest.yaml"), &future_manifest).unwrap();
     std::fs::write(
-        bundle.join("manifest.yaml"),
-        manifest.replace("format_version: 1", "format_version: 7"),
+        bundle.join("SHA256SUMS"),
+        sums.replace(&sha(manifest.as_bytes()), &sha(future_manifest.as_bytes())),
     )
     .unwrap();
     let future = xtask(&root, &["cache-verify"]);
@@ -533,7 +536,8 @@ fn verify_names_each_bad_file_without_docker() {
     );
     // SHA256SUMS that disagrees with the manifest.
     std::fs::write(bundle.join("manifest.yaml"), &manifest).unwrap();
-    std::fs::write(bundle.join("SHA256SUMS"), sums.lines().next().unwrap()).unwrap();
+    let fewer: String = sums.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(bundle.join("SHA256SUMS"), fewer).unwrap();
     let disagree = xtask(&root, &["cache-verify"]);
     assert_eq!(disagree.code, 1);
     assert!(disagree.stderr.contains("disagree"), "{}", disagree.stderr);

@@ -100,7 +100,7 @@ fn synthetic_bundle(what: &str) -> Scratch {
     let bundle = root.join("docker-build-cache");
     let mut manifest = String::from(
         "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
-         project_name: p\nengine: {server_version: '26.1.5', arch: amd64, containerd_store: true}\n\
+         project_name: p\nengine:\n  server_version: '26.1.5'\n  arch: amd64\n  containerd_store: true\n\
          strategy: local\ncompression: none\nimages: []\nservices: []\nfiles:\n",
     );
     let mut sums: Vec<String> = Vec::new();
@@ -115,6 +115,8 @@ fn synthetic_bundle(what: &str) -> Scratch {
         ));
         sums.push(format!("{digest}  {path}\n"));
     }
+    // SHA256SUMS lists manifest.yaml too, as cache-export writes it.
+    sums.push(format!("{}  manifest.yaml\n", sha256(manifest.as_bytes())));
     sums.sort_by(|a, b| a[66..].cmp(&b[66..]));
     std::fs::write(bundle.join("manifest.yaml"), manifest).unwrap();
     std::fs::write(bundle.join("SHA256SUMS"), sums.concat()).unwrap();

@@ -142,7 +142,7 @@ const KINDS: [&str; 6] = [
 fn manifest_text(files: &[(String, u64, String)]) -> String {
     let mut text = String::from(
         "format_version: 1\ntool_version: 0.1.0\ncreated: 2026-11-29T00:00:00Z\n\
-         project_name: p\nengine: {server_version: '26.1.5', arch: amd64, containerd_store: true}\n\
+         project_name: p\nengine:\n  server_version: '26.1.5'\n  arch: amd64\n  containerd_store: true\n\
          strategy: local\ncompression: none\nimages:\n- name: busybox:latest\n  id: sha256:0\n  \
          role: base\nservices: []\nfiles:\n",
     );
@@ -154,11 +154,25 @@ fn manifest_text(files: &[(String, u64, String)]) -> String {
     text
 }
 
-fn sums_text(files: &[(String, u64, String)]) -> String {
-    files
+/// `SHA256SUMS` for `files` and the manifest text `manifest`, as cache-export writes it:
+/// every file, `manifest.yaml` included, sorted by path.
+fn sums_text(files: &[(String, u64, String)], manifest: &str) -> String {
+    let mut lines: Vec<(String, String)> = files
         .iter()
-        .map(|(path, _, digest)| format!("{digest}  {path}\n"))
+        .map(|(path, _, digest)| (path.clone(), digest.clone()))
+        .chain([("manifest.yaml".to_string(), sha256(manifest.as_bytes()))])
+        .collect();
+    lines.sort();
+    lines
+        .iter()
+        .map(|(path, digest)| format!("{digest}  {path}\n"))
         .collect()
+}
+
+/// Writes `manifest` and its `SHA256SUMS` (as an attacker who rewrites both would).
+fn write_lists(bundle: &Utf8Path, files: &[(String, u64, String)], manifest: &str) {
+    std::fs::write(bundle.join("manifest.yaml"), manifest).unwrap();
+    std::fs::write(bundle.join("SHA256SUMS"), sums_text(files, manifest)).unwrap();
 }
 
 /// A project folder (compose.yaml) with a complete synthetic bundle in
@@ -176,8 +190,7 @@ fn synthetic_bundle() -> (Scratch, Vec<(String, u64, String)>) {
         listed.push((path, bytes.len() as u64, sha256(&bytes)));
     }
     listed.sort();
-    std::fs::write(bundle.join("manifest.yaml"), manifest_text(&listed)).unwrap();
-    std::fs::write(bundle.join("SHA256SUMS"), sums_text(&listed)).unwrap();
+    write_lists(&bundle, &listed, &manifest_text(&listed));
     (scratch, listed)
 }
 
@@ -273,7 +286,9 @@ fn a_truncated_or_missing_file_is_named() {
 
 #[test]
 fn a_bad_manifest_is_refused_with_what_to_do() {
-    let check = |manifest: Option<&str>, sums: Option<&str>, expected: &[&str]| {
+    // `sums: None` removes SHA256SUMS; `Some(None)`… : a manifest with the SHA256SUMS that
+    // lists its own digest (damage or an edit that rewrote both), or the given text.
+    let check = |manifest: Option<&str>, sums: Option<Option<&str>>, expected: &[&str]| {
         let (scratch, listed) = synthetic_bundle();
         let bundle = scratch.path().join("docker-build-cache");
         match manifest {
@@ -281,7 +296,12 @@ fn a_bad_manifest_is_refused_with_what_to_do() {
             None => std::fs::remove_file(bundle.join("manifest.yaml")).unwrap(),
         }
         match sums {
-            Some(text) => std::fs::write(bundle.join("SHA256SUMS"), text).unwrap(),
+            Some(Some(text)) => std::fs::write(bundle.join("SHA256SUMS"), text).unwrap(),
+            Some(None) => std::fs::write(
+                bundle.join("SHA256SUMS"),
+                sums_text(&listed, manifest.unwrap_or("")),
+            )
+            .unwrap(),
             None => std::fs::remove_file(bundle.join("SHA256SUMS")).unwrap(),
         }
         let run = xtask(scratch.path(), &["cache-verify"]);
@@ -294,70 +314,127 @@ fn a_bad_manifest_is_refused_with_what_to_do() {
                 run.stderr
             );
         }
-        drop(listed);
     };
     let (_s, listed) = synthetic_bundle();
     let good = manifest_text(&listed);
-    let sums = sums_text(&listed);
+    let sums = sums_text(&listed, &good);
     // Malformed: not YAML, not a manifest, a field of the wrong type, empty.
-    check(
-        Some("format_version: [1\n"),
-        Some(&sums),
-        &["manifest.yaml"],
-    );
+    check(Some("format_version: [1\n"), Some(None), &["manifest.yaml"]);
     check(
         Some("- a list\n"),
-        Some(&sums),
+        Some(None),
         &["manifest.yaml", "not a bundle manifest"],
     );
     check(
         Some(&good.replace("size: ", "size: -")),
-        Some(&sums),
+        Some(None),
         &["manifest.yaml is malformed"],
     );
-    check(Some(""), Some(&sums), &["manifest.yaml"]);
+    check(Some(""), Some(None), &["manifest.yaml"]);
     check(
         None,
-        Some(&sums),
+        Some(Some(&sums)),
         &["manifest.yaml is missing", "copy the whole folder"],
     );
-    // From a future format version.
+    // From a future format version, or format 0.
     check(
         Some(&good.replace("format_version: 1", "format_version: 3")),
-        Some(&sums),
+        Some(None),
         &["format version 3", "update the repository"],
+    );
+    check(
+        Some(&good.replace("format_version: 1", "format_version: 0")),
+        Some(None),
+        &["format version 0", "do not import it"],
     );
     // SHA256SUMS that disagrees: a digest, a line too many, a line too few, garbage.
     let (first, _, digest) = &listed[0];
     check(
         Some(&good),
-        Some(&sums.replacen(digest.as_str(), &"0".repeat(64), 1)),
+        Some(Some(&sums.replacen(digest.as_str(), &"0".repeat(64), 1))),
         &["disagree", &format!("{first}: SHA256SUMS says 0000")],
     );
     check(
         Some(&good),
-        Some(&format!("{sums}{}  extra.bin\n", "1".repeat(64))),
+        Some(Some(&format!("{sums}{}  extra.bin\n", "1".repeat(64)))),
         &["extra.bin is in SHA256SUMS but not in manifest.yaml"],
     );
     check(
         Some(&good),
-        Some(
+        Some(Some(
             &sums
                 .lines()
-                .skip(1)
+                .filter(|l| !l.ends_with(first.as_str()))
                 .map(|l| format!("{l}\n"))
                 .collect::<String>(),
-        ),
+        )),
         &[&format!(
             "{first} is in manifest.yaml but not in SHA256SUMS"
         )],
     );
     check(
         Some(&good),
-        Some("not a sums file\n"),
+        Some(Some("not a sums file\n")),
         &["SHA256SUMS line 1"],
     );
     check(Some(&good), None, &["SHA256SUMS", "copy it again"]);
+}
+
+/// Issue 15, point 1: SHA256SUMS covers manifest.yaml, and `--expect-digest` covers
+/// SHA256SUMS: an edited manifest is refused with the export's SHA256SUMS, and a bundle
+/// whose lists were both rewritten is refused given the export's digest.
+#[test]
+fn an_edited_manifest_is_refused_and_the_digest_covers_everything() {
+    let (scratch, listed) = synthetic_bundle();
+    let bundle = scratch.path().join("docker-build-cache");
+    let good = manifest_text(&listed);
+    let digest = sha256(sums_text(&listed, &good).as_bytes());
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("Digest sha256:{digest}")),
+        "{}",
+        run.stderr
+    );
+    for expect in [digest.clone(), format!("sha256:{}", digest.to_uppercase())] {
+        let run = xtask(
+            scratch.path(),
+            &["cache-verify", "--expect-digest", &expect],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    // The attack of issue 15: a build context added to the manifest, SHA256SUMS as exported.
+    let edited = good.replace(
+        "services: []",
+        "services:\n- name: api\n  contexts:\n    'busybox:latest': pip-cache/api",
+    );
+    std::fs::write(bundle.join("manifest.yaml"), &edited).unwrap();
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("manifest.yaml: sha256")
+            && run.stderr.contains("changed after the export"),
+        "{}",
+        run.stderr
+    );
+    // Both lists rewritten to agree: only the digest carried apart tells.
+    write_lists(&bundle, &listed, &edited);
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xtask(
+        scratch.path(),
+        &["cache-verify", "--expect-digest", &digest],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("not the sha256:{digest} expected")),
+        "{}",
+        run.stderr
+    );
+    let run = xtask(scratch.path(), &["cache-verify", "--expect-digest", "abc"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("not a bundle digest"), "{}", run.stderr);
 }
 
 #[test]
@@ -374,8 +451,7 @@ fn a_manifest_naming_paths_outside_the_bundle_is_refused_without_reading_them() 
         std::fs::write(scratch.path().join("outside"), b"secret").unwrap();
         listed.push((evil.to_string(), 6, sha256(b"secret")));
         let bundle = scratch.path().join("docker-build-cache");
-        std::fs::write(bundle.join("manifest.yaml"), manifest_text(&listed)).unwrap();
-        std::fs::write(bundle.join("SHA256SUMS"), sums_text(&listed)).unwrap();
+        write_lists(&bundle, &listed, &manifest_text(&listed));
         let run = xtask(scratch.path(), &["cache-verify"]);
         assert_eq!(run.code, 1, "{evil}: {}", run.stderr);
         assert!(
@@ -411,6 +487,339 @@ fn a_file_the_manifest_does_not_list_is_a_warning() {
         "{}",
         run.stderr
     );
+}
+
+/// Issue 15, point 2: only what the manifest lists reaches a build or the host. A file the
+/// manifest does not list, in a folder handed to BuildKit (wheelhouse, npm cache, build
+/// cache, contexts) or merged into ~/.npm, is an error; elsewhere (hidden top-level entries
+/// included) a warning. Names are printed escaped (point 8).
+#[test]
+fn an_unlisted_file_in_a_folder_handed_to_a_build_or_the_host_is_refused() {
+    let (scratch, listed) = synthetic_bundle();
+    let bundle = scratch.path().join("docker-build-cache");
+    let manifest = manifest_text(&listed).replace(
+        "services: []",
+        "services:\n- name: api\n  build_cache: build-cache/api\n  wheelhouse: pip-cache/api\n\
+         - name: web\n  npm_host_cache: npm-cache/web\n  contexts:\n    npm-cache: npm-cache/web",
+    );
+    write_lists(&bundle, &listed, &manifest);
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for planted in [
+        "pip-cache/api/fastapi-0.1-py3-none-any.whl",
+        "npm-cache/web/_cacache/index-v5/aa/bb/poisoned",
+        "build-cache/api/blobs/sha256/planted",
+    ] {
+        let file = bundle.join(planted);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"planted").unwrap();
+        let run = xtask(scratch.path(), &["cache-verify"]);
+        assert_eq!(run.code, 1, "{planted}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("error: {planted}: not in the manifest")),
+            "{planted}: {}",
+            run.stderr
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+    // Elsewhere: a warning, hidden entries too, the name escaped.
+    for (planted, shown) in [
+        (".hidden", ".hidden"),
+        ("x\x1b]0;owned\x07.txt", "x\\u{1b}]0;owned\\u{7}.txt"),
+    ] {
+        std::fs::write(bundle.join(planted), b"?").unwrap();
+        let run = xtask(scratch.path(), &["cache-verify"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("warning: {shown} is in the bundle folder")),
+            "{planted}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains('\x1b'), "{}", run.stderr);
+        std::fs::remove_file(bundle.join(planted)).unwrap();
+    }
+    // A symlink with such a name: the error names it escaped too.
+    std::os::unix::fs::symlink("/etc/passwd", bundle.join("l\x1b[2J")).unwrap();
+    let run = xtask(scratch.path(), &["cache-verify"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "{}", run.stderr);
+    assert!(run.stderr.contains("l\\u{1b}[2J"), "{}", run.stderr);
+}
+
+/// Issue 15, point 3: manifest.yaml and SHA256SUMS are read before any check, so they are
+/// opened without following a symlink, a FIFO does not block, anything but a regular file
+/// is refused, and their content is never printed. A FIFO used to hang for ever, a
+/// symlink to /etc/passwd printed it, one to /dev/zero read until memory ran out.
+#[test]
+fn manifest_or_sums_as_a_symlink_fifo_or_device_is_refused_without_reading_it() {
+    for name in ["manifest.yaml", "SHA256SUMS"] {
+        for kind in ["passwd", "zero", "fifo"] {
+            let (scratch, _) = synthetic_bundle();
+            let file = scratch.path().join("docker-build-cache").join(name);
+            std::fs::remove_file(&file).unwrap();
+            match kind {
+                "passwd" => std::os::unix::fs::symlink("/etc/passwd", &file).unwrap(),
+                "zero" => std::os::unix::fs::symlink("/dev/zero", &file).unwrap(),
+                _ => {
+                    let sh = Shell::new().unwrap();
+                    cmd!(sh, "mkfifo {file}").quiet().run().unwrap();
+                }
+            }
+            let started = std::time::Instant::now();
+            let sh = Shell::new().unwrap();
+            sh.change_dir(scratch.path());
+            let bin = env!("CARGO_BIN_EXE_xtask");
+            let out = cmd!(sh, "timeout 20 {bin} cache-verify")
+                .ignore_status()
+                .quiet()
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{name} {kind}: {stderr}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{name} {kind}: took {:?}",
+                started.elapsed()
+            );
+            assert!(
+                stderr.contains(name)
+                    && (stderr.contains("symlink") || stderr.contains("not a regular file")),
+                "{name} {kind}: {stderr}"
+            );
+            assert!(!stderr.contains("root:"), "{name} {kind}: {stderr}");
+            assert!(stderr.len() < 4000, "{name} {kind}: {stderr}");
+        }
+    }
+}
+
+/// A tmpfs mounted at `dir`, read-only once `fill` has written it; `None` when this test
+/// cannot mount (not root).
+struct ReadOnlyMount(Utf8PathBuf);
+
+impl ReadOnlyMount {
+    fn new(dir: &Utf8Path, fill: impl FnOnce(&Utf8Path)) -> Option<ReadOnlyMount> {
+        let sh = Shell::new().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        cmd!(sh, "mount -t tmpfs -o size=256m tmpfs {dir}")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .ok()?;
+        let mount = ReadOnlyMount(dir.to_path_buf());
+        fill(dir);
+        cmd!(sh, "mount -o remount,ro {dir}").quiet().run().unwrap();
+        Some(mount)
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let sh = Shell::new().unwrap();
+        let dir = &self.0;
+        let _ = cmd!(sh, "umount {dir}").quiet().run();
+    }
+}
+
+/// The lock file cache-import takes for the bundle folder `dir`.
+fn lock_path(dir: &Utf8Path) -> Utf8PathBuf {
+    let canonical = std::fs::canonicalize(dir).unwrap();
+    let name = format!(
+        "xtask-bundle-{}.lock",
+        &sha256(canonical.as_os_str().as_encoded_bytes())[..24]
+    );
+    Utf8PathBuf::from("/run/lock").join(name)
+}
+
+/// Issue 15, point 6: the import lock is not in the bundle, so a bundle on a read-only
+/// disk imports (the import used to fail opening `<bundle>/.lock`); a folder that does not
+/// exist is not created; a FIFO or symlink where the lock goes neither hangs nor is
+/// followed. No engine here: the import gets past the lock and stops at the engine.
+#[test]
+fn the_import_lock_is_outside_the_bundle_and_never_followed() {
+    let no_engine = [("DOCKER_HOST", "unix:///nonexistent/xtask-test.sock")];
+    let (scratch, _) = synthetic_bundle();
+    let ro = scratch.path().join("usb");
+    let source = scratch.path().join("docker-build-cache");
+    let Some(_mount) = ReadOnlyMount::new(&ro, |dir| {
+        let sh = Shell::new().unwrap();
+        cmd!(sh, "cp -a {source} {dir}/").quiet().run().unwrap();
+    }) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let bundle = ro.join("docker-build-cache");
+    let run = xtask(&bundle, &["cache-verify", "--bundle", bundle.as_str()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xtask_env(
+        scratch.path(),
+        &["cache-import", "--bundle", bundle.as_str()],
+        &no_engine,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("Read-only") && !run.stderr.contains(".lock"),
+        "the lock stopped the import of a read-only bundle:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.to_lowercase().contains("docker"),
+        "{}",
+        run.stderr
+    );
+
+    // A folder that does not exist is not created.
+    let missing = scratch.path().join("nothing/docker-build-cache");
+    let run = xtask_env(
+        scratch.path(),
+        &["cache-import", "--bundle", missing.as_str()],
+        &no_engine,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    assert!(!scratch.path().join("nothing").exists());
+
+    // A FIFO, then a symlink, planted where the lock goes.
+    let lock = lock_path(&source);
+    let _ = std::fs::remove_file(&lock);
+    let sh = Shell::new().unwrap();
+    cmd!(sh, "mkfifo {lock}").quiet().run().unwrap();
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let out = cmd!(sh, "timeout 20 {bin} cache-import --bundle {source}")
+        .env("DOCKER_HOST", no_engine[0].1)
+        .ignore_status()
+        .quiet()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a FIFO lock hangs the import");
+    std::fs::remove_file(&lock).unwrap();
+    let victim = scratch.path().join("victim");
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let run = xtask_env(
+        scratch.path(),
+        &["cache-import", "--bundle", source.as_str()],
+        &no_engine,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!victim.exists(), "the lock symlink was followed");
+    std::fs::remove_file(&lock).unwrap();
+}
+
+/// Issue 15, point 8: with HOME unset the import used to fail only after loading the
+/// images, and `HOME=""` merged the npm caches into `./.npm`. Both now fail first, before
+/// the engine is even asked (no engine here).
+#[test]
+fn an_unset_or_empty_home_fails_the_import_before_anything_is_loaded() {
+    let (scratch, listed) = synthetic_bundle();
+    let bundle = scratch.path().join("docker-build-cache");
+    let manifest = manifest_text(&listed).replace(
+        "services: []",
+        "services:\n- name: web\n  npm_cache: npm-cache/web",
+    );
+    write_lists(&bundle, &listed, &manifest);
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    for home in [None, Some(""), Some("relative")] {
+        let sh = Shell::new().unwrap();
+        sh.change_dir(scratch.path());
+        let mut command = cmd!(sh, "{bin} cache-import")
+            .env("DOCKER_HOST", "unix:///nonexistent/xtask-test.sock")
+            .ignore_status()
+            .quiet();
+        command = match home {
+            None => command.env_remove("HOME"),
+            Some(home) => command.env("HOME", home),
+        };
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "HOME={home:?}: {stderr}");
+        assert!(
+            stderr.contains("HOME is not set") && stderr.contains("--no-host-caches"),
+            "HOME={home:?}: {stderr}"
+        );
+        assert!(!scratch.path().join(".npm").exists());
+    }
+}
+
+/// Issue 15, point 1 (signing): with `--allowed-signers` and `--signer-identity`, a bundle
+/// is read only when `SHA256SUMS.sig` is an `ssh-keygen -Y sign` signature (namespace
+/// xtask-bundle) of its SHA256SUMS by that signer; a bundle whose lists were both
+/// rewritten, an unsigned one, one signed by another key or for another namespace are
+/// refused.
+#[test]
+fn a_signed_bundle_verifies_only_with_its_signature() {
+    let sh = Shell::new().unwrap();
+    if cmd!(sh, "ssh-keygen -?")
+        .quiet()
+        .ignore_status()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        eprintln!("skipped: no ssh-keygen");
+        return;
+    }
+    let (scratch, listed) = synthetic_bundle();
+    let root = scratch.path();
+    let bundle = root.join("docker-build-cache");
+    let keys = root.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for name in ["release", "other"] {
+        let key = keys.join(name);
+        cmd!(sh, "ssh-keygen -q -t ed25519 -N '' -C {name} -f {key}")
+            .quiet()
+            .run()
+            .unwrap();
+    }
+    let public = std::fs::read_to_string(keys.join("release.pub")).unwrap();
+    let signers = keys.join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!("release@example.com namespaces=\"xtask-bundle\" {public}"),
+    )
+    .unwrap();
+    let sign = |key: &str, namespace: &str| {
+        let (key, sums) = (keys.join(key), bundle.join("SHA256SUMS"));
+        let _ = std::fs::remove_file(bundle.join("SHA256SUMS.sig"));
+        cmd!(sh, "ssh-keygen -q -Y sign -f {key} -n {namespace} {sums}")
+            .quiet()
+            .run()
+            .unwrap();
+    };
+    let verify = || {
+        xtask(
+            root,
+            &[
+                "cache-verify",
+                "--allowed-signers",
+                signers.as_str(),
+                "--signer-identity",
+                "release@example.com",
+            ],
+        )
+    };
+    let run = verify();
+    assert_eq!(run.code, 1, "unsigned: {}", run.stderr);
+    assert!(run.stderr.contains("SHA256SUMS.sig"), "{}", run.stderr);
+    sign("release", "xtask-bundle");
+    let run = verify();
+    assert_eq!(run.code, 0, "signed: {}", run.stderr);
+    assert!(
+        !run.stderr.contains("SHA256SUMS.sig is in the bundle"),
+        "{}",
+        run.stderr
+    );
+    // Both lists rewritten to agree with an edited manifest: the signature no longer does.
+    let edited = manifest_text(&listed).replace("project_name: p", "project_name: q");
+    write_lists(&bundle, &listed, &edited);
+    let run = verify();
+    assert_eq!(run.code, 1, "rewritten: {}", run.stderr);
+    assert!(run.stderr.contains("is not a signature"), "{}", run.stderr);
+    for (key, namespace) in [("other", "xtask-bundle"), ("release", "file")] {
+        sign(key, namespace);
+        let run = verify();
+        assert_eq!(run.code, 1, "{key} {namespace}: {}", run.stderr);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -516,6 +925,12 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
             false => format!("{l}\n"),
         })
         .collect();
+    // SHA256SUMS lists the manifest's digest: rewritten with it, as a newer xtask would.
+    let sums = std::fs::read_to_string(bundle.join("SHA256SUMS"))?;
+    std::fs::write(
+        bundle.join("SHA256SUMS"),
+        sums.replace(&sha256(manifest.as_bytes()), &sha256(future.as_bytes())),
+    )?;
     std::fs::write(bundle.join("manifest.yaml"), future)?;
     let run = xtask_on(&offline, &src, &["cache-import"], &[]);
     ensure!(
@@ -525,6 +940,7 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
     );
     ensure!(images(&offline)?.is_empty(), "images were loaded");
     std::fs::write(bundle.join("manifest.yaml"), &manifest)?;
+    std::fs::write(bundle.join("SHA256SUMS"), &sums)?;
 
     // Import is idempotent: twice, and after an import killed mid-load.
     ok(xtask_on(&offline, &src, &["cache-import"], &[]), "import")?;
@@ -569,6 +985,59 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
         now == before,
         "after a killed import: {now:?}, expected {before:?}"
     );
+    Ok(())
+}
+
+/// Issue 15, point 6 on a real engine: a bundle on a read-only mount imports, checked
+/// against the digest the export wrote with --digest-file.
+#[test]
+fn a_bundle_on_a_read_only_mount_imports_with_its_digest() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("sec-ro-online", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("sec-ro-offline", EngineOptions::default())?;
+    let scratch = Scratch::new("readonly");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    let digest_file = scratch.path().join("digest.txt");
+    let export = ok(
+        xtask_on(
+            &online,
+            &src,
+            &["cache-export", "--digest-file", digest_file.as_str()],
+            &[],
+        ),
+        "export",
+    )?;
+    let digest = std::fs::read_to_string(&digest_file)?.trim().to_string();
+    ensure!(digest.starts_with("sha256:"), "{digest}");
+    ensure!(export.contains(&format!("Digest {digest}")), "{export}");
+    let bundle = src.join("docker-build-cache");
+    let usb = scratch.path().join("usb");
+    let Some(_mount) = ReadOnlyMount::new(&usb, |dir| {
+        let sh = Shell::new().unwrap();
+        cmd!(sh, "cp -a {bundle} {dir}/").quiet().run().unwrap();
+    }) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return Ok(());
+    };
+    let on_usb = usb.join("docker-build-cache");
+    let run = xtask_on(
+        &offline,
+        scratch.path(),
+        &[
+            "cache-import",
+            "--bundle",
+            on_usb.as_str(),
+            "--expect-digest",
+            &digest,
+        ],
+        &[],
+    );
+    ok(run, "import from a read-only mount")?;
+    ensure!(!images(&offline)?.is_empty(), "nothing was loaded");
     Ok(())
 }
 
@@ -1090,11 +1559,14 @@ fn node_modules_round_trips_and_is_never_overwritten_without_force() -> anyhow::
     lines[at + 1] = format!("  size: {}", evil.len());
     lines[at + 2] = format!("  sha256: {digest}");
     std::fs::write(bundle.join("manifest.yaml"), lines.join("\n") + "\n")?;
+    let manifest_digest = sha256(&std::fs::read(bundle.join("manifest.yaml"))?);
     let sums: String = std::fs::read_to_string(bundle.join("SHA256SUMS"))?
         .lines()
         .map(|l| {
             if l.ends_with("  node_modules.tar.gz") {
                 format!("{digest}  node_modules.tar.gz\n")
+            } else if l.ends_with("  manifest.yaml") {
+                format!("{manifest_digest}  manifest.yaml\n")
             } else {
                 format!("{l}\n")
             }
