@@ -18,6 +18,7 @@ mod commands;
 mod context;
 mod deps;
 mod docker;
+mod export;
 mod images;
 pub mod lab;
 mod model;
