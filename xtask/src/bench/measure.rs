@@ -23,6 +23,14 @@ pub(super) fn measure_all(b: &Bench, size: u64, with_app: bool) -> anyhow::Resul
             .unwrap_or_default()
             .trim()
     ));
+    let proof = &b.offline_proof;
+    report.notes.push(format!(
+        "The target engine runs in a network namespace with only loopback and proved it \
+         before the figures: `docker pull` failed ({}), and neither the engine's network \
+         namespace nor a container could connect to {}, on which the host answered.",
+        first_line(&proof.pull_error),
+        proof.target,
+    ));
     // The app first: it needs the network (wheelhouse, npm cache) and fails earliest.
     if with_app {
         if let Err(err) = measure_app(b, &mut report) {
@@ -88,4 +96,8 @@ fn measure_quick_commands(b: &Bench, report: &mut Report) -> anyhow::Result<()> 
         Target::AtMost(0.050),
     ));
     Ok(())
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("no message")
 }

@@ -4,12 +4,14 @@
 //!
 //! Everything runs on two private engines of the lab (an export machine and an offline
 //! target, each with its own data root on disk, socket, bridge and no iptables, as in the
-//! integration tests), against the xtask binary that runs the bench: `cargo xtask bench`
-//! measures `target/debug/xtask`, the binary users run. Workloads: a synthetic image of
-//! several GB (`docker import` of a generated rootfs, half incompressible, half text) and
-//! the application's own compose project on Debian stand-ins of its base images. Ours and
-//! the baseline run in turns (ours first on even runs, the baseline first on odd ones) so
-//! that page cache and background load fall on both. The baseline commands are the ones
+//! integration tests; the target in a network namespace with only loopback, which it
+//! proves before anything is measured), against the xtask binary that runs the bench:
+//! `cargo xtask bench` measures `target/debug/xtask`, the binary users run. Workloads: a
+//! synthetic image of several GB (`docker import` of a generated rootfs, half
+//! incompressible, half text) and the application's own compose project on Debian
+//! stand-ins of its base images. Ours and the baseline run in turns (ours first on even
+//! runs, the baseline first on odd ones) so that page cache and background load fall on
+//! both. The baseline commands are the ones
 //! a user types, run through the lab's [`Engine::docker`].
 //!
 //! - `measure`: the order of the figures, and the quick commands (figure 7);
@@ -34,7 +36,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
 use crate::bundle::human_bytes;
-use crate::lab::{Engine, EngineOptions, Site};
+use crate::lab::{Engine, EngineOptions, OfflineProof, Site};
 use machine::Machine;
 use stats::Row;
 
@@ -67,9 +69,10 @@ pub struct Settings {
 /// does not fail: missed targets are in the table.
 pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut tools = vec!["tar", "sha256sum"];
+    // busybox: the stand-in with which the target engine proves it is offline
+    let mut tools = vec!["tar", "sha256sum", "busybox", "nsenter"];
     if settings.with_app {
-        tools.extend(["debootstrap", "busybox", "npm"]);
+        tools.extend(["debootstrap", "npm"]);
     }
     crate::lab::check_prerequisites(&tools)?;
     let xtask = Utf8PathBuf::try_from(std::env::current_exe()?)
@@ -152,6 +155,24 @@ struct Bench {
     /// The offline target, and a shell pointed at it.
     target: Engine,
     tsh: Shell,
+    /// What the target engine showed when it proved it cannot reach out.
+    offline_proof: OfflineProof,
+}
+
+/// Proves that `target` cannot reach out (with the busybox stand-in, removed again).
+fn prove_offline(target: &Engine) -> anyhow::Result<OfflineProof> {
+    use crate::lab::standins::{load_busybox, BUSYBOX};
+    load_busybox(target)?;
+    let proof = target
+        .prove_offline(BUSYBOX)
+        .context("the target engine is not offline")?;
+    let sh = Shell::new()?;
+    target
+        .docker(&sh, ["image", "rm", "--force", BUSYBOX])
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    Ok(proof)
 }
 
 impl Bench {
@@ -162,16 +183,24 @@ impl Bench {
         let on_disk = EngineOptions {
             containerd_store: true,
             data_in_memory: false,
+            network_namespace: false,
         };
         let export = Engine::start(&BENCH_SITE, "export", on_disk.clone())
             .context("starting the private engine `export`")?;
-        let target = Engine::start(&BENCH_SITE, "target", on_disk)
+        // the offline server: its own network namespace, and proof that nothing leaves it
+        let offline = EngineOptions {
+            network_namespace: true,
+            ..on_disk
+        };
+        let target = Engine::start(&BENCH_SITE, "target", offline)
             .context("starting the private engine `target`")?;
+        let proof = prove_offline(&target)?;
         let work = BENCH_SITE.process_dir("work");
         std::fs::create_dir_all(&work).with_context(|| format!("creating {work}"))?;
         let log = work.join("bench.log");
         eprintln!("        log of every command: {log}");
         Ok(Bench {
+            offline_proof: proof,
             xtask,
             repo,
             runs,

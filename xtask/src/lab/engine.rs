@@ -26,6 +26,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
 use super::fs::{kill_processes_using, pid_alive, remove_tree, tail, unmount_below};
+use super::netns::{self, OfflineProof};
 
 /// How long `dockerd` may take to answer, and to stop.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,6 +78,11 @@ pub struct EngineOptions {
     /// stand-ins is removed as an unmount instead of a slow delete on a disk mounted with
     /// `discard`. The benchmark keeps it on disk, as a server does.
     pub data_in_memory: bool,
+    /// Run in a network namespace of its own that has only loopback, without proxy
+    /// variables (see [`super::netns`]): for an engine that stands for the offline server,
+    /// which then provably cannot reach out ([`Engine::prove_offline`]). Ports its
+    /// containers publish are published inside that namespace, out of the host's reach.
+    pub network_namespace: bool,
 }
 
 impl Default for EngineOptions {
@@ -84,6 +90,7 @@ impl Default for EngineOptions {
         EngineOptions {
             containerd_store: true,
             data_in_memory: true,
+            network_namespace: false,
         }
     }
 }
@@ -96,6 +103,8 @@ pub struct Engine {
     id: String,
     root: Utf8PathBuf,
     slot: Option<u8>,
+    /// The engine's own network namespace, when it has one (named as its bridge).
+    netns: Option<String>,
     dockerd: Option<Child>,
 }
 
@@ -119,6 +128,7 @@ impl Engine {
             id,
             root,
             slot: None,
+            netns: None,
             dockerd: None,
         };
         let sh = Shell::new()?;
@@ -133,18 +143,30 @@ impl Engine {
                 .quiet()
                 .run()?;
         }
+        if opts.network_namespace {
+            let name = engine.bridge();
+            engine.netns = Some(name.clone());
+            netns::create(&sh, &name).with_context(|| {
+                format!("creating the network namespace of {} {name}", site.label)
+            })?;
+        }
         engine.slot = Some(
-            create_bridge(&sh, site, &engine.id, &engine.root)
+            create_bridge(&sh, site, &engine.id, &engine.root, engine.netns.as_deref())
                 .with_context(|| format!("creating the bridge of {} {name}", site.label))?,
         );
         engine.spawn(&sh, &opts)?;
         eprintln!(
-            "{} {name} ({}) up in {:.1}s at {}",
+            "{} {name} ({}{}) up in {:.1}s at {}",
             site.label,
             if opts.containerd_store {
                 "containerd store"
             } else {
                 "classic store"
+            },
+            if opts.network_namespace {
+                ", own network namespace"
+            } else {
+                ""
             },
             started.elapsed().as_secs_f64(),
             engine.host()
@@ -177,7 +199,11 @@ impl Engine {
         )?;
         let log_path = root.join("dockerd.log");
         let log = std::fs::File::create(&log_path)?;
-        let child = Command::new("dockerd")
+        let mut dockerd = match &self.netns {
+            Some(name) => netns::dockerd_command(name),
+            None => Command::new("dockerd"),
+        };
+        let child = dockerd
             .arg("--config-file")
             .arg(root.join("daemon.json"))
             .arg("--data-root")
@@ -252,6 +278,24 @@ impl Engine {
     /// The engine's bridge: the default network of its containers.
     pub fn bridge(&self) -> String {
         format!("{}{}", self.site.prefix, self.id)
+    }
+
+    /// The process id of the engine's dockerd, while it runs.
+    pub fn dockerd_pid(&self) -> Option<u32> {
+        self.dockerd.as_ref().map(Child::id)
+    }
+
+    /// The engine's own network namespace (`/run/netns/<name>`), if it has one.
+    pub fn network_namespace(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    /// Shows that this engine cannot reach out: a `docker pull` fails, and a container of
+    /// `image` (with busybox's `nc`, e.g. [`super::standins::BUSYBOX`]) can connect to
+    /// an address the host answers on, nor can the engine's own network namespace. An
+    /// error says what got through.
+    pub fn prove_offline(&self, image: &str) -> anyhow::Result<OfflineProof> {
+        netns::prove_offline(self, image)
     }
 
     /// The Docker client config directory of this engine (empty: no contexts, no builders
@@ -403,7 +447,14 @@ impl Drop for Engine {
 /// Creates and brings up the bridge `<prefix><id>` with `10.<bridge_net>.<slot>.1/24`, the
 /// slot being one no other engine (of this or another run) uses; the slot also chooses
 /// the engine's address pool `10.<pool_net>.<slot>.0/24`.
-fn create_bridge(sh: &Shell, site: &Site, id: &str, root: &Utf8Path) -> anyhow::Result<u8> {
+/// The bridge is made inside `netns` when the engine has one.
+fn create_bridge(
+    sh: &Shell,
+    site: &Site,
+    id: &str,
+    root: &Utf8Path,
+    netns: Option<&str>,
+) -> anyhow::Result<u8> {
     let lock_path = Utf8Path::new(site.dir).join(".lock");
     let lock = std::fs::File::create(&lock_path)?;
     lock.lock()?;
@@ -425,16 +476,19 @@ fn create_bridge(sh: &Shell, site: &Site, id: &str, root: &Utf8Path) -> anyhow::
     let bridge = format!("{}{id}", site.prefix);
     let address = format!("10.{bridge_net}.{slot}.1/24");
     sh.write_file(root.join("slot"), slot.to_string())?;
-    cmd!(sh, "ip link add {bridge} type bridge").quiet().run()?;
-    cmd!(sh, "ip addr add {address} dev {bridge}")
+    let ns: &[&str] = &netns.map(|name| vec!["-n", name]).unwrap_or_default();
+    cmd!(sh, "ip {ns...} link add {bridge} type bridge")
         .quiet()
         .run()?;
-    cmd!(sh, "ip link set {bridge} up").quiet().run()?;
+    cmd!(sh, "ip {ns...} addr add {address} dev {bridge}")
+        .quiet()
+        .run()?;
+    cmd!(sh, "ip {ns...} link set {bridge} up").quiet().run()?;
     Ok(slot)
 }
 
 /// Removes what an engine leaves once its dockerd is gone (or to make it gone): its
-/// containers, containerd and shims, mounts, bridges and directory.
+/// containers, containerd and shims, mounts, network namespace, bridges and directory.
 fn teardown(
     site: &Site,
     id: &str,
@@ -447,6 +501,7 @@ fn teardown(
     kill_containers(&bridge);
     kill_processes_using(root)?;
     unmount_below(root)?;
+    netns::delete(&sh, &bridge)?;
     let mut links = vec![bridge];
     links.extend(networks.iter().cloned());
     if let Some(slot) = slot {
@@ -528,7 +583,8 @@ fn owner_is_gone(id: &str) -> bool {
 }
 
 /// Removes engines, directories and bridges of runs that are no longer running (killed,
-/// or crashed before their `Drop` ran). Those of live processes are left alone.
+/// or crashed before their `Drop` ran), with their network namespaces. Those of live
+/// processes are left alone.
 fn remove_stale_engines(site: &Site) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let dir = Utf8Path::new(site.dir);
@@ -552,6 +608,11 @@ fn remove_stale_engines(site: &Site) -> anyhow::Result<()> {
         };
         if owner_is_gone(id) {
             delete_link(&sh, link.file_name())?;
+        }
+    }
+    for name in netns::with_prefix(site.prefix) {
+        if owner_is_gone(&name[site.prefix.len()..]) {
+            netns::delete(&sh, &name)?;
         }
     }
     Ok(())

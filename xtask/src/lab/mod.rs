@@ -4,6 +4,8 @@
 //!
 //! - [`engine`]: private `dockerd`s ([`Engine`], [`EngineOptions`]), their bridges, and the
 //!   removal of what killed runs left.
+//! - [`netns`]: network namespaces with only loopback, for engines that stand for the
+//!   offline server, and the proof that they cannot reach out.
 //! - [`standins`]: base images made locally (no registry is reachable): busybox, and
 //!   Debian-based stand-ins of the application's python, node and nginx images.
 //! - [`synthetic`]: generated images of any size, for throughput measurements.
@@ -14,6 +16,7 @@
 
 pub mod engine;
 pub mod fs;
+pub mod netns;
 pub mod standins;
 pub mod synthetic;
 
@@ -22,6 +25,7 @@ use xshell::Shell;
 
 pub use engine::{Engine, EngineOptions, Site};
 pub use fs::{cached, http_get, pid_alive, remove_tree, test_cache_dir, unmount_below, which};
+pub use netns::OfflineProof;
 
 /// Checks that this machine can run private engines: root, the tools named (besides
 /// `dockerd`, `docker` and `ip`, which every engine needs), and the buildx and compose

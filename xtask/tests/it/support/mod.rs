@@ -22,6 +22,8 @@ use std::{
 
 use camino::{Utf8Path, Utf8PathBuf};
 
+mod offline_engine;
+
 pub use xtask::lab::{http_get, standins, unmount_below, Engine, EngineOptions, Site};
 
 /// The environment variable that turns the Docker suite on.
@@ -73,7 +75,7 @@ pub fn docker_suite() -> Option<DockerSuite> {
     }
     static PREREQUISITES: OnceLock<Result<(), String>> = OnceLock::new();
     let checked = PREREQUISITES.get_or_init(|| {
-        xtask::lab::check_prerequisites(&["debootstrap", "busybox", "tar"])
+        xtask::lab::check_prerequisites(&["debootstrap", "busybox", "tar", "nsenter"])
             .map_err(|e| format!("{e:#}"))
     });
     if let Err(err) = checked {
