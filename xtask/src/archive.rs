@@ -651,47 +651,33 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
-    struct Scratch(Utf8PathBuf);
-    impl Scratch {
-        fn new() -> Scratch {
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap()).join(format!(
-                "xtask-archive-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            fs::create_dir_all(dir.join("dest")).unwrap();
-            Scratch(dir)
-        }
-        fn dest(&self) -> Utf8PathBuf {
-            self.0.join("dest")
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    use crate::testutil::Scratch;
+
+    /// The folder the tests unpack into, inside `scratch`.
+    fn dest(scratch: &Scratch) -> Utf8PathBuf {
+        let dest = scratch.path().join("dest");
+        fs::create_dir_all(&dest).unwrap();
+        dest
     }
 
     /// Unpacking `entries` fails naming `entry` and `why`, and writes nothing beside `dest`.
     fn refused(entries: &[E<'_>], entry: &str, why: &str) {
-        let scratch = Scratch::new();
-        let err = unpack_safely(&tarball(entries)[..], &scratch.dest()).unwrap_err();
+        let scratch = Scratch::new("archive");
+        let err = unpack_safely(&tarball(entries)[..], &dest(&scratch)).unwrap_err();
         let err = format!("{err:#}");
         assert!(
             err.contains(&format!("{entry:?}")),
             "{entry:?} not in: {err}"
         );
         assert!(err.contains(why), "{why:?} not in: {err}");
-        let beside: Vec<_> = fs::read_dir(&scratch.0).unwrap().collect();
+        let beside: Vec<_> = fs::read_dir(scratch.path()).unwrap().collect();
         assert_eq!(beside.len(), 1, "something was written beside dest");
     }
 
     #[test]
     fn a_plain_archive_unpacks() {
-        let scratch = Scratch::new();
-        let dest = scratch.dest();
+        let scratch = Scratch::new("archive");
+        let dest = dest(&scratch);
         let done = unpack_safely(
             &tarball(&[
                 E::Dir("./"),
@@ -766,20 +752,20 @@ mod tests {
             "not a regular file unpacked before",
         );
         // A symlink already in the destination is not followed either.
-        let scratch = Scratch::new();
-        let outside = scratch.0.join("outside");
+        let scratch = Scratch::new("archive");
+        let outside = scratch.path().join("outside");
         fs::create_dir(&outside).unwrap();
-        std::os::unix::fs::symlink(&outside, scratch.dest().join("x")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest(&scratch).join("x")).unwrap();
         let err =
-            unpack_safely(&tarball(&[E::File("x/f", b"!")])[..], &scratch.dest()).unwrap_err();
+            unpack_safely(&tarball(&[E::File("x/f", b"!")])[..], &dest(&scratch)).unwrap_err();
         assert!(
             format!("{err:#}").contains("through the symlink x"),
             "{err:#}"
         );
         assert!(!outside.join("f").exists());
         // Nor a symlink in the final component: files are created with O_EXCL.
-        std::os::unix::fs::symlink(outside.join("g"), scratch.dest().join("g")).unwrap();
-        let err = unpack_safely(&tarball(&[E::File("g", b"!")])[..], &scratch.dest()).unwrap_err();
+        std::os::unix::fs::symlink(outside.join("g"), dest(&scratch).join("g")).unwrap();
+        let err = unpack_safely(&tarball(&[E::File("g", b"!")])[..], &dest(&scratch)).unwrap_err();
         assert!(format!("{err:#}").contains("cannot create"), "{err:#}");
         assert!(!outside.join("g").exists());
     }
@@ -836,20 +822,20 @@ mod tests {
         );
         refused(&[E::Dir("a/"), E::Symlink("a", "b")], "a", "already has");
         // Names are case-sensitive: these are two files.
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("archive");
         unpack_safely(
             &tarball(&[E::File("A", b"1"), E::File("a", b"2")])[..],
-            &scratch.dest(),
+            &dest(&scratch),
         )
         .unwrap();
     }
 
     #[test]
     fn entries_outside_the_top_folder_are_refused() {
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("archive");
         let err = unpack_safely_under(
             &tarball(&[E::File("node_modules/a", b""), E::File("package.json", b"")])[..],
-            &scratch.dest(),
+            &dest(&scratch),
             "node_modules",
         )
         .unwrap_err();
@@ -880,8 +866,8 @@ mod tests {
             header.set_cksum();
             let mut bytes = header.as_bytes().to_vec();
             bytes.extend_from_slice(&[b'a'; 4096]);
-            let scratch = Scratch::new();
-            let err = unpack_safely(&bytes[..], &scratch.dest()).unwrap_err();
+            let scratch = Scratch::new("archive");
+            let err = unpack_safely(&bytes[..], &dest(&scratch)).unwrap_err();
             let err = format!("{err:#}");
             assert!(
                 err.contains(&format!("header of {declared} bytes")),
@@ -899,10 +885,10 @@ mod tests {
         header.set_mode(0o644);
         builder.append_data(&mut header, "a", &b"x"[..]).unwrap();
         let bytes = builder.into_inner().unwrap();
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("archive");
         let err = format!(
             "{:#}",
-            unpack_safely(&bytes[..], &scratch.dest()).unwrap_err()
+            unpack_safely(&bytes[..], &dest(&scratch)).unwrap_err()
         );
         assert!(err.contains("size record"), "{err}");
         // Long names of a normal length still unpack (the tool's own archives use them).
@@ -916,9 +902,9 @@ mod tests {
         header.set_mode(0o644);
         builder.append_data(&mut header, &long, &b"ok"[..]).unwrap();
         let bytes = builder.into_inner().unwrap();
-        let scratch = Scratch::new();
-        unpack_safely_under(&bytes[..], &scratch.dest(), "node_modules").unwrap();
-        assert_eq!(fs::read(scratch.dest().join(&long)).unwrap(), b"ok");
+        let scratch = Scratch::new("archive");
+        unpack_safely_under(&bytes[..], &dest(&scratch), "node_modules").unwrap();
+        assert_eq!(fs::read(dest(&scratch).join(&long)).unwrap(), b"ok");
     }
 
     /// Issue 15, point 5: folders lose set-id, sticky and group/other write bits as files do
@@ -938,10 +924,10 @@ mod tests {
             builder.append_data(&mut header, name, &b""[..]).unwrap();
         }
         let bytes = builder.into_inner().unwrap();
-        let scratch = Scratch::new();
-        unpack_safely_under(&bytes[..], &scratch.dest(), "node_modules").unwrap();
+        let scratch = Scratch::new("archive");
+        unpack_safely_under(&bytes[..], &dest(&scratch), "node_modules").unwrap();
         for name in ["d", "s", "f"] {
-            let mode = fs::metadata(scratch.dest().join("node_modules").join(name))
+            let mode = fs::metadata(dest(&scratch).join("node_modules").join(name))
                 .unwrap()
                 .permissions()
                 .mode();
@@ -958,10 +944,10 @@ mod tests {
             ("node_modules/a/up", "../../package.json"),
             ("node_modules/a/b", "../../x/y"),
         ] {
-            let scratch = Scratch::new();
+            let scratch = Scratch::new("archive");
             let err = unpack_safely_under(
                 &tarball(&[E::Symlink(link, target)])[..],
-                &scratch.dest(),
+                &dest(&scratch),
                 "node_modules",
             )
             .unwrap_err();
@@ -972,26 +958,26 @@ mod tests {
             );
         }
         // Chains of links each inside, that lead above it together, are refused on disk.
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("archive");
         let err = unpack_safely_under(
             &tarball(&[
                 E::Symlink("node_modules/a/top", ".."),
                 E::Symlink("node_modules/b", "a/top/.."),
             ])[..],
-            &scratch.dest(),
+            &dest(&scratch),
             "node_modules",
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("outside"), "{err:#}");
         // Inside is fine, also to the top folder itself.
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("archive");
         unpack_safely_under(
             &tarball(&[
                 E::File("node_modules/pkg/index.js", b"1"),
                 E::Symlink("node_modules/.bin/tool", "../pkg/index.js"),
                 E::Symlink("node_modules/.bin/root", ".."),
             ])[..],
-            &scratch.dest(),
+            &dest(&scratch),
             "node_modules",
         )
         .unwrap();
@@ -1001,10 +987,10 @@ mod tests {
     fn a_truncated_archive_is_an_error_naming_the_last_entry() {
         let mut bytes = tarball(&[E::File("a", &[7; 2000]), E::File("b", &[8; 2000])]);
         bytes.truncate(1500);
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("archive");
         let err = format!(
             "{:#}",
-            unpack_safely(&bytes[..], &scratch.dest()).unwrap_err()
+            unpack_safely(&bytes[..], &dest(&scratch)).unwrap_err()
         );
         assert!(err.contains("\"a\""), "{err}");
     }
@@ -1025,19 +1011,19 @@ mod tests {
 
     #[test]
     fn pack_keeps_inside_symlinks_only_and_round_trips() {
-        let scratch = Scratch::new();
-        let src = scratch.0.join("node_modules");
+        let scratch = Scratch::new("archive");
+        let src = scratch.path().join("node_modules");
         fs::create_dir_all(src.join("pkg/lib")).unwrap();
         fs::create_dir_all(src.join(".bin")).unwrap();
         fs::write(src.join("pkg/lib/index.js"), "x").unwrap();
         std::os::unix::fs::symlink("../pkg/lib/index.js", src.join(".bin/pkg")).unwrap();
         std::os::unix::fs::symlink("../../outside", src.join("pkg/out")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", src.join("pkg/abs")).unwrap();
-        let out = scratch.0.join("nm.tar.gz");
+        let out = scratch.path().join("nm.tar.gz");
         let packed = pack_dir_gz(&src, "node_modules", &out).unwrap();
         assert_eq!((packed.files, packed.symlinks), (1, 1));
         assert_eq!(packed.skipped.len(), 2, "{:?}", packed.skipped);
-        let dest = scratch.dest();
+        let dest = dest(&scratch);
         let file = File::open(&out).unwrap();
         unpack_safely_under(flate2::read::GzDecoder::new(file), &dest, "node_modules").unwrap();
         assert_eq!(

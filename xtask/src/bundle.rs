@@ -59,18 +59,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// A new, empty folder for a unit test: `<temp dir>/xtask-<name>-<pid>`, whatever an
-/// earlier run left there removed first.
-#[cfg(test)]
-pub fn test_dir(name: &str) -> Utf8PathBuf {
-    let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
-        .expect("a UTF-8 temp dir")
-        .join(format!("xtask-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a test folder");
-    dir
-}
-
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -939,7 +927,7 @@ mod tests {
     #[test]
     fn sign_sums_makes_a_signature_check_signature_accepts() {
         let sh = xshell::Shell::new().unwrap();
-        let dir = test_dir("sign");
+        let dir = crate::testutil::test_dir("sign");
         let key = dir.join("key");
         if xshell::cmd!(sh, "ssh-keygen -q -t ed25519 -N '' -C me -f {key}")
             .quiet()

@@ -27,3 +27,5 @@ mod progress;
 mod project;
 mod recompress;
 mod secrets;
+#[cfg(test)]
+mod testutil;

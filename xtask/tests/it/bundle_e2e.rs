@@ -7,6 +7,7 @@ use anyhow::{ensure, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
+use crate::support::run::Scratch;
 use crate::support::{self, fault, standins, Engine, EngineOptions};
 
 const COMPOSE: &str = "\
@@ -53,7 +54,7 @@ pub fn write_fixture(dir: &Utf8Path) -> anyhow::Result<()> {
 }
 
 pub fn xtask_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_xtask")
+    support::run::bin()
 }
 
 /// Runs `cargo xtask ARGS` in `dir` against `engine`; its stderr, or an error with it.
@@ -148,23 +149,17 @@ fn copy_tree(sh: &Shell, from: &Utf8Path, to: &Utf8Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn temp_dir(sh: &Shell) -> anyhow::Result<(xshell::TempDir, Utf8PathBuf)> {
-    let tmp = sh.create_temp_dir()?;
-    let path = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf())
-        .map_err(|p| anyhow::anyhow!("non-UTF-8 temp dir {}", p.display()))?;
-    Ok((tmp, path))
-}
-
 /// Exports the fixture on `online`, copies project and bundle to a new folder (the
 /// offline server), imports and patches there against `offline`, and builds.
 fn export_import_build(
     online: &Engine,
     offline: &Engine,
     strategy: Option<&str>,
-) -> anyhow::Result<(String, Utf8PathBuf, xshell::TempDir)> {
+) -> anyhow::Result<(String, Utf8PathBuf, Scratch)> {
     let online_sh = online.shell()?;
     let offline_sh = offline.shell()?;
-    let (tmp, root) = temp_dir(&online_sh)?;
+    let tmp = Scratch::new("e2e");
+    let root = tmp.path().to_owned();
     let src = root.join("release");
     write_fixture(&src)?;
     let mut args = vec!["cache-export"];
@@ -267,7 +262,8 @@ fn a_damaged_bundle_is_refused_before_anything_is_loaded() -> anyhow::Result<()>
     standins::load_busybox(&online)?;
     let offline = suite.engine("offline-damage", EngineOptions::default())?;
     let sh = online.shell()?;
-    let (_tmp, root) = temp_dir(&sh)?;
+    let _tmp = Scratch::new("e2e");
+    let root = _tmp.path().to_owned();
     let src = root.join("release");
     write_fixture(&src)?;
     xtask(&sh, &src, &["cache-export"])?;
@@ -364,7 +360,8 @@ fn an_interrupted_export_leaves_no_bundle_that_verifies() -> anyhow::Result<()> 
     let online = suite.engine("online-kill", EngineOptions::default())?;
     standins::load_busybox(&online)?;
     let sh = online.shell()?;
-    let (_tmp, root) = temp_dir(&sh)?;
+    let _tmp = Scratch::new("e2e");
+    let root = _tmp.path().to_owned();
     let src = root.join("release");
     write_fixture(&src)?;
     // A first, complete export; then exports killed at several points (the whole process
@@ -457,7 +454,8 @@ fn legacy_strategy_cache_images_serve_the_classic_builder_offline() -> anyhow::R
     standins::load_busybox(&online)?;
     let offline = suite.engine("offline-legacy", EngineOptions::default())?;
     let sh = online.shell()?;
-    let (_tmp, root) = temp_dir(&sh)?;
+    let _tmp = Scratch::new("e2e");
+    let root = _tmp.path().to_owned();
     let src = root.join("release");
     write_fixture(&src)?;
     xtask(&sh, &src, &["cache-export", "--strategy", "legacy"])?;

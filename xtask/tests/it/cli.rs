@@ -1,37 +1,15 @@
 //! The built binary against temporary projects: what users see, exit codes included.
 //! 1 for bad input (with a message naming the file), 2 for usage errors.
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 use xshell::{cmd, Shell};
 
 use crate::support::repo_root;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn xtask(dir: &Utf8Path, args: &[&str]) -> Run {
-    let sh = Shell::new().unwrap();
-    sh.change_dir(dir);
-    let bin = env!("CARGO_BIN_EXE_xtask");
-    let out = cmd!(sh, "{bin} {args...}")
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .ignore_status()
-        .quiet()
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use crate::support::run::{xtask, Scratch};
 
 /// A fresh project folder with the given files.
-fn project(files: &[(&str, &str)]) -> (tempdir::Dir, Utf8PathBuf) {
-    let dir = tempdir::Dir::new();
+fn project(files: &[(&str, &str)]) -> (Scratch, Utf8PathBuf) {
+    let dir = Scratch::new("cli");
     let root = dir.path().to_path_buf();
     for (path, text) in files {
         let path = root.join(path);
@@ -39,33 +17,6 @@ fn project(files: &[(&str, &str)]) -> (tempdir::Dir, Utf8PathBuf) {
         std::fs::write(path, text).unwrap();
     }
     (dir, root)
-}
-
-mod tempdir {
-    use camino::{Utf8Path, Utf8PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    pub struct Dir(Utf8PathBuf);
-    impl Dir {
-        pub fn new() -> Dir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let path = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap()).join(format!(
-                "xtask-cli-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-        pub fn path(&self) -> &Utf8Path {
-            &self.0
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 #[test]

@@ -28,7 +28,7 @@
 //!
 //! A failure names the doc file and line, the command, the exit code and clap's message.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::support::repo_root;
@@ -351,30 +351,12 @@ const COMPOSE_SUBCOMMANDS: [&str; 10] = [
     "build", "up", "down", "run", "config", "pull", "push", "create", "logs", "ps",
 ];
 
-/// An empty scratch folder, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let path =
-            std::env::temp_dir().join(format!("xtask-docs-examples-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        Scratch(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn failures(examples: &[Example], tag: &str) -> Vec<String> {
-    let scratch = Scratch::new(tag);
-    let bin = Path::new(env!("CARGO_BIN_EXE_xtask"));
+    let scratch = crate::support::run::Scratch::new(&format!("docs-{tag}"));
+    let bin = Path::new(crate::support::run::bin());
     examples
         .iter()
-        .filter_map(|e| check(bin, &scratch.0, e))
+        .filter_map(|e| check(bin, scratch.path().as_std_path(), e))
         .collect()
 }
 

@@ -4,9 +4,10 @@
 //! export.
 
 use anyhow::{ensure, Context};
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
+use crate::support::run::{ok, xtask_on, Scratch};
 use crate::support::{self, standins, Engine, EngineOptions};
 
 const COMPOSE: &str = "\
@@ -34,56 +35,6 @@ fn write_fixture(dir: &Utf8Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("api/.dockerignore"), "*.log\nnotes/\n")?;
     std::fs::write(dir.join("api/debug.log"), "noise\n")?;
     Ok(())
-}
-
-struct Run {
-    code: i32,
-    stderr: String,
-}
-
-/// The built binary in `dir`, talking to `engine`.
-fn xtask_on(engine: &Engine, dir: &Utf8Path, args: &[&str]) -> anyhow::Result<Run> {
-    let sh = engine.shell()?;
-    sh.change_dir(dir);
-    let bin = env!("CARGO_BIN_EXE_xtask");
-    let out = cmd!(sh, "{bin} {args...}")
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .ignore_status()
-        .quiet()
-        .output()?;
-    Ok(Run {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
-fn ok(run: Run, what: &str) -> anyhow::Result<String> {
-    ensure!(
-        run.code == 0,
-        "{what} failed ({}):\n{}",
-        run.code,
-        run.stderr
-    );
-    Ok(run.stderr)
-}
-
-/// A temporary folder, removed on drop.
-struct Scratch(Utf8PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Scratch {
-        let dir = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap())
-            .join(format!("xtask-ops-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn manifest(bundle: &Utf8Path) -> anyhow::Result<serde_yaml::Value> {
@@ -116,9 +67,9 @@ fn one_import_names_every_damaged_file_and_a_moved_tag_is_named() -> anyhow::Res
     standins::load_busybox(&online)?;
     let offline = suite.engine("ops-offline", EngineOptions::default())?;
     let scratch = Scratch::new("import");
-    let src = scratch.0.join("release");
+    let src = scratch.path().join("release");
     write_fixture(&src)?;
-    ok(xtask_on(&online, &src, &["cache-export"])?, "export")?;
+    ok(xtask_on(&online, &src, &["cache-export"], &[]), "export")?;
     let bundle = src.join("docker-build-cache");
     let m = manifest(&bundle)?;
     // The saved images' files, streamed into docker load and checked as they stream.
@@ -144,7 +95,7 @@ fn one_import_names_every_damaged_file_and_a_moved_tag_is_named() -> anyhow::Res
             .iter()
             .map(|v| flip(&bundle.join(v)))
             .collect::<anyhow::Result<_>>()?;
-        let run = xtask_on(&offline, &src, &["cache-import"])?;
+        let run = xtask_on(&offline, &src, &["cache-import"], &[]);
         ensure!(run.code == 1, "the import succeeded:\n{}", run.stderr);
         for victim in &victims {
             ensure!(
@@ -161,7 +112,7 @@ fn one_import_names_every_damaged_file_and_a_moved_tag_is_named() -> anyhow::Res
             std::fs::write(bundle.join(victim), bytes)?;
         }
     }
-    ok(xtask_on(&offline, &src, &["cache-import"])?, "import")?;
+    ok(xtask_on(&offline, &src, &["cache-import"], &[]), "import")?;
 
     // Someone tags another image as busybox:latest on the server: the import names it.
     let bundled = m["images"]
@@ -196,7 +147,10 @@ fn one_import_names_every_damaged_file_and_a_moved_tag_is_named() -> anyhow::Res
         .quiet()
         .read()?;
     ensure!(moved != bundled, "the tag did not move");
-    let stderr = ok(xtask_on(&offline, &src, &["cache-import"])?, "import again")?;
+    let stderr = ok(
+        xtask_on(&offline, &src, &["cache-import"], &[]),
+        "import again",
+    )?;
     ensure!(
         stderr.contains("a tag was moved")
             && stderr.contains("busybox:latest")
@@ -222,10 +176,10 @@ fn cache_status_names_the_code_that_changed_since_the_export() -> anyhow::Result
     let online = suite.engine("ops-status", EngineOptions::default())?;
     standins::load_busybox(&online)?;
     let scratch = Scratch::new("status");
-    let src = scratch.0.join("release");
+    let src = scratch.path().join("release");
     write_fixture(&src)?;
-    ok(xtask_on(&online, &src, &["cache-export"])?, "export")?;
-    let fresh = ok(xtask_on(&online, &src, &["cache-status"])?, "status")?;
+    ok(xtask_on(&online, &src, &["cache-export"], &[]), "export")?;
+    let fresh = ok(xtask_on(&online, &src, &["cache-status"], &[]), "status")?;
     ensure!(fresh.contains("api fresh"), "{fresh}");
 
     // Changed, added and removed code; files the .dockerignore leaves out do not count.
@@ -235,7 +189,7 @@ fn cache_status_names_the_code_that_changed_since_the_export() -> anyhow::Result
     std::fs::write(src.join("api/trace.log"), "ignored\n")?;
     std::fs::create_dir_all(src.join("api/notes"))?;
     std::fs::write(src.join("api/notes/todo.txt"), "ignored\n")?;
-    let stale = ok(xtask_on(&online, &src, &["cache-status"])?, "status")?;
+    let stale = ok(xtask_on(&online, &src, &["cache-status"], &[]), "status")?;
     for line in [
         "api stale, can rebuild offline",
         "changed since the export: api/src/main.py\n",
@@ -261,7 +215,7 @@ fn cache_status_names_the_code_that_changed_since_the_export() -> anyhow::Result
     }
     std::fs::write(bundle.join("manifest.yaml"), serde_yaml::to_string(&m)?)?;
     let old = ok(
-        xtask_on(&online, &src, &["cache-status"])?,
+        xtask_on(&online, &src, &["cache-status"], &[]),
         "status of an old bundle",
     )?;
     ensure!(

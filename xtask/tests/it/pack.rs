@@ -8,55 +8,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use sha2::Digest;
 use xshell::{cmd, Shell};
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn xtask(dir: &Utf8Path, args: &[&str]) -> Run {
-    let sh = Shell::new().unwrap();
-    sh.change_dir(dir);
-    let bin = env!("CARGO_BIN_EXE_xtask");
-    let out = cmd!(sh, "{bin} {args...}")
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .ignore_status()
-        .quiet()
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// A temporary folder, removed on drop.
-struct Scratch(Utf8PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Scratch {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap()).join(format!(
-            "xtask-pack-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self) -> &Utf8Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::support::run::{xtask, Scratch};
 
 fn sha256(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes)
@@ -394,7 +346,7 @@ fn a_damaged_bundle_is_not_packed() {
 fn the_release_script_packs_what_unpacks() {
     let scratch = synthetic_bundle("release");
     let script = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release-bundle.sh");
-    let bin = env!("CARGO_BIN_EXE_xtask");
+    let bin = crate::support::run::bin();
     let sh = Shell::new().unwrap();
     sh.change_dir(scratch.path());
     let out = cmd!(

@@ -17,61 +17,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use sha2::Digest;
 use xshell::{cmd, Shell};
 
+use crate::support::run::{ok, xtask, xtask_env, xtask_on, Scratch};
 use crate::support::{self, fault, standins, EngineOptions};
-
-struct Run {
-    code: i32,
-    stderr: String,
-}
-
-/// Runs the built binary in `dir` with `env` added.
-fn xtask_env(dir: &Utf8Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let sh = Shell::new().unwrap();
-    sh.change_dir(dir);
-    let bin = env!("CARGO_BIN_EXE_xtask");
-    let mut command = cmd!(sh, "{bin} {args...}")
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .ignore_status()
-        .quiet();
-    for (key, value) in env {
-        command = command.env(key, value);
-    }
-    let out = command.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn xtask(dir: &Utf8Path, args: &[&str]) -> Run {
-    xtask_env(dir, args, &[])
-}
-
-/// A temporary folder, removed on drop.
-struct Scratch(Utf8PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Scratch {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = Utf8PathBuf::from(std::env::temp_dir().to_str().unwrap()).join(format!(
-            "xtask-sec-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self) -> &Utf8Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn sha256(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes)
@@ -570,7 +517,7 @@ fn manifest_or_sums_as_a_symlink_fifo_or_device_is_refused_without_reading_it() 
             let started = std::time::Instant::now();
             let sh = Shell::new().unwrap();
             sh.change_dir(scratch.path());
-            let bin = env!("CARGO_BIN_EXE_xtask");
+            let bin = support::run::bin();
             let out = cmd!(sh, "timeout 20 {bin} cache-verify")
                 .ignore_status()
                 .quiet()
@@ -685,7 +632,7 @@ fn the_import_lock_is_outside_the_bundle_and_never_followed() {
     let _ = std::fs::remove_file(&lock);
     let sh = Shell::new().unwrap();
     cmd!(sh, "mkfifo {lock}").quiet().run().unwrap();
-    let bin = env!("CARGO_BIN_EXE_xtask");
+    let bin = support::run::bin();
     let out = cmd!(sh, "timeout 20 {bin} cache-import --bundle {source}")
         .env("DOCKER_HOST", no_engine[0].1)
         .ignore_status()
@@ -718,7 +665,7 @@ fn an_unset_or_empty_home_fails_the_import_before_anything_is_loaded() {
         "services:\n- name: web\n  npm_cache: npm-cache/web",
     );
     write_lists(&bundle, &listed, &manifest);
-    let bin = env!("CARGO_BIN_EXE_xtask");
+    let bin = support::run::bin();
     for home in [None, Some(""), Some("relative")] {
         let sh = Shell::new().unwrap();
         sh.change_dir(scratch.path());
@@ -852,34 +799,6 @@ fn write_fixture(dir: &Utf8Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the binary against `engine`'s environment; fails with its stderr unless it
-/// succeeds.
-fn xtask_on(
-    engine: &support::Engine,
-    dir: &Utf8Path,
-    args: &[&str],
-    extra_env: &[(&str, &str)],
-) -> Run {
-    let env: Vec<(String, String)> = engine
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    all.extend_from_slice(extra_env);
-    xtask_env(dir, args, &all)
-}
-
-fn ok(run: Run, what: &str) -> anyhow::Result<String> {
-    ensure!(
-        run.code == 0,
-        "{what} failed ({}):\n{}",
-        run.code,
-        run.stderr
-    );
-    Ok(run.stderr)
-}
-
 fn images(engine: &support::Engine) -> anyhow::Result<String> {
     let sh = engine.shell()?;
     Ok(cmd!(sh, "docker images -q").quiet().read()?)
@@ -962,7 +881,7 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
         .run()?;
     // Killed while it loads: the engine is frozen at "Loading images", so the load is
     // under way when SIGKILL lands.
-    let bin = env!("CARGO_BIN_EXE_xtask");
+    let bin = support::run::bin();
     {
         let _cd = sh.push_dir(&src);
         let command = std::process::Command::from(cmd!(sh, "{bin} cache-import").quiet());
@@ -1051,7 +970,7 @@ fn a_second_export_into_a_locked_folder_fails_naming_the_lock() -> anyhow::Resul
     let scratch = Scratch::new("lock");
     let src = scratch.path().join("release");
     write_fixture(&src)?;
-    let bin = env!("CARGO_BIN_EXE_xtask");
+    let bin = support::run::bin();
     let sh = online.shell()?;
     let _cd = sh.push_dir(&src);
     let first = std::process::Command::from(cmd!(sh, "{bin} cache-export").quiet())
@@ -1155,7 +1074,7 @@ fn a_full_disk_or_a_stopped_engine_during_export_leaves_no_bundle_that_verifies(
 
     // The engine stops during an export: a clear error, no bundle that verifies.
     let out = scratch.path().join("stopped");
-    let bin = env!("CARGO_BIN_EXE_xtask");
+    let bin = support::run::bin();
     let esh = online.shell()?;
     let _cd = esh.push_dir(&src);
     let export =
@@ -1625,7 +1544,7 @@ fn an_engine_that_stops_during_import_gets_a_clear_error_and_a_rerun_succeeds() 
     drop(online);
 
     let offline = suite.engine("sec-imp-offline", EngineOptions::default())?;
-    let bin = env!("CARGO_BIN_EXE_xtask");
+    let bin = support::run::bin();
     let osh = offline.shell()?;
     let mut import = {
         let _cd = osh.push_dir(&src);

@@ -14,6 +14,7 @@
 #![allow(dead_code)] // each test module uses a different part of the support code
 
 pub mod fault;
+pub mod run;
 
 use std::{
     io::Write,
