@@ -1,5 +1,5 @@
 //! The application stack's figures: the first export (0), the whole export against the
-//! seed guide's steps (2), and the offline rebuild against a cold build (4), on the
+//! v1.0 guide's steps (2), and the offline rebuild against a cold build (4), on the
 //! application's own compose project over the Debian stand-ins of its base images.
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -13,8 +13,8 @@ use crate::bundle::human_bytes;
 use crate::lab::standins::{load_standins_as, StandinLayer, APP_STANDINS};
 
 const APP_BUILT: [&str; 2] = ["llm-chat-backend:latest", "llm-chat-frontend:latest"];
-/// The seed guide's names of the build-cache images.
-const SEED_CACHE_IMAGES: [&str; 2] = [
+/// The v1.0 guide's names of the build-cache images.
+const V1_CACHE_IMAGES: [&str; 2] = [
     "llm-chat-backend-cache:latest",
     "llm-chat-frontend-cache:latest",
 ];
@@ -25,19 +25,19 @@ struct App {
     compose: Utf8PathBuf,
     /// Our bundle of the app.
     bundle: Utf8PathBuf,
-    /// Copies of the bundle's wheelhouse and npm cache: what the seed guide copies.
+    /// Copies of the bundle's wheelhouse and npm cache: what the v1.0 guide copies.
     deps: Utf8PathBuf,
-    /// The seed guide's folder and tarball.
-    seed: Utf8PathBuf,
+    /// The v1.0 guide's folder and tarball.
+    v1: Utf8PathBuf,
 }
 
 impl App {
-    fn seed_dir(&self) -> Utf8PathBuf {
-        self.seed.join("docker-build-cache")
+    fn v1_dir(&self) -> Utf8PathBuf {
+        self.v1.join("docker-build-cache")
     }
 
-    fn seed_tgz(&self) -> Utf8PathBuf {
-        self.seed.join("docker-build-cache.tar.gz")
+    fn v1_tgz(&self) -> Utf8PathBuf {
+        self.v1.join("docker-build-cache.tar.gz")
     }
 }
 
@@ -50,23 +50,23 @@ pub(super) fn measure_app(b: &Bench, report: &mut Report) -> anyhow::Result<()> 
         compose: copy.join("docker-compose.yml"),
         bundle: b.work.join("app-bundle"),
         deps: b.work.join("deps"),
-        seed: b.work.join("seed"),
+        v1: b.work.join("v1-guide"),
     };
     first_export(b, &app, report)?;
-    // The seed guide copies ~/.cache/pip and ~/.npm; the same bytes are the dependency
+    // The v1.0 guide copies ~/.cache/pip and ~/.npm; the same bytes are the dependency
     // caches this export fetched, so the baseline copies those (same size, same files).
     std::fs::create_dir_all(&app.deps)?;
     for dir in ["pip-cache", "npm-cache"] {
         copy_tree(&app.bundle.join(dir), &app.deps.join(dir), &[])?;
     }
-    for (built, seed_name) in APP_BUILT.iter().zip(SEED_CACHE_IMAGES) {
+    for (built, v1_name) in APP_BUILT.iter().zip(V1_CACHE_IMAGES) {
         b.export
-            .docker(&b.esh, ["tag", built, seed_name])
+            .docker(&b.esh, ["tag", built, v1_name])
             .quiet()
             .run()?;
     }
     measure_whole_export(b, &app, report)?;
-    remove(&app.seed)?;
+    remove(&app.v1)?;
     measure_rebuild(b, &app.bundle, report)
 }
 
@@ -98,13 +98,13 @@ fn first_export(b: &Bench, app: &App, report: &mut Report) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The seed guide's export steps, timed as a whole: `docker save` of the base images and
+/// The v1.0 guide's export steps, timed as a whole: `docker save` of the base images and
 /// of the cache images, copies of the dependency caches, a tarball of node_modules (when
 /// the repository has one) and `tar czf` of the folder.
-fn seed_steps(b: &Bench, app: &App) -> anyhow::Result<Sample> {
+fn v1_steps(b: &Bench, app: &App) -> anyhow::Result<Sample> {
     let (esh, log) = (&b.esh, &b.log);
-    remove(&app.seed)?;
-    let d = app.seed_dir();
+    remove(&app.v1)?;
+    let d = app.v1_dir();
     std::fs::create_dir_all(&d)?;
     let base_images: Vec<&str> = APP_STANDINS.iter().map(|s| s.image).collect();
     let (base_tar, cache_tar) = (d.join("base-images.tar"), d.join("build-cache.tar"));
@@ -116,7 +116,7 @@ fn seed_steps(b: &Bench, app: &App) -> anyhow::Result<Sample> {
             .args(["-o", base_tar.as_str()]),
         b.export
             .docker(esh, ["save"])
-            .args(SEED_CACHE_IMAGES)
+            .args(V1_CACHE_IMAGES)
             .args(["-o", cache_tar.as_str()]),
         cmd!(esh, "cp -r {pip_src} {d}/pip-cache"),
         cmd!(esh, "cp -r {npm_src} {d}/npm-cache"),
@@ -137,9 +137,9 @@ fn seed_steps(b: &Bench, app: &App) -> anyhow::Result<Sample> {
         )?
         .secs;
     }
-    let (seed, seed_tgz) = (&app.seed, app.seed_tgz());
+    let (v1, v1_tgz) = (&app.v1, app.v1_tgz());
     secs += timed(
-        cmd!(esh, "tar czf {seed_tgz} -C {seed} docker-build-cache"),
+        cmd!(esh, "tar czf {v1_tgz} -C {v1} docker-build-cache"),
         log,
         &[0],
     )?
@@ -151,9 +151,9 @@ fn seed_steps(b: &Bench, app: &App) -> anyhow::Result<Sample> {
 }
 
 /// Figure 2: the whole export (into an empty folder, then again into the bundle it wrote)
-/// against the seed guide's steps; the bundles' sizes; the exports' peak memory.
+/// against the v1.0 guide's steps; the bundles' sizes; the exports' peak memory.
 fn measure_whole_export(b: &Bench, app: &App, report: &mut Report) -> anyhow::Result<()> {
-    eprintln!("   Measuring whole export: cache-export vs the seed guide's steps");
+    eprintln!("   Measuring whole export: cache-export vs the v1.0 guide's steps");
     // Each run of ours: an export into an empty folder, then a re-export into the bundle
     // it wrote (nothing changed), which is what the alternation times.
     let mut fresh = Vec::new();
@@ -164,21 +164,21 @@ fn measure_whole_export(b: &Bench, app: &App, report: &mut Report) -> anyhow::Re
             fresh.push(timed(export_cmd(b, app), &b.log, &[0])?);
             timed(export_cmd(b, app), &b.log, &[0])
         },
-        || seed_steps(b, app),
+        || v1_steps(b, app),
     )?;
     let ours_bytes = dir_size(&app.bundle)?;
-    let seed_bytes = std::fs::metadata(app.seed_tgz())?.len();
+    let v1_bytes = std::fs::metadata(app.v1_tgz())?.len();
     let base_stat = Stat::of(&series(&base), Unit::Secs);
     report.rows.push(Row::new(
         "2. Whole export of the app, re-export (previous bundle in place)",
         Stat::of(&series(&ours), Unit::Secs),
-        Some(("seed guide's steps", base_stat.clone())),
+        Some(("v1.0 guide's steps", base_stat.clone())),
         Target::SpeedupAtLeast(5.0),
     ));
     report.rows.push(Row::new(
         "2. Whole export of the app into an empty folder",
         Stat::of(&series(&fresh), Unit::Secs),
-        Some(("seed guide's steps", base_stat)),
+        Some(("v1.0 guide's steps", base_stat)),
         Target::None,
     ));
     report.rows.push(Row::new(
@@ -186,7 +186,7 @@ fn measure_whole_export(b: &Bench, app: &App, report: &mut Report) -> anyhow::Re
         Stat::of(&[ours_bytes as f64], Unit::Bytes),
         Some((
             "docker-build-cache.tar.gz",
-            Stat::of(&[seed_bytes as f64], Unit::Bytes),
+            Stat::of(&[v1_bytes as f64], Unit::Bytes),
         )),
         Target::RatioAtMost(0.7),
     ));
@@ -210,7 +210,7 @@ fn measure_whole_export(b: &Bench, app: &App, report: &mut Report) -> anyhow::Re
             ));
         }
     }
-    describe_exports(b, app, ours_bytes, seed_bytes, report)
+    describe_exports(b, app, ours_bytes, v1_bytes, report)
 }
 
 /// "<part> <size>" for each part of a folder (a part it lacks counts 0 B).
@@ -233,10 +233,10 @@ fn describe_exports(
     b: &Bench,
     app: &App,
     ours_bytes: u64,
-    seed_bytes: u64,
+    v1_bytes: u64,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let seed_dir = app.seed_dir();
+    let v1_dir = app.v1_dir();
     let ours_parts = [
         "base-images",
         "build-cache",
@@ -244,7 +244,7 @@ fn describe_exports(
         "npm-host-cache",
         "pip-cache",
     ];
-    let seed_parts = [
+    let v1_parts = [
         "base-images.tar",
         "build-cache.tar",
         "npm-cache",
@@ -253,9 +253,9 @@ fn describe_exports(
     ];
     report.notes.push(format!(
         "Figure 2, what our bundle holds: {} (the base images' layers are in build-cache/, \
-         once). The seed's folder, before its `tar czf`: {}.",
+         once). The v1.0 guide's folder, before its `tar czf`: {}.",
         parts(&app.bundle, &ours_parts)?,
-        parts(&seed_dir, &seed_parts)?,
+        parts(&v1_dir, &v1_parts)?,
     ));
     report.notes.push(
         "Figure 2, the two exports: each run exports into an empty folder (timed as \
@@ -264,7 +264,7 @@ fn describe_exports(
          exports again into the bundle it wrote, nothing changed (timed as \"re-export\": \
          the wheelhouse, npm cache and base-images archive are checked against the previous \
          manifest and reused, the builds hit the layer cache, the build cache is exported \
-         again). The seed guide's steps have no such reuse; they start from dependency caches \
+         again). The v1.0 guide's steps have no such reuse; they start from dependency caches \
          that already exist."
             .into(),
     );
@@ -275,7 +275,7 @@ fn describe_exports(
          of a pip cache and an npm cache (the wheelhouse and npm cache of our bundle: same \
          files, same size), {}and `tar czf` of the folder ({} before the tar, {} after). \
          Ours: {} in {} files, carried as is.",
-        SEED_CACHE_IMAGES.join(", "),
+        V1_CACHE_IMAGES.join(", "),
         if node_modules.is_dir() {
             format!(
                 "`tar czf` of frontend/node_modules ({}), ",
@@ -284,8 +284,8 @@ fn describe_exports(
         } else {
             "no node_modules (frontend/node_modules is absent here), ".into()
         },
-        human_bytes(dir_size(&seed_dir)?),
-        human_bytes(seed_bytes),
+        human_bytes(dir_size(&v1_dir)?),
+        human_bytes(v1_bytes),
         human_bytes(ours_bytes),
         crate::bundle::list_files(&app.bundle)?.len()
     ));
@@ -362,7 +362,7 @@ fn measure_rebuild(b: &Bench, bundle: &Utf8Path, report: &mut Report) -> anyhow:
          `patch-compose`, `docker compose build` against `docker compose build --no-cache` of \
          the same patched file, the built images and the builder cache removed before each \
          run. The cold build already has its dependencies at hand (wheelhouse, npm cache) and \
-         no base image to pull, so it is faster than the seed guide's cold build, which \
+         no base image to pull, so it is faster than the v1.0 guide's cold build, which \
          downloads them: the ratio is a lower bound.",
         import.secs
     ));

@@ -1,5 +1,5 @@
 //! The benchmark behind `cargo xtask bench`: export, import and rebuild timed side by side
-//! with what they replace (bare `docker save` / `docker load`, and the seed guide's manual
+//! with what they replace (bare `docker save` / `docker load`, and the v1.0 guide's manual
 //! steps).
 //!
 //! Everything runs on two private engines of the lab (an export machine and an offline

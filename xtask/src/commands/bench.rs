@@ -10,7 +10,7 @@ use xshell::Shell;
 use crate::bench::{parse_size, Settings};
 use crate::project::ProjectArgs;
 
-/// Time export, import and rebuild against `docker save`/`docker load` and the seed guide
+/// Time export, import and rebuild against `docker save`/`docker load` and the v1.0 guide
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
     cargo xtask bench                   # 3 GB image + app stack, 3 runs; writes docs/benchmarks.md\n  \

@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long = "platform", value_name = "TAG")]
     pub platforms: Vec<String>,
     /// Fill the npm cache with the tarballs of every platform in the lockfile, not only
-    /// this engine's os/cpu (for a server of another CPU; about 3x the size for Next.js)
+    /// this engine's os/cpu (for a server of another CPU; several times the size for Next.js)
     #[arg(long)]
     pub all_npm_platforms: bool,
     /// Also pack each node build service's node_modules/ (node_modules.tar.gz); made for
