@@ -175,6 +175,15 @@ fn export_import_build(
         import.contains("Verified"),
         "import did not verify first:\n{import}"
     );
+    // The offline server for real: its engine lives in a network namespace with only
+    // loopback. Before the build proves anything, the gap is shown: a pull fails, and
+    // neither the engine's namespace nor a container reaches an address the host answers on.
+    ensure!(
+        offline.network_namespace().is_some(),
+        "the offline engine must run in its own network namespace"
+    );
+    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    eprintln!("offline engine {}: {proof:?}", offline.name());
     xtask(&offline_sh, &server, &["patch-compose"]).context("patch-compose offline")?;
 
     let _cd = offline_sh.push_dir(&server);
@@ -190,6 +199,14 @@ fn export_import_build(
     );
     ensure!(out.status.success(), "offline build failed:\n{log}");
     Ok((log, server, tmp))
+}
+
+/// `opts` for an engine that stands for the offline server: in its own network namespace.
+fn offline_options(opts: EngineOptions) -> EngineOptions {
+    EngineOptions {
+        network_namespace: true,
+        ..opts
+    }
 }
 
 fn check_images_run(offline: &Engine) -> anyhow::Result<()> {
@@ -208,7 +225,7 @@ fn local_strategy_rebuilds_every_step_from_cache_offline() -> anyhow::Result<()>
     };
     let online = suite.engine("online", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("offline", EngineOptions::default())?;
+    let offline = suite.engine("offline", offline_options(EngineOptions::default()))?;
 
     let (log, server, _tmp) = export_import_build(&online, &offline, None)?;
     let manifest = std::fs::read_to_string(server.join("docker-build-cache/manifest.yaml"))?;
@@ -243,7 +260,7 @@ fn inline_strategy_works_on_the_classic_image_store() -> anyhow::Result<()> {
     };
     let online = suite.engine("online-classic", classic.clone())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("offline-classic", classic)?;
+    let offline = suite.engine("offline-classic", offline_options(classic))?;
 
     let (log, server, _tmp) = export_import_build(&online, &offline, None)?;
     let manifest = std::fs::read_to_string(server.join("docker-build-cache/manifest.yaml"))?;
@@ -452,7 +469,7 @@ fn legacy_strategy_cache_images_serve_the_classic_builder_offline() -> anyhow::R
     };
     let online = suite.engine("online-legacy", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("offline-legacy", EngineOptions::default())?;
+    let offline = suite.engine("offline-legacy", offline_options(EngineOptions::default()))?;
     let sh = online.shell()?;
     let _tmp = Scratch::new("e2e");
     let root = _tmp.path().to_owned();
@@ -463,6 +480,8 @@ fn legacy_strategy_cache_images_serve_the_classic_builder_offline() -> anyhow::R
     copy_tree(&sh, &src, &server)?;
     let offline_sh = offline.shell()?;
     xtask(&offline_sh, &server, &["cache-import"])?;
+    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    eprintln!("offline engine {}: {proof:?}", offline.name());
     xtask(&offline_sh, &server, &["patch-compose"])?;
 
     let _cd = offline_sh.push_dir(&server);
