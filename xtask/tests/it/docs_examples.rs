@@ -19,8 +19,9 @@
 //! - `$VAR`, `${VAR}` and `$(…)` stand for one value: each becomes the word `VALUE`, so a
 //!   variable may stand where a value goes (`--bundle "$DIR"`), never for a flag or a
 //!   subcommand (that example fails);
-//! - `sh …/import-build-cache.sh` lines must pass no argument: the script the export writes
-//!   (`import_script` in commands/cache_export.rs) reads none.
+//! - `sh …/import-build-cache.sh` lines pass no argument, or the digest to require
+//!   (`sha256:HEX`): the script the export writes (`bundle_text::import_script`) reads
+//!   nothing else.
 //!
 //! One rule for `docker compose` lines, a slip the guide made: `--progress` is a global
 //! option of compose and goes before the subcommand (`docker compose --progress plain
@@ -295,7 +296,18 @@ fn is_assignment(word: &str) -> bool {
 fn check(bin: &Path, dir: &Path, example: &Example) -> Option<String> {
     match &example.kind {
         Kind::Skipped => None,
-        Kind::ImportScript(args) if args.is_empty() => None,
+        // The script takes one optional argument: the digest to require, `sha256:HEX`
+        // (a placeholder such as `sha256:…` is skipped before this).
+        Kind::ImportScript(args)
+            if args.is_empty()
+                || (args.len() == 1
+                    && args[0].strip_prefix("sha256:").is_some_and(|hex| {
+                        hex == "VALUE"
+                            || (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    })) =>
+        {
+            None
+        }
         Kind::Compose(args) => {
             let progress = args.iter().position(|a| a.starts_with("--progress"))?;
             let subcommand = args
@@ -310,7 +322,8 @@ fn check(bin: &Path, dir: &Path, example: &Example) -> Option<String> {
             })
         }
         Kind::ImportScript(args) => Some(format!(
-            "{}: `{}`: import-build-cache.sh takes no arguments (given: {})",
+            "{}: `{}`: import-build-cache.sh takes no argument but the digest to require, \
+             sha256:HEX (given: {})",
             example.at,
             example.text,
             args.join(" ")
@@ -467,6 +480,7 @@ cargo xtask cache-export --only base-images,images
 cargo xtask cache-export --output
 cargo xtask $COMMAND
 sh import-build-cache.sh --force
+sh import-build-cache.sh sha256:$DIGEST
 cargo xtask cache-export -o /mnt/usb/docker-build-cache
 docker compose build --progress plain
 docker compose --progress plain -f x.yml build
@@ -489,12 +503,16 @@ docker compose --progress plain -f x.yml build
             "bad.md:8",
             "bad.md:9",
             "bad.md:10",
-            "bad.md:12"
+            "bad.md:13"
         ],
         "{bad:#?}"
     );
     assert!(bad[0].contains("invalid value 'fast'"), "{}", bad[0]);
     assert!(bad[2].contains("unexpected argument '-o'"), "{}", bad[2]);
-    assert!(bad[7].contains("takes no arguments"), "{}", bad[7]);
+    assert!(
+        bad[7].contains("takes no argument but the digest"),
+        "{}",
+        bad[7]
+    );
     assert!(bad[8].contains("global option"), "{}", bad[8]);
 }

@@ -213,7 +213,24 @@ fn cache_status_names_the_code_that_changed_since_the_export() -> anyhow::Result
             .remove("context_files")
             .context("the export did not record the context")?;
     }
-    std::fs::write(bundle.join("manifest.yaml"), serde_yaml::to_string(&m)?)?;
+    let text = serde_yaml::to_string(&m)?;
+    std::fs::write(bundle.join("manifest.yaml"), &text)?;
+    // As that export wrote it: SHA256SUMS lists the manifest it wrote.
+    let digest: String = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        text.as_bytes(),
+    ))
+    .iter()
+    .map(|b| format!("{b:02x}"))
+    .collect();
+    let sums: String = std::fs::read_to_string(bundle.join("SHA256SUMS"))?
+        .lines()
+        .map(|line| match line.strip_suffix("  manifest.yaml") {
+            Some(_) => format!("{digest}  manifest.yaml\n"),
+            None => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(bundle.join("SHA256SUMS"), sums)?;
     let old = ok(
         xtask_on(&online, &src, &["cache-status"], &[]),
         "status of an old bundle",
