@@ -100,7 +100,7 @@ services:
 /// Starts the stack in `server` from the images already built, checks `/api/health` and
 /// the page through nginx, runs the browser test (frontend/e2e/chat.e2e.mjs) against it,
 /// and stops it. Screenshots go to target/test-artifacts/offline-app/.
-fn run_stack_and_browse(sh: &xshell::Shell, server: &Utf8Path) -> anyhow::Result<()> {
+fn run_stack_and_browse(sh: &xshell::Shell, server: &Utf8Path, netns: &str) -> anyhow::Result<()> {
     let root = repo_root();
     let frontend = root.join("frontend");
     ensure!(
@@ -121,16 +121,19 @@ fn run_stack_and_browse(sh: &xshell::Shell, server: &Utf8Path) -> anyhow::Result
     .env("HTTP_PORT", &port)
     .ignore_status()
     .output()?;
+    // The stack's ports are on the loopback of the engine's network namespace: the checks
+    // and the browser run in there (nsenter), as a user on the offline server would.
     let address = format!("127.0.0.1:{port}");
-    let health = support::http_get(&address, "/api/health");
-    let page = support::http_get(&address, "/");
+    let net = format!("--net=/run/netns/{netns}");
+    let health = get_in(sh, &net, &format!("http://{address}/api/health"));
+    let page = get_in(sh, &net, &format!("http://{address}/"));
     let browser = if up.status.success() {
         let base = format!("http://{address}");
         let _cd = sh.push_dir(&frontend);
         Some(
             cmd!(
                 sh,
-                "node e2e/chat.e2e.mjs --base-url {base} --screenshot-dir {shots}"
+                "nsenter {net} node e2e/chat.e2e.mjs --base-url {base} --screenshot-dir {shots}"
             )
             .ignore_status()
             .output()?,
@@ -179,6 +182,32 @@ fn run_stack_and_browse(sh: &xshell::Shell, server: &Utf8Path) -> anyhow::Result
     Ok(())
 }
 
+/// A GET of `url` from inside the network namespace `net` (`--net=PATH`), retried for a
+/// while the stack starts: `HTTP/1.1 STATUS REASON`, then the body.
+fn get_in(sh: &xshell::Shell, net: &str, url: &str) -> anyhow::Result<String> {
+    const SCRIPT: &str = "import sys, urllib.request\n\
+        r = urllib.request.urlopen(sys.argv[1], timeout=10)\n\
+        print(f'HTTP/1.1 {r.status} {r.reason}')\n\
+        print(r.read().decode())\n";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = cmd!(sh, "nsenter {net} python3 -c {SCRIPT} {url}")
+            .ignore_status()
+            .quiet()
+            .output()?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "GET {url} in {net}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()> {
     let Some(suite) = support::docker_suite() else {
@@ -186,7 +215,22 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
     };
     let online = suite.engine("online-app", EngineOptions::default())?;
     standins::load_standins(&online).context("loading the stand-in base images")?;
-    let offline = suite.engine("offline-app", EngineOptions::default())?;
+    // The offline server: an engine in its own network namespace, which shows the gap
+    // before anything else (a pull fails; nothing connects out).
+    let offline = suite.engine(
+        "offline-app",
+        EngineOptions {
+            network_namespace: true,
+            ..EngineOptions::default()
+        },
+    )?;
+    standins::load_busybox(&offline)?;
+    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    eprintln!("offline engine: {proof:?}");
+    let netns = offline
+        .network_namespace()
+        .context("the offline engine has no network namespace")?
+        .to_string();
     let online_sh = online.shell()?;
     let tmp = online_sh.create_temp_dir()?;
     let root = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf())
@@ -304,7 +348,7 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
     // The images this build made from the bundle's cache (zstd layers, recompressed) are
     // the ones that run: the stack answers through nginx, and a real browser registers,
     // logs in and chats with a fake LLM that runs on the same offline engine.
-    run_stack_and_browse(&sh, &server)?;
+    run_stack_and_browse(&sh, &server, &netns)?;
 
     let out = cmd!(sh, "docker compose --progress plain build --no-cache")
         .ignore_status()
