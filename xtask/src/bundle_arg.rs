@@ -41,6 +41,20 @@ pub fn bundle_dir(
     Ok(base.join(bundle::DEFAULT_DIR))
 }
 
+/// Refuses a bundle folder whose path BuildKit cannot be given: the build cache goes to
+/// the builds as `type=local,src=PATH,tag=…`, whose fields are separated by commas, so a
+/// `,` in PATH would cut it (the export would fail in the middle of its first build).
+pub fn check_usable_by_builds(dir: &Utf8Path) -> anyhow::Result<()> {
+    if dir.as_str().contains(',') {
+        anyhow::bail!(
+            "the bundle folder {dir} has a ',' in its path: the builds are handed its cache \
+             as `type=local,src=PATH`, whose fields are separated by commas. Choose a folder \
+             whose path has no ','"
+        );
+    }
+    Ok(())
+}
+
 /// What the bundle must prove before anything else of it is read.
 #[derive(clap::Args, Clone, Default)]
 pub struct TrustArgs {
@@ -72,5 +86,19 @@ impl TrustArgs {
             _ => None,
         };
         Ok(bundle::Trust { digest, signers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_in_the_bundle_path_is_refused_up_front() {
+        let err = check_usable_by_builds(Utf8Path::new("/mnt/usb,2/docker-build-cache"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has a ',' in its path"), "{err}");
+        check_usable_by_builds(Utf8Path::new("/mnt/usb 2/docker-build-cache")).unwrap();
     }
 }

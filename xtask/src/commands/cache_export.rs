@@ -11,7 +11,7 @@ use camino::Utf8PathBuf;
 use xshell::Shell;
 
 use crate::bundle::{self, human_bytes, BundleLock};
-use crate::bundle_arg::bundle_dir;
+use crate::bundle_arg::{bundle_dir, check_usable_by_builds};
 use crate::docker::{choose_strategy, Docker};
 use crate::export::{Export, Options, Part, PullPolicy};
 use crate::model::manifest::{Compression, Strategy, IMPORT_SCRIPT};
@@ -89,6 +89,7 @@ impl Args {
             Compression::Zstd
         });
         let out = bundle_dir(sh, self.output.as_deref(), project_args)?;
+        check_usable_by_builds(&out)?;
         eprintln!(
             "   Exporting {} ({} build services, {} base images) to {out}",
             project.name,
@@ -139,6 +140,12 @@ impl Args {
             human_bytes(total),
             started.elapsed().as_secs_f64()
         );
+        for (part, files, bytes) in parts(&manifest) {
+            eprintln!(
+                "        Part {part} ({files} files, {})",
+                human_bytes(bytes)
+            );
+        }
         if let Some(key) = &self.sign_key {
             let key = crate::project::absolute(&crate::project::current_dir(sh)?, key);
             bundle::sign_sums(out, &key)?;
@@ -164,4 +171,23 @@ impl Args {
             with_node_modules: self.with_node_modules,
         }
     }
+}
+
+/// The bundle's parts as the operator sees them: each top-level folder (`build-cache/`,
+/// `pip-cache/`, …) and each top-level file, with its file count and size.
+fn parts(manifest: &crate::model::manifest::Manifest) -> Vec<(String, usize, u64)> {
+    let mut parts: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for file in &manifest.files {
+        let part = match file.path.split_once('/') {
+            Some((dir, _)) => format!("{dir}/"),
+            None => file.path.clone(),
+        };
+        let entry = parts.entry(part).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.saturating_add(file.size);
+    }
+    parts
+        .into_iter()
+        .map(|(part, (files, bytes))| (part, files, bytes))
+        .collect()
 }

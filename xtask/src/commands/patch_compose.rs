@@ -64,6 +64,9 @@ impl Args {
                 .push(std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?);
         }
         let bundle_dir = self.bundle.dir(sh, project_args)?;
+        if !self.revert {
+            crate::bundle_arg::check_usable_by_builds(&bundle_dir)?;
+        }
         let patched = if self.revert {
             files
                 .iter()
