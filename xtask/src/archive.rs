@@ -651,7 +651,7 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
-    use crate::testutil::Scratch;
+    use crate::lab::Scratch;
 
     /// The folder the tests unpack into, inside `scratch`.
     fn dest(scratch: &Scratch) -> Utf8PathBuf {

@@ -927,7 +927,7 @@ mod tests {
     #[test]
     fn sign_sums_makes_a_signature_check_signature_accepts() {
         let sh = xshell::Shell::new().unwrap();
-        let dir = crate::testutil::test_dir("sign");
+        let dir = crate::lab::test_dir("sign");
         let key = dir.join("key");
         if xshell::cmd!(sh, "ssh-keygen -q -t ed25519 -N '' -C me -f {key}")
             .quiet()

@@ -390,7 +390,7 @@ mod tests {
             eprintln!("skipped: no shellcheck");
             return;
         }
-        let dir = crate::testutil::test_dir("shellcheck");
+        let dir = crate::lab::test_dir("shellcheck");
         for compression in Compression::ALL {
             for layout in [false, true] {
                 let script = dir.join(format!("{}-{layout}.sh", compression.as_str()));
@@ -423,7 +423,7 @@ mod tests {
         use sha2::Digest as _;
         let sh = xshell::Shell::new().unwrap();
         for layout in [false, true] {
-            let dir = crate::testutil::test_dir(&format!("script-toctou-{layout}"));
+            let dir = crate::lab::test_dir(&format!("script-toctou-{layout}"));
             let (bundle, bin) = (dir.join("bundle"), dir.join("bin"));
             let file = if layout {
                 "build-cache/blobs/sha256/ab"

@@ -149,7 +149,7 @@ mod tests {
     /// (folders, exceptions), the Dockerfile and `.dockerignore` always, the bundle never.
     #[test]
     fn the_fingerprint_holds_what_the_build_is_sent() {
-        let root = crate::testutil::test_dir("context-walk");
+        let root = crate::lab::test_dir("context-walk");
         write(
             &root,
             &[

@@ -600,7 +600,7 @@ mod tests {
     }
 
     fn temp_dir(tag: &str) -> camino::Utf8PathBuf {
-        crate::testutil::test_dir(&format!("layout-{tag}"))
+        crate::lab::test_dir(&format!("layout-{tag}"))
     }
 
     /// What docker load reads is a tar with the same names and bytes, in order.

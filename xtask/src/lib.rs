@@ -27,5 +27,3 @@ mod progress;
 mod project;
 mod recompress;
 mod secrets;
-#[cfg(test)]
-mod testutil;

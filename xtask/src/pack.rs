@@ -880,7 +880,7 @@ pub fn verify_pack(path: &Utf8Path) -> anyhow::Result<ReadReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::test_dir;
+    use crate::lab::test_dir;
 
     /// A bundle manifest and SHA256SUMS listing `files` (path, bytes).
     fn meta(files: &[(&str, &[u8])]) -> (String, String) {

@@ -337,7 +337,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(tag: &str) -> Utf8PathBuf {
-        let dir = crate::testutil::test_dir(&format!("recompress-{tag}"));
+        let dir = crate::lab::test_dir(&format!("recompress-{tag}"));
         std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         dir
     }

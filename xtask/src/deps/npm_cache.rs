@@ -1455,7 +1455,7 @@ mod tests {
     /// so the steps after it (merge, the npm image) still find a cache.
     #[test]
     fn an_empty_cache_stays_a_cache() {
-        let root = crate::testutil::test_dir("npm-empty-cache");
+        let root = crate::lab::test_dir("npm-empty-cache");
         std::fs::create_dir_all(root.join("_cacache/tmp")).unwrap();
         normalize(&root).unwrap();
         assert!(root.join("_cacache").is_dir());

@@ -441,7 +441,7 @@ mod tests {
     use camino::Utf8PathBuf;
 
     fn temp_dir(tag: &str) -> Utf8PathBuf {
-        crate::testutil::test_dir(&format!("npm-image-{tag}"))
+        crate::lab::test_dir(&format!("npm-image-{tag}"))
     }
 
     fn cache(dir: &Utf8Path) {

@@ -9,7 +9,8 @@
 //! - [`standins`]: base images made locally (no registry is reachable): busybox, and
 //!   Debian-based stand-ins of the application's python, node and nginx images.
 //! - [`synthetic`]: generated images of any size, for throughput measurements.
-//! - [`fs`]: removing trees with mounts in them, the cache of slow-to-make inputs.
+//! - [`fs`]: removing trees with mounts in them, the cache of slow-to-make inputs, and the
+//!   scratch folders every test uses ([`Scratch`], [`test_dir`]).
 //!
 //! Besides `docker.rs`, this is the only module that runs `docker` and `dockerd`: its
 //! users go through [`Engine::docker`] and [`Engine::docker_command`].
@@ -24,7 +25,10 @@ use anyhow::{bail, Context as _};
 use xshell::Shell;
 
 pub use engine::{Engine, EngineOptions, Site};
-pub use fs::{cached, http_get, pid_alive, remove_tree, test_cache_dir, unmount_below, which};
+pub use fs::{
+    cached, http_get, pid_alive, remove_tree, test_cache_dir, test_dir, unmount_below, which,
+    Scratch,
+};
 pub use netns::OfflineProof;
 
 /// Checks that this machine can run private engines: root, the tools named (besides

@@ -1,10 +1,8 @@
 //! The built binary, run as users run it, and scratch folders: the one copy every test
 //! module uses.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use anyhow::ensure;
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
 use super::Engine;
@@ -70,31 +68,5 @@ pub fn ok(run: Run, what: &str) -> anyhow::Result<String> {
     Ok(run.stderr)
 }
 
-/// A new, empty folder under the temporary directory, removed on drop.
-pub struct Scratch(Utf8PathBuf);
-
-impl Scratch {
-    pub fn new(what: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
-            .expect("a UTF-8 temporary directory")
-            .join(format!(
-                "xtask-it-{what}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating a scratch folder");
-        Scratch(dir)
-    }
-
-    pub fn path(&self) -> &Utf8Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// Scratch folders: the lab's, which the unit tests use too.
+pub use xtask::lab::Scratch;
