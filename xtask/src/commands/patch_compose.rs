@@ -21,7 +21,7 @@ use crate::docker::{choose_strategy, Docker};
 use crate::model::compose_patch;
 use crate::model::layout;
 use crate::model::manifest::{Manifest, Strategy};
-use crate::model::plan::Plan;
+use crate::model::plan::{self, Plan};
 use crate::project::ProjectArgs;
 use crate::project::RealFs;
 
@@ -67,16 +67,18 @@ impl Args {
         if !self.revert {
             crate::bundle_arg::check_usable_by_builds(&bundle_dir)?;
         }
-        let patched = if self.revert {
-            files
+        let (patched, plan) = if self.revert {
+            let reverted = files
                 .iter()
                 .zip(&originals)
                 .map(|(file, text)| {
                     compose_patch::revert(text).with_context(|| format!("reverting {file}"))
                 })
-                .collect::<anyhow::Result<Vec<String>>>()?
+                .collect::<anyhow::Result<Vec<String>>>()?;
+            (reverted, None)
         } else {
-            self.patched(sh, &project, &bundle_dir, &originals)?
+            let (patched, plan) = self.patched(sh, &project, &bundle_dir, &originals)?;
+            (patched, Some(plan))
         };
         let changed: Vec<usize> = (0..files.len())
             .filter(|&i| patched[i] != originals[i])
@@ -131,6 +133,9 @@ impl Args {
                 "     {} {out}",
                 if self.revert { "Reverted" } else { "Patched" }
             );
+            if let Some(plan) = &plan {
+                say_next(plan, project_args, Some(&out));
+            }
             return Ok(ExitCode::SUCCESS);
         }
         if changed.is_empty() {
@@ -144,6 +149,9 @@ impl Args {
                 files[i]
             );
         }
+        if let Some(plan) = &plan {
+            say_next(plan, project_args, None);
+        }
         Ok(ExitCode::SUCCESS)
     }
 
@@ -154,7 +162,7 @@ impl Args {
         project: &crate::project::Project,
         bundle_dir: &Utf8Path,
         originals: &[String],
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<(Vec<String>, Plan)> {
         let plan = Plan::build(&project.model, &project.name, &RealFs)?;
         for warning in &plan.warnings {
             eprintln!("warning: {warning}");
@@ -188,8 +196,7 @@ impl Args {
                 compose_patch::apply(text, &patches).with_context(|| format!("patching {file}"))?,
             );
         }
-        say_build_order(&plan);
-        Ok(out)
+        Ok((out, plan))
     }
 
     /// The strategy to patch for, and whether this engine can read a `type=local` cache.
@@ -244,41 +251,58 @@ impl Args {
     }
 }
 
-/// Where a service starts `FROM` an image another service builds, `docker compose build`
-/// would build both at once and look for that image before it exists (offline: a failed
-/// pull). Says the order the export built them in.
-fn say_build_order(plan: &Plan) {
-    if plan.built_here.is_empty() {
+/// What to run next: `docker compose build`, or, where a service starts `FROM` an image
+/// another service builds, one build per round of the plan. Compose (before 2.33, which
+/// offline servers run) builds every service at once and would look for that image before
+/// it exists: offline, a failed pull.
+fn say_next(plan: &Plan, project_args: &ProjectArgs, output: Option<&Utf8Path>) {
+    let mut compose = String::from("docker compose");
+    match output {
+        Some(out) => compose.push_str(&format!(" -f {out}")),
+        None => {
+            for file in &project_args.file {
+                compose.push_str(&format!(" -f {file}"));
+            }
+        }
+    }
+    if let Some(name) = &project_args.project_name {
+        compose.push_str(&format!(" -p {name}"));
+    }
+    let commands = plan::offline_build_commands(plan, &compose);
+    if let [only] = commands.as_slice() {
+        eprintln!("        Next: `{only}`");
         return;
     }
-    let firsts: Vec<&str> = plan
+    let uses: Vec<String> = plan
         .built_here
         .iter()
-        .map(|b| b.service.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let rest: Vec<&str> = plan
-        .build_order
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !firsts.contains(s))
+        .filter_map(|b| {
+            let builds: Vec<&str> = b
+                .used_by
+                .iter()
+                .map(String::as_str)
+                .filter(|u| plan.build_services.iter().any(|s| s.name == *u))
+                .collect();
+            let who = match builds.as_slice() {
+                [] => return None,
+                [one] => format!("service {one} builds on"),
+                many => format!("services {} build on", many.join(", ")),
+            };
+            Some(format!(
+                "{who} {}, which service {} builds",
+                b.image, b.service
+            ))
+        })
         .collect();
     eprintln!(
-        "        Note images built here are used by other services ({}): build them first, \
-         as the export did: `docker compose build {}`, then `docker compose build{}`",
-        plan.built_here
-            .iter()
-            .map(|b| format!("{} from service {}", b.image, b.service))
-            .collect::<Vec<_>>()
-            .join(", "),
-        firsts.join(" "),
-        if rest.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", rest.join(" "))
-        }
+        "        Note {}: `docker compose build` alone builds every service at once and would \
+         look for such an image before it exists (offline: a failed pull). Build in this \
+         order, as the export did:",
+        uses.join("; ")
     );
+    for command in commands {
+        eprintln!("                 {command}");
+    }
 }
 
 /// The manifest's npm cache images that this engine has (cache-import makes them). For

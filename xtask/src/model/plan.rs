@@ -43,7 +43,17 @@ pub struct Plan {
     /// The build services in an order that builds each image before the builds that
     /// start from it (then by name).
     pub build_order: Vec<String>,
+    /// The build order in rounds: a round's services start only from images of earlier
+    /// rounds. One round (the usual case) means `docker compose build` can build them all
+    /// at once; with more, each round must be built before the next (compose builds all
+    /// services at once and would look for an image of this project before it exists).
+    #[serde(skip_serializing_if = "one_round")]
+    pub build_rounds: Vec<Vec<String>>,
     pub warnings: Vec<String>,
+}
+
+fn one_round(rounds: &[Vec<String>]) -> bool {
+    rounds.len() <= 1
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -101,6 +111,7 @@ impl Plan {
             frontend_images: Vec::new(),
             built_here: Vec::new(),
             build_order: Vec::new(),
+            build_rounds: Vec::new(),
             warnings: Vec::new(),
         };
         let mut all_images = BTreeSet::new();
@@ -259,8 +270,9 @@ impl Plan {
         self.base_images
             .retain(|image| still_needed.contains(image));
 
-        // Kahn's algorithm, the ready services by name.
+        // Kahn's algorithm, the ready services by name; each batch of ready ones is a round.
         let mut order = Vec::new();
+        let mut rounds: Vec<Vec<String>> = Vec::new();
         let mut left = deps.clone();
         while !left.is_empty() {
             let ready: Vec<String> = left
@@ -275,16 +287,35 @@ impl Plan {
                      can build them offline (check their FROM lines and `image:` names)",
                     cycle.join(", ")
                 ));
-                order.extend(cycle);
+                order.extend(cycle.iter().cloned());
+                rounds.push(cycle);
                 break;
             }
-            for name in ready {
-                left.remove(&name);
-                order.push(name);
+            for name in &ready {
+                left.remove(name);
+                order.push(name.clone());
             }
+            rounds.push(ready);
         }
         self.build_order = order;
+        self.build_rounds = rounds;
     }
+}
+
+/// The `docker compose build` commands that rebuild the project with no network, in order:
+/// one when no service starts from an image another builds; otherwise one per round of
+/// [`Plan::build_rounds`], the last building everything (the earlier rounds' images come
+/// from the cache again, instantly). `compose` is the command with the user's own flags,
+/// e.g. `docker compose -f prod.yml`.
+pub fn offline_build_commands(plan: &Plan, compose: &str) -> Vec<String> {
+    let mut commands: Vec<String> = plan
+        .build_rounds
+        .iter()
+        .take(plan.build_rounds.len().saturating_sub(1))
+        .map(|round| format!("{compose} build {}", round.join(" ")))
+        .collect();
+    commands.push(format!("{compose} build"));
+    commands
 }
 
 fn self_has(builders: &BTreeMap<String, (String, String)>, service: &str) -> bool {
@@ -534,6 +565,18 @@ mod tests {
             ]
         );
         assert_eq!(plan.build_order, ["tools", "web", "cleanup", "docs"]);
+        assert_eq!(
+            plan.build_rounds,
+            [vec!["tools", "web"], vec!["cleanup"], vec!["docs"]]
+        );
+        assert_eq!(
+            offline_build_commands(&plan, "docker compose -f c.yml"),
+            [
+                "docker compose -f c.yml build tools web",
+                "docker compose -f c.yml build cleanup",
+                "docker compose -f c.yml build",
+            ]
+        );
         assert_eq!(plan.warnings, Vec::<String>::new());
     }
 
@@ -548,6 +591,11 @@ mod tests {
             ("b/Dockerfile", "FROM img-a\n"),
         ]);
         assert_eq!(plan.build_order, ["a", "b"]);
+        assert_eq!(plan.build_rounds, [vec!["a", "b"]]);
+        assert_eq!(
+            offline_build_commands(&plan, "docker compose"),
+            ["docker compose build"]
+        );
         assert!(plan.warnings[0].contains("services a, b start from each other's images"));
     }
 

@@ -521,3 +521,97 @@ fn legacy_strategy_cache_images_serve_the_classic_builder_offline() -> anyhow::R
     check_images_run(&offline)?;
     Ok(())
 }
+
+/// A service that starts `FROM` an image another service of the project builds (a shared
+/// build-base image). The export builds the base first; offline, patch-compose prints the
+/// builds in rounds (compose 2.26 would build both at once and pull the base image, which
+/// fails with no network), and the printed commands, run as printed, take every step from
+/// the cache.
+#[test]
+fn an_image_built_here_is_rebuilt_first_offline_in_the_printed_order() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("online-base", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let offline = suite.engine("offline-base", offline_options(EngineOptions::default()))?;
+    let tmp = Scratch::new("e2e-base");
+    let src = tmp.path().join("release");
+    std::fs::create_dir_all(src.join("base"))?;
+    std::fs::create_dir_all(src.join("app"))?;
+    std::fs::write(
+        src.join("compose.yaml"),
+        "name: layered\nservices:\n  app:\n    build: ./app\n    image: layered-app:latest\n  \
+         base:\n    build: ./base\n    image: layered-base:latest\n",
+    )?;
+    std::fs::write(
+        src.join("base/Dockerfile"),
+        "FROM busybox:latest\nRUN sleep 1 && echo from-base > /base.txt\n",
+    )?;
+    std::fs::write(
+        src.join("app/Dockerfile"),
+        "FROM layered-base\nRUN sleep 1 && cat /base.txt > /app.txt\nCMD [\"cat\", \"/app.txt\"]\n",
+    )?;
+    let export = xtask(&online.shell()?, &src, &["cache-export"])?;
+    let (base_at, app_at) = (
+        export.find("Building base").context("no `Building base`")?,
+        export.find("Building app").context("no `Building app`")?,
+    );
+    ensure!(
+        base_at < app_at,
+        "the export built app before base:\n{export}"
+    );
+
+    let server = tmp.path().join("server");
+    copy_tree(&online.shell()?, &src, &server)?;
+    let sh = offline.shell()?;
+    xtask(&sh, &server, &["cache-import"])?;
+    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    eprintln!("offline engine {}: {proof:?}", offline.name());
+    let patched = xtask(&sh, &server, &["patch-compose"])?;
+    let commands: Vec<&str> = patched
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("docker compose "))
+        .collect();
+    ensure!(
+        commands == ["docker compose build base", "docker compose build"],
+        "patch-compose printed {commands:?}:\n{patched}"
+    );
+    let _cd = sh.push_dir(&server);
+    let mut log = String::new();
+    for command in commands {
+        let args: Vec<&str> = command
+            .strip_prefix("docker compose ")
+            .unwrap_or_default()
+            .split(' ')
+            .collect();
+        let out = cmd!(sh, "docker compose --progress plain {args...}")
+            .ignore_status()
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(out.status.success(), "`{command}` failed offline:\n{text}");
+        log.push_str(&text);
+    }
+    for step in [
+        "RUN sleep 1 && echo from-base > /base.txt",
+        "RUN sleep 1 && cat /base.txt > /app.txt",
+    ] {
+        let found: Vec<(String, bool)> = steps(&log)
+            .into_iter()
+            .filter(|(text, _)| text.contains(step))
+            .collect();
+        ensure!(!found.is_empty(), "no step {step:?} in the log:\n{log}");
+        ensure!(
+            found.iter().all(|(_, hit)| *hit),
+            "{step:?} ran instead of coming from the cache:\n{log}"
+        );
+    }
+    let printed = cmd!(sh, "docker run --rm --network none layered-app:latest").read()?;
+    ensure!(printed == "from-base", "layered-app printed {printed:?}");
+    Ok(())
+}
