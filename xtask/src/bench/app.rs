@@ -7,8 +7,8 @@ use xshell::cmd;
 
 use super::files::{copy_project, copy_tree, dir_size, remove};
 use super::stats::{Row, Stat, Target, Unit};
-use super::timing::{alternate, peak_of, series, timed, Sample};
-use super::{Bench, Report, MIB};
+use super::timing::{alternate, peak_rows, peaks_of, series, timed, Sample};
+use super::{Bench, Report};
 use crate::bundle::human_bytes;
 use crate::lab::standins::{load_standins_as, StandinLayer, APP_STANDINS};
 
@@ -147,6 +147,7 @@ fn v1_steps(b: &Bench, app: &App) -> anyhow::Result<Sample> {
     Ok(Sample {
         secs,
         peak_rss: None,
+        tree_peak_rss: None,
     })
 }
 
@@ -191,24 +192,11 @@ fn measure_whole_export(b: &Bench, app: &App, report: &mut Report) -> anyhow::Re
         Target::RatioAtMost(0.7),
     ));
     // Into an empty folder: npm cache fill and packument cuts, layer recompression.
-    for (label, samples) in [
-        (
-            "6. Peak RSS of the app's whole export (cache-export)",
-            &ours,
-        ),
-        (
-            "6. Peak RSS of the app's export into an empty folder",
-            &fresh,
-        ),
+    for (what, samples) in [
+        ("the app's whole export (cache-export)", &ours),
+        ("the app's export into an empty folder", &fresh),
     ] {
-        if let Some(peak) = peak_of(samples) {
-            report.rows.push(Row::new(
-                label,
-                Stat::of(&[peak as f64], Unit::Bytes),
-                None,
-                Target::AtMost(100.0 * MIB as f64),
-            ));
-        }
+        report.rows.extend(peak_rows(what, peaks_of(samples)));
     }
     describe_exports(b, app, ours_bytes, v1_bytes, report)
 }

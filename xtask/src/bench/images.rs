@@ -8,7 +8,7 @@ use xshell::cmd;
 
 use super::files::{dir_size, remove};
 use super::stats::{Row, Stat, Target, Unit};
-use super::timing::{alternate, peak_of, series, timed, Sample};
+use super::timing::{alternate, peak_rows, peaks_of, series, timed, Peaks, Sample};
 use super::{Bench, Point, Report, MIB};
 use crate::bundle::human_bytes;
 use crate::lab::synthetic::import_synthetic_image;
@@ -30,7 +30,7 @@ struct Big {
 struct Exported {
     bytes: u64,
     files: Vec<Utf8PathBuf>,
-    peak: Option<u64>,
+    peak: Peaks,
     /// Median seconds of ours, and of `docker save -o` alone.
     median: f64,
     save_median: f64,
@@ -69,22 +69,13 @@ pub(super) fn measure_images(b: &Bench, size: u64, report: &mut Report) -> anyho
         verify: verify_rate,
     });
     // -- 6. peak memory
-    for (what, peak) in [
+    for (what, peaks) in [
         ("export (cache-export)", exported.peak),
         ("import (cache-import)", import_peak),
         ("verification (cache-verify)", verify_peak),
     ] {
-        if let Some(peak) = peak {
-            report.rows.push(Row::new(
-                &format!(
-                    "6. Peak RSS of {what}, {} bundle",
-                    human_bytes(exported.bytes)
-                ),
-                Stat::of(&[peak as f64], Unit::Bytes),
-                None,
-                Target::AtMost(100.0 * MIB as f64),
-            ));
-        }
+        let what = format!("{what}, {} bundle", human_bytes(exported.bytes));
+        report.rows.extend(peak_rows(&what, peaks));
     }
     remove(&big.bundle)?;
     chart_points(b, &big, size, report)?;
@@ -154,6 +145,7 @@ fn measure_export(
             Ok(Sample {
                 secs,
                 peak_rss: None,
+                tree_peak_rss: None,
             })
         },
     )?;
@@ -188,7 +180,7 @@ fn measure_export(
     Ok(Exported {
         bytes,
         files,
-        peak: peak_of(&ours),
+        peak: peaks_of(&ours),
         median: ours_stat.median,
         save_median: save_stat.median,
     })
@@ -201,7 +193,7 @@ fn measure_verify(
     big: &Big,
     exported: &Exported,
     report: &mut Report,
-) -> anyhow::Result<(Option<u64>, f64)> {
+) -> anyhow::Result<(Peaks, f64)> {
     eprintln!("   Measuring cache-verify vs sha256sum (page cache warm)");
     let (esh, xtask, bundle) = (&b.esh, &b.xtask, &big.bundle);
     timed(
@@ -238,7 +230,7 @@ fn measure_verify(
         Some(("coreutils sha256sum", Stat::of(&rate(&base), Unit::Rate))),
         Target::AtLeast(1e9),
     ));
-    Ok((peak_of(&ours), Stat::of(&rate(&ours), Unit::Rate).median))
+    Ok((peaks_of(&ours), Stat::of(&rate(&ours), Unit::Rate).median))
 }
 
 /// `cache-import` of `big.bundle` into the target engine.
@@ -262,7 +254,7 @@ fn measure_import(
     big: &Big,
     exported: &Exported,
     report: &mut Report,
-) -> anyhow::Result<(f64, f64, Option<u64>)> {
+) -> anyhow::Result<(f64, f64, Peaks)> {
     eprintln!("   Measuring import: cache-import vs docker load -i, on an emptied engine");
     let (ours, base) = alternate(
         b.runs,
@@ -289,7 +281,7 @@ fn measure_import(
         Target::RatioAtMost(1.15),
     ));
     remove_image(&b.target)?;
-    Ok((ours_stat.median, base_stat.median, peak_of(&ours)))
+    Ok((ours_stat.median, base_stat.median, peaks_of(&ours)))
 }
 
 /// The chart: the same commands, once each, on smaller synthetic images.
