@@ -522,21 +522,9 @@ mod tests {
             ..ServiceEntry::default()
         };
         let m = Manifest {
-            format_version: 1,
-            tool_version: "0.1.0".into(),
-            created: "2026-01-01T00:00:00Z".into(),
-            project_name: "p".into(),
-            engine: crate::model::manifest::EngineSummary {
-                server_version: "26.1.5".into(),
-                arch: "amd64".into(),
-                containerd_store: true,
-            },
-            strategy: Strategy::Local,
-            compression: Compression::None,
-            images: Vec::new(),
-            image_layout: None,
             services: vec![service("web", Some("web")), service("api", None)],
             files: Vec::new(),
+            ..script_manifest(Compression::None, false)
         };
         let text = human_manifest(&m);
         assert!(text.contains(

@@ -1372,16 +1372,12 @@ mod tests {
     /// package.json), linux-x64 for every libc; `npm ci --offline` for gnu and musl.
     #[test]
     fn network_fill_and_verify_next15() {
-        if std::env::var("XTASK_NETWORK_TESTS").as_deref() != Ok("1") {
-            eprintln!("SKIPPED network_fill_and_verify_next15: set XTASK_NETWORK_TESTS=1 (needs the npm registry)");
+        let Some(work) = crate::lab::fs::network_test("the npm registry") else {
             return;
-        }
+        };
         let sh = Shell::new().unwrap();
         let root = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let frontend = root.join("frontend");
-        let work = Utf8PathBuf::from_path_buf(std::env::temp_dir())
-            .unwrap()
-            .join("xtask-network-tests");
         let project = if frontend.join("package-lock.json").exists() {
             frontend
         } else {

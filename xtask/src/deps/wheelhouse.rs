@@ -1095,16 +1095,12 @@ mod tests {
     /// Real PyPI: the backend's requirements for the application's python:3.9-slim (by name).
     #[test]
     fn network_export_and_verify_cpython39_manylinux() {
-        if std::env::var("XTASK_NETWORK_TESTS").as_deref() != Ok("1") {
-            eprintln!("SKIPPED network_export_and_verify_cpython39_manylinux: set XTASK_NETWORK_TESTS=1 (needs PyPI)");
+        let Some(cache) = crate::lab::fs::network_test("PyPI") else {
             return;
-        }
+        };
         let sh = Shell::new().unwrap();
         let root = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let requirements = root.join("backend/requirements.txt");
-        let cache = Utf8PathBuf::from_path_buf(std::env::temp_dir())
-            .unwrap()
-            .join("xtask-network-tests");
         let (requirements, out) = if requirements.exists() {
             (requirements, cache.join("wheelhouse-cp39"))
         } else {

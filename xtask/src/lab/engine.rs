@@ -294,7 +294,7 @@ impl Engine {
     /// `image` (with busybox's `nc`, e.g. [`super::standins::BUSYBOX`]) can connect to
     /// an address the host answers on, nor can the engine's own network namespace. An
     /// error says what got through.
-    pub fn prove_offline(&self, image: &str) -> anyhow::Result<OfflineProof> {
+    pub fn prove_offline(&self, image: Option<&str>) -> anyhow::Result<OfflineProof> {
         netns::prove_offline(self, image)
     }
 

@@ -18,6 +18,27 @@ pub fn pid_alive(pid: u32) -> bool {
     Utf8Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// For a test that needs the package registries (PyPI, npm): the folder it keeps its
+/// downloads in, when `XTASK_NETWORK_TESTS=1`; otherwise prints a loud skip notice naming
+/// the test and what it needs, and returns `None`.
+pub fn network_test(needs: &str) -> Option<Utf8PathBuf> {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("network test")
+        .to_owned();
+    if std::env::var("XTASK_NETWORK_TESTS").as_deref() != Ok("1") {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "*** SKIPPED {test}: set XTASK_NETWORK_TESTS=1 to run it (needs {needs}) ***"
+        );
+        return None;
+    }
+    Utf8PathBuf::from_path_buf(std::env::temp_dir())
+        .ok()
+        .map(|tmp| tmp.join("xtask-network-tests"))
+}
+
 /// Where slow-to-make lab inputs (the Debian stand-in rootfs, and the tests' wheelhouses
 /// and npm caches) are kept across runs: `$XTASK_TEST_CACHE`, else `~/.cache/xtask-tests`.
 /// The tests and the benchmark share it.

@@ -90,16 +90,17 @@ pub struct OfflineProof {
     pub target: String,
     /// What the attempt from the engine's network namespace said.
     pub engine_error: String,
-    /// What the attempt from a container said.
-    pub container_error: String,
+    /// What the attempt from a container said (`None`: no image to run one from, as on an
+    /// engine that has not imported anything yet).
+    pub container_error: Option<String>,
 }
 
 /// Shows that `engine` cannot reach out: a `docker pull` fails, and neither its own
 /// network namespace (where dockerd resolves and pulls) nor a container of `image` (which
-/// must have busybox's `nc`) can open a connection to an address on which the host itself
-/// is answering. Fails, saying what got through, otherwise. (`nc`, not busybox's `wget`:
+/// must have busybox's `nc`; `None` on an engine that has no image yet) can open a
+/// connection to an address on which the host itself is answering. Fails, saying what got through, otherwise. (`nc`, not busybox's `wget`:
 /// the static busybox's `wget` crashes before it connects, which would prove nothing.)
-pub fn prove_offline(engine: &Engine, image: &str) -> anyhow::Result<OfflineProof> {
+pub fn prove_offline(engine: &Engine, image: Option<&str>) -> anyhow::Result<OfflineProof> {
     let sh = Shell::new()?;
     let pull = engine
         .docker(&sh, ["pull", "docker.io/library/hello-world:latest"])
@@ -136,9 +137,14 @@ pub fn prove_offline(engine: &Engine, image: &str) -> anyhow::Result<OfflineProo
             let netns = format!("--net=/proc/{pid}/ns/net");
             let from_engine = cmd!(sh, "nsenter {netns} {busybox} nc -w 5 {host} {port}");
             let engine_error = attempt(from_engine, &accepted, "the engine's network namespace")?;
-            let from_container =
-                engine.docker(&sh, ["run", "--rm", image, "nc", "-w", "5", &host, &port]);
-            let container_error = attempt(from_container, &accepted, "a container")?;
+            let container_error = match image {
+                Some(image) => {
+                    let from_container =
+                        engine.docker(&sh, ["run", "--rm", image, "nc", "-w", "5", &host, &port]);
+                    Some(attempt(from_container, &accepted, "a container")?)
+                }
+                None => None,
+            };
             anyhow::Ok((engine_error, container_error))
         })();
         stop.store(true, Ordering::Relaxed);

@@ -72,6 +72,20 @@ pub fn xtask(sh: &Shell, dir: &Utf8Path, args: &[&str]) -> anyhow::Result<String
     Ok(stderr)
 }
 
+/// Runs `docker compose --progress plain ARGS` in the shell's folder, against its engine:
+/// whether it succeeded, and its whole log (stdout then stderr).
+pub fn compose_build(sh: &Shell, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = cmd!(sh, "docker compose --progress plain {args...}")
+        .ignore_status()
+        .output()?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), log))
+}
+
 /// The RUN and COPY steps of a `--progress plain` BuildKit log, in order, each with
 /// whether it came from the cache.
 pub fn steps(log: &str) -> Vec<(String, bool)> {
@@ -182,7 +196,7 @@ fn export_import_build(
         offline.network_namespace().is_some(),
         "the offline engine must run in its own network namespace"
     );
-    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    let proof = offline.prove_offline(Some(standins::BUSYBOX))?;
     eprintln!("offline engine {}: {proof:?}", offline.name());
     xtask(&offline_sh, &server, &["patch-compose"]).context("patch-compose offline")?;
 
@@ -201,14 +215,6 @@ fn export_import_build(
     Ok((log, server, tmp))
 }
 
-/// `opts` for an engine that stands for the offline server: in its own network namespace.
-fn offline_options(opts: EngineOptions) -> EngineOptions {
-    EngineOptions {
-        network_namespace: true,
-        ..opts
-    }
-}
-
 fn check_images_run(offline: &Engine) -> anyhow::Result<()> {
     let sh = offline.shell()?;
     let api = cmd!(sh, "docker run --rm --network none fixture-api:latest").read()?;
@@ -225,7 +231,7 @@ fn local_strategy_rebuilds_every_step_from_cache_offline() -> anyhow::Result<()>
     };
     let online = suite.engine("online", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("offline", offline_options(EngineOptions::default()))?;
+    let offline = suite.offline_engine("offline", EngineOptions::default())?;
 
     let (log, server, _tmp) = export_import_build(&online, &offline, None)?;
     let manifest = std::fs::read_to_string(server.join("docker-build-cache/manifest.yaml"))?;
@@ -260,7 +266,7 @@ fn inline_strategy_works_on_the_classic_image_store() -> anyhow::Result<()> {
     };
     let online = suite.engine("online-classic", classic.clone())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("offline-classic", offline_options(classic))?;
+    let offline = suite.offline_engine("offline-classic", classic)?;
 
     let (log, server, _tmp) = export_import_build(&online, &offline, None)?;
     let manifest = std::fs::read_to_string(server.join("docker-build-cache/manifest.yaml"))?;
@@ -277,7 +283,7 @@ fn a_damaged_bundle_is_refused_before_anything_is_loaded() -> anyhow::Result<()>
     };
     let online = suite.engine("online-damage", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("offline-damage", EngineOptions::default())?;
+    let offline = suite.offline_engine("offline-damage", EngineOptions::default())?;
     let sh = online.shell()?;
     let _tmp = Scratch::new("e2e");
     let root = _tmp.path().to_owned();
@@ -469,7 +475,7 @@ fn legacy_strategy_cache_images_serve_the_classic_builder_offline() -> anyhow::R
     };
     let online = suite.engine("online-legacy", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("offline-legacy", offline_options(EngineOptions::default()))?;
+    let offline = suite.offline_engine("offline-legacy", EngineOptions::default())?;
     let sh = online.shell()?;
     let _tmp = Scratch::new("e2e");
     let root = _tmp.path().to_owned();
@@ -480,7 +486,7 @@ fn legacy_strategy_cache_images_serve_the_classic_builder_offline() -> anyhow::R
     copy_tree(&sh, &src, &server)?;
     let offline_sh = offline.shell()?;
     xtask(&offline_sh, &server, &["cache-import"])?;
-    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    let proof = offline.prove_offline(Some(standins::BUSYBOX))?;
     eprintln!("offline engine {}: {proof:?}", offline.name());
     xtask(&offline_sh, &server, &["patch-compose"])?;
 
@@ -534,7 +540,7 @@ fn an_image_built_here_is_rebuilt_first_offline_in_the_printed_order() -> anyhow
     };
     let online = suite.engine("online-base", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("offline-base", offline_options(EngineOptions::default()))?;
+    let offline = suite.offline_engine("offline-base", EngineOptions::default())?;
     let tmp = Scratch::new("e2e-base");
     let src = tmp.path().join("release");
     std::fs::create_dir_all(src.join("base"))?;
@@ -566,7 +572,7 @@ fn an_image_built_here_is_rebuilt_first_offline_in_the_printed_order() -> anyhow
     copy_tree(&online.shell()?, &src, &server)?;
     let sh = offline.shell()?;
     xtask(&sh, &server, &["cache-import"])?;
-    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    let proof = offline.prove_offline(Some(standins::BUSYBOX))?;
     eprintln!("offline engine {}: {proof:?}", offline.name());
     let patched = xtask(&sh, &server, &["patch-compose"])?;
     let commands: Vec<&str> = patched
@@ -586,15 +592,8 @@ fn an_image_built_here_is_rebuilt_first_offline_in_the_printed_order() -> anyhow
             .unwrap_or_default()
             .split(' ')
             .collect();
-        let out = cmd!(sh, "docker compose --progress plain {args...}")
-            .ignore_status()
-            .output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ensure!(out.status.success(), "`{command}` failed offline:\n{text}");
+        let (ok, text) = compose_build(&sh, &args)?;
+        ensure!(ok, "`{command}` failed offline:\n{text}");
         log.push_str(&text);
     }
     for step in [

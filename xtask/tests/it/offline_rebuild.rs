@@ -15,7 +15,7 @@ use anyhow::{ensure, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::cmd;
 
-use crate::bundle_e2e::{uncached_steps, xtask};
+use crate::bundle_e2e::{compose_build, uncached_steps, xtask};
 use crate::support::{self, repo_root, standins, EngineOptions};
 
 /// Copies the application (not node_modules, virtualenvs or build output) to `to`.
@@ -225,7 +225,7 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         },
     )?;
     standins::load_busybox(&offline)?;
-    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    let proof = offline.prove_offline(Some(standins::BUSYBOX))?;
     eprintln!("offline engine: {proof:?}");
     let netns = offline
         .network_namespace()
@@ -314,15 +314,8 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         "// changed on the offline server",
     )?;
     let _cd = sh.push_dir(&server);
-    let out = cmd!(sh, "docker compose --progress plain build")
-        .ignore_status()
-        .output()?;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(out.status.success(), "the offline rebuild failed:\n{log}");
+    let (built, log) = compose_build(&sh, &["build"])?;
+    ensure!(built, "the offline rebuild failed:\n{log}");
     ensure!(
         step_cached(&log, "pip install") == Some(true),
         "pip install was not cached:\n{log}"
@@ -350,14 +343,8 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
     // logs in and chats with a fake LLM that runs on the same offline engine.
     run_stack_and_browse(&sh, &server, &netns)?;
 
-    let out = cmd!(sh, "docker compose --progress plain build --no-cache")
-        .ignore_status()
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "the offline --no-cache build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (built, log) = compose_build(&sh, &["build", "--no-cache"])?;
+    ensure!(built, "the offline --no-cache build failed:\n{log}");
 
     // A pin the wheelhouse lacks: cache-status names it before the build; the build fails
     // saying what is missing.
@@ -373,18 +360,8 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         status.err().context("cache-status passed a missing pin")?
     );
     ensure!(status.contains("httpx==0.27.2"), "{status}");
-    let out = cmd!(sh, "docker compose --progress plain build backend")
-        .ignore_status()
-        .output()?;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        !out.status.success(),
-        "the build passed with a pin the wheelhouse lacks"
-    );
+    let (built, log) = compose_build(&sh, &["build", "backend"])?;
+    ensure!(!built, "the build passed with a pin the wheelhouse lacks");
     ensure!(
         log.contains("httpx==0.27.2"),
         "the build's error does not name the pin:\n{log}"

@@ -65,7 +65,7 @@ fn one_import_names_every_damaged_file_and_a_moved_tag_is_named() -> anyhow::Res
     };
     let online = suite.engine("ops-online", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("ops-offline", EngineOptions::default())?;
+    let offline = suite.offline_engine("ops-offline", EngineOptions::default())?;
     let scratch = Scratch::new("import");
     let src = scratch.path().join("release");
     write_fixture(&src)?;

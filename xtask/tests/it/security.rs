@@ -811,7 +811,7 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
     };
     let online = suite.engine("sec-online", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("sec-offline", EngineOptions::default())?;
+    let offline = suite.offline_engine("sec-offline", EngineOptions::default())?;
     let scratch = Scratch::new("refuse");
     let src = scratch.path().join("release");
     write_fixture(&src)?;
@@ -916,7 +916,7 @@ fn a_bundle_on_a_read_only_mount_imports_with_its_digest() -> anyhow::Result<()>
     };
     let online = suite.engine("sec-ro-online", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("sec-ro-offline", EngineOptions::default())?;
+    let offline = suite.offline_engine("sec-ro-offline", EngineOptions::default())?;
     let scratch = Scratch::new("readonly");
     let src = scratch.path().join("release");
     write_fixture(&src)?;
@@ -1359,7 +1359,7 @@ fn node_modules_round_trips_and_is_never_overwritten_without_force() -> anyhow::
     };
     let online = suite.engine("sec-nm", EngineOptions::default())?;
     standins::load_busybox(&online)?;
-    let offline = suite.engine("sec-nm-offline", EngineOptions::default())?;
+    let offline = suite.offline_engine("sec-nm-offline", EngineOptions::default())?;
     let scratch = Scratch::new("nm");
     let src = scratch.path().join("release");
     write_fixture(&src)?;
@@ -1543,7 +1543,7 @@ fn an_engine_that_stops_during_import_gets_a_clear_error_and_a_rerun_succeeds() 
     )?;
     drop(online);
 
-    let offline = suite.engine("sec-imp-offline", EngineOptions::default())?;
+    let offline = suite.offline_engine("sec-imp-offline", EngineOptions::default())?;
     let bin = support::run::bin();
     let osh = offline.shell()?;
     let mut import = {
@@ -1588,7 +1588,7 @@ fn an_engine_that_stops_during_import_gets_a_clear_error_and_a_rerun_succeeds() 
     drop(offline);
 
     // On a running engine the same bundle imports whole.
-    let again = suite.engine("sec-imp-again", EngineOptions::default())?;
+    let again = suite.offline_engine("sec-imp-again", EngineOptions::default())?;
     ok(
         xtask_on(&again, &src, &["cache-import", "--no-host-caches"], &[]),
         "import again",
@@ -1611,7 +1611,7 @@ fn a_full_disk_on_the_target_refuses_the_import_before_loading() -> anyhow::Resu
     let online = suite.engine("sec-tfull", EngineOptions::default())?;
     standins::load_busybox(&online)?;
     // The data root is a tmpfs (EngineOptions::default): shrunk below to what it holds.
-    let offline = suite.engine("sec-tfull-offline", EngineOptions::default())?;
+    let offline = suite.offline_engine("sec-tfull-offline", EngineOptions::default())?;
     let scratch = Scratch::new("tfull");
     let src = scratch.path().join("release");
     write_fixture(&src)?;

@@ -49,6 +49,22 @@ impl DockerSuite {
     pub fn engine(&self, name: &str, opts: EngineOptions) -> anyhow::Result<Engine> {
         Engine::start(&TEST_SITE, name, opts)
     }
+
+    /// An engine that stands for the offline server: in its own network namespace with only
+    /// loopback, and shown to have no way out (a pull fails, its namespace reaches nothing)
+    /// before the test uses it.
+    pub fn offline_engine(&self, name: &str, opts: EngineOptions) -> anyhow::Result<Engine> {
+        let engine = self.engine(
+            name,
+            EngineOptions {
+                network_namespace: true,
+                ..opts
+            },
+        )?;
+        let proof = engine.prove_offline(None)?;
+        eprintln!("offline engine {name}: {proof:?}");
+        Ok(engine)
+    }
 }
 
 /// `Some` when the Docker suite is on (`XTASK_DOCKER_TESTS=1`); otherwise prints a loud

@@ -19,7 +19,7 @@ fn a_namespaced_engine_proves_it_is_offline_and_a_plain_one_cannot() -> anyhow::
     )?;
     assert!(offline.network_namespace().is_some());
     standins::load_busybox(&offline)?;
-    let proof = offline.prove_offline(standins::BUSYBOX)?;
+    let proof = offline.prove_offline(Some(standins::BUSYBOX))?;
     eprintln!("offline engine: {proof:?}");
     assert!(!proof.pull_error.is_empty(), "{proof:?}");
     // a container still runs there, and has loopback
@@ -33,7 +33,7 @@ fn a_namespaced_engine_proves_it_is_offline_and_a_plain_one_cannot() -> anyhow::
     let plain = suite.engine("netns-plain", EngineOptions::default())?;
     standins::load_busybox(&plain)?;
     let err = plain
-        .prove_offline(standins::BUSYBOX)
+        .prove_offline(Some(standins::BUSYBOX))
         .expect_err("a plain private engine's container reaches the host");
     assert!(
         format!("{err:#}").contains("connected to"),
