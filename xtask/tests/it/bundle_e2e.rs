@@ -215,11 +215,22 @@ fn export_import_build(
     Ok((log, server, tmp))
 }
 
+/// What a container of `image` (no network) prints, read from its log after it exited:
+/// `docker run`'s attached output can miss all of a container that exits at once.
+pub fn printed_by(sh: &Shell, image: &str) -> anyhow::Result<String> {
+    let id = cmd!(sh, "docker run --detach --network none {image}").read()?;
+    let code = cmd!(sh, "docker wait {id}").read()?;
+    let printed = cmd!(sh, "docker logs {id}").read()?;
+    cmd!(sh, "docker rm {id}").quiet().ignore_stdout().run()?;
+    ensure!(code == "0", "{image} exited with {code}: {printed}");
+    Ok(printed)
+}
+
 fn check_images_run(offline: &Engine) -> anyhow::Result<()> {
     let sh = offline.shell()?;
-    let api = cmd!(sh, "docker run --rm --network none fixture-api:latest").read()?;
+    let api = printed_by(&sh, "fixture-api:latest")?;
     ensure!(api == "api-ready\nhello", "api printed {api:?}");
-    let web = cmd!(sh, "docker run --rm --network none fixture-web:latest").read()?;
+    let web = printed_by(&sh, "fixture-web:latest")?;
     ensure!(web == "web-built", "web printed {web:?}");
     Ok(())
 }
@@ -610,7 +621,7 @@ fn an_image_built_here_is_rebuilt_first_offline_in_the_printed_order() -> anyhow
             "{step:?} ran instead of coming from the cache:\n{log}"
         );
     }
-    let printed = cmd!(sh, "docker run --rm --network none layered-app:latest").read()?;
+    let printed = printed_by(&sh, "layered-app:latest")?;
     ensure!(printed == "from-base", "layered-app printed {printed:?}");
     Ok(())
 }
