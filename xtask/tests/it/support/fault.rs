@@ -71,11 +71,33 @@ pub fn interrupt_at(
     if reached && running {
         signal_pid(signal, &format!("-{}", child.id()))?;
     }
-    let status = child.wait()?;
-    if let Some(pid) = &engine {
+    // A signal that did not end it (or was never sent) must fail the test, not hang it on
+    // the frozen engine: thaw the engine and kill the group after a minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut hung = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            hung = true;
+            if let Some(pid) = &engine {
+                signal_pid("CONT", pid)?;
+            }
+            signal_pid("KILL", &format!("-{}", child.id()))?;
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if let Some(pid) = engine.as_ref().filter(|_| !hung) {
         signal_pid("CONT", pid)?;
     }
     let stderr = reader.join().unwrap_or_default();
+    ensure!(
+        !hung,
+        "the process was still running a minute after SIG{signal} at {marker:?}: the fault did \
+         not end it:\n{stderr}"
+    );
     if !reached {
         bail!("the process never printed {marker:?} ({status}):\n{stderr}");
     }
