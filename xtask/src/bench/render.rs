@@ -45,8 +45,10 @@ pub(super) fn render_markdown(
     let mut s = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         s,
-        "Written by `cargo xtask bench{}` on {}. Each figure is the median of {runs} run(s) \
-         [min–max]; ours and the baseline ran in turns on the same machine, each command on \
+        "Written by `cargo xtask bench{}` on {}. A figure shown with a range is the median of \
+         {runs} run(s) [min–max]; figure 0 and the bundle sizes are one measurement, each peak \
+         RSS is the highest of its runs, and the throughput table below is one run per size; \
+         ours and the baseline ran in turns on the same machine, each command on \
          private Docker engines started for the run (containerd image store, data root on \
          the disk below). Ours is the `xtask` binary users run (`cargo xtask` = \
          target/debug/xtask, a {} build in which sha2, zstd, flate2 and tar are compiled at \
