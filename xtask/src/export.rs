@@ -16,6 +16,7 @@ use xshell::Shell;
 
 use crate::bundle::{self, human_bytes};
 use crate::bundle_text;
+use crate::content_store;
 use crate::deps::{npm_cache, npm_image, wheelhouse};
 use crate::docker::{Docker, EngineInfo, StageBuild};
 use crate::images;
@@ -57,6 +58,8 @@ pub struct Options {
     pub platforms: Vec<String>,
     pub all_npm_platforms: bool,
     pub with_node_modules: bool,
+    /// Images through `docker save` even where the content store could serve them.
+    pub docker_save: bool,
 }
 
 impl Options {
@@ -347,6 +350,29 @@ impl Export<'_> {
         Ok(cache_images)
     }
 
+    /// The images as `docker save`'s files: straight from the engine's containerd content
+    /// store where it can be read (a local engine on the containerd image store), else
+    /// through `docker save`; says which.
+    fn save_layout(
+        &self,
+        images: &[ImageEntry],
+        names: &[String],
+    ) -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
+        let why = match content_store::content_store(&self.engine) {
+            _ if self.args.docker_save => "--docker-save".to_string(),
+            Ok(store) => {
+                match content_store::save_layout(&store, &self.engine.arch, images, &self.staging)?
+                {
+                    Ok(done) => return Ok(done),
+                    Err(why) => why,
+                }
+            }
+            Err(why) => why,
+        };
+        eprintln!("        Note {why}: saving the images with `docker save`");
+        images::save_layout(&self.docker, names, &self.staging)
+    }
+
     /// Saves the images (or reuses the previous bundle's, if they are the same): the
     /// files written and, without compression, the layout they form.
     fn save_images(
@@ -374,7 +400,7 @@ impl Export<'_> {
                     eprintln!("     Reusing the saved images (same names, same IDs)");
                     done
                 }
-                None => images::save_layout(&self.docker, &names, staging)?,
+                None => self.save_layout(images, &names)?,
             };
             files.extend(entries);
             image_layout = Some(layout);

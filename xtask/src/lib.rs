@@ -15,6 +15,7 @@ mod bundle_arg;
 mod bundle_text;
 pub mod cli;
 mod commands;
+mod content_store;
 mod context;
 mod deps;
 mod docker;

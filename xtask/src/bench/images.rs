@@ -156,19 +156,46 @@ fn measure_export(
         .map(|f| big.bundle.join(f))
         .collect();
     let ours_stat = Stat::of(&series(&ours), Unit::Secs);
+    let base_stat = Stat::of(&series(&base), Unit::Secs);
     report.rows.push(Row::new(
-        &format!("1. Export of images ({} image)", human_bytes(size)),
+        &format!(
+            "1. Export of images ({} image), from the containerd content store",
+            human_bytes(size)
+        ),
         ours_stat.clone(),
-        Some((
-            "docker save -o + fsync",
-            Stat::of(&series(&base), Unit::Secs),
-        )),
-        Target::RatioAtMost(1.15),
+        Some(("docker save -o + fsync", base_stat.clone())),
+        Target::SpeedupAtLeast(4.0),
     ));
+    // Where the content store cannot be read (a remote engine, the classic store), the
+    // export goes through `docker save`: that path against the same baseline.
+    eprintln!("   Measuring export of images through docker save (cache-export --docker-save)");
+    let mut through_save = Vec::new();
+    for _ in 0..b.runs {
+        remove(&big.bundle)?;
+        through_save.push(timed(
+            export_cmd(b, big).arg("--docker-save"),
+            &b.log,
+            &[0],
+        )?);
+    }
+    report.rows.push(Row::new(
+        &format!(
+            "1. Export of images ({} image), through docker save (--docker-save)",
+            human_bytes(size)
+        ),
+        Stat::of(&series(&through_save), Unit::Secs),
+        Some(("docker save -o + fsync", base_stat)),
+        Target::RatioAtMost(1.10),
+    ));
+    remove(&big.bundle)?;
+    timed(export_cmd(b, big), &b.log, &[0])?;
     let save_stat = Stat::of(&save_only, Unit::Secs);
     report.notes.push(format!(
         "Figure 1: ours writes {} in {} files (the image's blobs, the archive's own files, \
-         manifest, SHA256SUMS) and fsyncs the blobs; the baseline is `docker save {BIG_IMAGE} \
+         manifest, SHA256SUMS). From the content store (the default for a local engine on the \
+         containerd image store) the blobs are hard-linked from the engine's data root (the \
+         bundle is on the same filesystem here) and each is hashed and checked against its \
+         digest; through `docker save` they are streamed, hashed and fsynced. The baseline is `docker save {BIG_IMAGE} \
          -o FILE` then `sync FILE`, so both end with the data on disk. `docker save` alone \
          (data still in the page cache): {}, ratio {:.2}×. Figure 3's `docker load -i` reads \
          that FILE; figure 5's `sha256sum` reads our bundle's files.",

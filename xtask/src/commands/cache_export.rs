@@ -55,6 +55,11 @@ pub struct Args {
     /// this host's platform, for use on hosts like it
     #[arg(long)]
     pub with_node_modules: bool,
+    /// Take the images through `docker save` even where the engine's containerd content
+    /// store can be read directly (the faster path, used by default when the engine is
+    /// local and uses the containerd image store)
+    #[arg(long)]
+    pub docker_save: bool,
     /// Also write the bundle's digest (what `cache-import --expect-digest` checks) to FILE
     #[arg(long, value_name = "FILE")]
     pub digest_file: Option<Utf8PathBuf>,
@@ -169,6 +174,7 @@ impl Args {
             platforms: self.platforms.clone(),
             all_npm_platforms: self.all_npm_platforms,
             with_node_modules: self.with_node_modules,
+            docker_save: self.docker_save,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod dockerignore;
 pub mod interpolate;
 pub mod layout;
 pub mod manifest;
+pub mod oci;
 pub mod pack;
 pub mod plan;
 pub mod requirements;
