@@ -891,20 +891,25 @@ fn shared_builds(
     Vec<String>,
     Vec<WrittenOut>,
 )> {
+    // The services' lines are found once: per patch, that was a scan of the whole file for
+    // each service (50 services: most of patch-compose's time).
+    let located = locate_services(lines).ok();
     let needed = patches.iter().any(|p| {
         services
             .get(p.service.as_str())
             .and_then(Value::as_mapping)
             .is_some_and(|m| !m.contains_key("build"))
-    }) || patches.iter().any(|p| {
-        services
-            .get(p.service.as_str())
-            .is_some_and(|_| service_anchor_merged(lines, &p.service))
+    }) || located.as_ref().is_some_and(|loc| {
+        patches.iter().any(|p| {
+            services
+                .get(p.service.as_str())
+                .is_some_and(|_| service_anchor_merged(lines, loc, &p.service))
+        })
     });
     if !needed {
         return Ok((patches, Vec::new(), Vec::new(), Vec::new()));
     }
-    let Ok(loc) = locate_services(lines) else {
+    let Some(loc) = located else {
         return Ok((patches, Vec::new(), Vec::new(), Vec::new()));
     };
     // Every service's build origin, by the line of the mapping that holds `build:`.
@@ -1032,10 +1037,7 @@ fn join_group(group: &mut SharedBuild) -> anyhow::Result<()> {
 
 /// Whether a service carries an anchor that another service merges (`base: &base`, then
 /// `sidekiq: {<<: *base}`).
-fn service_anchor_merged(lines: &[Line<'_>], service: &str) -> bool {
-    let Ok(loc) = locate_services(lines) else {
-        return false;
-    };
+fn service_anchor_merged(lines: &[Line<'_>], loc: &Located, service: &str) -> bool {
     let Some(&(line, _, indent)) = loc.services.iter().find(|(_, k, _)| k == service) else {
         return false;
     };
