@@ -373,6 +373,7 @@ mod tests {
                 ..ServiceEntry::default()
             }],
             files: Vec::new(),
+            tool: None,
         }
     }
 
@@ -537,6 +538,7 @@ mod tests {
             image_layout: None,
             services: vec![service("web", Some("web")), service("api", None)],
             files: Vec::new(),
+            tool: None,
         };
         let text = human_manifest(&m);
         assert!(text.contains(

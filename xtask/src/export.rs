@@ -39,6 +39,8 @@ pub enum Part {
     BuildCache,
     PipCache,
     NpmCache,
+    /// The tool itself: bin/xtask and its vendored crates (tool.rs).
+    Tool,
 }
 
 /// Whether missing base images are pulled.
@@ -57,6 +59,7 @@ pub struct Options {
     pub platforms: Vec<String>,
     pub all_npm_platforms: bool,
     pub with_node_modules: bool,
+    pub tool: crate::tool::ToolChoice,
 }
 
 impl Options {
@@ -138,6 +141,7 @@ impl Export<'_> {
             images,
             services,
             files: Vec::new(),
+            tool: None,
         };
         self.finish(manifest, files)
     }
@@ -420,6 +424,15 @@ impl Export<'_> {
                 &self.plan.build_services,
                 &self.engine.arch,
                 staging,
+            )?;
+        }
+        if self.args.wants(Part::Tool) {
+            manifest.tool = crate::tool::export(
+                self.sh,
+                &self.args.tool,
+                &self.out,
+                staging,
+                self.previous.as_ref(),
             )?;
         }
         std::fs::write(

@@ -27,3 +27,4 @@ mod progress;
 mod project;
 mod recompress;
 mod secrets;
+mod tool;
