@@ -77,8 +77,12 @@ fn source_files(root: &Utf8Path) -> anyhow::Result<Vec<String>> {
 pub fn sources_digest(root: &Utf8Path) -> anyhow::Result<String> {
     let mut lines = String::new();
     for file in source_files(root)? {
-        let bytes = std::fs::read(root.join(&file)).with_context(|| format!("reading {root}/{file}"))?;
-        lines.push_str(&format!("{}  {file}\n", bundle::hex(&Sha256::digest(&bytes))));
+        let bytes =
+            std::fs::read(root.join(&file)).with_context(|| format!("reading {root}/{file}"))?;
+        lines.push_str(&format!(
+            "{}  {file}\n",
+            bundle::hex(&Sha256::digest(&bytes))
+        ));
     }
     Ok(bundle::hex(&Sha256::digest(lines.as_bytes())))
 }
@@ -110,7 +114,11 @@ pub fn build_static(
 /// Checks that `bytes` start a 64-bit little-endian ELF executable for `machine` with no
 /// program interpreter (statically linked), or says what it is instead.
 pub fn check_static_elf(bytes: &[u8], machine: &str) -> Result<(), String> {
-    let u16_at = |at: usize| bytes.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |at: usize| {
         bytes
             .get(at..at + 4)
@@ -140,10 +148,12 @@ pub fn check_static_elf(bytes: &[u8], machine: &str) -> Result<(), String> {
         match usize::try_from(at).ok().and_then(u32_at) {
             // PT_INTERP: the kernel would hand it to a dynamic loader (ld-linux).
             Some(3) => {
-                return Err("dynamically linked (it names a program interpreter): it needs \
+                return Err(
+                    "dynamically linked (it names a program interpreter): it needs \
                      the same glibc on the server; build it with \
                      RUSTFLAGS='-C target-feature=+crt-static'"
-                    .into())
+                        .into(),
+                )
             }
             Some(_) => {}
             None => return Err("a truncated ELF".into()),

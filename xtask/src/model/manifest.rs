@@ -495,16 +495,34 @@ fn check_tool(tool: &ToolEntry, files: &[FileEntry]) -> anyhow::Result<()> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     };
     let problem = if tool.binary != TOOL_BINARY || !listed(&tool.binary) {
-        Some(format!("tool.binary is {:?}, not the listed file {TOOL_BINARY}", tool.binary))
-    } else if let Some(vendor) = tool.vendor.as_ref().filter(|v| *v != TOOL_VENDOR || !listed(v)) {
-        Some(format!("tool.vendor is {vendor:?}, not the listed file {TOOL_VENDOR}"))
-    } else if ![&tool.target, &tool.os, &tool.machine].iter().all(|t| word(t)) {
+        Some(format!(
+            "tool.binary is {:?}, not the listed file {TOOL_BINARY}",
+            tool.binary
+        ))
+    } else if let Some(vendor) = tool
+        .vendor
+        .as_ref()
+        .filter(|v| *v != TOOL_VENDOR || !listed(v))
+    {
+        Some(format!(
+            "tool.vendor is {vendor:?}, not the listed file {TOOL_VENDOR}"
+        ))
+    } else if ![&tool.target, &tool.os, &tool.machine]
+        .iter()
+        .all(|t| word(t))
+    {
         Some(format!(
             "the tool's platform {} is not a target and uname names",
-            clip(&format!("{:?} {:?} {:?}", tool.target, tool.os, tool.machine))
+            clip(&format!(
+                "{:?} {:?} {:?}",
+                tool.target, tool.os, tool.machine
+            ))
         ))
     } else if tool.sources.len() != 64 || !tool.sources.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Some(format!("tool.sources is {}, not a sha256", clip(&format!("{:?}", tool.sources))))
+        Some(format!(
+            "tool.sources is {}, not a sha256",
+            clip(&format!("{:?}", tool.sources))
+        ))
     } else {
         None
     };
@@ -973,13 +991,31 @@ mod tests {
         assert_eq!(Manifest::from_yaml(&good.to_yaml()).unwrap(), good);
         let cases: Vec<(fn(&mut Manifest), &str)> = vec![
             (|m| m.files.retain(|f| f.path != TOOL_BINARY), "tool.binary"),
-            (|m| m.tool.as_mut().unwrap().binary = "../../usr/bin/xtask".into(), "tool.binary"),
-            (|m| m.tool.as_mut().unwrap().binary = "base-images.tar".into(), "tool.binary"),
+            (
+                |m| m.tool.as_mut().unwrap().binary = "../../usr/bin/xtask".into(),
+                "tool.binary",
+            ),
+            (
+                |m| m.tool.as_mut().unwrap().binary = "base-images.tar".into(),
+                "tool.binary",
+            ),
             (|m| m.files.retain(|f| f.path != TOOL_VENDOR), "tool.vendor"),
-            (|m| m.tool.as_mut().unwrap().machine = "x86_64; rm -rf /".into(), "platform"),
-            (|m| m.tool.as_mut().unwrap().os = "$(reboot)".into(), "platform"),
-            (|m| m.tool.as_mut().unwrap().target = String::new(), "platform"),
-            (|m| m.tool.as_mut().unwrap().sources = "xyz".into(), "tool.sources"),
+            (
+                |m| m.tool.as_mut().unwrap().machine = "x86_64; rm -rf /".into(),
+                "platform",
+            ),
+            (
+                |m| m.tool.as_mut().unwrap().os = "$(reboot)".into(),
+                "platform",
+            ),
+            (
+                |m| m.tool.as_mut().unwrap().target = String::new(),
+                "platform",
+            ),
+            (
+                |m| m.tool.as_mut().unwrap().sources = "xyz".into(),
+                "tool.sources",
+            ),
         ];
         for (spoil, named) in cases {
             let mut m = with_tool();
