@@ -105,9 +105,7 @@ pub fn build_static(
     .env("RUSTFLAGS", "-C target-feature=+crt-static")
     .quiet()
     .run()
-    .with_context(|| {
-        format!("building the static xtask (to carry none, export with --no-tool)")
-    })?;
+    .context("building the static xtask (to carry none, export with --no-tool)")?;
     Ok(target_dir.join(&target).join("release/xtask"))
 }
 

@@ -989,7 +989,8 @@ mod tests {
     fn the_tool_entry_names_listed_files_and_a_plain_platform() {
         let good = with_tool();
         assert_eq!(Manifest::from_yaml(&good.to_yaml()).unwrap(), good);
-        let cases: Vec<(fn(&mut Manifest), &str)> = vec![
+        type Spoil = fn(&mut Manifest);
+        let cases: Vec<(Spoil, &str)> = vec![
             (|m| m.files.retain(|f| f.path != TOOL_BINARY), "tool.binary"),
             (
                 |m| m.tool.as_mut().unwrap().binary = "../../usr/bin/xtask".into(),

@@ -14,3 +14,4 @@ mod operator;
 mod pack;
 mod security;
 mod tidy;
+mod tool_bundle;
