@@ -29,13 +29,14 @@ COPY index.html /www/index.html
 CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]
 ";
 
-const SITE_SERVICE: &str = "\
-  site:
-    build: ./site
-    image: fixture-site:latest
-    ports:
-      - \"127.0.0.1:18080:8080\"
-";
+// (No `\` line continuation: it would eat the first line's indentation.)
+const SITE_SERVICE: &str = concat!(
+    "  site:\n",
+    "    build: ./site\n",
+    "    image: fixture-site:latest\n",
+    "    ports:\n",
+    "      - \"127.0.0.1:18080:8080\"\n",
+);
 
 /// The PATH of the bare server: no ~/.cargo/bin, nothing of Rust.
 const BARE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
