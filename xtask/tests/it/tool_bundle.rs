@@ -8,10 +8,12 @@
 //! bundle's vendored crates and checks the patched file.
 //!
 //! The static binary is built once per version of the sources (`lab::static_xtask`, kept
-//! in the test cache) and handed to the export with `--tool-binary`; the cargo proof
-//! shares the workspace's target folder, so the crates already built there are not built
-//! again (cargo resolves every one of them from the vendored copy, offline, and compiles
-//! xtask itself).
+//! in the test cache) and handed to the export with `--tool-binary`; the cargo proof is
+//! `cargo run` of that same static build (release, `+crt-static`, the host's target) in the
+//! workspace's target folder, so the crates already built there are not built again: cargo
+//! resolves every one of them from the vendored copy, offline, and compiles xtask itself
+//! (the checkout is another package path). It writes only under `target/<triple>/`, never
+//! over `target/debug/xtask`, which the other tests run.
 
 use anyhow::{ensure, Context};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -141,6 +143,16 @@ fn get_in(sh: &Shell, netns: &str, url: &str) -> anyhow::Result<String> {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// The target the bundle's binary was built for, as its `tool:` entry says.
+fn xtask_target() -> anyhow::Result<String> {
+    let sh = Shell::new()?;
+    let out = cmd!(sh, "rustc -vV").read()?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_string)
+        .context("rustc -vV names no host")
 }
 
 /// The size cache-export's `Part` line gives for `part` (e.g. `bin/`).
@@ -323,8 +335,9 @@ fn a_bare_server_imports_patches_and_builds_with_what_the_bundle_carries() -> an
 
 /// The second proof: a checkout of the repository (its Cargo files and xtask/) on a
 /// machine with Rust, an empty CARGO_HOME and only loopback (the offline engine's
-/// namespace, entered with nsenter), builds `cargo xtask` from the bundle's vendored
-/// crates, and that xtask finds the compose file patched.
+/// namespace, entered with nsenter), builds xtask from the bundle's vendored crates
+/// (`cargo run`, as the `cargo xtask` alias does, with the static build's settings), and
+/// that xtask finds the compose file patched.
 fn cargo_builds_from_the_vendored_crates(
     sh: &Shell,
     tmp: &Utf8Path,
@@ -369,9 +382,12 @@ fn cargo_builds_from_the_vendored_crates(
         .into_iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
+    let triple = xtask_target()?;
+    // As tool::build_static sets it, so that the crates it built are fresh.
+    let rustflags = "RUSTFLAGS=-C target-feature=+crt-static";
     let out = cmd!(
         sh,
-        "nsenter {net} env -i PATH={path} HOME={tmp} CARGO_HOME={empty_home} RUSTC={rustc} CARGO_TARGET_DIR={target_dir} {docker...} {cargo} --config {config} xtask -f {compose} patch-compose --bundle {bundle} --check"
+        "nsenter {net} env -i PATH={path} HOME={tmp} CARGO_HOME={empty_home} RUSTC={rustc} CARGO_TARGET_DIR={target_dir} {rustflags} {docker...} {cargo} --config {config} run --offline --release --target {triple} -p xtask -- -f {compose} patch-compose --bundle {bundle} --check"
     )
     .ignore_status()
     .quiet()
