@@ -410,8 +410,12 @@ fn cargo_builds_from_the_vendored_crates(
             .all(|e| { e.map(|e| e.file_name() != "registry").unwrap_or(true) }),
         "cargo filled {empty_home}/registry: it did not build from the vendored crates"
     );
+    let compiled: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Compiling "))
+        .collect();
     eprintln!(
-        "cargo xtask built from the vendored crates, offline, in {:.0}s",
+        "xtask built from the vendored crates, offline, in {:.0}s; compiled: {compiled:?}",
         started.elapsed().as_secs_f64()
     );
     Ok(())
