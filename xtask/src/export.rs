@@ -39,7 +39,7 @@ pub enum Part {
     BuildCache,
     PipCache,
     NpmCache,
-    /// The tool itself: bin/xtask and its vendored crates (tool.rs).
+    /// The tool itself: bin/xtask (a static build) and tool/xtask-vendor.tar.gz (its crates).
     Tool,
 }
 
