@@ -226,7 +226,9 @@ pub fn export(
         vendor: with_vendor.then(|| TOOL_VENDOR.to_string()),
         sources,
     };
-    if reuse(out, previous, &entry, staging)? {
+    // A binary handed over is reused only if it is the very file the bundle has.
+    let handed = binary.map(|b| hash(b)).transpose()?;
+    if reuse(out, previous, &entry, handed.as_deref(), staging)? {
         eprintln!("     Reusing {TOOL_BINARY} and {TOOL_VENDOR} (same xtask sources)");
         return Ok(Some(entry));
     }
@@ -250,11 +252,13 @@ pub fn export(
 }
 
 /// Links the previous bundle's tool files into `staging` if they were made from the same
-/// sources for the same platform and still match their checksums.
+/// sources for the same platform (and its binary has the sha256 `binary_sha256`, when a
+/// binary is handed over) and still match their checksums.
 fn reuse(
     out: &Utf8Path,
     previous: Option<&Manifest>,
     entry: &ToolEntry,
+    binary_sha256: Option<&str>,
     staging: &Utf8Path,
 ) -> anyhow::Result<bool> {
     let Some(previous) = previous else {
@@ -272,7 +276,9 @@ fn reuse(
         .iter()
         .filter(|f| wanted.contains(&f.path.as_str()))
         .collect();
-    if files.len() != wanted.len() {
+    let same_binary =
+        |f: &&FileEntry| f.path != entry.binary || binary_sha256.is_none_or(|s| s == f.sha256);
+    if files.len() != wanted.len() || !files.iter().all(same_binary) {
         return Ok(false);
     }
     bundle::link_checked(out, &files, |f| staging.join(&f.path))
@@ -319,6 +325,58 @@ mod tests {
         assert!(err.contains("not a 64-bit"), "{err}");
         let err = check_static_elf(&elf(62, false)[..70], "x86_64").unwrap_err();
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    /// A re-export reuses the previous tool files only for the same sources and platform,
+    /// only while they match their checksums, and a binary handed over only if it is the
+    /// very file the bundle has.
+    #[test]
+    fn the_previous_tool_is_reused_only_when_it_is_the_same() {
+        let dir = crate::lab::test_dir("tool-reuse");
+        let (out, staging) = (dir.join("out"), dir.join("staging"));
+        std::fs::create_dir_all(out.join("bin")).unwrap();
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(out.join(TOOL_BINARY), b"binary").unwrap();
+        let (size, sha256) = bundle::hash_file(&out.join(TOOL_BINARY)).unwrap();
+        let entry = ToolEntry {
+            binary: TOOL_BINARY.into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            os: "Linux".into(),
+            machine: "x86_64".into(),
+            vendor: None,
+            sources: "a".repeat(64),
+        };
+        let mut previous: Manifest = serde_yaml::from_str(
+            "format_version: 2\ntool_version: 0.1.0\ncreated: x\nproject_name: p\n\
+             engine: {server_version: '26', arch: amd64, containerd_store: true}\n\
+             strategy: local\ncompression: none\nimages: []\nservices: []\nfiles: []\n",
+        )
+        .unwrap();
+        previous.files.push(FileEntry {
+            path: TOOL_BINARY.into(),
+            size,
+            sha256: sha256.clone(),
+        });
+        previous.tool = Some(entry.clone());
+        let reused = |entry: &ToolEntry, handed: Option<&str>| {
+            let _ = std::fs::remove_dir_all(staging.join("bin"));
+            reuse(&out, Some(&previous), entry, handed, &staging).unwrap()
+        };
+        assert!(reused(&entry, None));
+        assert_eq!(std::fs::read(staging.join(TOOL_BINARY)).unwrap(), b"binary");
+        assert!(reused(&entry, Some(&sha256)));
+        assert!(
+            !reused(&entry, Some(&"0".repeat(64))),
+            "another binary handed over"
+        );
+        let other_sources = ToolEntry {
+            sources: "b".repeat(64),
+            ..entry.clone()
+        };
+        assert!(!reused(&other_sources, None), "other sources");
+        std::fs::write(out.join(TOOL_BINARY), b"damaged").unwrap();
+        assert!(!reused(&entry, None), "a damaged previous binary");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The digest covers the sources and the lockfile, and nothing else of the tree.

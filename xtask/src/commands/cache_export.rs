@@ -66,8 +66,9 @@ pub struct Args {
     #[arg(long, value_name = "KEY")]
     pub sign_key: Option<Utf8PathBuf>,
     /// Do not carry the tool (bin/xtask, a static build, and tool/xtask-vendor.tar.gz, its
-    /// crates): the server then needs `cargo xtask` with its crates, or only the sh script
-    #[arg(long, conflicts_with = "tool_binary")]
+    /// crates): the server then needs `cargo xtask` with its crates, or only the sh script.
+    /// Wins over --tool-binary and XTASK_TOOL_BINARY
+    #[arg(long)]
     pub no_tool: bool,
     /// Carry this static xtask binary as bin/xtask instead of building one (a build made
     /// with RUSTFLAGS='-C target-feature=+crt-static' for this machine's target)
