@@ -193,6 +193,40 @@ fn vendor(sh: &Shell, root: &Utf8Path, staging: &Utf8Path) -> anyhow::Result<()>
     Ok(())
 }
 
+/// [`vendor`], through a copy kept in the workspace's target folder
+/// (`target/xtask-tool/<sources digest>/`): exports into other bundle folders (the tests',
+/// a second project) do not vendor and compress the same crates again.
+fn vendor_cached(
+    sh: &Shell,
+    root: &Utf8Path,
+    sources: &str,
+    staging: &Utf8Path,
+) -> anyhow::Result<()> {
+    let kept = root
+        .join("target/xtask-tool")
+        .join(sources)
+        .join("xtask-vendor.tar.gz");
+    let out = staging.join(TOOL_VENDOR);
+    if kept.is_file() {
+        std::fs::create_dir_all(staging.join("tool"))?;
+        std::fs::copy(&kept, &out).with_context(|| format!("copying {kept} to {out}"))?;
+        eprintln!("     Reusing {kept} (same xtask sources)");
+        return Ok(());
+    }
+    vendor(sh, root, staging)?;
+    // Kept for the next export; an error here costs only that export's time.
+    let parent = kept.parent().expect("a file in a folder");
+    let tmp = bundle::temp_sibling(&kept);
+    let kept_ok = std::fs::create_dir_all(parent)
+        .and_then(|()| std::fs::copy(&out, &tmp))
+        .and_then(|_| std::fs::rename(&tmp, &kept));
+    if let Err(err) = kept_ok {
+        let _ = std::fs::remove_file(&tmp);
+        eprintln!("warning: keeping a copy of the vendored crates in {kept}: {err}");
+    }
+    Ok(())
+}
+
 /// Writes the tool into `staging` (or links the previous bundle's, when its sources are the
 /// same); returns its manifest entry, or `None` with `ToolChoice::None`.
 pub fn export(
@@ -245,7 +279,7 @@ pub fn export(
     std::fs::copy(&binary, &dest).with_context(|| format!("copying {binary} to {dest}"))?;
     set_executable(&dest)?;
     match &root {
-        Some(root) => vendor(sh, root, staging)?,
+        Some(root) => vendor_cached(sh, root, &entry.sources, staging)?,
         None => entry.vendor = None,
     }
     Ok(Some(entry))
