@@ -348,8 +348,10 @@ fn cargo_builds_from_the_vendored_crates(
     ] {
         std::fs::copy(repo.join(file), checkout.join(file))?;
     }
+    // New modification times (`cp -r`, not `cp -a`): cargo keys a path package's freshness
+    // on them, and xtask must compile here, from the vendored crates.
     let (from, to) = (repo.join("xtask/src"), checkout.join("xtask/src"));
-    cmd!(sh, "cp -a {from} {to}").quiet().run()?;
+    cmd!(sh, "cp -r {from} {to}").quiet().run()?;
     let server = tmp.join("rust-server");
     cmd!(sh, "cp -a {project} {server}").quiet().run()?;
     let vendor = server.join("docker-build-cache/tool/xtask-vendor.tar.gz");
