@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::bundle::human_bytes;
 use crate::deps::npm_image;
 use crate::model::layout::{self, BUILD_CACHE_DIR, NPM_CONTEXT};
-use crate::model::manifest::{Compression, ImageRole, Manifest, ServiceEntry, Strategy};
+use crate::model::manifest::{Compression, ImageRole, Manifest, ServiceEntry, Strategy, ToolEntry};
 
 /// The bundle's `cache-manifest.txt`, for people.
 pub fn human_manifest(m: &Manifest) -> String {
@@ -104,7 +104,9 @@ checked_copy() {
 "#;
 
 /// `import-build-cache.sh`: verifies every checksum, then loads the images, for servers
-/// without Rust. POSIX sh. What it loads is what it checked: each file is copied into a
+/// without Rust; then, when the bundle carries the tool, runs the checked copy of
+/// `bin/xtask` for the rest (`cache-import`: the npm-cache images, ~/.npm; `patch-compose`
+/// with `--patch-compose FILE`), on the platform it was built for only. POSIX sh. What it loads is what it checked: each file is copied into a
 /// private folder (`mktemp -d`, 0700), the copy is hashed and compared with the private
 /// copy of SHA256SUMS, and the copy is loaded; a file changed after `sha256sum -c` fails
 /// the import before `docker load` runs. An optional argument is the bundle digest.
@@ -168,22 +170,86 @@ fi"#
             s
         }
     };
-    let npm_images = npm_images_script(m);
+    // With the tool, the checked copy of bin/xtask makes the npm-cache images (as
+    // cache-import), patches and says what is next; without it (or with --no-tool), sh does
+    // what it can and says what is left.
+    let (npm_images, tool) = match (&m.tool, npm_images_script(m)) {
+        (Some(tool), sh) if !sh.is_empty() => (
+            format!("if [ -n \"$no_tool\" ]; then\n{sh}\nfi\n"),
+            tool_script(tool),
+        ),
+        (Some(tool), _) => (String::new(), tool_script(tool)),
+        (None, sh) => (sh, String::new()),
+    };
+    format!(
+        "{head}\n{CHECKED_COPY}\n{images}\n{npm_images}\n{tool}{SH_ONLY_END}",
+        head = script_head(m),
+    )
+}
+
+/// The script's usage, argument parsing, engine check and checksum verification.
+fn script_head(m: &Manifest) -> String {
+    let tool_usage = match &m.tool {
+        Some(tool) => format!(
+            "# Then it runs the bundle's own xtask ({bin}, a static build for {target}; its\n\
+             # sha256 is checked first, and it runs only on {os} {machine}): the same\n\
+             # `cache-import` and `patch-compose` as `cargo xtask`, with no cargo.\n\
+             #\n\
+             #   --patch-compose FILE  patch FILE (a compose file) for the offline build\n\
+             #                         (asked when run from a terminal, if not given)\n\
+             #   --no-tool             do not run {bin}: load with sh only\n",
+            bin = tool.binary,
+            target = tool.target,
+            os = tool.os,
+            machine = tool.machine,
+        ),
+        None => String::new(),
+    };
     format!(
         r#"#!/bin/sh
 # Imports this Docker build-cache bundle ({project}, strategy {strategy}) on a server
-# without Rust. Written by `cargo xtask cache-export`; `cargo xtask cache-import` does the
-# same and more. Nothing is loaded unless every checksum in SHA256SUMS matches, and what
-# is loaded is a private copy whose checksum was checked.
-#
-#   sh import-build-cache.sh [sha256:DIGEST]
+# with Docker and sh. Written by `cargo xtask cache-export`. Nothing is loaded unless
+# every checksum in SHA256SUMS matches, and what is loaded is a private copy whose
+# checksum was checked.
+{tool_usage}#
+#   sh import-build-cache.sh [--patch-compose FILE] [--no-tool] [sha256:DIGEST]
 #
 # DIGEST: the bundle digest cache-export printed (the sha256 of SHA256SUMS); given, the
 # bundle is refused unless it has it. Copies go to a private folder in $TMPDIR (default
 # /var/tmp), which needs room for the images.
 set -eu
 
+caller=$(pwd)
+compose=
+no_tool=
+want=
+# shellcheck disable=SC2034 # no_tool is read only when the bundle carries bin/xtask
+while [ $# -gt 0 ]; do
+    case $1 in
+        --patch-compose)
+            if [ $# -lt 2 ]; then
+                echo "error: --patch-compose needs the compose file to patch, e.g. --patch-compose docker-compose.yml" >&2
+                exit 2
+            fi
+            compose=$2
+            shift 2
+            ;;
+        --patch-compose=*) compose=${{1#--patch-compose=}}; shift ;;
+        --no-tool) no_tool=1; shift ;;
+        sha256:*) want=${{1#sha256:}}; shift ;;
+        *)
+            echo "error: unexpected argument '$1'; usage: sh import-build-cache.sh [--patch-compose FILE] [--no-tool] [sha256:DIGEST]" >&2
+            exit 2
+            ;;
+    esac
+done
+case $compose in
+    ''|/*) ;;
+    *) compose="$caller/$compose" ;;
+esac
+
 cd "$(dirname "$0")"
+here=$(pwd)
 
 if ! command -v docker >/dev/null 2>&1; then
     echo "error: docker is not installed or not on PATH" >&2
@@ -198,13 +264,10 @@ tree=$(mktemp -d "${{TMPDIR:-/var/tmp}}/import-build-cache.XXXXXX")
 trap 'rm -rf "$tree"' EXIT
 chmod 700 "$tree"
 cp SHA256SUMS "$tree/SHA256SUMS"
-if [ $# -gt 0 ]; then
-    want=${{1#sha256:}}
-    got=$(sha256sum < "$tree/SHA256SUMS" | cut -d ' ' -f 1)
-    if [ "$got" != "$want" ]; then
-        echo "error: the bundle digest is sha256:$got, not sha256:$want: this is not the bundle that was exported; nothing was loaded" >&2
-        exit 1
-    fi
+digest=$(sha256sum < "$tree/SHA256SUMS" | cut -d ' ' -f 1)
+if [ -n "$want" ] && [ "$digest" != "$want" ]; then
+    echo "error: the bundle digest is sha256:$digest, not sha256:$want: this is not the bundle that was exported; nothing was loaded" >&2
+    exit 1
 fi
 
 echo "Verifying checksums (SHA256SUMS)..."
@@ -212,15 +275,65 @@ if ! sha256sum -c --quiet "$tree/SHA256SUMS"; then
     echo "error: the bundle is damaged or incomplete (see the files named above); nothing was loaded. Copy them again from the export machine." >&2
     exit 1
 fi
-
-{CHECKED_COPY}
-{images}
-{npm_images}
-echo "Done. Next, from the project folder: cargo xtask patch-compose (or add the cache_from"
-echo "and additional_contexts entries shown in cache-manifest.txt), then docker compose build."
 "#,
         project = m.project_name,
         strategy = m.strategy.as_str(),
+    )
+}
+
+/// What the script says at the end when sh did everything (no tool, or `--no-tool`).
+const SH_ONLY_END: &str = r#"if [ -n "$compose" ]; then
+    echo "warning: $compose was not patched: that needs xtask (this bundle's bin/xtask, or cargo xtask patch-compose)" >&2
+fi
+echo "Done. Next, from the project folder: cargo xtask patch-compose --bundle $here (or add the"
+echo "cache_from and additional_contexts entries shown in cache-manifest.txt), then docker compose build."
+"#;
+
+/// Runs the checked copy of the bundled binary: `cache-import` (which finds the images
+/// loaded, makes the npm-cache images and fills ~/.npm) and `patch-compose`, then says
+/// the next command and exits. Refuses, before running anything, on a machine the binary
+/// was not built for.
+fn tool_script(tool: &ToolEntry) -> String {
+    format!(
+        r#"if [ -z "$no_tool" ]; then
+    os=$(uname -s)
+    machine=$(uname -m)
+    if [ "$os" != {os} ] || [ "$machine" != {machine} ]; then
+        echo "error: the bundle's {bin} is built for {target} ({os_text} {machine_text}); this machine is $os $machine, where it cannot run. The images are loaded: run sh import-build-cache.sh --no-tool to finish with sh alone, then cargo xtask patch-compose (its crates are in {vendor})" >&2
+        exit 1
+    fi
+    echo "Checking {bin} (its sha256 in SHA256SUMS) before running it..."
+    checked_copy {bin} "$tree/xtask"
+    chmod 700 "$tree/xtask"
+    if ! "$tree/xtask" --version >/dev/null 2>&1; then
+        echo "error: the checked copy of {bin} in $tree does not run (a noexec TMPDIR?); set TMPDIR to a folder where programs may run, or use --no-tool" >&2
+        exit 1
+    fi
+    "$tree/xtask" cache-import --bundle "$here" --expect-digest "sha256:$digest"
+    if [ -z "$compose" ] && [ -t 0 ] && [ -t 1 ]; then
+        printf 'Compose file to patch for the offline build (empty: none): '
+        read -r compose || compose=
+        case $compose in
+            ''|/*) ;;
+            *) compose="$caller/$compose" ;;
+        esac
+    fi
+    if [ -n "$compose" ]; then
+        "$tree/xtask" -f "$compose" patch-compose --bundle "$here"
+        echo "Done. Next: docker compose -f $compose build"
+    else
+        echo "Done. Next: $here/{bin} -f COMPOSE-FILE patch-compose --bundle $here, then docker compose build"
+    fi
+    exit 0
+fi
+"#,
+        bin = tool.binary,
+        target = tool.target,
+        os = sh_quote(&tool.os),
+        machine = sh_quote(&tool.machine),
+        os_text = tool.os,
+        machine_text = tool.machine,
+        vendor = tool.vendor.as_deref().unwrap_or("the repository"),
     )
 }
 
@@ -373,6 +486,7 @@ mod tests {
                 ..ServiceEntry::default()
             }],
             files: Vec::new(),
+            tool: None,
         }
     }
 
@@ -392,13 +506,13 @@ mod tests {
         }
         let dir = crate::lab::test_dir("shellcheck");
         for compression in Compression::ALL {
-            for layout in [false, true] {
-                let script = dir.join(format!("{}-{layout}.sh", compression.as_str()));
-                std::fs::write(
-                    &script,
-                    import_script(&script_manifest(compression, layout)),
-                )
-                .unwrap();
+            for (layout, tool) in [(false, false), (true, false), (true, true), (false, true)] {
+                let script = dir.join(format!("{}-{layout}-{tool}.sh", compression.as_str()));
+                let mut m = script_manifest(compression, layout);
+                if tool {
+                    m.tool = Some(tool_entry());
+                }
+                std::fs::write(&script, import_script(&m)).unwrap();
                 let out = cmd!(sh, "shellcheck --shell=sh {script}")
                     .quiet()
                     .ignore_status()
@@ -510,6 +624,126 @@ mod tests {
             assert!(String::from_utf8_lossy(&out.stderr).contains("bundle digest"));
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    fn tool_entry() -> ToolEntry {
+        ToolEntry {
+            binary: "bin/xtask".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            os: "Linux".into(),
+            machine: "x86_64".into(),
+            vendor: Some("tool/xtask-vendor.tar.gz".into()),
+            sources: "d".repeat(64),
+        }
+    }
+
+    /// Issue 17: the script runs the bundled xtask only as a private copy whose sha256 it
+    /// checked, only on the machine it was built for, with the arguments of `cargo xtask`.
+    /// Stand-ins: `docker` (answers), `uname` (says the machine), `xtask` (a sh script
+    /// that logs its arguments), and a `sha256sum` that swaps bin/xtask right after the
+    /// check of every checksum passed.
+    #[test]
+    fn the_import_script_runs_only_the_checked_tool_on_its_machine() {
+        use sha2::Digest as _;
+        let sh = xshell::Shell::new().unwrap();
+        let dir = crate::lab::test_dir("script-tool");
+        let (bundle, bin) = (dir.join("bundle"), dir.join("bin"));
+        std::fs::create_dir_all(bundle.join("bin")).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = dir.join("ran");
+        let good = format!("#!/bin/sh\necho \"checked $*\" >> {log}\n");
+        std::fs::write(bundle.join("bin/xtask"), &good).unwrap();
+        let digest = crate::bundle::hex(&sha2::Sha256::digest(good.as_bytes()));
+        std::fs::write(bundle.join("SHA256SUMS"), format!("{digest}  bin/xtask\n")).unwrap();
+        let sums_digest = {
+            let sums = std::fs::read(bundle.join("SHA256SUMS")).unwrap();
+            crate::bundle::hex(&sha2::Sha256::digest(&sums))
+        };
+        let mut m = script_manifest(Compression::None, false);
+        m.services.clear();
+        m.tool = Some(tool_entry());
+        let script = bundle.join("import-build-cache.sh");
+        std::fs::write(&script, import_script(&m)).unwrap();
+        std::fs::write(bin.join("docker"), "#!/bin/sh\nexit 0\n").unwrap();
+        let machine = dir.join("machine");
+        std::fs::write(&machine, "x86_64").unwrap();
+        std::fs::write(
+            bin.join("uname"),
+            format!("#!/bin/sh\ncase $1 in -s) echo Linux ;; -m) cat {machine} ;; esac\n"),
+        )
+        .unwrap();
+        let swap = format!(
+            "#!/bin/sh\n/usr/bin/sha256sum \"$@\" || exit $?\n\
+             if [ \"$1\" = -c ]; then printf '#!/bin/sh\\necho swapped >> {log}\\n' > {bundle}/bin/xtask; fi\n"
+        );
+        std::fs::write(bin.join("sha256sum"), &swap).unwrap();
+        for tool in ["docker", "uname", "sha256sum"] {
+            let path = bin.join(tool);
+            cmd!(sh, "chmod +x {path} {bundle}/bin/xtask")
+                .quiet()
+                .run()
+                .unwrap();
+        }
+        let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+        let run = |args: &[&str]| {
+            let _ = std::fs::remove_file(&log);
+            let out = cmd!(sh, "sh {script} {args...}")
+                .env("PATH", &path)
+                .env("TMPDIR", &dir)
+                .quiet()
+                .ignore_status()
+                .output()
+                .unwrap();
+            let ran = std::fs::read_to_string(&log).unwrap_or_default();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                ran,
+            )
+        };
+        // Swapped after the check: the swapped binary never runs.
+        let (ok, stderr, ran) = run(&[]);
+        assert!(
+            !ok && stderr.contains("bin/xtask changed after it was checked"),
+            "{stderr}"
+        );
+        assert_eq!(ran, "", "{stderr}");
+        // Intact: the checked copy runs cache-import, then patch-compose on the file given
+        // (made absolute against the folder the script was started from).
+        std::fs::write(bundle.join("bin/xtask"), &good).unwrap();
+        std::fs::remove_file(bin.join("sha256sum")).unwrap();
+        let (ok, stderr, ran) = run(&["--patch-compose", "/srv/app/compose.yaml"]);
+        assert!(ok, "{stderr}");
+        assert_eq!(
+            ran,
+            format!(
+                "checked --version\n\
+                 checked cache-import --bundle {bundle} --expect-digest sha256:{sums_digest}\n\
+                 checked -f /srv/app/compose.yaml patch-compose --bundle {bundle}\n"
+            )
+        );
+        // Another machine: refused before anything runs, naming both and the way out.
+        std::fs::write(&machine, "aarch64").unwrap();
+        let (ok, stderr, ran) = run(&[]);
+        assert!(!ok, "{stderr}");
+        assert!(
+            stderr.contains(
+                "built for x86_64-unknown-linux-gnu (Linux x86_64); this machine \
+                 is Linux aarch64"
+            ) && stderr.contains("--no-tool"),
+            "{stderr}"
+        );
+        assert_eq!(ran, "");
+        // --no-tool: sh alone, and the binary does not run.
+        let (ok, stderr, ran) = run(&["--no-tool", "--patch-compose", "c.yml"]);
+        assert!(ok && stderr.contains("was not patched"), "{stderr}");
+        assert_eq!(ran, "");
+        let (ok, stderr, _) = run(&["--bogus"]);
+        assert!(
+            !ok && stderr.contains("unexpected argument '--bogus'"),
+            "{stderr}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The hint for people names the same `cache_from` patch-compose writes.

@@ -11,11 +11,40 @@ use crate::commands::{
 use crate::model::manifest::{Compression, Strategy};
 use crate::project;
 
+// The target this binary was built for, in `--version` (the bundle's bin/xtask says what
+// it runs on; the manifest's `tool.target` records the same).
+#[cfg(target_arch = "x86_64")]
+macro_rules! arch {
+    () => {
+        "x86_64"
+    };
+}
+#[cfg(target_arch = "aarch64")]
+macro_rules! arch {
+    () => {
+        "aarch64"
+    };
+}
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+macro_rules! arch {
+    () => {
+        "other"
+    };
+}
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (built for ",
+    arch!(),
+    "-unknown-linux-gnu",
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
     version,
+    long_version = LONG_VERSION,
     about = "Offline rebuilds of this Docker Compose application",
     long_about = "Offline rebuilds of this Docker Compose application.\n\n\
         On a machine with network, `cache-export` writes docker-build-cache/ with everything an \

@@ -40,6 +40,8 @@ pub enum Part {
     BuildCache,
     PipCache,
     NpmCache,
+    /// The tool itself: bin/xtask (a static build) and tool/xtask-vendor.tar.gz (its crates).
+    Tool,
 }
 
 /// Whether missing base images are pulled.
@@ -60,6 +62,7 @@ pub struct Options {
     pub with_node_modules: bool,
     /// Images through `docker save` even where the content store could serve them.
     pub docker_save: bool,
+    pub tool: crate::tool::ToolChoice,
 }
 
 impl Options {
@@ -141,6 +144,7 @@ impl Export<'_> {
             images,
             services,
             files: Vec::new(),
+            tool: None,
         };
         self.finish(manifest, files)
     }
@@ -446,6 +450,15 @@ impl Export<'_> {
                 &self.plan.build_services,
                 &self.engine.arch,
                 staging,
+            )?;
+        }
+        if self.args.wants(Part::Tool) {
+            manifest.tool = crate::tool::export(
+                self.sh,
+                &self.args.tool,
+                &self.out,
+                staging,
+                self.previous.as_ref(),
             )?;
         }
         std::fs::write(

@@ -28,3 +28,4 @@ mod progress;
 mod project;
 mod recompress;
 mod secrets;
+mod tool;

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 use xshell::Shell;
 
 use crate::bundle::human_bytes;
@@ -86,7 +86,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         settings.runs,
         if settings.with_app { ", app stack" } else { "" }
     );
-    let bench = Bench::start(xtask, repo_root(), settings.runs)?;
+    let bench = Bench::start(xtask, repo_root()?, settings.runs)?;
     let report = measure::measure_all(&bench, settings.size, settings.with_app);
     let machine = Machine::describe(&bench.export, &bench.work);
     drop(bench);
@@ -313,12 +313,14 @@ fn profile() -> &'static str {
     }
 }
 
-/// The repository this xtask was built from (the parent of `xtask/`).
-pub fn repo_root() -> Utf8PathBuf {
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Utf8Path::new("."))
-        .to_owned()
+/// The repository whose application the benchmark measures: the one cargo runs this xtask
+/// from (`cargo xtask bench`). Not a path fixed at compile time: the bundle's bin/xtask
+/// runs on machines where the build machine's path means nothing.
+pub fn repo_root() -> anyhow::Result<Utf8PathBuf> {
+    crate::tool::sources_root().context(
+        "the benchmark measures this repository's application: run it as `cargo xtask \
+         bench` in the repository (this xtask was not started by cargo)",
+    )
 }
 
 /// `3G`, `500M`, `64K`, `1000` (bytes; binary units).

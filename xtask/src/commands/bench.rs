@@ -48,7 +48,7 @@ impl Args {
                 &crate::project::current_dir(sh)?,
                 file,
             )),
-            (None, false) => Some(crate::bench::repo_root().join("docs/benchmarks.md")),
+            (None, false) => Some(crate::bench::repo_root()?.join("docs/benchmarks.md")),
             (None, true) => None,
         };
         crate::bench::run(&Settings {

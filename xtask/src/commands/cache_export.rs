@@ -17,12 +17,15 @@ use crate::export::{Export, Options, Part, PullPolicy};
 use crate::model::manifest::{Compression, Strategy, IMPORT_SCRIPT};
 use crate::model::plan::Plan;
 use crate::project::{ProjectArgs, RealFs};
+use crate::tool::ToolChoice;
 
 /// Export base images, build cache and dependency caches for an offline rebuild
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  cargo xtask cache-export\n  \
     cargo xtask cache-export --only base-images,build-cache --compression zstd\n  \
-    cargo xtask cache-export --strategy inline --output /mnt/usb/docker-build-cache")]
+    cargo xtask cache-export --strategy inline --output /mnt/usb/docker-build-cache\n  \
+    cargo xtask cache-export --tool-binary target/x86_64-unknown-linux-gnu/release/xtask\n  \
+    cargo xtask cache-export --no-tool")]
 pub struct Args {
     /// Bundle folder to write (default: docker-build-cache/ beside the compose file)
     #[arg(short, long, value_name = "DIR")]
@@ -67,6 +70,15 @@ pub struct Args {
     /// xtask-bundle): SHA256SUMS.sig, checked by cache-import --allowed-signers
     #[arg(long, value_name = "KEY")]
     pub sign_key: Option<Utf8PathBuf>,
+    /// Do not carry the tool (bin/xtask, a static build, and tool/xtask-vendor.tar.gz, its
+    /// crates): the server then needs `cargo xtask` with its crates, or only the sh script.
+    /// Wins over --tool-binary and XTASK_TOOL_BINARY
+    #[arg(long)]
+    pub no_tool: bool,
+    /// Carry this static xtask binary as bin/xtask instead of building one (a build made
+    /// with RUSTFLAGS='-C target-feature=+crt-static' for this machine's target)
+    #[arg(long, value_name = "FILE", env = "XTASK_TOOL_BINARY")]
+    pub tool_binary: Option<Utf8PathBuf>,
 }
 
 impl Args {
@@ -122,7 +134,7 @@ impl Args {
             })?;
         }
         std::fs::create_dir_all(&staging).with_context(|| format!("creating {staging}"))?;
-        let options = self.options();
+        let options = self.options(&crate::project::current_dir(sh)?);
         let mut export = Export {
             args: &options,
             sh,
@@ -166,7 +178,7 @@ impl Args {
     }
 
     /// What the export's steps read of the flags.
-    fn options(&self) -> Options {
+    fn options(&self, cwd: &camino::Utf8Path) -> Options {
         Options {
             only: self.only.clone(),
             pull: self.pull,
@@ -175,6 +187,11 @@ impl Args {
             all_npm_platforms: self.all_npm_platforms,
             with_node_modules: self.with_node_modules,
             docker_save: self.docker_save,
+            tool: match (&self.tool_binary, self.no_tool) {
+                (_, true) => ToolChoice::None,
+                (Some(file), false) => ToolChoice::Prebuilt(crate::project::absolute(cwd, file)),
+                (None, false) => ToolChoice::Build,
+            },
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`standins`]: base images made locally (no registry is reachable): busybox, and
 //!   Debian-based stand-ins of the application's python, node and nginx images.
 //! - [`synthetic`]: generated images of any size, for throughput measurements.
+//! - [`tool`]: the static xtask the bundles carry, built once per version of its sources.
 //! - [`fs`]: removing trees with mounts in them, the cache of slow-to-make inputs, and the
 //!   scratch folders every test uses ([`Scratch`], [`test_dir`]).
 //!
@@ -20,6 +21,7 @@ pub mod fs;
 pub mod netns;
 pub mod standins;
 pub mod synthetic;
+pub mod tool;
 
 use anyhow::{bail, Context as _};
 use xshell::Shell;
@@ -30,6 +32,7 @@ pub use fs::{
     Scratch,
 };
 pub use netns::OfflineProof;
+pub use tool::static_xtask;
 
 /// Checks that this machine can run private engines: root, the tools named (besides
 /// `dockerd`, `docker` and `ip`, which every engine needs), and the buildx and compose

@@ -891,22 +891,9 @@ fn shared_builds(
     Vec<String>,
     Vec<WrittenOut>,
 )> {
-    // The services' lines are found once: per patch, that was a scan of the whole file for
-    // each service (50 services: most of patch-compose's time).
+    // The services' lines are found once (per patch, it was most of patch-compose's time).
     let located = locate_services(lines).ok();
-    let needed = patches.iter().any(|p| {
-        services
-            .get(p.service.as_str())
-            .and_then(Value::as_mapping)
-            .is_some_and(|m| !m.contains_key("build"))
-    }) || located.as_ref().is_some_and(|loc| {
-        patches.iter().any(|p| {
-            services
-                .get(p.service.as_str())
-                .is_some_and(|_| service_anchor_merged(lines, loc, &p.service))
-        })
-    });
-    if !needed {
+    if !shares_needed(lines, services, &patches, located.as_ref()) {
         return Ok((patches, Vec::new(), Vec::new(), Vec::new()));
     }
     let Some(loc) = located else {
@@ -1037,6 +1024,28 @@ fn join_group(group: &mut SharedBuild) -> anyhow::Result<()> {
 
 /// Whether a service carries an anchor that another service merges (`base: &base`, then
 /// `sidekiq: {<<: *base}`).
+/// Whether a patched service takes its build from elsewhere: by a merge key, or from an
+/// anchored service mapping that others merge.
+fn shares_needed(
+    lines: &[Line<'_>],
+    services: &Mapping,
+    patches: &[ServicePatch],
+    located: Option<&Located>,
+) -> bool {
+    patches.iter().any(|p| {
+        services
+            .get(p.service.as_str())
+            .and_then(Value::as_mapping)
+            .is_some_and(|m| !m.contains_key("build"))
+    }) || located.is_some_and(|loc| {
+        patches.iter().any(|p| {
+            services
+                .get(p.service.as_str())
+                .is_some_and(|_| service_anchor_merged(lines, loc, &p.service))
+        })
+    })
+}
+
 fn service_anchor_merged(lines: &[Line<'_>], loc: &Located, service: &str) -> bool {
     let Some(&(line, _, indent)) = loc.services.iter().find(|(_, k, _)| k == service) else {
         return false;

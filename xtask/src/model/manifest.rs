@@ -94,7 +94,39 @@ pub struct Manifest {
     pub services: Vec<ServiceEntry>,
     /// Every file of the bundle but the manifest and SHA256SUMS themselves.
     pub files: Vec<FileEntry>,
+    /// The tool itself, carried so that a server with no cargo can import and patch
+    /// (`bin/xtask`), and a server with Rust but no crates can build it (`tool/`). Absent
+    /// in bundles made before it was carried, or with `cache-export --no-tool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolEntry>,
 }
+
+/// The bundled tool: a static binary and the crates its sources need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolEntry {
+    /// The static binary, always [`TOOL_BINARY`]; a file of the bundle.
+    pub binary: String,
+    /// The Rust target it was built for, e.g. `x86_64-unknown-linux-gnu`.
+    pub target: String,
+    /// What `uname -s` and `uname -m` say on a machine that runs it (`Linux`, `x86_64`):
+    /// the import script compares them before it runs the binary.
+    pub os: String,
+    pub machine: String,
+    /// The vendored crates with their cargo configuration, [`TOOL_VENDOR`]; a file of the
+    /// bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// sha256 of the tool's sources (`xtask/`, `Cargo.toml`, `Cargo.lock`): a re-export
+    /// whose sources have the same digest reuses the binary and the crates.
+    pub sources: String,
+}
+
+/// Where the bundle keeps the tool's binary and its vendored crates.
+pub const TOOL_BINARY: &str = "bin/xtask";
+pub const TOOL_VENDOR: &str = "tool/xtask-vendor.tar.gz";
+/// The folder the vendored crates unpack to, and their cargo configuration inside it.
+pub const VENDOR_DIR: &str = "xtask-vendor";
+pub const VENDOR_CONFIG: &str = "xtask-vendor/cargo-config.toml";
 
 /// The `docker save` stream, entry by entry: `docker load` gets the same tar back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -282,6 +314,9 @@ impl Manifest {
     /// Every folder a service entry names must stay inside the bundle: the checksums cover
     /// the file list, not these fields, and import and patch-compose act on them.
     fn check_paths(&self) -> anyhow::Result<()> {
+        if let Some(tool) = &self.tool {
+            check_tool(tool, &self.files)?;
+        }
         if let Some(layout) = &self.image_layout {
             for entry in &layout.entries {
                 let listed = self.files.iter().any(|f| f.path == entry.path);
@@ -445,6 +480,58 @@ impl Manifest {
             );
         }
         Ok(())
+    }
+}
+
+/// The tool entry names exactly the files cache-export writes, both listed with their
+/// checksums, and a platform the import script can compare with `uname` (so that the
+/// script, which quotes them, never sees anything but letters, digits, `_` and `-`).
+fn check_tool(tool: &ToolEntry, files: &[FileEntry]) -> anyhow::Result<()> {
+    let listed = |path: &str| files.iter().any(|f| f.path == path);
+    let word = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 64
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    let problem = if tool.binary != TOOL_BINARY || !listed(&tool.binary) {
+        Some(format!(
+            "tool.binary is {:?}, not the listed file {TOOL_BINARY}",
+            tool.binary
+        ))
+    } else if let Some(vendor) = tool
+        .vendor
+        .as_ref()
+        .filter(|v| *v != TOOL_VENDOR || !listed(v))
+    {
+        Some(format!(
+            "tool.vendor is {vendor:?}, not the listed file {TOOL_VENDOR}"
+        ))
+    } else if ![&tool.target, &tool.os, &tool.machine]
+        .iter()
+        .all(|t| word(t))
+    {
+        Some(format!(
+            "the tool's platform {} is not a target and uname names",
+            clip(&format!(
+                "{:?} {:?} {:?}",
+                tool.target, tool.os, tool.machine
+            ))
+        ))
+    } else if tool.sources.len() != 64 || !tool.sources.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Some(format!(
+            "tool.sources is {}, not a sha256",
+            clip(&format!("{:?}", tool.sources))
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => bail!(
+            "manifest.yaml: {problem}; this bundle was not written by cache-export: do not \
+             import it"
+        ),
+        None => Ok(()),
     }
 }
 
@@ -777,6 +864,7 @@ mod tests {
                     sha256: "b".repeat(64),
                 },
             ],
+            tool: None,
         }
     }
 
@@ -873,6 +961,77 @@ mod tests {
             let err = format!("{:#}", Manifest::from_yaml(&bad.to_yaml()).unwrap_err());
             assert!(err.contains("among its files"), "{err}");
         }
+    }
+
+    fn with_tool() -> Manifest {
+        let mut m = sample();
+        for path in [TOOL_BINARY, TOOL_VENDOR] {
+            m.files.push(FileEntry {
+                path: path.into(),
+                size: 1,
+                sha256: "c".repeat(64),
+            });
+        }
+        m.tool = Some(ToolEntry {
+            binary: TOOL_BINARY.into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            os: "Linux".into(),
+            machine: "x86_64".into(),
+            vendor: Some(TOOL_VENDOR.into()),
+            sources: "d".repeat(64),
+        });
+        m
+    }
+
+    /// The bundled tool is a file of the bundle, listed like every other, with a platform
+    /// the import script can compare with `uname`; anything else is refused.
+    #[test]
+    fn the_tool_entry_names_listed_files_and_a_plain_platform() {
+        let good = with_tool();
+        assert_eq!(Manifest::from_yaml(&good.to_yaml()).unwrap(), good);
+        type Spoil = fn(&mut Manifest);
+        let cases: Vec<(Spoil, &str)> = vec![
+            (|m| m.files.retain(|f| f.path != TOOL_BINARY), "tool.binary"),
+            (
+                |m| m.tool.as_mut().unwrap().binary = "../../usr/bin/xtask".into(),
+                "tool.binary",
+            ),
+            (
+                |m| m.tool.as_mut().unwrap().binary = "base-images.tar".into(),
+                "tool.binary",
+            ),
+            (|m| m.files.retain(|f| f.path != TOOL_VENDOR), "tool.vendor"),
+            (
+                |m| m.tool.as_mut().unwrap().machine = "x86_64; rm -rf /".into(),
+                "platform",
+            ),
+            (
+                |m| m.tool.as_mut().unwrap().os = "$(reboot)".into(),
+                "platform",
+            ),
+            (
+                |m| m.tool.as_mut().unwrap().target = String::new(),
+                "platform",
+            ),
+            (
+                |m| m.tool.as_mut().unwrap().sources = "xyz".into(),
+                "tool.sources",
+            ),
+        ];
+        for (spoil, named) in cases {
+            let mut m = with_tool();
+            spoil(&mut m);
+            let err = format!("{:#}", Manifest::from_yaml(&m.to_yaml()).unwrap_err());
+            assert!(
+                err.contains(named) && err.contains("do not import it"),
+                "{named}: {err}"
+            );
+        }
+        // Without the vendored crates (a prebuilt binary only) the entry is still good.
+        let mut m = with_tool();
+        m.tool.as_mut().unwrap().vendor = None;
+        m.files.retain(|f| f.path != TOOL_VENDOR);
+        assert!(Manifest::from_yaml(&m.to_yaml()).is_ok());
     }
 
     #[test]

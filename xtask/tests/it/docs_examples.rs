@@ -19,9 +19,9 @@
 //! - `$VAR`, `${VAR}` and `$(…)` stand for one value: each becomes the word `VALUE`, so a
 //!   variable may stand where a value goes (`--bundle "$DIR"`), never for a flag or a
 //!   subcommand (that example fails);
-//! - `sh …/import-build-cache.sh` lines pass no argument, or the digest to require
-//!   (`sha256:HEX`): the script the export writes (`bundle_text::import_script`) reads
-//!   nothing else.
+//! - `sh …/import-build-cache.sh` lines pass only what the script the export writes
+//!   (`bundle_text::import_script`) reads: the digest to require (`sha256:HEX`),
+//!   `--patch-compose FILE` and `--no-tool`, each at most once.
 //!
 //! One rule for `docker compose` lines, a slip the guide made: `--progress` is a global
 //! option of compose and goes before the subcommand (`docker compose --progress plain
@@ -292,22 +292,37 @@ fn is_assignment(word: &str) -> bool {
     })
 }
 
+/// The script's arguments: each of `sha256:HEX`, `--patch-compose FILE` and `--no-tool`
+/// at most once, in any order.
+fn import_script_args_ok(args: &[String]) -> bool {
+    let (mut digest, mut compose, mut no_tool) = (false, false, false);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let seen = match arg.as_str() {
+            "--patch-compose" if rest.next().is_some() => &mut compose,
+            "--no-tool" => &mut no_tool,
+            a if a.strip_prefix("sha256:").is_some_and(|hex| {
+                hex == "VALUE" || (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            }) =>
+            {
+                &mut digest
+            }
+            _ => return false,
+        };
+        if std::mem::replace(seen, true) {
+            return false;
+        }
+    }
+    true
+}
+
 /// What is wrong with an example, if anything.
 fn check(bin: &Path, dir: &Path, example: &Example) -> Option<String> {
     match &example.kind {
         Kind::Skipped => None,
-        // The script takes one optional argument: the digest to require, `sha256:HEX`
-        // (a placeholder such as `sha256:…` is skipped before this).
-        Kind::ImportScript(args)
-            if args.is_empty()
-                || (args.len() == 1
-                    && args[0].strip_prefix("sha256:").is_some_and(|hex| {
-                        hex == "VALUE"
-                            || (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-                    })) =>
-        {
-            None
-        }
+        // The script takes the digest to require, `sha256:HEX` (a placeholder such as
+        // `sha256:…` is skipped before this), `--patch-compose FILE` and `--no-tool`.
+        Kind::ImportScript(args) if import_script_args_ok(args) => None,
         Kind::Compose(args) => {
             let progress = args.iter().position(|a| a.starts_with("--progress"))?;
             let subcommand = args
@@ -322,8 +337,8 @@ fn check(bin: &Path, dir: &Path, example: &Example) -> Option<String> {
             })
         }
         Kind::ImportScript(args) => Some(format!(
-            "{}: `{}`: import-build-cache.sh takes no argument but the digest to require, \
-             sha256:HEX (given: {})",
+            "{}: `{}`: import-build-cache.sh takes only the digest to require, sha256:HEX, \
+             --patch-compose FILE and --no-tool (given: {})",
             example.at,
             example.text,
             args.join(" ")
@@ -480,7 +495,7 @@ cargo xtask cache-export --only base-images,images
 cargo xtask cache-export --output
 cargo xtask $COMMAND
 sh import-build-cache.sh --force
-sh import-build-cache.sh sha256:$DIGEST
+sh import-build-cache.sh --patch-compose docker-compose.yml sha256:$DIGEST
 cargo xtask cache-export -o /mnt/usb/docker-build-cache
 docker compose build --progress plain
 docker compose --progress plain -f x.yml build
@@ -510,7 +525,7 @@ docker compose --progress plain -f x.yml build
     assert!(bad[0].contains("invalid value 'fast'"), "{}", bad[0]);
     assert!(bad[2].contains("unexpected argument '-o'"), "{}", bad[2]);
     assert!(
-        bad[7].contains("takes no argument but the digest"),
+        bad[7].contains("takes only the digest to require"),
         "{}",
         bad[7]
     );

@@ -15,3 +15,4 @@ mod operator;
 mod pack;
 mod security;
 mod tidy;
+mod tool_bundle;
