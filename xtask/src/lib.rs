@@ -28,4 +28,5 @@ mod patch;
 mod progress;
 mod project;
 mod recompress;
+mod rehearse;
 mod secrets;

@@ -22,7 +22,8 @@ use crate::project::{ProjectArgs, RealFs};
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  cargo xtask cache-export\n  \
     cargo xtask cache-export --only base-images,build-cache --compression zstd\n  \
-    cargo xtask cache-export --strategy inline --output /mnt/usb/docker-build-cache")]
+    cargo xtask cache-export --strategy inline --output /mnt/usb/docker-build-cache\n  \
+    sudo cargo xtask cache-export --rehearse   # then rebuild from it with no network")]
 pub struct Args {
     /// Bundle folder to write (default: docker-build-cache/ beside the compose file)
     #[arg(short, long, value_name = "DIR")]
@@ -62,6 +63,10 @@ pub struct Args {
     /// xtask-bundle): SHA256SUMS.sig, checked by cache-import --allowed-signers
     #[arg(long, value_name = "KEY")]
     pub sign_key: Option<Utf8PathBuf>,
+    /// Then rehearse the offline rebuild from the new bundle on a throwaway engine with no
+    /// network, as `cache-rehearse` does (needs root); exit 1 when it fails
+    #[arg(long)]
+    pub rehearse: bool,
 }
 
 impl Args {
@@ -156,6 +161,24 @@ impl Args {
             bundle::write_atomic(&file, format!("sha256:{digest}\n").as_bytes())?;
         }
         eprintln!("      Digest sha256:{digest} (SHA256SUMS, which lists every file; carry it apart from the bundle)");
+        let out = out.clone();
+        drop(_lock);
+        if self.rehearse {
+            let options = crate::rehearse::Options {
+                bundle_dir: out.clone(),
+                trust: bundle::Trust {
+                    digest: Some(digest.clone()),
+                    signers: None,
+                },
+                up: false,
+                strict: false,
+            };
+            let report = crate::rehearse::run(sh, project_args, &options)?;
+            crate::rehearse::print_verdict(&report);
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import --expect-digest sha256:{digest}` (or `sh {IMPORT_SCRIPT}`) there");
         Ok(ExitCode::SUCCESS)
     }

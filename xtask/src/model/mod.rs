@@ -2,6 +2,7 @@
 //! Docker. Where a model needs another file (an `extends`, an `-r` include), the caller
 //! hands it a reader, so tests run on strings.
 
+pub mod buildlog;
 pub mod compose;
 pub mod compose_patch;
 pub mod dockerfile;

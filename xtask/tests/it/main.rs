@@ -12,5 +12,6 @@ mod docs_examples;
 mod offline_rebuild;
 mod operator;
 mod pack;
+mod rehearse;
 mod security;
 mod tidy;
