@@ -631,8 +631,7 @@ impl Announcer {
         };
         match event {
             Event::Header(text) => {
-                let step = text.starts_with('[') && !text.starts_with("[internal]");
-                if step && !text.contains("] FROM ") {
+                if buildlog::is_step(&text) && !text.contains("] FROM ") {
                     self.headers.entry(id).or_insert(text);
                 }
             }

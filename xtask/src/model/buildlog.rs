@@ -99,6 +99,12 @@ fn vertex_line(line: &str) -> Option<(&str, &str)> {
     id.chars().all(|c| c.is_ascii_digit()).then_some((id, text))
 }
 
+/// Whether a vertex's name is a Dockerfile step (`[web builder 2/3] RUN x`), not one of
+/// BuildKit's own (`[api internal] load build context`).
+pub fn is_step(text: &str) -> bool {
+    step_header(text).is_some()
+}
+
 /// `[web builder 2/3] RUN x` → (service, stage, index, total, instruction).
 fn step_header(text: &str) -> Option<(String, Option<String>, usize, usize, String)> {
     let inner = text.strip_prefix('[')?;
@@ -334,8 +340,10 @@ impl std::fmt::Display for Reason {
 }
 
 /// What tools print when they cannot reach the network (lower case).
-const NETWORK_SIGNS: [&str; 15] = [
+const NETWORK_SIGNS: [&str; 16] = [
     "bad address",
+    // no name server answers in a namespace with only loopback: lookups time out
+    "timed out",
     "network is unreachable",
     "temporary failure in name resolution",
     "name or service not known",
@@ -395,7 +403,8 @@ pub fn reason(log: &BuildLog, step: Option<&Step>, facts: &Facts) -> Option<Reas
 /// one the facts say the bundle lacks (when the build did fail on it).
 fn missing_base_image(log: &BuildLog, facts: &Facts) -> Option<String> {
     for (name, _) in &log.other_errors {
-        if let Some(image) = name.strip_prefix("[internal] load metadata for ") {
+        // `[internal] load …`, or `[api internal] load …` as compose names it
+        if let Some((_, image)) = name.split_once("internal] load metadata for ") {
             return Some(image.trim().to_string());
         }
     }
@@ -539,9 +548,7 @@ RUN grep -q extra /deps.txt && nc -w 2 pypi.org 443
         // The failed step reached for the network.
         assert_eq!(
             reason(&log, log.failed(), &Facts::default()),
-            Some(Reason::NetworkNeeded(
-                "Temporary failure in name resolution".into()
-            ))
+            Some(Reason::NetworkNeeded("nc: bad address 'pypi.org'".into()))
         );
         let args = Facts {
             changed_args: vec!["VERSION: 1 → 2".into()],
@@ -557,7 +564,7 @@ RUN grep -q extra /deps.txt && nc -w 2 pypi.org 443
             Some(Reason::NotInCache)
         );
         let missing = parse(
-            "#2 [internal] load metadata for docker.io/library/python:3.12-slim\n\
+            "#2 [api internal] load metadata for docker.io/library/python:3.12-slim\n\
              #2 ERROR: failed to do request: dial tcp: lookup registry-1.docker.io: no such host\n",
         );
         assert_eq!(
