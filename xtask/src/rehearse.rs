@@ -234,6 +234,8 @@ fn start_engine(containerd_store: bool) -> anyhow::Result<Engine> {
             // On disk, as the server's data root is.
             data_in_memory: false,
             network_namespace: true,
+            // never the machine's containerd, whose image store the user's engine uses
+            private_containerd: true,
         },
     )
     .context("starting the rehearsal engine")?;

@@ -184,6 +184,7 @@ impl Bench {
             containerd_store: true,
             data_in_memory: false,
             network_namespace: false,
+            private_containerd: false,
         };
         let export = Engine::start(&BENCH_SITE, "export", on_disk.clone())
             .context("starting the private engine `export`")?;
