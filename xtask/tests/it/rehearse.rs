@@ -302,3 +302,27 @@ fn pid_of_run(stderr: &str) -> Option<u32> {
     let at = stderr.find(&format!("{SITE_DIR}/"))? + SITE_DIR.len() + 1;
     stderr[at..].split('-').next()?.parse().ok()
 }
+
+/// Without root, the rehearsal says so and what to run instead, before it touches anything.
+#[test]
+fn without_root_the_rehearsal_says_what_to_run() -> anyhow::Result<()> {
+    let tmp = Scratch::new("rh");
+    let bin = run::bin();
+    let sh = xshell::Shell::new()?;
+    let bundle = tmp.path().join("docker-build-cache");
+    let out = cmd!(
+        sh,
+        "setpriv --reuid=65534 --regid=65534 --clear-groups {bin} cache-rehearse --bundle {bundle}"
+    )
+    .ignore_status()
+    .quiet()
+    .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "{:?}: {stderr}", out.status);
+    ensure!(
+        stderr.starts_with("error: cache-rehearse needs root: it starts a throwaway Docker engine")
+            && stderr.contains("sudo env \"PATH=$PATH\" cargo xtask cache-rehearse"),
+        "{stderr}"
+    );
+    Ok(())
+}
