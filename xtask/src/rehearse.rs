@@ -134,7 +134,7 @@ pub fn run(sh: &Shell, project_args: &ProjectArgs, opts: &Options) -> anyhow::Re
 }
 
 /// Root, the tools, and the compose plugin; else what to run instead.
-fn check_root() -> anyhow::Result<()> {
+pub fn check_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     if uid != 0 {
@@ -513,9 +513,19 @@ fn remote_service(name: &str, context: &str) -> ServiceReport {
 /// Says a service's result on stderr, Cargo's way.
 fn print_service(r: &ServiceReport) {
     let verb = if r.built { "Built" } else { "Failed" };
+    let steps = |n: usize| {
+        if n == 1 {
+            "1 step".to_string()
+        } else {
+            format!("{n} steps")
+        }
+    };
     eprintln!(
-        "{verb:>12} {}: {} steps from the cache, {} ran ({:.1}s)",
-        r.name, r.cached, r.ran, r.seconds
+        "{verb:>12} {}: {} from the cache, {} ran ({:.1}s)",
+        r.name,
+        steps(r.cached),
+        r.ran,
+        r.seconds
     );
     let show = |what: &str, s: &StepReport| {
         eprintln!("             {what}: {}", s.step);

@@ -72,6 +72,10 @@ pub struct Args {
 impl Args {
     pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
+        if self.rehearse {
+            // Said before the export, not after it.
+            crate::rehearse::check_root()?;
+        }
         let project = project_args.load(sh)?;
         let plan = Plan::build(&project.model, &project.name, &RealFs)?;
         for warning in &plan.warnings {
