@@ -59,17 +59,20 @@ fn write_fixture(dir: &Utf8Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Exports the fixture on a private online engine; the project's folder.
+/// Exports the fixture on a private online engine (with `args` added); the project's
+/// folder and what the export said.
 fn exported_fixture(
     suite: &support::DockerSuite,
     tmp: &Scratch,
-) -> anyhow::Result<camino::Utf8PathBuf> {
+    args: &[&str],
+) -> anyhow::Result<(camino::Utf8PathBuf, String)> {
     let online = suite.engine("online-rehearse", EngineOptions::default())?;
     standins::load_busybox(&online)?;
     let src = tmp.path().join("release");
     write_fixture(&src)?;
-    xtask(&online.shell()?, &src, &["cache-export"]).context("export of the fixture")?;
-    Ok(src)
+    let args: Vec<&str> = ["cache-export"].iter().chain(args).copied().collect();
+    let said = xtask(&online.shell()?, &src, &args).context("export of the fixture")?;
+    Ok((src, said))
 }
 
 /// What of the rehearsal run `pid` is left: engine directories, processes, mounts,
@@ -117,7 +120,14 @@ fn a_fresh_bundle_rehearses_cached_and_a_stale_one_fails_naming_step_and_reason(
         return Ok(());
     };
     let tmp = Scratch::new("rh");
-    let src = exported_fixture(&suite, &tmp)?;
+    // The export rehearses right away when asked to.
+    let (src, exported) = exported_fixture(&suite, &tmp, &["--rehearse"])?;
+    ensure!(
+        exported.contains("Rehearsing the offline rebuild of rehearsal")
+            && exported.contains("Built api: 3 steps from the cache, 0 ran")
+            && exported.contains("Finished rehearsal"),
+        "cache-export --rehearse did not rehearse:\n{exported}"
+    );
     let compose_before = std::fs::read(src.join("compose.yaml"))?;
 
     let started = std::time::Instant::now();
@@ -231,7 +241,7 @@ fn an_interrupted_rehearsal_leaves_nothing_behind() -> anyhow::Result<()> {
         return Ok(());
     };
     let tmp = Scratch::new("rh");
-    let src = exported_fixture(&suite, &tmp)?;
+    let (src, _) = exported_fixture(&suite, &tmp, &[])?;
     // A step the bundle has not seen, that runs long enough to be interrupted in.
     let dockerfile = src.join("api/Dockerfile");
     std::fs::write(
