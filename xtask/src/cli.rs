@@ -24,7 +24,7 @@ use crate::project;
         folder to the offline server, run `cache-import` there, then `patch-compose` and \
         `docker compose build`.",
     after_help = "Examples:\n  cargo xtask cache-plan\n  cargo xtask cache-export\n  \
-        sudo cargo xtask cache-rehearse\n  cargo xtask cache-import\n  cargo xtask -f deploy/compose.yaml patch-compose --check"
+        cargo xtask cache-rehearse      # as root\n  cargo xtask cache-import\n  cargo xtask -f deploy/compose.yaml patch-compose --check"
 )]
 struct Cli {
     #[command(flatten)]

@@ -23,7 +23,7 @@ use crate::project::{ProjectArgs, RealFs};
 #[command(after_help = "Examples:\n  cargo xtask cache-export\n  \
     cargo xtask cache-export --only base-images,build-cache --compression zstd\n  \
     cargo xtask cache-export --strategy inline --output /mnt/usb/docker-build-cache\n  \
-    sudo cargo xtask cache-export --rehearse   # then rebuild from it with no network")]
+    cargo xtask cache-export --rehearse   # as root: then rebuild from it with no network")]
 pub struct Args {
     /// Bundle folder to write (default: docker-build-cache/ beside the compose file)
     #[arg(short, long, value_name = "DIR")]

@@ -26,10 +26,11 @@ use crate::rehearse::{self, Options};
         Exit 0 when every service builds offline (with --strict: and every step came from \
         the cache; with --up: and every health check passes), 1 otherwise. The engine, its \
         namespace and its data are removed in every case, Ctrl-C included. Needs root.",
-    after_help = "Examples:\n  sudo cargo xtask cache-rehearse\n  \
-        sudo cargo xtask cache-rehearse --bundle /mnt/usb/docker-build-cache --strict\n  \
-        sudo cargo xtask cache-rehearse --up --json > rehearsal.json   # CI\n  \
-        sudo cargo xtask cache-export --rehearse"
+    after_help = "Examples (as root; with sudo: sudo env \"PATH=$PATH\" cargo xtask …):\n  \
+        cargo xtask cache-rehearse\n  \
+        cargo xtask cache-rehearse --bundle /mnt/usb/docker-build-cache --strict\n  \
+        cargo xtask cache-rehearse --up --json > rehearsal.json   # CI\n  \
+        cargo xtask cache-export --rehearse"
 )]
 pub struct Args {
     #[command(flatten)]
