@@ -169,12 +169,15 @@ fn rehearse(sh: &Shell, project_args: &ProjectArgs, opts: &Options) -> anyhow::R
     let project = project_args.load(sh)?;
     let plan = Plan::build(&project.model, &project.name, &RealFs)?;
     crate::bundle_arg::check_usable_by_builds(dir)?;
+    let in_memory = fits_in_memory(manifest.total_size());
     eprintln!(
         "  Rehearsing the offline rebuild of {} from {dir} on a throwaway engine with no \
-         network ({})",
-        project.name, REHEARSAL_SITE.dir
+         network ({}, data {})",
+        project.name,
+        REHEARSAL_SITE.dir,
+        if in_memory { "in memory" } else { "on disk" }
     );
-    let engine = start_engine(containerd_store)?;
+    let engine = start_engine(containerd_store, in_memory)?;
     let esh = engine_shell(&engine)?;
     let import_started = Instant::now();
     import_into(&esh, dir, &manifest)?;
@@ -225,14 +228,28 @@ fn rehearse(sh: &Shell, project_args: &ProjectArgs, opts: &Options) -> anyhow::R
     })
 }
 
-fn start_engine(containerd_store: bool) -> anyhow::Result<Engine> {
+/// Whether the engine's data root goes on a tmpfs: when the machine has memory to spare
+/// for it (the images stored and unpacked: about 4× the bundle, plus 1 GiB). A tmpfs makes
+/// containerd's fsyncs free and the removal an unmount; else the data root is on disk.
+fn fits_in_memory(bundle_bytes: u64) -> bool {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available_kib = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let needed = bundle_bytes.saturating_mul(4).saturating_add(1 << 30);
+    // The lab's tmpfs is capped at 16 GiB.
+    available_kib.saturating_mul(1024) > needed && needed < (16 << 30)
+}
+
+fn start_engine(containerd_store: bool, in_memory: bool) -> anyhow::Result<Engine> {
     let engine = Engine::start(
         &REHEARSAL_SITE,
         "rehearsal",
         EngineOptions {
             containerd_store,
-            // On disk, as the server's data root is.
-            data_in_memory: false,
+            data_in_memory: in_memory,
             network_namespace: true,
             // never the machine's containerd, whose image store the user's engine uses
             private_containerd: true,
