@@ -403,10 +403,11 @@ fn measure_rehearsal(
     ));
     report.notes.push(
         "Figure 8: `cache-rehearse --bundle` of the app bundle, whole process: a throwaway \
-         engine (own containerd, network namespace, data root on disk) started, the bundle \
-         verified and imported, a patched copy of the compose file, every service built \
-         offline, the engine removed; against the import of figure 4 plus its cached build's \
-         median."
+         engine (own containerd, network namespace; its data root on a tmpfs when the machine \
+         has room for about 4× the bundle, else on disk) started, the bundle verified and \
+         imported, a patched copy of the compose file, every service built offline, the \
+         engine removed; against figure 4's import into the target engine (data root on disk) \
+         plus its cached build's median."
             .to_string(),
     );
     Ok(())
