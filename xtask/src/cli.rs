@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, cache_export, cache_import, cache_pack, cache_plan, cache_status, cache_unpack,
-    cache_verify, patch_compose,
+    bench, cache_export, cache_import, cache_pack, cache_plan, cache_rehearse, cache_status,
+    cache_unpack, cache_verify, patch_compose,
 };
 use crate::model::manifest::{Compression, Strategy};
 use crate::project;
@@ -48,10 +48,12 @@ const LONG_VERSION: &str = concat!(
     about = "Offline rebuilds of this Docker Compose application",
     long_about = "Offline rebuilds of this Docker Compose application.\n\n\
         On a machine with network, `cache-export` writes docker-build-cache/ with everything an \
-        offline rebuild needs; carry that folder to the offline server, run `cache-import` there, \
-        then `patch-compose` and `docker compose build`.",
+        offline rebuild needs; `cache-rehearse` (root) rebuilds from it on a throwaway engine \
+        with no network, so a bundle that would miss is found before the trip; carry that \
+        folder to the offline server, run `cache-import` there, then `patch-compose` and \
+        `docker compose build`.",
     after_help = "Examples:\n  cargo xtask cache-plan\n  cargo xtask cache-export\n  \
-        cargo xtask cache-import\n  cargo xtask -f deploy/compose.yaml patch-compose --check"
+        cargo xtask cache-rehearse      # as root\n  cargo xtask cache-import\n  cargo xtask -f deploy/compose.yaml patch-compose --check"
 )]
 struct Cli {
     #[command(flatten)]
@@ -65,6 +67,7 @@ enum Command {
     CachePlan(cache_plan::Args),
     CacheExport(cache_export::Args),
     CacheImport(cache_import::Args),
+    CacheRehearse(cache_rehearse::Args),
     CacheVerify(cache_verify::Args),
     CacheStatus(cache_status::Args),
     CachePack(cache_pack::Args),
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CachePlan(args) => args.run(&sh, project),
         Command::CacheExport(args) => args.run(&sh, project),
         Command::CacheImport(args) => args.run(&sh, project),
+        Command::CacheRehearse(args) => args.run(&sh, project),
         Command::CacheVerify(args) => args.run(&sh, project),
         Command::CacheStatus(args) => args.run(&sh, project),
         Command::CachePack(args) => args.run(&sh, project),

@@ -332,6 +332,142 @@ impl<'a> Docker<'a> {
     }
 }
 
+/// A compose project as `docker compose` is given it: its folder (relative paths resolve
+/// there), its files in merge order, and its name.
+pub struct ComposeProject<'p> {
+    pub dir: &'p Utf8Path,
+    pub files: &'p [&'p Utf8Path],
+    pub name: &'p str,
+}
+
+impl ComposeProject<'_> {
+    /// `docker compose --project-directory … -p … -f …` with `args` after it.
+    fn command(&self, sh: &Shell, args: &[&str]) -> Command {
+        let (dir, name) = (self.dir, self.name);
+        let mut files = Vec::new();
+        for f in self.files {
+            files.push("-f".to_string());
+            files.push(f.to_string());
+        }
+        cmd!(
+            sh,
+            "docker compose --project-directory {dir} -p {name} {files...} {args...}"
+        )
+        .into()
+    }
+}
+
+/// How a streamed `docker compose` run ended: its exit status and everything it printed
+/// (stdout and stderr, interleaved as they came).
+pub struct Streamed {
+    pub success: bool,
+    pub log: String,
+}
+
+impl Docker<'_> {
+    /// `docker compose --progress=plain build <service>`, each line of its output handed to
+    /// `on_line` as it comes; `on_spawn` gets the process id (to stop it on a signal).
+    pub fn compose_build_plain(
+        &self,
+        project: &ComposeProject<'_>,
+        service: &str,
+        on_spawn: &dyn Fn(u32),
+        on_line: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Streamed> {
+        let command = project.command(self.sh, &["--progress=plain", "build", service]);
+        stream(command, on_spawn, on_line)
+            .map_err(|e| self.failed(&format!("`docker compose build` of {service}"), e))
+    }
+
+    /// `docker compose up --detach --wait` (health checks passed, or failed) with what was
+    /// built, nothing pulled; then `docker compose ps --all` so the caller can say which
+    /// service did not come up.
+    pub fn compose_up_wait(
+        &self,
+        project: &ComposeProject<'_>,
+        timeout_secs: u64,
+        on_spawn: &dyn Fn(u32),
+    ) -> anyhow::Result<(Streamed, String)> {
+        let timeout = timeout_secs.to_string();
+        let command = project.command(
+            self.sh,
+            &[
+                "up",
+                "--detach",
+                "--wait",
+                "--wait-timeout",
+                &timeout,
+                "--no-build",
+                "--pull",
+                "never",
+            ],
+        );
+        let up = stream(command, on_spawn, &mut |_| {})
+            .map_err(|e| self.failed("`docker compose up --wait`", e))?;
+        let mut ps = project.command(self.sh, &["ps", "--all"]);
+        let ps = ps.stdin(Stdio::null()).output()?;
+        Ok((up, String::from_utf8_lossy(&ps.stdout).into_owned()))
+    }
+}
+
+/// Runs `command` with stdout and stderr read line by line as they come (two readers, one
+/// channel), each handed to `on_line` and kept.
+fn stream(
+    mut command: Command,
+    on_spawn: &dyn Fn(u32),
+    on_line: &mut dyn FnMut(&str),
+) -> anyhow::Result<Streamed> {
+    use std::io::BufRead as _;
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {shown}"))?;
+    on_spawn(child.id());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|reader| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+    })
+    .collect();
+    drop(tx);
+    let mut log = String::new();
+    for line in rx {
+        on_line(&line);
+        log.push_str(&line);
+        log.push('\n');
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let status = child.wait()?;
+    Ok(Streamed {
+        success: status.success(),
+        log,
+    })
+}
+
 /// One classic-builder or BuildKit build of one stage into a tagged image.
 pub struct StageBuild<'p> {
     pub context: &'p Utf8Path,

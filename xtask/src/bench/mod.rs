@@ -16,7 +16,7 @@
 //!
 //! - `measure`: the order of the figures, and the quick commands (figure 7);
 //! - `images`: the synthetic image (figures 1, 3, 5, 6 and the chart);
-//! - `app`: the application stack (figures 0, 2, 4);
+//! - `app`: the application stack (figures 0, 2, 4, 8);
 //! - `timing`, `stats`, `render`, `machine`, `files`: the parts they use.
 
 mod app;
@@ -247,6 +247,7 @@ impl Bench {
             containerd_store: true,
             data_in_memory: false,
             network_namespace: false,
+            private_containerd: false,
         };
         let export = Engine::start(&BENCH_SITE, "export", on_disk.clone())
             .context("starting the private engine `export`")?;

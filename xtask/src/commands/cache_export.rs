@@ -25,7 +25,8 @@ use crate::tool::ToolChoice;
     cargo xtask cache-export --only base-images,build-cache --compression zstd\n  \
     cargo xtask cache-export --strategy inline --output /mnt/usb/docker-build-cache\n  \
     cargo xtask cache-export --tool-binary target/x86_64-unknown-linux-gnu/release/xtask\n  \
-    cargo xtask cache-export --no-tool")]
+    cargo xtask cache-export --no-tool\n  \
+    cargo xtask cache-export --rehearse   # as root: then rebuild from it with no network")]
 pub struct Args {
     /// Bundle folder to write (default: docker-build-cache/ beside the compose file)
     #[arg(short, long, value_name = "DIR")]
@@ -79,11 +80,19 @@ pub struct Args {
     /// with RUSTFLAGS='-C target-feature=+crt-static' for this machine's target)
     #[arg(long, value_name = "FILE", env = "XTASK_TOOL_BINARY")]
     pub tool_binary: Option<Utf8PathBuf>,
+    /// Then rehearse the offline rebuild from the new bundle on a throwaway engine with no
+    /// network, as `cache-rehearse` does (needs root); exit 1 when it fails
+    #[arg(long)]
+    pub rehearse: bool,
 }
 
 impl Args {
     pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
+        if self.rehearse {
+            // Said before the export, not after it.
+            crate::rehearse::check_root()?;
+        }
         let project = project_args.load(sh)?;
         let plan = Plan::build(&project.model, &project.name, &RealFs)?;
         for warning in &plan.warnings {
@@ -173,6 +182,24 @@ impl Args {
             bundle::write_atomic(&file, format!("sha256:{digest}\n").as_bytes())?;
         }
         eprintln!("      Digest sha256:{digest} (SHA256SUMS, which lists every file; carry it apart from the bundle)");
+        let out = out.clone();
+        drop(_lock);
+        if self.rehearse {
+            let options = crate::rehearse::Options {
+                bundle_dir: out.clone(),
+                trust: bundle::Trust {
+                    digest: Some(digest.clone()),
+                    signers: None,
+                },
+                up: false,
+                strict: false,
+            };
+            let report = crate::rehearse::run(sh, project_args, &options)?;
+            crate::rehearse::print_verdict(&report);
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import --expect-digest sha256:{digest}` (or `sh {IMPORT_SCRIPT}`) there");
         Ok(ExitCode::SUCCESS)
     }

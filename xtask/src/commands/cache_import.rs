@@ -13,12 +13,12 @@ use camino::Utf8Path;
 use serde::Serialize;
 use xshell::Shell;
 
-use crate::bundle::{self, human_bytes, BundleLock};
+use crate::bundle::{self, BundleLock};
 use crate::bundle_arg::{BundleArg, TrustArgs};
-use crate::docker::{Docker, EngineInfo};
+use crate::docker::Docker;
 use crate::images;
-use crate::model::layout;
-use crate::model::manifest::{Compression, FileEntry, Manifest, Strategy};
+use crate::import;
+use crate::model::manifest::Manifest;
 use crate::project::ProjectArgs;
 
 /// Verify a bundle and load it into the Docker engine
@@ -73,36 +73,11 @@ impl Args {
         };
         let docker = Docker::new(sh);
         let engine = docker.probe()?;
-        let mut present = Vec::new();
-        let mut to_load = Vec::new();
-        for image in &manifest.images {
-            match docker.image_id(&image.name)? {
-                Some(id) if id == image.id => present.push(image.name.clone()),
-                Some(id) => {
-                    // Someone re-tagged the name onto another image: the load moves it
-                    // back, which the builds then use; say so rather than do it quietly.
-                    eprintln!(
-                        "warning: {} is {id} on this engine, the bundle has {}; a tag was \
-                         moved: loading the bundle's image moves {} back to {}",
-                        image.name, image.id, image.name, image.id
-                    );
-                    to_load.push(image.name.clone());
-                }
-                None => to_load.push(image.name.clone()),
-            }
-        }
-        let archive = manifest
-            .files
-            .iter()
-            .find(|f| f.path.starts_with(layout::IMAGES_ARCHIVE_STEM))
-            .cloned();
+        let (present, to_load) = import::partition(&docker, &manifest)?;
+        let archive = import::images_archive(&manifest);
         // The images archive (or the layout's files), when it is loaded, is verified while
         // it streams (below).
-        let streamed: Vec<String> = match &manifest.image_layout {
-            _ if to_load.is_empty() => Vec::new(),
-            Some(layout) => layout.entries.iter().map(|e| e.path.clone()).collect(),
-            None => archive.iter().map(|a| a.path.clone()).collect(),
-        };
+        let streamed = import::streamed_files(&manifest, archive.as_ref(), !to_load.is_empty());
         let report = bundle::verify_bundle(&dir, &manifest, true, &streamed)?;
         if !report.ok() {
             images::name_damaged_streamed(&dir, &manifest, &streamed);
@@ -114,14 +89,14 @@ impl Args {
                 sh, project, &dir, &manifest, self.force,
             )?;
         }
-        warn_if_unusable(manifest.strategy, engine.containerd_store);
+        import::warn_if_unusable(manifest.strategy, engine.containerd_store);
         if !to_load.is_empty() {
-            load(&docker, &engine, &dir, &manifest, archive.as_ref())?;
+            import::load(&docker, &engine, &dir, &manifest, archive.as_ref())?;
         }
         for name in &present {
             eprintln!("     Present {name} (same ID, not loaded again)");
         }
-        let npm_images = make_npm_images(&docker, &engine, &dir, &manifest);
+        let npm_images = import::make_npm_images(&docker, &engine, &dir, &manifest);
         let mut build_caches: Vec<String> = manifest
             .services
             .iter()
@@ -162,100 +137,6 @@ impl Args {
         }
         Ok(ExitCode::SUCCESS)
     }
-}
-
-/// Warns when this engine cannot use the bundle's build cache (it still loads).
-fn warn_if_unusable(strategy: Strategy, containerd_store: bool) {
-    match (strategy, containerd_store) {
-        (Strategy::Local, false) => eprintln!(
-            "warning: the bundle's build cache is BuildKit `type=local` (exported from a \
-             containerd image store), which this engine's classic store cannot read: the \
-             images load, but builds will not use that cache. Export again with \
-             --strategy inline for this engine, or enable its containerd image store"
-        ),
-        (Strategy::Inline, true) => eprintln!(
-            "warning: the bundle's cache images carry inline cache, which BuildKit on this \
-             engine's containerd image store looks up in a registry: builds will not use \
-             it offline. Export again with --strategy local for this engine"
-        ),
-        _ => {}
-    }
-}
-
-/// Loads the bundle's images (its layout, or its archive), verified as they stream, and
-/// checks that each has the ID the bundle says.
-fn load(
-    docker: &Docker,
-    engine: &EngineInfo,
-    dir: &Utf8Path,
-    manifest: &Manifest,
-    archive: Option<&FileEntry>,
-) -> anyhow::Result<()> {
-    if let Some(layout) = &manifest.image_layout {
-        let files = images::layout_files(dir, layout, &manifest.files)?;
-        let size = files
-            .iter()
-            .fold(0u64, |sum, (_, _, f)| sum.saturating_add(f.size));
-        preflight_disk(docker, &engine.docker_root_dir, manifest, size)?;
-        images::load_layout(docker, dir, files)?;
-    } else {
-        let archive =
-            archive.context("the manifest lists images but no base-images.tar archive")?;
-        preflight_disk(docker, &engine.docker_root_dir, manifest, archive.size)?;
-        images::load_images(docker, dir, archive, manifest.compression)?;
-    }
-    for image in &manifest.images {
-        match docker.image_id(&image.name)? {
-            Some(id) if id == image.id => {}
-            Some(id) => eprintln!(
-                "warning: {} is {id} after the load, the bundle has {}; a tag was moved",
-                image.name, image.id
-            ),
-            None => bail!("{} is missing after `docker load`", image.name),
-        }
-    }
-    Ok(())
-}
-
-/// The npm caches as images (npm_image.rs), made from the verified folders: what
-/// patch-compose hands to the builds so that cached ones never read the folder. Returns
-/// the references made or present; a cache that cannot be made is a warning.
-fn make_npm_images(
-    docker: &Docker,
-    engine: &EngineInfo,
-    dir: &Utf8Path,
-    manifest: &Manifest,
-) -> Vec<String> {
-    let mut npm_images = Vec::new();
-    if manifest.strategy == Strategy::Local && engine.containerd_store {
-        for service in &manifest.services {
-            let (Some(image), Some(rel)) = (&service.npm_image, &service.npm_cache) else {
-                continue;
-            };
-            match crate::deps::npm_image::ensure(
-                docker,
-                &dir.join(rel),
-                &manifest.project_name,
-                &service.name,
-                &engine.arch,
-                Some(image),
-            ) {
-                Ok(made) => {
-                    if !made.loaded {
-                        eprintln!("     Present {image} (same layer, not made again)");
-                    }
-                    npm_images.push(made.reference);
-                }
-                Err(e) => eprintln!(
-                    "warning: service {}: {e:#}; patch-compose will hand the build the \
-                     folder {rel} instead, and `npm ci` and the steps after it will run \
-                     again (offline)",
-                    service.name
-                ),
-            }
-        }
-    }
-    npm_images
 }
 
 /// `~/.npm`, when the bundle has npm caches to merge there: HOME must be set, and absolute
@@ -314,30 +195,4 @@ fn fill_host_caches(
         }
     }
     Ok(npm_merged)
-}
-
-/// Refuses to start a load that cannot fit, saying how much is needed.
-fn preflight_disk(
-    docker: &Docker,
-    root: &str,
-    manifest: &Manifest,
-    archive_size: u64,
-) -> anyhow::Result<()> {
-    // Compressed archives unpack to about 2-3x; the store keeps layers unpacked too.
-    let factor = match manifest.compression {
-        Compression::None => 2,
-        _ => 4,
-    };
-    let needed = archive_size.saturating_mul(factor);
-    if let Some(free) = docker.free_bytes(camino::Utf8Path::new(root)) {
-        if free < needed {
-            bail!(
-                "not enough free disk for the images: about {} needed in {root}, {} free; \
-                 free some space (`docker system prune`) and import again",
-                human_bytes(needed),
-                human_bytes(free)
-            );
-        }
-    }
-    Ok(())
 }

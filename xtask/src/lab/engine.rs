@@ -83,6 +83,11 @@ pub struct EngineOptions {
     /// which then provably cannot reach out ([`Engine::prove_offline`]). Ports its
     /// containers publish are published inside that namespace, out of the host's reach.
     pub network_namespace: bool,
+    /// A containerd of the engine's own, under its directories. Without it, dockerd uses
+    /// the machine's containerd when one listens on /run/containerd/containerd.sock (as
+    /// with docker-ce), and would then share its image store (namespace `moby`) with the
+    /// user's engine: what runs on users' machines (`cache-rehearse`) sets it.
+    pub private_containerd: bool,
 }
 
 impl Default for EngineOptions {
@@ -91,6 +96,7 @@ impl Default for EngineOptions {
             containerd_store: true,
             data_in_memory: true,
             network_namespace: false,
+            private_containerd: false,
         }
     }
 }
@@ -106,6 +112,8 @@ pub struct Engine {
     /// The engine's own network namespace, when it has one (named as its bridge).
     netns: Option<String>,
     dockerd: Option<Child>,
+    /// The engine's own containerd ([`EngineOptions::private_containerd`]).
+    containerd: Option<Child>,
 }
 
 impl Engine {
@@ -130,6 +138,7 @@ impl Engine {
             slot: None,
             netns: None,
             dockerd: None,
+            containerd: None,
         };
         let sh = Shell::new()?;
         for dir in ["data", "x", "client"] {
@@ -175,6 +184,10 @@ impl Engine {
     }
 
     fn spawn(&mut self, sh: &Shell, opts: &EngineOptions) -> anyhow::Result<()> {
+        let containerd = match opts.private_containerd {
+            true => Some(self.start_containerd(sh)?),
+            false => None,
+        };
         let root = &self.root;
         let pool = format!(
             "10.{}.{}.0/24",
@@ -203,6 +216,9 @@ impl Engine {
             Some(name) => netns::dockerd_command(name),
             None => Command::new("dockerd"),
         };
+        if let Some(socket) = containerd {
+            dockerd.arg("--containerd").arg(socket);
+        }
         let child = dockerd
             .arg("--config-file")
             .arg(root.join("daemon.json"))
@@ -221,6 +237,65 @@ impl Engine {
             .context("starting dockerd")?;
         self.dockerd = Some(child);
         self.wait_until_answering(sh, &log_path)
+    }
+
+    /// Starts the engine's own containerd (in its network namespace, if it has one), its
+    /// root in the data root and its state in the exec root, as dockerd's managed one;
+    /// returns its socket once it listens.
+    fn start_containerd(&mut self, sh: &Shell) -> anyhow::Result<Utf8PathBuf> {
+        let root = &self.root;
+        let state = root.join("x/containerd");
+        let socket = state.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{socket}\"\n\
+             [ttrpc]\n  address = \"{state}/containerd.sock.ttrpc\"\n\
+             [debug]\n  address = \"{state}/containerd-debug.sock\"\n",
+            root.join("data/containerd")
+        );
+        let config_path = root.join("containerd.toml");
+        sh.write_file(&config_path, config)?;
+        let log_path = root.join("containerd.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut containerd = match &self.netns {
+            Some(name) => netns::command_in(name, "containerd"),
+            None => Command::new("containerd"),
+        };
+        let child = containerd
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd")?;
+        self.containerd = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !socket.exists() {
+            if let Some(status) = self
+                .containerd
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "containerd of {} {} exited ({status}); its log {log_path}:\n{}",
+                    self.site.label,
+                    self.name,
+                    tail(&log_path, 30)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "containerd of {} {} did not listen on {socket} within {}s",
+                    self.site.label,
+                    self.name,
+                    START_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(socket)
     }
 
     fn wait_until_answering(&mut self, sh: &Shell, log_path: &Utf8Path) -> anyhow::Result<()> {
@@ -369,6 +444,20 @@ impl Engine {
                         "dockerd of {} {} ignored SIGTERM: killing it",
                         self.site.label, self.name
                     );
+                    child.kill()?;
+                }
+            }
+            child.wait()?;
+        }
+        if let Some(mut child) = self.containerd.take() {
+            if child.try_wait()?.is_none() {
+                let pid = child.id().to_string();
+                let _ = cmd!(sh, "kill -TERM {pid}").quiet().ignore_stderr().run();
+                let deadline = Instant::now() + STOP_TIMEOUT;
+                while child.try_wait()?.is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if child.try_wait()?.is_none() {
                     child.kill()?;
                 }
             }

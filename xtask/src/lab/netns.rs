@@ -71,12 +71,17 @@ pub(super) fn with_prefix(prefix: &str) -> Vec<String> {
 
 /// `dockerd` (arguments to be added) in the namespace `name`, without proxy variables.
 pub(super) fn dockerd_command(name: &str) -> Command {
+    command_in(name, "dockerd")
+}
+
+/// `program` (arguments to be added) in the namespace `name`, without proxy variables.
+pub(super) fn command_in(name: &str, program: &str) -> Command {
     let mut command = Command::new("nsenter");
     command.arg(format!("--net={}", path(name))).arg("env");
     for var in PROXY_VARS {
         command.args(["-u", var]);
     }
-    command.arg("dockerd");
+    command.arg(program);
     command
 }
 

@@ -13,6 +13,7 @@ mod docs_examples;
 mod offline_rebuild;
 mod operator;
 mod pack;
+mod rehearse;
 mod security;
 mod tidy;
 mod tool_bundle;

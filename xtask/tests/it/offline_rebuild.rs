@@ -252,6 +252,8 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         );
     }
 
+    rehearse_the_application(&release)?;
+
     let server = root.join("server");
     cmd!(online_sh, "cp -a {release} {server}").quiet().run()?;
     let sh = offline.shell()?;
@@ -366,5 +368,80 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
         log.contains("httpx==0.27.2"),
         "the build's error does not name the pin:\n{log}"
     );
+
+    // The same stale pin, rehearsed on the export machine before carrying: it fails, naming
+    // the service, the step and the reason.
+    std::fs::copy(&requirements, release.join("backend/requirements.txt"))?;
+    let stale = support::run::xtask(&release, &["cache-rehearse", "--json"]);
+    ensure!(
+        stale.code == 1,
+        "the stale bundle passed its rehearsal:\n{}",
+        stale.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&stale.stdout)?;
+    let backend = report["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "backend"))
+        .context("no backend in the report")?;
+    let first = &backend["first_ran"];
+    ensure!(
+        first["step"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("COPY requirements.txt .")),
+        "{backend:#}"
+    );
+    ensure!(
+        first["dockerfile_line"] == "backend/Dockerfile:11",
+        "{backend:#}"
+    );
+    ensure!(
+        first["reason"]
+            == serde_json::json!({"kind": "changed_context_file", "detail": ["requirements.txt"]}),
+        "{backend:#}"
+    );
+    let failure = &backend["failure"];
+    ensure!(
+        failure["dockerfile_line"] == "backend/Dockerfile:12",
+        "{backend:#}"
+    );
+    ensure!(failure["reason"]["kind"] == "network_needed", "{backend:#}");
+    ensure!(
+        failure["reason"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("httpx==0.27.2")),
+        "{backend:#}"
+    );
+    Ok(())
+}
+
+/// `cache-rehearse --strict --up` of the application's fresh bundle: every service builds
+/// on a throwaway engine with no network, every step from the cache, and the stack comes up
+/// with its health checks passing.
+fn rehearse_the_application(release: &Utf8Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let run = support::run::xtask(release, &["cache-rehearse", "--strict", "--up", "--json"]);
+    eprintln!(
+        "rehearsal of the application's bundle: {:.1}s\n{}",
+        started.elapsed().as_secs_f64(),
+        run.stderr
+    );
+    ensure!(
+        run.code == 0,
+        "the application's bundle failed its rehearsal:\n{}",
+        run.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&run.stdout)?;
+    let mut built: Vec<(String, u64)> = Vec::new();
+    for service in report["services"].as_array().context("services")? {
+        ensure!(service["ran"] == 0, "{service:#}");
+        built.push((
+            service["name"].as_str().unwrap_or_default().to_string(),
+            service["cached"].as_u64().unwrap_or_default(),
+        ));
+    }
+    let names: Vec<&str> = built.iter().map(|(n, _)| n.as_str()).collect();
+    ensure!(names == ["backend", "frontend"], "{built:?}");
+    ensure!(built.iter().all(|(_, cached)| *cached >= 4), "{built:?}");
+    ensure!(report["up"]["healthy"] == true, "{:#}", report["up"]);
     Ok(())
 }
