@@ -26,4 +26,5 @@ mod pack;
 mod progress;
 mod project;
 mod recompress;
+mod registry;
 mod secrets;

@@ -22,6 +22,7 @@ use crate::model::compose_patch;
 use crate::model::layout;
 use crate::model::manifest::{Manifest, Strategy};
 use crate::model::plan::{self, Plan};
+use crate::model::registry::{self, FleetRegistry};
 use crate::project::ProjectArgs;
 use crate::project::RealFs;
 
@@ -31,7 +32,12 @@ use crate::project::RealFs;
     cargo xtask patch-compose --check      # exit 1 when not fully patched (CI)\n  \
     cargo xtask patch-compose --diff       # show what would change\n  \
     cargo xtask patch-compose --revert     # take the additions back out\n  \
-    cargo xtask patch-compose --output docker-compose.offline.yml")]
+    cargo xtask patch-compose --output docker-compose.offline.yml\n  \
+    cargo xtask patch-compose --registry 10.0.0.5:5000 --insecure   # a builder of a fleet\n\n\
+    With --registry, the builds read the build cache, the npm cache images and the base \
+    images of registries other than Docker Hub from the registry that `cargo xtask \
+    cache-publish` filled; Docker Hub images come through the engine's `registry-mirrors`. \
+    Nothing needs to be imported on this engine.")]
 pub struct Args {
     #[command(flatten)]
     pub bundle: BundleArg,
@@ -50,6 +56,13 @@ pub struct Args {
     /// Strategy to patch for when there is no bundle yet (default: the engine's best)
     #[arg(long, value_enum)]
     pub strategy: Option<Strategy>,
+    /// A builder of a fleet: read the cache from this registry, which `cache-publish`
+    /// filled, instead of from an import (HOST[:PORT][/PREFIX])
+    #[arg(long, value_name = "HOST[:PORT][/PREFIX]", conflicts_with = "strategy")]
+    pub registry: Option<String>,
+    /// With --registry: the registry speaks plain HTTP
+    #[arg(long, requires = "registry")]
+    pub insecure: bool,
 }
 
 impl Args {
@@ -168,7 +181,11 @@ impl Args {
             eprintln!("warning: {warning}");
         }
         let manifest = bundle::read_manifest(bundle_dir).ok();
-        let (strategy, local_cache) = self.strategy_for(sh, manifest.as_ref())?;
+        let fleet = self.fleet(manifest.as_ref(), bundle_dir)?;
+        let (strategy, local_cache) = match &fleet {
+            Some(_) => (Strategy::Local, true),
+            None => self.strategy_for(sh, manifest.as_ref())?,
+        };
         if manifest.is_none() {
             eprintln!(
                 "    Patching from the plan: no bundle in {bundle_dir} yet; paths are those \
@@ -177,6 +194,7 @@ impl Args {
             );
         }
         let npm_images = match (&manifest, strategy) {
+            _ if fleet.is_some() => BTreeSet::new(),
             (Some(m), Strategy::Local) if local_cache => usable_npm_images(sh, m),
             _ => BTreeSet::new(),
         };
@@ -186,6 +204,7 @@ impl Args {
             strategy,
             local_cache,
             npm_images: &npm_images,
+            registry: fleet.as_ref(),
         };
         let patches = layout::offline_patches(&plan, manifest.as_ref(), &target);
         let texts: Vec<&str> = originals.iter().map(String::as_str).collect();
@@ -197,6 +216,35 @@ impl Args {
             );
         }
         Ok((out, plan))
+    }
+
+    /// The fleet's registry of --registry; it serves a bundle of strategy local only.
+    fn fleet(
+        &self,
+        manifest: Option<&Manifest>,
+        bundle_dir: &Utf8Path,
+    ) -> anyhow::Result<Option<FleetRegistry>> {
+        let Some(spec) = &self.registry else {
+            return Ok(None);
+        };
+        let spec = registry::parse_spec(spec).map_err(anyhow::Error::msg)?;
+        match manifest.map(|m| m.strategy) {
+            None => anyhow::bail!(
+                "patch-compose --registry reads the bundle's manifest (what cache-publish \
+                 pushed, under which names), and {bundle_dir} has none: copy the bundle folder \
+                 here (it is not imported) or pass --bundle"
+            ),
+            Some(Strategy::Local) => {}
+            Some(other) => anyhow::bail!(
+                "the bundle in {bundle_dir} has strategy {}: cache-publish serves a fleet from \
+                 a bundle of strategy local only",
+                other.as_str()
+            ),
+        }
+        Ok(Some(FleetRegistry {
+            spec,
+            insecure: self.insecure,
+        }))
     }
 
     /// The strategy to patch for, and whether this engine can read a `type=local` cache.

@@ -17,6 +17,7 @@ use crate::model::compose::ComposeModel;
 use crate::model::compose_patch::ServicePatch;
 use crate::model::manifest::{Compression, Manifest, ServiceEntry, Strategy};
 use crate::model::plan::{BuildService, Plan};
+use crate::model::registry::{self, FleetRegistry};
 
 /// The BuildKit local cache of every service (an OCI layout, one tag per service).
 pub const BUILD_CACHE_DIR: &str = "build-cache";
@@ -129,6 +130,10 @@ pub struct OfflineTarget<'a> {
     /// The npm cache images the engine has: for these the build gets the image
     /// (`docker-image://`), for the others the folder.
     pub npm_images: &'a BTreeSet<String>,
+    /// A builder of a fleet: the build cache, the npm cache images and the base images
+    /// that `registry-mirrors` do not cover come from this registry (`cache-publish`
+    /// put them there), not from the engine.
+    pub registry: Option<&'a FleetRegistry>,
 }
 
 /// The compose build settings of a service's offline build.
@@ -157,6 +162,22 @@ pub fn offline_build(
     let bundle_dir = target.bundle_dir;
     let mut cache_from = Vec::new();
     match target.strategy {
+        Strategy::Local if target.registry.is_some() => {
+            let fleet = target.registry.expect("checked");
+            let tag = match exported {
+                Exported::Entry(e) if e.build_cache.is_some() => e.build_cache_tag.clone(),
+                Exported::Entry(_) | Exported::Absent => None,
+                Exported::Planned => Some(sanitize_tag(&service.name)),
+            };
+            if let Some(tag) = tag {
+                cache_from.push(registry::registry_cache_from(
+                    &fleet.spec,
+                    fleet.insecure,
+                    target.project_name,
+                    &tag,
+                ));
+            }
+        }
         Strategy::Local if target.local_cache => {
             // From a bundle, only what it holds (`--only` may have left it out).
             let cache = match exported {
@@ -187,19 +208,30 @@ pub fn offline_build(
         Some(e) => e.contexts.clone(),
         None => service_contexts(service),
     };
-    let additional_contexts = contexts
+    let mut additional_contexts: BTreeMap<String, String> = contexts
         .into_iter()
         .map(|(name, rel)| {
-            let image = entry
-                .and_then(|e| e.npm_image.as_ref())
-                .filter(|image| name == NPM_CONTEXT && target.npm_images.contains(*image));
-            let value = match image {
-                Some(image) => format!("docker-image://{image}"),
-                None => bundle_dir.join(rel).to_string(),
+            let image = entry.and_then(|e| e.npm_image.as_ref()).filter(|image| {
+                name == NPM_CONTEXT
+                    && (target.registry.is_some() || target.npm_images.contains(*image))
+            });
+            let value = match (image, target.registry) {
+                (Some(image), Some(fleet)) => {
+                    format!(
+                        "docker-image://{}/{}",
+                        fleet.spec.host,
+                        fleet.spec.repository(image)
+                    )
+                }
+                (Some(image), None) => format!("docker-image://{image}"),
+                (None, _) => bundle_dir.join(rel).to_string(),
             };
             (name, value)
         })
         .collect();
+    if let Some(fleet) = target.registry {
+        additional_contexts.extend(base_image_contexts(service, fleet));
+    }
     let args = entry
         .map(|e| {
             e.args
@@ -214,6 +246,27 @@ pub fn offline_build(
         additional_contexts,
         args,
     }
+}
+
+/// The named contexts that hand a fleet builder the base images its `registry-mirrors`
+/// do not cover (other registries than Docker Hub, or any under a prefix): BuildKit puts a
+/// `docker-image://` context in place of the `FROM` whose image it names.
+fn base_image_contexts(service: &BuildService, fleet: &FleetRegistry) -> BTreeMap<String, String> {
+    service
+        .base_images
+        .iter()
+        .filter_map(|base| {
+            let image = registry::parse_image(base)?;
+            if image.through_mirror(&fleet.spec) {
+                return None;
+            }
+            let reference = fleet.spec.reference(&image.fleet_path(), &image.tag);
+            Some((
+                crate::model::dockerfile::context_key(base),
+                format!("docker-image://{reference}"),
+            ))
+        })
+        .collect()
 }
 
 impl OfflineBuild {
@@ -467,6 +520,7 @@ mod tests {
             strategy: Strategy::Local,
             local_cache: true,
             npm_images: &images,
+            registry: None,
         };
         let build = offline_build(&service, Exported::Entry(&entry), &target);
         let yaml = export_override("web", &build, &export_cache_to(dir, "web")).unwrap();
@@ -521,6 +575,7 @@ mod tests {
             strategy,
             local_cache,
             npm_images: &none,
+            registry: None,
         };
         let cache_from = |exported, strategy, local_cache| {
             offline_build(&service, exported, &target(strategy, local_cache)).cache_from

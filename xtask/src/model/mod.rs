@@ -12,4 +12,5 @@ pub mod layout;
 pub mod manifest;
 pub mod pack;
 pub mod plan;
+pub mod registry;
 pub mod requirements;
