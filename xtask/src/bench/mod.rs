@@ -246,7 +246,7 @@ impl Bench {
         let on_disk = EngineOptions {
             containerd_store: true,
             data_in_memory: false,
-            network_namespace: false,
+            ..EngineOptions::default()
         };
         let export = Engine::start(&BENCH_SITE, "export", on_disk.clone())
             .context("starting the private engine `export`")?;

@@ -6,6 +6,8 @@
 //!   removal of what killed runs left.
 //! - [`netns`]: network namespaces with only loopback, for engines that stand for the
 //!   offline server, and the proof that they cannot reach out.
+//! - [`registry`]: a CNCF Distribution registry (Debian's `docker-registry`) in a shared
+//!   network namespace, for a fleet of builders.
 //! - [`standins`]: base images made locally (no registry is reachable): busybox, and
 //!   Debian-based stand-ins of the application's python, node and nginx images.
 //! - [`synthetic`]: generated images of any size, for throughput measurements.
@@ -18,6 +20,7 @@
 pub mod engine;
 pub mod fs;
 pub mod netns;
+pub mod registry;
 pub mod standins;
 pub mod synthetic;
 
@@ -29,7 +32,8 @@ pub use fs::{
     cached, http_get, pid_alive, remove_tree, test_cache_dir, test_dir, unmount_below, which,
     Scratch,
 };
-pub use netns::OfflineProof;
+pub use netns::{OfflineProof, SharedNamespace};
+pub use registry::Registry;
 
 /// Checks that this machine can run private engines: root, the tools named (besides
 /// `dockerd`, `docker` and `ip`, which every engine needs), and the buildx and compose

@@ -9,6 +9,7 @@ mod bundle_e2e;
 mod cli;
 mod docker_smoke;
 mod docs_examples;
+mod fleet;
 mod offline_rebuild;
 mod operator;
 mod pack;
