@@ -31,6 +31,9 @@ pub struct Credentials {
     pub secret: String,
 }
 
+/// Reads the user's Docker login for a registry host (`docker::registry_credentials`).
+pub type FindCredentials = Box<dyn Fn(&str) -> anyhow::Result<Option<Credentials>>>;
+
 pub struct Client {
     agent: ureq::Agent,
     /// `http://host` or `https://host`.
@@ -38,7 +41,7 @@ pub struct Client {
     host: String,
     /// Asked for once, on the first 401.
     credentials: Option<Option<Credentials>>,
-    find_credentials: Box<dyn Fn(&str) -> anyhow::Result<Option<Credentials>>>,
+    find_credentials: FindCredentials,
     /// `Authorization` values by repository (a bearer token is per scope).
     authorization: BTreeMap<String, String>,
 }
@@ -46,10 +49,7 @@ pub struct Client {
 impl Client {
     /// A client of `fleet`'s registry; `find_credentials` reads the user's Docker login for
     /// a host when the registry asks for one.
-    pub fn new(
-        fleet: &FleetRegistry,
-        find_credentials: Box<dyn Fn(&str) -> anyhow::Result<Option<Credentials>>>,
-    ) -> anyhow::Result<Client> {
+    pub fn new(fleet: &FleetRegistry, find_credentials: FindCredentials) -> anyhow::Result<Client> {
         let tls = native_tls::TlsConnector::new().context("setting up TLS")?;
         let agent = ureq::AgentBuilder::new()
             .tls_connector(Arc::new(tls))
@@ -70,7 +70,7 @@ impl Client {
     /// `GET /v2/`: the registry answers (with or without credentials).
     pub fn check(&mut self) -> anyhow::Result<()> {
         let url = format!("{}/v2/", self.base);
-        self.send("", |a| a.get(&url), |r| r.call())
+        self.send("", |a| a.get(&url), None)
             .with_context(|| format!("reaching the registry {}", self.base))?
             .ok_or_else(|| anyhow::anyhow!("{url} answered 404: not a registry"))?;
         Ok(())
@@ -84,7 +84,7 @@ impl Client {
     ) -> anyhow::Result<Option<String>> {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let accept = accept();
-        let response = self.send(repo, |a| a.head(&url).set("Accept", &accept), |r| r.call())?;
+        let response = self.send(repo, |a| a.head(&url).set("Accept", &accept), None)?;
         Ok(response.map(|r| {
             r.header("Docker-Content-Digest")
                 .unwrap_or_default()
@@ -95,7 +95,7 @@ impl Client {
     /// Whether the registry has the blob in `repo`.
     pub fn blob_exists(&mut self, repo: &str, digest: &str) -> anyhow::Result<bool> {
         let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
-        Ok(self.send(repo, |a| a.head(&url), |r| r.call())?.is_some())
+        Ok(self.send(repo, |a| a.head(&url), None)?.is_some())
     }
 
     /// Mounts a blob the registry has in `from` into `repo`; false when it would not.
@@ -104,7 +104,7 @@ impl Client {
             "{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}",
             self.base
         );
-        let response = self.send(repo, |a| a.post(&url), |r| r.send_bytes(&[]))?;
+        let response = self.send(repo, |a| a.post(&url), Some(&[]))?;
         Ok(response.is_some_and(|r| r.status() == 201))
     }
 
@@ -119,7 +119,7 @@ impl Client {
     ) -> anyhow::Result<()> {
         let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
         let started = self
-            .send(repo, |a| a.post(&url), |r| r.send_bytes(&[]))?
+            .send(repo, |a| a.post(&url), Some(&[]))?
             .with_context(|| format!("{url} answered 404"))?;
         let location = started
             .header("Location")
@@ -157,19 +157,19 @@ impl Client {
         self.send(
             repo,
             |a| a.put(&url).set("Content-Type", media_type),
-            |r| r.send_bytes(bytes),
+            Some(bytes),
         )?
         .with_context(|| format!("{url} answered 404"))?;
         Ok(())
     }
 
-    /// Sends a request made by `make` with `send`, with the repository's authorization;
+    /// Sends a request made by `make` (with `body`, if any), with the repository's authorization;
     /// on a 401, gets it (once) and sends again. `None` for a 404.
     fn send(
         &mut self,
         repo: &str,
         make: impl Fn(&ureq::Agent) -> ureq::Request,
-        send: impl Fn(ureq::Request) -> Result<ureq::Response, ureq::Error>,
+        body: Option<&[u8]>,
     ) -> anyhow::Result<Option<ureq::Response>> {
         for attempt in 0..2 {
             let mut request = make(&self.agent);
@@ -177,7 +177,11 @@ impl Client {
                 request = request.set("Authorization", auth);
             }
             let what = format!("{} {}", request.method(), request.url());
-            match send(request) {
+            let sent = match body {
+                None => request.call(),
+                Some(bytes) => request.send_bytes(bytes),
+            };
+            match sent {
                 Ok(response) => return Ok(Some(response)),
                 Err(ureq::Error::Status(404, _)) => return Ok(None),
                 Err(ureq::Error::Status(401, response)) if attempt == 0 => {

@@ -564,6 +564,72 @@ mod tests {
         assert!(settings.get("cache_from").is_none());
     }
 
+    /// A builder of a fleet: the build cache, the npm cache image and the bases a mirror
+    /// does not cover come from the registry; the wheelhouse stays a folder.
+    #[test]
+    fn a_fleet_builder_reads_the_registry() {
+        let mut service = service();
+        service.base_images = vec!["node:20".into(), "ghcr.io/o/tools:1".into()];
+        let entry = ServiceEntry {
+            name: "web".into(),
+            build_cache: Some("build-cache".into()),
+            build_cache_tag: Some("web".into()),
+            contexts: service_contexts(&service),
+            npm_image: Some("p-web-npm-cache:0123abcd".into()),
+            ..ServiceEntry::default()
+        };
+        let none = BTreeSet::new();
+        let build = |spec: &str| {
+            let fleet = FleetRegistry {
+                spec: registry::parse_spec(spec).unwrap(),
+                insecure: true,
+            };
+            let target = OfflineTarget {
+                bundle_dir: Utf8Path::new("/b"),
+                project_name: "p",
+                strategy: Strategy::Local,
+                local_cache: false,
+                npm_images: &none,
+                registry: Some(&fleet),
+            };
+            offline_build(&service, Exported::Entry(&entry), &target)
+        };
+        let plain = build("10.0.0.5:5000");
+        assert_eq!(
+            plain.cache_from,
+            ["type=registry,ref=10.0.0.5:5000/p-build-cache:web,registry.insecure=true"]
+        );
+        let contexts: Vec<(&str, &str)> = plain
+            .additional_contexts
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            contexts,
+            [
+                (
+                    "ghcr.io/o/tools:1",
+                    "docker-image://10.0.0.5:5000/ghcr.io/o/tools:1"
+                ),
+                (
+                    "npm-cache",
+                    "docker-image://10.0.0.5:5000/p-web-npm-cache:0123abcd"
+                ),
+                ("wheels", "/b/pip-cache/web"),
+            ]
+        );
+        // Under a prefix, Docker Hub's images too: a mirror has no path.
+        let prefixed = build("r.example/fleet");
+        assert_eq!(
+            prefixed.additional_contexts["node:20"],
+            "docker-image://r.example/fleet/library/node:20"
+        );
+        assert_eq!(
+            prefixed.additional_contexts["npm-cache"],
+            "docker-image://r.example/fleet/p-web-npm-cache:0123abcd"
+        );
+    }
+
     #[test]
     fn cache_from_per_strategy() {
         let service = service();
