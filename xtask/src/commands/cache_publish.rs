@@ -49,8 +49,8 @@ pub struct Args {
     #[command(flatten)]
     pub bundle: BundleArg,
     /// The registry, and a repository prefix under it: HOST[:PORT][/PREFIX]
-    #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
-    pub registry: String,
+    #[arg(long, value_name = "HOST[:PORT][/PREFIX]", value_parser = names::parse_spec)]
+    pub registry: names::RegistrySpec,
     /// The registry speaks plain HTTP (builders then need it in `insecure-registries`)
     #[arg(long)]
     pub insecure: bool,
@@ -98,11 +98,11 @@ enum Item {
 impl Args {
     pub fn run(self, sh: &Shell, project: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
-        let spec = names::parse_spec(&self.registry).map_err(anyhow::Error::msg)?;
         let fleet = FleetRegistry {
-            spec,
+            spec: self.registry.clone(),
             insecure: self.insecure,
         };
+        let registry = fleet.spec.to_string();
         let dir = self.bundle.dir(sh, project)?;
         let trust = self.trust.trust(sh)?;
         let _lock = BundleLock::acquire(&dir, "cache-publish", false)?;
@@ -136,7 +136,7 @@ impl Args {
             seen: BTreeSet::new(),
             uploaded: BTreeMap::new(),
             summary: Summary {
-                registry: self.registry.clone(),
+                registry: registry.clone(),
                 digest: format!("sha256:{digest}"),
                 ..Summary::default()
             },
@@ -145,7 +145,7 @@ impl Args {
         eprintln!(
             "  Publishing {} references to {}{}",
             items.len(),
-            self.registry,
+            registry,
             if self.insecure { " (plain HTTP)" } else { "" }
         );
         for item in &items {
@@ -156,7 +156,7 @@ impl Args {
         eprintln!(
             "    Finished publish to {}: {} pushed, {} already there; {} blobs uploaded ({}), \
              {} mounted, {} present in {:.1}s",
-            self.registry,
+            registry,
             summary.pushed.len(),
             summary.present.len(),
             summary.blobs_uploaded,
@@ -168,7 +168,7 @@ impl Args {
         eprintln!(
             "        Next, on each builder: `cargo xtask patch-compose --registry {}{}`, then \
              `docker compose build`",
-            self.registry,
+            registry,
             if self.insecure { " --insecure" } else { "" }
         );
         if self.json {

@@ -58,8 +58,13 @@ pub struct Args {
     pub strategy: Option<Strategy>,
     /// A builder of a fleet: read the cache from this registry, which `cache-publish`
     /// filled, instead of from an import (HOST[:PORT][/PREFIX])
-    #[arg(long, value_name = "HOST[:PORT][/PREFIX]", conflicts_with = "strategy")]
-    pub registry: Option<String>,
+    #[arg(
+        long,
+        value_name = "HOST[:PORT][/PREFIX]",
+        conflicts_with = "strategy",
+        value_parser = registry::parse_spec
+    )]
+    pub registry: Option<registry::RegistrySpec>,
     /// With --registry: the registry speaks plain HTTP
     #[arg(long, requires = "registry")]
     pub insecure: bool,
@@ -227,7 +232,6 @@ impl Args {
         let Some(spec) = &self.registry else {
             return Ok(None);
         };
-        let spec = registry::parse_spec(spec).map_err(anyhow::Error::msg)?;
         match manifest.map(|m| m.strategy) {
             None => anyhow::bail!(
                 "patch-compose --registry reads the bundle's manifest (what cache-publish \
@@ -242,7 +246,7 @@ impl Args {
             ),
         }
         Ok(Some(FleetRegistry {
-            spec,
+            spec: spec.clone(),
             insecure: self.insecure,
         }))
     }

@@ -53,8 +53,8 @@ pub struct RegistrySpec {
 pub fn parse_spec(spec: &str) -> Result<RegistrySpec, String> {
     if spec.contains("://") {
         return Err(format!(
-            "--registry {spec:?}: give HOST[:PORT][/PREFIX] without a scheme (add --insecure \
-             for a registry that speaks plain HTTP)"
+            "{spec:?}: give HOST[:PORT][/PREFIX] without a scheme (add --insecure for a \
+             registry that speaks plain HTTP)"
         ));
     }
     let spec = spec.trim_end_matches('/');
@@ -71,14 +71,14 @@ pub fn parse_spec(spec: &str) -> Result<RegistrySpec, String> {
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
     if !name_ok || !port_ok {
         return Err(format!(
-            "--registry {spec:?}: {host:?} is not HOST or HOST:PORT (e.g. 10.0.0.5:5000 or \
+            "{spec:?}: {host:?} is not HOST or HOST:PORT (e.g. 10.0.0.5:5000 or \
              registry.example.com)"
         ));
     }
     if !prefix.is_empty() && !prefix.split('/').all(is_path_component) {
         return Err(format!(
-            "--registry {spec:?}: the prefix {prefix:?} is not a repository path (lower-case \
-             letters, digits and `._-` between them, components separated by `/`)"
+            "{spec:?}: the prefix {prefix:?} is not a repository path (lower-case letters, \
+             digits and `._-` between them, components separated by `/`)"
         ));
     }
     Ok(RegistrySpec {
@@ -96,6 +96,15 @@ fn is_path_component(c: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
+}
+
+impl std::fmt::Display for RegistrySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix.as_str() {
+            "" => write!(f, "{}", self.host),
+            prefix => write!(f, "{}/{prefix}", self.host),
+        }
+    }
 }
 
 impl RegistrySpec {
