@@ -42,7 +42,10 @@ CMD [\"cat\", \"/api.txt\", \"/hello.txt\"]
 ";
 
 const WEB_DOCKERFILE: &str = "\
+FROM scratch AS npm-cache
 FROM ghcr.io/xtask-fleet/tools:1 AS builder
+COPY package.json package-lock.json /app/
+RUN --mount=type=bind,from=npm-cache,target=/npm ls -a /npm | tee /npm-listing.txt
 RUN sleep 1 && echo web-built | tee /out.txt
 FROM busybox:latest AS final
 COPY --from=builder /out.txt /out.txt
@@ -50,9 +53,17 @@ RUN cat /out.txt > /copy.txt && echo copied
 CMD [\"cat\", \"/copy.txt\"]
 ";
 
-const STEPS: [&str; 5] = [
+/// A lockfile with no packages: the npm cache the export makes of it is small, and needs
+/// no package registry, but it goes the whole way (an npm cache image, published).
+const PACKAGE_JSON: &str = "{\"name\": \"web\", \"version\": \"1.0.0\"}\n";
+const PACKAGE_LOCK: &str = "{\"name\": \"web\", \"version\": \"1.0.0\", \"lockfileVersion\": 3, \
+    \"requires\": true, \"packages\": {\"\": {\"name\": \"web\", \"version\": \"1.0.0\"}}}\n";
+
+const STEPS: [&str; 7] = [
     "RUN sleep 1 && echo api-ready | tee /api.txt",
     "COPY hello.txt /hello.txt",
+    "COPY package.json package-lock.json /app/",
+    "RUN --mount=type=bind,from=npm-cache,target=/npm ls -a /npm | tee /npm-listing.txt",
     "RUN sleep 1 && echo web-built | tee /out.txt",
     "COPY --from=builder /out.txt /out.txt",
     "RUN cat /out.txt > /copy.txt && echo copied",
@@ -65,6 +76,8 @@ fn write_fixture(dir: &Utf8Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("api/Dockerfile"), API_DOCKERFILE)?;
     std::fs::write(dir.join("api/hello.txt"), "hello\n")?;
     std::fs::write(dir.join("web/Dockerfile"), WEB_DOCKERFILE)?;
+    std::fs::write(dir.join("web/package.json"), PACKAGE_JSON)?;
+    std::fs::write(dir.join("web/package-lock.json"), PACKAGE_LOCK)?;
     Ok(())
 }
 
@@ -235,15 +248,26 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
     let address = registry.address();
     let (said, first) = publish(&ns, &src, &address).with_context(|| registry.log_tail())?;
     eprintln!("first publish:\n{said}{first:#}");
-    let expected: Vec<String> = [
+    let manifest: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        src.join("docker-build-cache/manifest.yaml"),
+    )?)?;
+    let npm_image = manifest["services"]
+        .as_sequence()
+        .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+        .and_then(|web| web["npm_image"].as_str())
+        .context("the export made no npm cache image for web")?
+        .to_string();
+    let mut expected: Vec<String> = [
         "fleet-build-cache:api",
         "fleet-build-cache:web",
+        npm_image.as_str(),
         "ghcr.io/xtask-fleet/tools:1",
         "library/busybox:latest",
     ]
     .iter()
     .map(|r| format!("{address}/{r}"))
     .collect();
+    expected.sort();
     ensure!(
         strings(&first["pushed"]) == expected,
         "first publish pushed {first:#}"
@@ -262,7 +286,7 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
         "{again:#}"
     );
     ensure!(
-        said.contains(": 0 pushed, 4 already there; 0 blobs uploaded"),
+        said.contains(": 0 pushed, 5 already there; 0 blobs uploaded"),
         "{said}"
     );
 
@@ -304,6 +328,7 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
         format!(
             "'ghcr.io/xtask-fleet/tools:1': 'docker-image://{address}/ghcr.io/xtask-fleet/tools:1'"
         ),
+        format!("npm-cache: 'docker-image://{address}/{npm_image}'"),
     ] {
         ensure!(
             compose.contains(&wanted),
