@@ -21,8 +21,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Starts a registry on `127.0.0.1:port` in `namespace`, storing under the site.
-    pub fn start(site: &Site, namespace: &SharedNamespace, port: u16) -> anyhow::Result<Registry> {
+    /// Starts a registry on `127.0.0.1:port` in `namespace`, storing under the site. With
+    /// `htpasswd` (a line `user:bcrypt-hash`), it asks for credentials (HTTP Basic).
+    pub fn start(
+        site: &Site,
+        namespace: &SharedNamespace,
+        port: u16,
+        htpasswd: Option<&str>,
+    ) -> anyhow::Result<Registry> {
         let root = site.process_dir(&format!("registry-{port}"));
         remove_tree(&root)?;
         std::fs::create_dir_all(root.join("storage"))?;
@@ -31,6 +37,16 @@ impl Registry {
              delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             root.join("storage")
         );
+        let config = match htpasswd {
+            Some(line) => {
+                std::fs::write(root.join("htpasswd"), format!("{line}\n"))?;
+                format!(
+                    "{config}auth:\n  htpasswd:\n    realm: fleet\n    path: {}\n",
+                    root.join("htpasswd")
+                )
+            }
+            None => config,
+        };
         std::fs::write(root.join("config.yml"), config)?;
         let log_path = root.join("registry.log");
         let log = std::fs::File::create(&log_path)?;
@@ -50,9 +66,10 @@ impl Registry {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // any HTTP answer (401 included) means it listens
             let probe = namespace
                 .command("curl")
-                .args(["-sf", "-o", "/dev/null"])
+                .args(["-s", "-o", "/dev/null"])
                 .arg(format!("http://127.0.0.1:{port}/v2/"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

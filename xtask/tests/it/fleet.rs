@@ -6,12 +6,13 @@
 //!
 //! The builders import nothing: each has the project and, of the bundle, only its manifest
 //! and SHA256SUMS (what patch-compose reads). Docker Hub's base image comes through the
-//! engines' `registry-mirrors`; the one from ghcr.io, which a mirror does not cover, as the
-//! named context patch-compose writes.
+//! engines' `registry-mirrors`; the one from ghcr.io, which a mirror does not cover, and the
+//! npm cache image as the named contexts patch-compose writes. Last, a registry that asks
+//! for credentials: the publish fails without a `docker login` and pushes with one.
 
 use anyhow::{ensure, Context};
 use camino::Utf8Path;
-use xshell::cmd;
+use xshell::{cmd, Shell};
 
 use crate::bundle_e2e::{compose_build, xtask, xtask_bin};
 use crate::support::run::Scratch;
@@ -206,10 +207,62 @@ fn a_step_that_ran_is_told_from_one_whose_cached_layers_were_downloaded() {
     );
     let err = ensure_from_cache(log).unwrap_err().to_string();
     assert!(
-        err.starts_with("no step \"RUN sleep 1 && echo web-built"),
+        err.starts_with("no step \"COPY package.json package-lock.json /app/\""),
         "{err}"
     );
 }
+
+/// A registry that asks for credentials: without a `docker login` the publish fails
+/// saying so; with the login in the Docker config (`auths`), it pushes.
+fn publish_with_a_login(ns: &SharedNamespace, src: &Utf8Path, tmp: &Scratch) -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    let hash = cmd!(sh, "python3 -W ignore -c {BCRYPT}").quiet().read()?;
+    let registry = Registry::start(&TEST_SITE, ns, 5001, Some(&format!("fleet:{hash}")))?;
+    let address = registry.address();
+    let config = tmp.path().join("docker-config");
+    std::fs::create_dir_all(&config)?;
+    let run = |docker_config: &Utf8Path| {
+        ns.command(xtask_bin())
+            .args([
+                "cache-publish",
+                "--registry",
+                &address,
+                "--insecure",
+                "--json",
+            ])
+            .current_dir(src)
+            .env("DOCKER_CONFIG", docker_config)
+            .output()
+    };
+    let out = run(&config)?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "published with no login:\n{said}");
+    ensure!(
+        said.contains(&format!(
+            "asks for credentials: run `docker login {address}` first"
+        )),
+        "{said}"
+    );
+    // what `docker login` writes: base64 of `fleet:secret`
+    std::fs::write(
+        config.join("config.json"),
+        format!("{{\"auths\": {{\"{address}\": {{\"auth\": \"ZmxlZXQ6c2VjcmV0\"}}}}}}"),
+    )?;
+    let out = run(&config)?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "publish with the login failed:\n{said}\n{}",
+        registry.log_tail()
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(strings(&summary["pushed"]).len() == 5, "{summary:#}");
+    Ok(())
+}
+
+/// A bcrypt hash of `secret`, as `htpasswd -B` writes it.
+const BCRYPT: &str =
+    "import crypt; print(crypt.crypt('secret', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))";
 
 fn strings(value: &serde_json::Value) -> Vec<String> {
     let mut out: Vec<String> = value
@@ -244,7 +297,7 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
     }
 
     let ns = SharedNamespace::create(&TEST_SITE, "fleet")?;
-    let registry = Registry::start(&TEST_SITE, &ns, 5000)?;
+    let registry = Registry::start(&TEST_SITE, &ns, 5000, None)?;
     let address = registry.address();
     let (said, first) = publish(&ns, &src, &address).with_context(|| registry.log_tail())?;
     eprintln!("first publish:\n{said}{first:#}");
@@ -378,6 +431,7 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
         ensure!(web == "web-built", "builder {i}: web printed {web:?}");
     }
     drop(builders);
+    publish_with_a_login(&ns, &src, &tmp)?;
     drop(registry);
     drop(ns);
     Ok(())
