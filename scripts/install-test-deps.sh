@@ -3,7 +3,7 @@
 # a modern Docker engine with buildx and compose v2 (from Debian trixie, pinned per
 # package), debootstrap and busybox-static for the stand-in base images, Debian's
 # chromium for the frontend's browser test, and docker-registry (CNCF Distribution, what
-# `registry:2` runs) for the fleet test's private registry.
+# `registry:2` runs) and curl for the fleet test's private registry.
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 
@@ -16,6 +16,7 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ ! -f /etc/apt/sources.list.d/trixie.sources ]; then

@@ -260,7 +260,8 @@ fn publish_with_a_login(ns: &SharedNamespace, src: &Utf8Path, tmp: &Scratch) -> 
     Ok(())
 }
 
-/// A bcrypt hash of `secret`, as `htpasswd -B` writes it.
+/// A bcrypt hash of `secret`, as `htpasswd -B` writes it (Python's `crypt` module, in
+/// Debian 12's Python 3.11; the lowest cost, since the registry checks it on every request).
 const BCRYPT: &str =
     "import crypt; print(crypt.crypt('secret', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))";
 
