@@ -286,16 +286,14 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
     let tmp = Scratch::new("fleet");
     let src = tmp.path().join("release");
     write_fixture(&src)?;
-    {
-        let online = suite.engine("fleet-online", EngineOptions::default())?;
-        standins::load_busybox(&online)?;
-        let sh = online.shell()?;
-        online
-            .docker(&sh, ["tag", standins::BUSYBOX, GHCR_BASE])
-            .quiet()
-            .run()?;
-        xtask(&sh, &src, &["cache-export"]).context("export on the online engine")?;
-    }
+    let online = suite.engine("fleet-online", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    let online_sh = online.shell()?;
+    online
+        .docker(&online_sh, ["tag", standins::BUSYBOX, GHCR_BASE])
+        .quiet()
+        .run()?;
+    xtask(&online_sh, &src, &["cache-export"]).context("export on the online engine")?;
 
     let ns = SharedNamespace::create(&TEST_SITE, "fleet")?;
     let registry = Registry::start(&TEST_SITE, &ns, 5000, None)?;
@@ -343,6 +341,32 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
         said.contains(": 0 pushed, 5 already there; 0 blobs uploaded"),
         "{said}"
     );
+
+    // A new export after a change to api: the base images and the npm cache image are
+    // there already, api's build cache is pushed again, and the layers the registry has
+    // (the base image's) are not uploaded.
+    std::fs::write(src.join("api/hello.txt"), "changed\n")?;
+    xtask(&online_sh, &src, &["cache-export"]).context("the second export")?;
+    drop(online);
+    let (said, changed) = publish(&ns, &src, &address)?;
+    eprintln!("publish after a change:\n{said}{changed:#}");
+    let pushed = strings(&changed["pushed"]);
+    ensure!(
+        pushed.contains(&format!("{address}/fleet-build-cache:api")),
+        "{changed:#}"
+    );
+    for unchanged in [
+        npm_image.as_str(),
+        "ghcr.io/xtask-fleet/tools:1",
+        "library/busybox:latest",
+    ] {
+        let reference = format!("{address}/{unchanged}");
+        ensure!(
+            strings(&changed["present"]).contains(&reference) && !pushed.contains(&reference),
+            "{unchanged} was pushed again: {changed:#}"
+        );
+    }
+    ensure!(changed["blobs_present"].as_u64() > Some(0), "{changed:#}");
 
     let builder_options = EngineOptions {
         join_namespace: Some(ns.name().to_string()),
@@ -425,7 +449,7 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
         let sh = builder.shell()?;
         let api = cmd!(sh, "docker run --rm --network none fleet-api:latest").read()?;
         ensure!(
-            api == "api-ready\nhello",
+            api == "api-ready\nchanged",
             "builder {i}: api printed {api:?}"
         );
         let web = cmd!(sh, "docker run --rm --network none fleet-web:latest").read()?;
