@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine of this project's kind:
 # a modern Docker engine with buildx and compose v2 (from Debian trixie, pinned per
-# package), debootstrap and busybox-static for the stand-in base images, and Debian's
-# chromium for the frontend's browser test.
+# package), debootstrap and busybox-static for the stand-in base images, Debian's
+# chromium for the frontend's browser test, and docker-registry (CNCF Distribution, what
+# `registry:2` runs) and curl for the fleet test's private registry.
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ ! -f /etc/apt/sources.list.d/trixie.sources ]; then

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, cache_export, cache_import, cache_pack, cache_plan, cache_rehearse, cache_status,
-    cache_unpack, cache_verify, patch_compose,
+    bench, cache_export, cache_import, cache_pack, cache_plan, cache_publish, cache_rehearse,
+    cache_status, cache_unpack, cache_verify, patch_compose,
 };
 use crate::model::manifest::{Compression, Strategy};
 use crate::project;
@@ -68,6 +68,7 @@ enum Command {
     CacheExport(cache_export::Args),
     CacheImport(cache_import::Args),
     CacheRehearse(cache_rehearse::Args),
+    CachePublish(cache_publish::Args),
     CacheVerify(cache_verify::Args),
     CacheStatus(cache_status::Args),
     CachePack(cache_pack::Args),
@@ -113,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CacheExport(args) => args.run(&sh, project),
         Command::CacheImport(args) => args.run(&sh, project),
         Command::CacheRehearse(args) => args.run(&sh, project),
+        Command::CachePublish(args) => args.run(&sh, project),
         Command::CacheVerify(args) => args.run(&sh, project),
         Command::CacheStatus(args) => args.run(&sh, project),
         Command::CachePack(args) => args.run(&sh, project),

@@ -597,6 +597,59 @@ impl Docker<'_> {
 /// Feeds `reader` into `docker load`, read ahead on another thread, holding the last chunk
 /// back until `check` (given how reading ended) accepts the stream; kills `docker load`
 /// otherwise, before it could see the end of the stream and tag anything.
+/// The user's Docker login for a registry `host`, where `docker login` keeps it: the
+/// credential helper the Docker config names for the host (`credHelpers`, else
+/// `credsStore`), else its `auths` entry. Read into memory for the caller, never written.
+/// `None` when there is no login for the host.
+pub fn registry_credentials(host: &str) -> anyhow::Result<Option<crate::registry::Credentials>> {
+    let dir = match std::env::var("DOCKER_CONFIG") {
+        Ok(dir) if !dir.is_empty() => camino::Utf8PathBuf::from(dir),
+        _ => camino::Utf8PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".docker"),
+    };
+    let path = dir.join("config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+    };
+    let config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {path}"))?;
+    let helper = config["credHelpers"][host]
+        .as_str()
+        .or_else(|| config["credsStore"].as_str());
+    if let Some(helper) = helper {
+        let sh = Shell::new()?;
+        let program = format!("docker-credential-{helper}");
+        let out = cmd!(sh, "{program} get")
+            .stdin(host)
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {program} (named in {path})"))?;
+        if out.status.success() {
+            let found: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("reading what {program} answered"))?;
+            if let (Some(user), Some(secret)) =
+                (found["Username"].as_str(), found["Secret"].as_str())
+            {
+                return Ok(Some(crate::registry::Credentials {
+                    username: user.to_string(),
+                    secret: secret.to_string(),
+                }));
+            }
+        }
+    }
+    let auths = &config["auths"];
+    let entry = [
+        host.to_string(),
+        format!("https://{host}"),
+        format!("http://{host}"),
+    ]
+    .iter()
+    .find_map(|key| auths[key.as_str()]["auth"].as_str());
+    Ok(entry.and_then(crate::registry::decode_auth))
+}
+
 pub fn stream_into_load(
     docker: &Docker,
     what: &str,

@@ -741,6 +741,7 @@ fn build_local(
         strategy: Strategy::Local,
         local_cache: true,
         npm_images: &npm_images,
+        registry: None,
     };
     let build = layout::offline_build(service, layout::Exported::Entry(entry), &target);
     let cache_to = layout::export_cache_to(staging, &service.name);

@@ -29,6 +29,7 @@ mod patch;
 mod progress;
 mod project;
 mod recompress;
+mod registry;
 mod rehearse;
 mod secrets;
 mod tool;

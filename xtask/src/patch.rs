@@ -15,6 +15,7 @@ use crate::model::compose_patch;
 use crate::model::layout;
 use crate::model::manifest::{Manifest, Strategy};
 use crate::model::plan::Plan;
+use crate::model::registry::FleetRegistry;
 use crate::project::{Project, RealFs};
 
 /// The patched text of each file of the project's set.
@@ -24,13 +25,18 @@ pub fn patched_texts(
     bundle_dir: &Utf8Path,
     originals: &[String],
     forced: Option<Strategy>,
+    fleet: Option<&FleetRegistry>,
 ) -> anyhow::Result<(Vec<String>, Plan)> {
     let plan = Plan::build(&project.model, &project.name, &RealFs)?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
     let manifest = bundle::read_manifest(bundle_dir).ok();
-    let (strategy, local_cache) = strategy_for(sh, manifest.as_ref(), forced)?;
+    // A builder of a fleet reads a bundle of strategy local from the registry.
+    let (strategy, local_cache) = match fleet {
+        Some(_) => (Strategy::Local, true),
+        None => strategy_for(sh, manifest.as_ref(), forced)?,
+    };
     if manifest.is_none() {
         eprintln!(
             "    Patching from the plan: no bundle in {bundle_dir} yet; paths are those \
@@ -39,6 +45,7 @@ pub fn patched_texts(
         );
     }
     let npm_images = match (&manifest, strategy) {
+        _ if fleet.is_some() => BTreeSet::new(),
         (Some(m), Strategy::Local) if local_cache => usable_npm_images(sh, m),
         _ => BTreeSet::new(),
     };
@@ -48,6 +55,7 @@ pub fn patched_texts(
         strategy,
         local_cache,
         npm_images: &npm_images,
+        registry: fleet,
     };
     let patches = layout::offline_patches(&plan, manifest.as_ref(), &target);
     let texts: Vec<&str> = originals.iter().map(String::as_str).collect();

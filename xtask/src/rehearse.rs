@@ -253,6 +253,7 @@ fn start_engine(containerd_store: bool, in_memory: bool) -> anyhow::Result<Engin
             network_namespace: true,
             // never the machine's containerd, whose image store the user's engine uses
             private_containerd: true,
+            ..EngineOptions::default()
         },
     )
     .context("starting the rehearsal engine")?;
@@ -315,7 +316,8 @@ fn patched_copy(
     for file in &project.compose_files {
         originals.push(std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?);
     }
-    let (patched, _) = crate::patch::patched_texts(esh, project, bundle_dir, &originals, None)?;
+    let (patched, _) =
+        crate::patch::patched_texts(esh, project, bundle_dir, &originals, None, None)?;
     let out = engine.root().join("compose");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {out}"))?;
     let mut files = Vec::new();

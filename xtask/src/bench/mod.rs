@@ -248,6 +248,7 @@ impl Bench {
             data_in_memory: false,
             network_namespace: false,
             private_containerd: false,
+            ..EngineOptions::default()
         };
         let export = Engine::start(&BENCH_SITE, "export", on_disk.clone())
             .context("starting the private engine `export`")?;

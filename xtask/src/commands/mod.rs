@@ -6,6 +6,7 @@ pub mod cache_export;
 pub mod cache_import;
 pub mod cache_pack;
 pub mod cache_plan;
+pub mod cache_publish;
 pub mod cache_rehearse;
 pub mod cache_status;
 pub mod cache_unpack;

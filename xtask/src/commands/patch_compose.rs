@@ -17,8 +17,9 @@ use xshell::{cmd, Shell};
 use crate::bundle;
 use crate::bundle_arg::BundleArg;
 use crate::model::compose_patch;
-use crate::model::manifest::Strategy;
+use crate::model::manifest::{Manifest, Strategy};
 use crate::model::plan::{self, Plan};
+use crate::model::registry::{self, FleetRegistry};
 use crate::project::ProjectArgs;
 
 /// Rewrite the compose file so builds use the imported bundle
@@ -27,7 +28,12 @@ use crate::project::ProjectArgs;
     cargo xtask patch-compose --check      # exit 1 when not fully patched (CI)\n  \
     cargo xtask patch-compose --diff       # show what would change\n  \
     cargo xtask patch-compose --revert     # take the additions back out\n  \
-    cargo xtask patch-compose --output docker-compose.offline.yml")]
+    cargo xtask patch-compose --output docker-compose.offline.yml\n  \
+    cargo xtask patch-compose --registry 10.0.0.5:5000 --insecure   # a builder of a fleet\n\n\
+    With --registry, the builds read the build cache, the npm cache images and the base \
+    images of registries other than Docker Hub from the registry that `cargo xtask \
+    cache-publish` filled; Docker Hub images come through the engine's `registry-mirrors`. \
+    Nothing needs to be imported on this engine.")]
 pub struct Args {
     #[command(flatten)]
     pub bundle: BundleArg,
@@ -46,6 +52,18 @@ pub struct Args {
     /// Strategy to patch for when there is no bundle yet (default: the engine's best)
     #[arg(long, value_enum)]
     pub strategy: Option<Strategy>,
+    /// A builder of a fleet: read the cache from this registry, which `cache-publish`
+    /// filled, instead of from an import (HOST[:PORT][/PREFIX])
+    #[arg(
+        long,
+        value_name = "HOST[:PORT][/PREFIX]",
+        conflicts_with = "strategy",
+        value_parser = registry::parse_spec
+    )]
+    pub registry: Option<registry::RegistrySpec>,
+    /// With --registry: the registry speaks plain HTTP
+    #[arg(long, requires = "registry")]
+    pub insecure: bool,
 }
 
 impl Args {
@@ -73,8 +91,16 @@ impl Args {
                 .collect::<anyhow::Result<Vec<String>>>()?;
             (reverted, None)
         } else {
-            let (patched, plan) =
-                crate::patch::patched_texts(sh, &project, &bundle_dir, &originals, self.strategy)?;
+            let manifest = bundle::read_manifest(&bundle_dir).ok();
+            let fleet = self.fleet(manifest.as_ref(), &bundle_dir)?;
+            let (patched, plan) = crate::patch::patched_texts(
+                sh,
+                &project,
+                &bundle_dir,
+                &originals,
+                self.strategy,
+                fleet.as_ref(),
+            )?;
             (patched, Some(plan))
         };
         let changed: Vec<usize> = (0..files.len())
@@ -150,6 +176,34 @@ impl Args {
             say_next(plan, project_args, None);
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// The fleet's registry of --registry; it serves a bundle of strategy local only.
+    fn fleet(
+        &self,
+        manifest: Option<&Manifest>,
+        bundle_dir: &Utf8Path,
+    ) -> anyhow::Result<Option<FleetRegistry>> {
+        let Some(spec) = &self.registry else {
+            return Ok(None);
+        };
+        match manifest.map(|m| m.strategy) {
+            None => anyhow::bail!(
+                "patch-compose --registry reads the bundle's manifest (what cache-publish \
+                 pushed, under which names), and {bundle_dir} has none: copy the bundle folder \
+                 here (it is not imported) or pass --bundle"
+            ),
+            Some(Strategy::Local) => {}
+            Some(other) => anyhow::bail!(
+                "the bundle in {bundle_dir} has strategy {}: cache-publish serves a fleet from \
+                 a bundle of strategy local only",
+                other.as_str()
+            ),
+        }
+        Ok(Some(FleetRegistry {
+            spec: spec.clone(),
+            insecure: self.insecure,
+        }))
     }
 }
 

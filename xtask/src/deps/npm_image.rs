@@ -272,7 +272,7 @@ pub fn measure(dir: &Utf8Path) -> anyhow::Result<Layer> {
 /// The image config: the platform BuildKit matches, the one layer, nothing that changes
 /// from one run to the next. import-build-cache.sh writes the same bytes with
 /// [`CONFIG_PRINTF`].
-fn config(arch: &str, layer: &Layer, service: &str) -> Vec<u8> {
+pub fn config(arch: &str, layer: &Layer, service: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "architecture": arch,
         "os": "linux",

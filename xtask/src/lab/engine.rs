@@ -88,6 +88,12 @@ pub struct EngineOptions {
     /// with docker-ce), and would then share its image store (namespace `moby`) with the
     /// user's engine: what runs on users' machines (`cache-rehearse`) sets it.
     pub private_containerd: bool,
+    /// Run in this existing namespace ([`super::netns::SharedNamespace::name`]) instead,
+    /// beside other engines: each keeps its own bridge and subnet there.
+    pub join_namespace: Option<String>,
+    /// More `daemon.json` settings (an object), e.g. `registry-mirrors` and
+    /// `insecure-registries` for a builder of a fleet.
+    pub daemon_config: serde_json::Value,
 }
 
 impl Default for EngineOptions {
@@ -97,6 +103,8 @@ impl Default for EngineOptions {
             data_in_memory: true,
             network_namespace: false,
             private_containerd: false,
+            join_namespace: None,
+            daemon_config: serde_json::Value::Null,
         }
     }
 }
@@ -152,7 +160,9 @@ impl Engine {
                 .quiet()
                 .run()?;
         }
-        if opts.network_namespace {
+        if let Some(shared) = &opts.join_namespace {
+            engine.netns = Some(shared.clone());
+        } else if opts.network_namespace {
             let name = engine.bridge();
             engine.netns = Some(name.clone());
             netns::create(&sh, &name).with_context(|| {
@@ -172,10 +182,10 @@ impl Engine {
             } else {
                 "classic store"
             },
-            if opts.network_namespace {
-                ", own network namespace"
-            } else {
-                ""
+            match (&opts.join_namespace, opts.network_namespace) {
+                (Some(_), _) => ", shared network namespace",
+                (None, true) => ", own network namespace",
+                (None, false) => "",
             },
             started.elapsed().as_secs_f64(),
             engine.host()
@@ -194,7 +204,7 @@ impl Engine {
             self.site.pool_net,
             self.slot.unwrap_or_default()
         );
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "bridge": self.bridge(),
             "iptables": false,
             "ip6tables": false,
@@ -206,6 +216,11 @@ impl Engine {
             // so that the containers of a killed run can be found and killed
             "cgroup-parent": format!("/{}", self.bridge()),
         });
+        if let (Some(config), Some(extra)) =
+            (config.as_object_mut(), opts.daemon_config.as_object())
+        {
+            config.extend(extra.clone());
+        }
         sh.write_file(
             root.join("daemon.json"),
             serde_json::to_string_pretty(&config)?,

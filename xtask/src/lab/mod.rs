@@ -6,6 +6,8 @@
 //!   removal of what killed runs left.
 //! - [`netns`]: network namespaces with only loopback, for engines that stand for the
 //!   offline server, and the proof that they cannot reach out.
+//! - [`registry`]: a CNCF Distribution registry (Debian's `docker-registry`) in a shared
+//!   network namespace, for a fleet of builders.
 //! - [`standins`]: base images made locally (no registry is reachable): busybox, and
 //!   Debian-based stand-ins of the application's python, node and nginx images.
 //! - [`synthetic`]: generated images of any size, for throughput measurements.
@@ -19,6 +21,7 @@
 pub mod engine;
 pub mod fs;
 pub mod netns;
+pub mod registry;
 pub mod standins;
 pub mod synthetic;
 pub mod tool;
@@ -31,7 +34,8 @@ pub use fs::{
     cached, http_get, pid_alive, remove_tree, test_cache_dir, test_dir, unmount_below, which,
     Scratch,
 };
-pub use netns::OfflineProof;
+pub use netns::{OfflineProof, SharedNamespace};
+pub use registry::Registry;
 pub use tool::static_xtask;
 
 /// Checks that this machine can run private engines: root, the tools named (besides

@@ -85,6 +85,43 @@ pub(super) fn command_in(name: &str, program: &str) -> Command {
     command
 }
 
+/// A network namespace with only loopback that several engines (and a registry) share:
+/// a site with no way out where machines reach each other on 127.0.0.1, as builders of a
+/// fleet reach their registry. Named `<prefix><pid>-<what>`, so that what a killed run
+/// left is removed by the next; deleted on drop (drop it after the engines in it).
+pub struct SharedNamespace {
+    name: String,
+}
+
+impl SharedNamespace {
+    pub fn create(site: &super::Site, what: &str) -> anyhow::Result<SharedNamespace> {
+        site.clean_once();
+        let name = format!("{}{}-{what}", site.prefix, std::process::id());
+        let sh = Shell::new()?;
+        delete(&sh, &name)?;
+        create(&sh, &name).with_context(|| format!("creating the network namespace {name}"))?;
+        Ok(SharedNamespace { name })
+    }
+
+    /// The name to give [`super::EngineOptions::join_namespace`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `PROGRAM` (arguments to be added) in this namespace, without proxy variables.
+    pub fn command(&self, program: &str) -> Command {
+        command_in(&self.name, program)
+    }
+}
+
+impl Drop for SharedNamespace {
+    fn drop(&mut self) {
+        if let Ok(sh) = Shell::new() {
+            let _ = delete(&sh, &self.name);
+        }
+    }
+}
+
 /// What [`prove_offline`] saw.
 #[derive(Debug, Clone)]
 pub struct OfflineProof {

@@ -17,6 +17,7 @@ use crate::model::compose::ComposeModel;
 use crate::model::compose_patch::ServicePatch;
 use crate::model::manifest::{Compression, Manifest, ServiceEntry, Strategy};
 use crate::model::plan::{BuildService, Plan};
+use crate::model::registry::{self, FleetRegistry};
 
 /// The BuildKit local cache of every service (an OCI layout, one tag per service).
 pub const BUILD_CACHE_DIR: &str = "build-cache";
@@ -129,6 +130,10 @@ pub struct OfflineTarget<'a> {
     /// The npm cache images the engine has: for these the build gets the image
     /// (`docker-image://`), for the others the folder.
     pub npm_images: &'a BTreeSet<String>,
+    /// A builder of a fleet: the build cache, the npm cache images and the base images
+    /// that `registry-mirrors` do not cover come from this registry (`cache-publish`
+    /// put them there), not from the engine.
+    pub registry: Option<&'a FleetRegistry>,
 }
 
 /// The compose build settings of a service's offline build.
@@ -157,6 +162,22 @@ pub fn offline_build(
     let bundle_dir = target.bundle_dir;
     let mut cache_from = Vec::new();
     match target.strategy {
+        Strategy::Local if target.registry.is_some() => {
+            let fleet = target.registry.expect("checked");
+            let tag = match exported {
+                Exported::Entry(e) if e.build_cache.is_some() => e.build_cache_tag.clone(),
+                Exported::Entry(_) | Exported::Absent => None,
+                Exported::Planned => Some(sanitize_tag(&service.name)),
+            };
+            if let Some(tag) = tag {
+                cache_from.push(registry::registry_cache_from(
+                    &fleet.spec,
+                    fleet.insecure,
+                    target.project_name,
+                    &tag,
+                ));
+            }
+        }
         Strategy::Local if target.local_cache => {
             // From a bundle, only what it holds (`--only` may have left it out).
             let cache = match exported {
@@ -187,19 +208,30 @@ pub fn offline_build(
         Some(e) => e.contexts.clone(),
         None => service_contexts(service),
     };
-    let additional_contexts = contexts
+    let mut additional_contexts: BTreeMap<String, String> = contexts
         .into_iter()
         .map(|(name, rel)| {
-            let image = entry
-                .and_then(|e| e.npm_image.as_ref())
-                .filter(|image| name == NPM_CONTEXT && target.npm_images.contains(*image));
-            let value = match image {
-                Some(image) => format!("docker-image://{image}"),
-                None => bundle_dir.join(rel).to_string(),
+            let image = entry.and_then(|e| e.npm_image.as_ref()).filter(|image| {
+                name == NPM_CONTEXT
+                    && (target.registry.is_some() || target.npm_images.contains(*image))
+            });
+            let value = match (image, target.registry) {
+                (Some(image), Some(fleet)) => {
+                    format!(
+                        "docker-image://{}/{}",
+                        fleet.spec.host,
+                        fleet.spec.repository(image)
+                    )
+                }
+                (Some(image), None) => format!("docker-image://{image}"),
+                (None, _) => bundle_dir.join(rel).to_string(),
             };
             (name, value)
         })
         .collect();
+    if let Some(fleet) = target.registry {
+        additional_contexts.extend(base_image_contexts(service, fleet));
+    }
     let args = entry
         .map(|e| {
             e.args
@@ -214,6 +246,27 @@ pub fn offline_build(
         additional_contexts,
         args,
     }
+}
+
+/// The named contexts that hand a fleet builder the base images its `registry-mirrors`
+/// do not cover (other registries than Docker Hub, or any under a prefix): BuildKit puts a
+/// `docker-image://` context in place of the `FROM` whose image it names.
+fn base_image_contexts(service: &BuildService, fleet: &FleetRegistry) -> BTreeMap<String, String> {
+    service
+        .base_images
+        .iter()
+        .filter_map(|base| {
+            let image = registry::parse_image(base)?;
+            if image.through_mirror(&fleet.spec) {
+                return None;
+            }
+            let reference = fleet.spec.reference(&image.fleet_path(), &image.tag);
+            Some((
+                crate::model::dockerfile::context_key(base),
+                format!("docker-image://{reference}"),
+            ))
+        })
+        .collect()
 }
 
 impl OfflineBuild {
@@ -467,6 +520,7 @@ mod tests {
             strategy: Strategy::Local,
             local_cache: true,
             npm_images: &images,
+            registry: None,
         };
         let build = offline_build(&service, Exported::Entry(&entry), &target);
         let yaml = export_override("web", &build, &export_cache_to(dir, "web")).unwrap();
@@ -510,6 +564,72 @@ mod tests {
         assert!(settings.get("cache_from").is_none());
     }
 
+    /// A builder of a fleet: the build cache, the npm cache image and the bases a mirror
+    /// does not cover come from the registry; the wheelhouse stays a folder.
+    #[test]
+    fn a_fleet_builder_reads_the_registry() {
+        let mut service = service();
+        service.base_images = vec!["node:20".into(), "ghcr.io/o/tools:1".into()];
+        let entry = ServiceEntry {
+            name: "web".into(),
+            build_cache: Some("build-cache".into()),
+            build_cache_tag: Some("web".into()),
+            contexts: service_contexts(&service),
+            npm_image: Some("p-web-npm-cache:0123abcd".into()),
+            ..ServiceEntry::default()
+        };
+        let none = BTreeSet::new();
+        let build = |spec: &str| {
+            let fleet = FleetRegistry {
+                spec: registry::parse_spec(spec).unwrap(),
+                insecure: true,
+            };
+            let target = OfflineTarget {
+                bundle_dir: Utf8Path::new("/b"),
+                project_name: "p",
+                strategy: Strategy::Local,
+                local_cache: false,
+                npm_images: &none,
+                registry: Some(&fleet),
+            };
+            offline_build(&service, Exported::Entry(&entry), &target)
+        };
+        let plain = build("10.0.0.5:5000");
+        assert_eq!(
+            plain.cache_from,
+            ["type=registry,ref=10.0.0.5:5000/p-build-cache:web,registry.insecure=true"]
+        );
+        let contexts: Vec<(&str, &str)> = plain
+            .additional_contexts
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            contexts,
+            [
+                (
+                    "ghcr.io/o/tools:1",
+                    "docker-image://10.0.0.5:5000/ghcr.io/o/tools:1"
+                ),
+                (
+                    "npm-cache",
+                    "docker-image://10.0.0.5:5000/p-web-npm-cache:0123abcd"
+                ),
+                ("wheels", "/b/pip-cache/web"),
+            ]
+        );
+        // Under a prefix, Docker Hub's images too: a mirror has no path.
+        let prefixed = build("r.example/fleet");
+        assert_eq!(
+            prefixed.additional_contexts["node:20"],
+            "docker-image://r.example/fleet/library/node:20"
+        );
+        assert_eq!(
+            prefixed.additional_contexts["npm-cache"],
+            "docker-image://r.example/fleet/p-web-npm-cache:0123abcd"
+        );
+    }
+
     #[test]
     fn cache_from_per_strategy() {
         let service = service();
@@ -521,6 +641,7 @@ mod tests {
             strategy,
             local_cache,
             npm_images: &none,
+            registry: None,
         };
         let cache_from = |exported, strategy, local_cache| {
             offline_build(&service, exported, &target(strategy, local_cache)).cache_from

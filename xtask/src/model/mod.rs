@@ -13,4 +13,5 @@ pub mod manifest;
 pub mod oci;
 pub mod pack;
 pub mod plan;
+pub mod registry;
 pub mod requirements;

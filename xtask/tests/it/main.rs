@@ -10,6 +10,7 @@ mod cli;
 mod content_store;
 mod docker_smoke;
 mod docs_examples;
+mod fleet;
 mod offline_rebuild;
 mod operator;
 mod pack;

@@ -186,6 +186,44 @@ fn one_changed_byte_at_the_start_middle_or_end_of_any_file_is_named() {
     }
 }
 
+/// `cache-publish` verifies first: from a damaged bundle nothing reaches the registry,
+/// which is not even contacted (a listener stands for it and sees no connection).
+#[test]
+fn publish_refuses_a_damaged_bundle_before_it_contacts_the_registry() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    for kind in KINDS {
+        let (scratch, listed) = synthetic_bundle();
+        let path = kind_path(&listed, kind);
+        let file = scratch.path().join("docker-build-cache").join(&path);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[0] ^= 0x20;
+        std::fs::write(&file, &bytes).unwrap();
+        let run = xtask(
+            scratch.path(),
+            &["cache-publish", "--registry", &address, "--insecure"],
+        );
+        assert_eq!(run.code, 1, "{path} changed: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("error: {path}: sha256")),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("nothing was pushed from"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(
+        listener
+            .accept()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "cache-publish connected to the registry"
+    );
+}
+
 #[test]
 fn a_truncated_or_missing_file_is_named() {
     for kind in KINDS {
