@@ -373,6 +373,7 @@ mod tests {
                 ..ServiceEntry::default()
             }],
             files: Vec::new(),
+            base: None,
         }
     }
 
@@ -524,6 +525,7 @@ mod tests {
         let m = Manifest {
             services: vec![service("web", Some("web")), service("api", None)],
             files: Vec::new(),
+            base: None,
             ..script_manifest(Compression::None, false)
         };
         let text = human_manifest(&m);

@@ -16,6 +16,7 @@ mod bundle_text;
 pub mod cli;
 mod commands;
 mod context;
+mod delta;
 mod deps;
 mod docker;
 mod export;

@@ -663,6 +663,30 @@ pub fn read(
     })
 }
 
+/// The manifest and digest of the pack at `path` (absolute): its first two entries,
+/// `SHA256SUMS` and `manifest.yaml`, checked against each other, and nothing after them
+/// (what `cache-export --since` needs of a packed base: the files it lists).
+pub fn manifest_of(path: &Utf8Path) -> anyhow::Result<(Manifest, String)> {
+    let source = Source::open(path)?;
+    let stream = BufReader::with_capacity(BUFFER, source.stream()?);
+    let mut archive = tar::Archive::new(stream);
+    let mut entries = archive
+        .entries()
+        .with_context(|| format!("reading the tar of {path}"))?;
+    let (sums, manifest, _) = read_meta(&mut entries).with_context(|| format!("reading {path}"))?;
+    let digest = hex(&Sha256::digest(&sums));
+    if let Source::Parts { index, .. } = &source {
+        if index.bundle_digest != digest {
+            bail!(
+                "the bundle in {path} has digest {digest}, its index says {}: the parts are \
+                 not those of that index; copy them again",
+                index.bundle_digest
+            );
+        }
+    }
+    Ok((manifest, digest))
+}
+
 /// The entry's path, normalized (archive.rs's rules: no absolute path, no `..`).
 fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> anyhow::Result<String> {
     let raw = entry.path_bytes().into_owned();

@@ -15,8 +15,12 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 1;
 /// Written by a bundle whose images are kept as an [`ImageLayout`] (no `base-images.tar`).
 pub const LAYOUT_FORMAT_VERSION: u32 = 2;
+/// Written by a delta bundle (`cache-export --since`): it carries only the files its base
+/// lacks, so a reader that does not know deltas must refuse it rather than call the files
+/// it expects from the base missing.
+pub const DELTA_FORMAT_VERSION: u32 = 3;
 /// The newest format this xtask reads.
-pub const MAX_FORMAT_VERSION: u32 = LAYOUT_FORMAT_VERSION;
+pub const MAX_FORMAT_VERSION: u32 = DELTA_FORMAT_VERSION;
 
 pub const MANIFEST_FILE: &str = "manifest.yaml";
 pub const SUMS_FILE: &str = "SHA256SUMS";
@@ -92,8 +96,23 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_layout: Option<ImageLayout>,
     pub services: Vec<ServiceEntry>,
-    /// Every file of the bundle but the manifest and SHA256SUMS themselves.
+    /// Every file of the bundle but the manifest and SHA256SUMS themselves. In a delta,
+    /// every file of the full bundle it completes to, those it does not carry marked
+    /// `from_base`.
     pub files: Vec<FileEntry>,
+    /// Set in a delta bundle only: the full bundle it builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+}
+
+/// The bundle a delta builds on, and the one it completes to, by their digests
+/// (`sha256:<hex>` of their SHA256SUMS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// The full bundle that holds every file marked `from_base`.
+    pub digest: String,
+    /// The full bundle's digest once the delta is completed with its base's files.
+    pub complete: String,
 }
 
 /// The `docker save` stream, entry by entry: `docker load` gets the same tar back.
@@ -186,6 +205,9 @@ pub struct FileEntry {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// In a delta: not carried, the base bundle holds it (same path, same sha256).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_base: bool,
 }
 
 impl Manifest {
@@ -237,6 +259,7 @@ impl Manifest {
             .map_err(|e| anyhow::anyhow!("manifest.yaml is malformed: {}", clip(&e.to_string())))?;
         manifest.check_paths()?;
         manifest.check_sizes()?;
+        manifest.check_delta()?;
         Ok(manifest)
     }
 
@@ -386,13 +409,124 @@ impl Manifest {
         Ok(())
     }
 
+    /// The files the bundle holds itself: all of them, but in a delta those `from_base`.
+    pub fn carried(&self) -> impl Iterator<Item = &FileEntry> + Clone {
+        self.files.iter().filter(|f| !f.from_base)
+    }
+
+    /// The files a delta expects from its base (none in a full bundle).
+    pub fn from_base(&self) -> impl Iterator<Item = &FileEntry> + Clone {
+        self.files.iter().filter(|f| f.from_base)
+    }
+
+    /// The sum of the sizes of the files the bundle holds itself.
+    pub fn carried_size(&self) -> u64 {
+        self.carried()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
+    }
+
+    /// The digest (`sha256:<hex>`) of the full bundle this one describes: its own
+    /// (`digest`, hex) for a full bundle, the one it completes to for a delta.
+    pub fn full_digest(&self, digest: &str) -> String {
+        match &self.base {
+            Some(base) => base.complete.clone(),
+            None => format!("sha256:{digest}"),
+        }
+    }
+
+    /// This full bundle as a delta of `base` (whose full bundle's digest is
+    /// `base_digest`, `sha256:<hex>`): every file `base` lists with the same path, size
+    /// and sha256 (and holds, or expects from its own base) is marked `from_base`.
+    /// `complete` is this bundle's own digest, which the delta completes to.
+    pub fn delta_of(&self, base: &Manifest, base_digest: &str, complete: &str) -> Manifest {
+        let in_base: std::collections::BTreeSet<(&str, u64, &str)> = base
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.size, f.sha256.as_str()))
+            .collect();
+        let mut delta = self.clone();
+        delta.format_version = DELTA_FORMAT_VERSION;
+        delta.base = Some(BaseRef {
+            digest: base_digest.to_string(),
+            complete: complete.to_string(),
+        });
+        for file in &mut delta.files {
+            file.from_base =
+                in_base.contains(&(file.path.as_str(), file.size, file.sha256.as_str()));
+        }
+        delta
+    }
+
+    /// The full bundle a delta describes: every file its own, the format version the full
+    /// export wrote. A full bundle is returned as it is.
+    pub fn completed(&self) -> Manifest {
+        let mut full = self.clone();
+        if full.base.take().is_some() {
+            full.format_version = if full.image_layout.is_some() {
+                LAYOUT_FORMAT_VERSION
+            } else {
+                FORMAT_VERSION
+            };
+            for file in &mut full.files {
+                file.from_base = false;
+            }
+        }
+        full
+    }
+
+    /// The files this delta expects from its base that `base` does not list with the same
+    /// size and sha256 (none: `base` completes it).
+    pub fn missing_from<'a>(&'a self, base: &Manifest) -> Vec<&'a FileEntry> {
+        let in_base: BTreeMap<&str, (u64, &str)> = base
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), (f.size, f.sha256.as_str())))
+            .collect();
+        self.from_base()
+            .filter(|f| in_base.get(f.path.as_str()) != Some(&(f.size, f.sha256.as_str())))
+            .collect()
+    }
+
+    /// A delta names its base and the bundle it completes to, and only a delta marks files
+    /// `from_base`; its format version says it is one.
+    fn check_delta(&self) -> anyhow::Result<()> {
+        let is_digest = |d: &str| {
+            d.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
+        };
+        match &self.base {
+            None if self.format_version == DELTA_FORMAT_VERSION => bail!(
+                "manifest.yaml has the format version of a delta bundle but names no base; \
+                 this bundle was not written by cache-export: do not import it"
+            ),
+            None if self.files.iter().any(|f| f.from_base) => bail!(
+                "manifest.yaml marks files from_base but is not a delta bundle; this bundle \
+                 was not written by cache-export: do not import it"
+            ),
+            None => Ok(()),
+            Some(base) if self.format_version != DELTA_FORMAT_VERSION => bail!(
+                "manifest.yaml names a base ({}) but has format version {}, not {DELTA_FORMAT_VERSION}; \
+                 this bundle was not written by cache-export: do not import it",
+                clip(&base.digest),
+                self.format_version
+            ),
+            Some(base) if !is_digest(&base.digest) || !is_digest(&base.complete) => bail!(
+                "manifest.yaml: its base {} (complete {}) is not a digest `sha256:<64 hex>`; \
+                 this bundle was not written by cache-export: do not import it",
+                clip(&base.digest),
+                clip(&base.complete)
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// `SHA256SUMS` text: `<hex>  <path>` lines, sorted by path, for every file of the
     /// bundle, `manifest.yaml` (whose sha256 is `manifest_sha256`) included: the digest of
     /// this text is the bundle's digest, which covers every byte the tool reads.
     pub fn sha256sums(&self, manifest_sha256: &str) -> String {
         let mut files: Vec<(&str, &str)> = self
-            .files
-            .iter()
+            .carried()
             .map(|f| (f.path.as_str(), f.sha256.as_str()))
             .chain([(MANIFEST_FILE, manifest_sha256)])
             .collect();
@@ -409,8 +543,7 @@ impl Manifest {
         let mut listed = parse_sha256sums(sums)?;
         check_manifest_listed(&mut listed, manifest_sha256)?;
         let ours: BTreeMap<&str, &str> = self
-            .files
-            .iter()
+            .carried()
             .map(|f| (f.path.as_str(), f.sha256.as_str()))
             .collect();
         let mut problems = Vec::new();
@@ -770,13 +903,16 @@ mod tests {
                     path: "base-images.tar".into(),
                     size: 3,
                     sha256: "a".repeat(64),
+                    from_base: false,
                 },
                 FileEntry {
                     path: "build-cache/backend/index.json".into(),
                     size: 2,
                     sha256: "b".repeat(64),
+                    from_base: false,
                 },
             ],
+            base: None,
         }
     }
 
