@@ -526,18 +526,23 @@ pub fn parse_digest(text: &str) -> anyhow::Result<String> {
 /// [`read_checked_any`] (cache-import and cache-verify) reads one.
 pub fn read_checked_manifest(dir: &Utf8Path, trust: &Trust) -> anyhow::Result<(Manifest, String)> {
     let (manifest, digest) = read_checked_any(dir, trust)?;
-    if let Some(base) = &manifest.base {
-        bail!(
-            "{dir} holds a delta bundle of {} (it carries {} of the {} files; the others are \
-             in that base bundle): it needs its base. Run `cargo xtask cache-import --bundle \
-             {dir} --base OLD`, OLD the base bundle's folder (or put it beside), which \
-             completes it into a full bundle",
-            base.digest,
-            manifest.carried().count(),
-            manifest.files.len()
-        );
+    if manifest.base.is_some() {
+        return Err(needs_base(dir, &manifest));
     }
     Ok((manifest, digest))
+}
+
+/// Why the delta bundle in `dir` cannot be used as it is, and what to do.
+pub fn needs_base(dir: &Utf8Path, manifest: &Manifest) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{dir} holds a delta bundle of {} (it carries {} of the {} files; the others are in \
+         that base bundle): it needs its base. Run `cargo xtask cache-import --bundle {dir} \
+         --base OLD`, OLD the base bundle's folder (or put it beside), which completes it \
+         into a full bundle",
+        manifest.base.as_ref().map_or("?", |b| b.digest.as_str()),
+        manifest.carried().count(),
+        manifest.files.len()
+    )
 }
 
 /// [`read_checked_manifest`], a delta bundle included.

@@ -1370,4 +1370,162 @@ mod tests {
             assert!(!is_safe_relative_path(bad), "{bad}");
         }
     }
+
+    fn file(path: &str, size: u64, hex: char) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size,
+            sha256: hex.to_string().repeat(64),
+            from_base: false,
+        }
+    }
+
+    /// A base and the full bundle after a one-line change: one blob and the cache's index
+    /// changed, the rest is the same.
+    fn base_and_next() -> (Manifest, Manifest) {
+        let mut base = sample();
+        base.format_version = LAYOUT_FORMAT_VERSION;
+        base.image_layout = Some(ImageLayout {
+            entries: vec![LayoutEntry {
+                name: "blobs/sha256/11".into(),
+                path: "build-cache/blobs/sha256/11".into(),
+            }],
+        });
+        base.files = vec![
+            file("build-cache/blobs/sha256/11", 100, '1'),
+            file("build-cache/blobs/sha256/22", 50, '2'),
+            file("build-cache/index.json", 7, '3'),
+            file("import-build-cache.sh", 9, '4'),
+        ];
+        let mut next = base.clone();
+        next.created = "2026-12-01T00:00:00Z".into();
+        next.files = vec![
+            file("build-cache/blobs/sha256/11", 100, '1'),
+            file("build-cache/blobs/sha256/33", 60, '5'),
+            file("build-cache/index.json", 8, '6'),
+            file("import-build-cache.sh", 9, '4'),
+        ];
+        (base, next)
+    }
+
+    const BASE: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const FULL: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn a_delta_carries_only_what_its_base_lacks_and_lists_the_whole_bundle() {
+        let (base, next) = base_and_next();
+        let delta = next.delta_of(&base, BASE, FULL);
+        let carried: Vec<&str> = delta.carried().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            carried,
+            ["build-cache/blobs/sha256/33", "build-cache/index.json"]
+        );
+        let from_base: Vec<&str> = delta.from_base().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            from_base,
+            ["build-cache/blobs/sha256/11", "import-build-cache.sh"]
+        );
+        assert_eq!(delta.files.len(), next.files.len());
+        assert_eq!(delta.carried_size(), 68);
+        assert_eq!(delta.format_version, DELTA_FORMAT_VERSION);
+        assert_eq!(
+            delta.base,
+            Some(BaseRef {
+                digest: BASE.into(),
+                complete: FULL.into()
+            })
+        );
+        // What it completes to is the full bundle, byte for byte the same manifest.
+        assert_eq!(delta.completed(), next);
+        assert_eq!(delta.completed().to_yaml(), next.to_yaml());
+        assert_eq!(delta.full_digest("cc"), FULL);
+        assert_eq!(next.full_digest("cc"), "sha256:cc");
+    }
+
+    #[test]
+    fn a_same_path_with_another_digest_or_size_is_carried() {
+        let (base, mut next) = base_and_next();
+        next.files[0].sha256 = "9".repeat(64);
+        next.files[3].size = 10;
+        let delta = next.delta_of(&base, BASE, FULL);
+        assert!(!delta.files[0].from_base);
+        assert!(!delta.files[3].from_base);
+    }
+
+    #[test]
+    fn a_delta_round_trips_and_its_sums_cover_what_it_carries() {
+        let (base, next) = base_and_next();
+        let delta = next.delta_of(&base, BASE, FULL);
+        let yaml = delta.to_yaml();
+        assert!(yaml.contains("from_base: true"), "{yaml}");
+        assert!(yaml.contains(&format!("digest: {BASE}")), "{yaml}");
+        assert!(!next.to_yaml().contains("from_base"));
+        let read = Manifest::from_yaml(&yaml).unwrap();
+        assert_eq!(read, delta);
+        let sums = delta.sha256sums(&"f".repeat(64));
+        assert_eq!(
+            sums,
+            format!(
+                "{}  build-cache/blobs/sha256/33\n{}  build-cache/index.json\n{}  manifest.yaml\n",
+                "5".repeat(64),
+                "6".repeat(64),
+                "f".repeat(64)
+            )
+        );
+        delta.check_sums_agree(&sums, &"f".repeat(64)).unwrap();
+        // SHA256SUMS that lists a file from the base disagrees with the delta.
+        let more = format!("{sums}{}  import-build-cache.sh\n", "4".repeat(64));
+        let err = delta.check_sums_agree(&more, &"f".repeat(64)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("import-build-cache.sh is in SHA256SUMS but not in manifest.yaml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_a_base_lacks_is_named() {
+        let (base, next) = base_and_next();
+        let delta = next.delta_of(&base, BASE, FULL);
+        assert!(delta.missing_from(&base).is_empty());
+        let mut other = base.clone();
+        other.files.retain(|f| f.path != "import-build-cache.sh");
+        other.files[0].sha256 = "0".repeat(64);
+        let missing: Vec<&str> = delta
+            .missing_from(&other)
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(
+            missing,
+            ["build-cache/blobs/sha256/11", "import-build-cache.sh"]
+        );
+    }
+
+    #[test]
+    fn a_delta_must_say_it_is_one_and_name_digests() {
+        let (base, next) = base_and_next();
+        let delta = next.delta_of(&base, BASE, FULL);
+        let yaml = delta.to_yaml();
+        let refused = |text: &str, why: &str| {
+            let err = format!("{:#}", Manifest::from_yaml(text).unwrap_err());
+            assert!(err.contains(why), "{err}");
+        };
+        refused(
+            &yaml.replace("format_version: 3", "format_version: 2"),
+            "names a base",
+        );
+        refused(
+            &yaml.replace(&format!("digest: {BASE}"), "digest: sha256:xyz"),
+            "is not a digest",
+        );
+        let no_base = next
+            .to_yaml()
+            .replace("format_version: 2", "format_version: 3");
+        refused(&no_base, "names no base");
+        let mut marked = next.clone();
+        marked.files[3].from_base = true;
+        let marked = marked.to_yaml();
+        refused(&marked, "marks files from_base");
+    }
 }
