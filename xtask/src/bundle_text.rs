@@ -185,6 +185,11 @@ set -eu
 
 cd "$(dirname "$0")"
 
+if grep -q '^base:' manifest.yaml 2>/dev/null; then
+    echo "error: this folder holds a delta bundle (cache-export --since), which lacks the files of its base bundle: complete it with \`cargo xtask cache-import --bundle DIR --base OLD\` (which writes the full bundle and imports it); nothing was loaded" >&2
+    exit 1
+fi
+
 if ! command -v docker >/dev/null 2>&1; then
     echo "error: docker is not installed or not on PATH" >&2
     exit 1

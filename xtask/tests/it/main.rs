@@ -7,6 +7,7 @@ mod support;
 
 mod bundle_e2e;
 mod cli;
+mod delta;
 mod docker_smoke;
 mod docs_examples;
 mod offline_rebuild;
