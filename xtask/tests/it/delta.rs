@@ -1,7 +1,7 @@
 //! Delta bundles end to end (`cache-export --since`): after a one-line change the delta
 //! carries a few small files and none of the base image's blobs; on an offline engine it
 //! imports with its base beside it (completed into a full bundle) and `docker compose
-//! build` runs only the changed step. Without its base, or with a base of another digest,
+//! build` takes every step from the cache, the changed one included (the delta carries it). Without its base, or with a base of another digest,
 //! it is refused, naming the base's digest and the files it lacks, and nothing is loaded.
 //! The sizes are printed (`delta sizes:`) for docs: one-line change, and a change of the
 //! builder stage's install step (a dependency bump in the fixture).
@@ -10,7 +10,10 @@ use anyhow::{ensure, Context};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
-use crate::bundle_e2e::{compose_build, steps, uncached_steps, write_fixture, xtask};
+use crate::bundle_e2e::{
+    compose_build, ensure_fixture_steps_cached, printed_by, steps, uncached_steps, write_fixture,
+    xtask,
+};
 use crate::support::run::Scratch;
 use crate::support::{self, standins, EngineOptions};
 
@@ -63,7 +66,12 @@ fn export_delta(
     .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(output.status.success(), "delta export failed:\n{stderr}");
-    Ok(serde_json::from_slice(&output.stdout)?)
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "the stdout of cache-export --json is not JSON:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 /// The first file the delta in `dir` expects from its base.
@@ -215,13 +223,17 @@ fn a_delta_imports_on_its_base_and_is_refused_without_it() -> anyhow::Result<()>
     let _cd = offline_sh.push_dir(&server);
     let (ok, log) = compose_build(&offline_sh, &["build"])?;
     ensure!(ok, "offline build failed:\n{log}");
-    let all = steps(&log);
-    ensure!(all.len() == 5, "expected the fixture's 5 steps:\n{log}");
-    let uncached = uncached_steps(&log);
+    // The delta carries the changed step's layer too: every step comes from the cache,
+    // the changed COPY included, and the image holds the new line.
     ensure!(
-        uncached.len() == 1 && uncached[0].contains("COPY hello.txt /hello.txt"),
-        "only the changed COPY should run: {uncached:#?}\n{log}"
+        steps(&log).len() == 5,
+        "expected the fixture's 5 steps:\n{log}"
     );
+    let uncached = uncached_steps(&log);
+    ensure!(uncached.is_empty(), "steps ran: {uncached:#?}\n{log}");
+    ensure_fixture_steps_cached(&log)?;
+    let api = printed_by(&offline_sh, "fixture-api:latest")?;
+    ensure!(api == "api-ready\nhello again", "api printed {api:?}");
     // The base was only read.
     ensure!(digest_of(&server.join("docker-build-cache"))? == base_digest);
     xtask(
