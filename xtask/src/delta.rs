@@ -91,7 +91,7 @@ impl DeltaSummary {
             })
         };
         let (files_carried, bytes_carried) = sum(&mut delta.carried());
-        let (files_from_base, bytes_from_base) = sum(&mut delta.from_base());
+        let (files_from_base, bytes_from_base) = sum(&mut delta.expected_from_base());
         Some(DeltaSummary {
             base_digest: base.digest.clone(),
             complete_digest: base.complete.clone(),
@@ -168,7 +168,7 @@ fn beside(delta_dir: &Utf8Path, hex: &str) -> Option<Utf8PathBuf> {
 /// saved form they are part of.
 pub fn missing_base(delta_dir: &Utf8Path, delta: &Manifest) -> String {
     let want = delta.base.as_ref().map_or("?", |b| b.digest.as_str());
-    let from_base: Vec<&FileEntry> = delta.from_base().collect();
+    let from_base: Vec<&FileEntry> = delta.expected_from_base().collect();
     let bytes = from_base.iter().fold(0u64, |s, f| s.saturating_add(f.size));
     let image_files = delta.image_layout.as_ref().is_some_and(|layout| {
         layout
@@ -325,4 +325,161 @@ fn copy_hashing(src: &Utf8Path, dst: &Utf8Path) -> io::Result<(u64, String)> {
     let (mut inner, bytes, digest) = writer.finish();
     inner.flush()?;
     Ok((bytes, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::Scratch;
+
+    /// A bundle in `dir` holding `files`, as cache-export writes it; its manifest.
+    fn write_bundle(dir: &Utf8Path, files: &[(&str, &[u8])]) -> Manifest {
+        let mut manifest = Manifest::from_yaml(
+            "format_version: 1\ntool_version: t\ncreated: c\nproject_name: p\nengine:\n  \
+             server_version: '1'\n  arch: amd64\n  containerd_store: true\nstrategy: local\n\
+             compression: none\nimages: []\nservices: []\nfiles: []\n",
+        )
+        .unwrap();
+        for (path, bytes) in files {
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, bytes).unwrap();
+            manifest.files.push(FileEntry {
+                path: path.to_string(),
+                size: bytes.len() as u64,
+                sha256: bundle::hex(&Sha256::digest(bytes)),
+                from_base: false,
+            });
+        }
+        bundle::write_manifest(dir, &manifest).unwrap();
+        manifest
+    }
+
+    /// `root/base` (a full bundle), and `root/delta`: the next bundle as a delta of it,
+    /// carrying the changed and the new file only. The delta's manifest.
+    fn base_and_delta(root: &Utf8Path) -> Manifest {
+        let base = write_bundle(
+            &root.join("base"),
+            &[
+                ("blobs/a", b"layer a"),
+                ("blobs/b", b"layer b"),
+                ("index.json", b"{1}"),
+            ],
+        );
+        let base_digest = format!("sha256:{}", bundle::digest_of(&base));
+        // The full next bundle, written aside only to know its manifest and digest.
+        let next = write_bundle(
+            &root.join("next"),
+            &[
+                ("blobs/a", b"layer a"),
+                ("blobs/c", b"layer c"),
+                ("index.json", b"{2}"),
+            ],
+        );
+        let complete = format!("sha256:{}", bundle::digest_of(&next));
+        std::fs::remove_dir_all(root.join("next")).unwrap();
+        let delta = next.delta_of(&base, &base_digest, &complete);
+        let dir = root.join("delta");
+        for file in delta.carried() {
+            let content = if file.path == "blobs/c" {
+                "layer c"
+            } else {
+                "{2}"
+            };
+            std::fs::create_dir_all(dir.join(&file.path).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(&file.path), content).unwrap();
+        }
+        bundle::write_manifest(&dir, &delta).unwrap();
+        delta
+    }
+
+    #[test]
+    fn a_delta_is_completed_with_the_base_beside_it_and_the_base_is_untouched() {
+        let scratch = Scratch::new("delta-complete");
+        let root = scratch.path();
+        let delta = base_and_delta(root);
+        let (_, read_digest) = read_checked_any(&root.join("delta"), &Trust::default()).unwrap();
+        assert_eq!(read_digest, bundle::digest_of(&delta));
+        let base_before = std::fs::read(root.join("base/SHA256SUMS")).unwrap();
+        let (dir, _) = find_base(&root.join("delta"), &delta, None).unwrap();
+        assert_eq!(dir, root.join("base"));
+        let dest = root.join("full");
+        let (full, digest) = complete(&root.join("delta"), &delta, &dir, &dest).unwrap();
+        assert_eq!(
+            format!("sha256:{digest}"),
+            delta.base.as_ref().unwrap().complete
+        );
+        assert_eq!(full, delta.completed());
+        let (_, on_disk) = read_checked_any(&dest, &Trust::default()).unwrap();
+        assert_eq!(on_disk, digest);
+        assert_eq!(std::fs::read(dest.join("blobs/a")).unwrap(), b"layer a");
+        assert_eq!(std::fs::read(dest.join("blobs/c")).unwrap(), b"layer c");
+        assert!(!dest.join("blobs/b").exists());
+        assert!(bundle::verify(&dest, &full, &[], &|_, _| {}).unwrap().ok());
+        assert_eq!(
+            std::fs::read(root.join("base/SHA256SUMS")).unwrap(),
+            base_before
+        );
+        // Again: the completed folder is kept, not written twice.
+        complete(&root.join("delta"), &delta, &dir, &dest).unwrap();
+    }
+
+    #[test]
+    fn a_delta_without_its_base_names_the_digest_and_the_files() {
+        let scratch = Scratch::new("delta-alone");
+        let root = scratch.path();
+        let delta = base_and_delta(root);
+        std::fs::rename(root.join("base"), root.join("elsewhere-not-beside")).unwrap();
+        std::fs::create_dir_all(root.join("lonely")).unwrap();
+        std::fs::rename(root.join("delta"), root.join("lonely/delta")).unwrap();
+        let err = format!(
+            "{:#}",
+            find_base(&root.join("lonely/delta"), &delta, None).unwrap_err()
+        );
+        let want = &delta.base.as_ref().unwrap().digest;
+        assert!(
+            err.contains(&format!("is a delta of {want}; it needs its base")),
+            "{err}"
+        );
+        assert!(err.contains("the 1 file(s) (7 B)"), "{err}");
+        assert!(err.contains(": blobs/a."), "{err}");
+    }
+
+    #[test]
+    fn a_base_of_another_digest_is_refused() {
+        let scratch = Scratch::new("delta-other");
+        let root = scratch.path();
+        let delta = base_and_delta(root);
+        let other = write_bundle(&root.join("other"), &[("blobs/a", b"layer a")]);
+        let other_digest = bundle::digest_of(&other);
+        let err = format!(
+            "{:#}",
+            find_base(&root.join("delta"), &delta, Some(&root.join("other"))).unwrap_err()
+        );
+        let want = &delta.base.as_ref().unwrap().digest;
+        assert!(
+            err.contains(&format!("has the digest sha256:{other_digest}")),
+            "{err}"
+        );
+        assert!(err.contains(&format!("not the {want} expected")), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_base_file_stops_the_completion_and_leaves_nothing() {
+        let scratch = Scratch::new("delta-damaged");
+        let root = scratch.path();
+        let delta = base_and_delta(root);
+        std::fs::write(root.join("base/blobs/a"), b"layer A").unwrap();
+        let (dir, _) = find_base(&root.join("delta"), &delta, None).unwrap();
+        let dest = root.join("full");
+        let err = format!(
+            "{:#}",
+            complete(&root.join("delta"), &delta, &dir, &dest).unwrap_err()
+        );
+        assert!(err.contains("blobs/a: 7 bytes, sha256"), "{err}");
+        assert!(err.contains("is damaged"), "{err}");
+        assert!(!dest.exists());
+        let left: Vec<_> = std::fs::read_dir(root).unwrap().flatten().collect();
+        assert_eq!(left.len(), 2, "a partial folder was left: {left:?}");
+    }
 }

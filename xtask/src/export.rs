@@ -465,7 +465,7 @@ impl Export<'_> {
     fn thin(&self, full: Manifest, since: &crate::delta::Since) -> anyhow::Result<Manifest> {
         let complete = format!("sha256:{}", bundle::digest_of(&full));
         let delta = full.delta_of(&since.manifest, &since.digest, &complete);
-        for file in delta.from_base() {
+        for file in delta.expected_from_base() {
             remove_path(&self.staging.join(&file.path))?;
         }
         eprintln!(

@@ -415,7 +415,7 @@ impl Manifest {
     }
 
     /// The files a delta expects from its base (none in a full bundle).
-    pub fn from_base(&self) -> impl Iterator<Item = &FileEntry> + Clone {
+    pub fn expected_from_base(&self) -> impl Iterator<Item = &FileEntry> + Clone {
         self.files.iter().filter(|f| f.from_base)
     }
 
@@ -482,7 +482,7 @@ impl Manifest {
             .iter()
             .map(|f| (f.path.as_str(), (f.size, f.sha256.as_str())))
             .collect();
-        self.from_base()
+        self.expected_from_base()
             .filter(|f| in_base.get(f.path.as_str()) != Some(&(f.size, f.sha256.as_str())))
             .collect()
     }
@@ -1420,7 +1420,10 @@ mod tests {
             carried,
             ["build-cache/blobs/sha256/33", "build-cache/index.json"]
         );
-        let from_base: Vec<&str> = delta.from_base().map(|f| f.path.as_str()).collect();
+        let from_base: Vec<&str> = delta
+            .expected_from_base()
+            .map(|f| f.path.as_str())
+            .collect();
         assert_eq!(
             from_base,
             ["build-cache/blobs/sha256/11", "import-build-cache.sh"]
