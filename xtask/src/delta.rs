@@ -482,4 +482,33 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(root).unwrap().flatten().collect();
         assert_eq!(left.len(), 2, "a partial folder was left: {left:?}");
     }
+
+    /// `--since` reads the same base, by the same digest, from its folder, its
+    /// manifest.yaml alone, its pack as one tar and as split parts; a delta given as OLD
+    /// stands for the full bundle it completes to.
+    #[test]
+    fn since_reads_a_folder_a_manifest_alone_and_a_pack_alike() {
+        let scratch = Scratch::new("delta-since");
+        let root = scratch.path();
+        let delta = base_and_delta(root);
+        let base = root.join("base");
+        let want = delta.base.as_ref().unwrap().digest.clone();
+        let folder = read_since(&base).unwrap();
+        assert_eq!(folder.digest, want);
+        assert_eq!(folder.dir.as_deref(), Some(base.as_path()));
+        std::fs::create_dir_all(root.join("alone")).unwrap();
+        std::fs::copy(base.join(MANIFEST_FILE), root.join("alone/manifest.yaml")).unwrap();
+        let alone = read_since(&root.join("alone/manifest.yaml")).unwrap();
+        assert_eq!((alone.digest, alone.dir), (want.clone(), None));
+        let target = crate::pack::Target::resolve(&base, Some(&root.join("packs/")), true).unwrap();
+        crate::pack::pack(&base, &target, None).unwrap();
+        let tar = read_since(&root.join("packs/base.tar")).unwrap();
+        assert_eq!((tar.digest, tar.manifest), (want.clone(), folder.manifest));
+        let target = crate::pack::Target::resolve(&base, Some(&root.join("split/")), true).unwrap();
+        crate::pack::pack(&base, &target, Some(10 * 1024)).unwrap();
+        let parts = read_since(&root.join("split/base.pack-index")).unwrap();
+        assert_eq!(parts.digest, want);
+        let of_delta = read_since(&root.join("delta")).unwrap();
+        assert_eq!(of_delta.digest, delta.base.as_ref().unwrap().complete);
+    }
 }
