@@ -208,8 +208,24 @@ fn a_delta_imports_on_its_base_and_is_refused_without_it() -> anyhow::Result<()>
     );
 
     // With its base beside it: completed, imported, and the build runs only the change.
-    let import = xtask(&offline_sh, &server, &["cache-import", "--bundle", "delta"])?;
-    ensure!(import.contains("Completing the delta"), "{import}");
+    let bin = crate::bundle_e2e::xtask_bin();
+    let import = {
+        let _cd = offline_sh.push_dir(&server);
+        cmd!(offline_sh, "{bin} cache-import --bundle delta --json")
+            .ignore_status()
+            .output()?
+    };
+    let stderr = String::from_utf8_lossy(&import.stderr);
+    ensure!(import.status.success(), "import failed:\n{stderr}");
+    ensure!(stderr.contains("Completing the delta"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&import.stdout)
+        .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&import.stdout)))?;
+    ensure!(summary["delta"] == json["delta"], "{summary:#}");
+    ensure!(
+        summary["digest"] == json["delta"]["complete_digest"],
+        "{summary:#}"
+    );
+    let import = stderr;
     let full = server.join("delta-full");
     ensure!(
         digest_of(&full)? == json["delta"]["complete_digest"],
