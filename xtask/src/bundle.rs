@@ -522,7 +522,31 @@ pub fn parse_digest(text: &str) -> anyhow::Result<String> {
 /// `SHA256SUMS` (no symlink, no FIFO, at most 8 MiB) has the digest `expect` when one is
 /// given, it lists `manifest.yaml` with the digest of the bytes read, and it agrees with
 /// the manifest's file list. Returns the manifest and the bundle's digest.
+/// A delta bundle (`cache-export --since`) is refused, naming its base: only
+/// [`read_checked_any`] (cache-import and cache-verify) reads one.
 pub fn read_checked_manifest(dir: &Utf8Path, trust: &Trust) -> anyhow::Result<(Manifest, String)> {
+    let (manifest, digest) = read_checked_any(dir, trust)?;
+    if manifest.base.is_some() {
+        return Err(needs_base(dir, &manifest));
+    }
+    Ok((manifest, digest))
+}
+
+/// Why the delta bundle in `dir` cannot be used as it is, and what to do.
+pub fn needs_base(dir: &Utf8Path, manifest: &Manifest) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{dir} holds a delta bundle of {} (it carries {} of the {} files; the others are in \
+         that base bundle): it needs its base. Run `cargo xtask cache-import --bundle {dir} \
+         --base OLD`, OLD the base bundle's folder (or put it beside), which completes it \
+         into a full bundle",
+        manifest.base.as_ref().map_or("?", |b| b.digest.as_str()),
+        manifest.carried().count(),
+        manifest.files.len()
+    )
+}
+
+/// [`read_checked_manifest`], a delta bundle included.
+pub fn read_checked_any(dir: &Utf8Path, trust: &Trust) -> anyhow::Result<(Manifest, String)> {
     let path = dir.join(MANIFEST_FILE);
     if let Err(e) = std::fs::symlink_metadata(&path) {
         if e.kind() == io::ErrorKind::NotFound {
@@ -571,6 +595,16 @@ pub fn read_checked_manifest(dir: &Utf8Path, trust: &Trust) -> anyhow::Result<(M
     Ok((manifest, digest))
 }
 
+/// The digest of the bundle `manifest` describes (hex): what [`write_manifest`] returns.
+pub fn digest_of(manifest: &Manifest) -> String {
+    let yaml = manifest.to_yaml();
+    bundle_digest(
+        manifest
+            .sha256sums(&hex(&Sha256::digest(yaml.as_bytes())))
+            .as_bytes(),
+    )
+}
+
 /// Writes the bundle's `SHA256SUMS` and `manifest.yaml` (last: until it is there, the
 /// folder holds no bundle); returns the bundle's digest.
 pub fn write_manifest(out: &Utf8Path, manifest: &Manifest) -> anyhow::Result<String> {
@@ -590,7 +624,7 @@ pub fn verify(
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> anyhow::Result<Verification> {
     let start = std::time::Instant::now();
-    let checked = manifest.files.iter().filter(|f| !later.contains(&f.path));
+    let checked = manifest.carried().filter(|f| !later.contains(&f.path));
     let mut report = Verification {
         files: checked.clone().count(),
         ..Verification::default()
@@ -647,8 +681,9 @@ pub fn verify(
             }
         }
     }
+    // A delta's files from its base are not checked here: one in its folder is unlisted.
     let listed: std::collections::BTreeSet<&str> =
-        manifest.files.iter().map(|f| f.path.as_str()).collect();
+        manifest.carried().map(|f| f.path.as_str()).collect();
     let handed = handed_folders(manifest);
     for file in list_files(dir)? {
         let ours = [MANIFEST_FILE, SUMS_FILE, SIGNATURE_FILE, LEGACY_LOCK];
@@ -815,8 +850,7 @@ pub fn verify_bundle(
     later: &[String],
 ) -> anyhow::Result<Verification> {
     let (count, total) = manifest
-        .files
-        .iter()
+        .carried()
         .filter(|f| !later.contains(&f.path))
         .fold((0, 0u64), |(n, sum), f| (n + 1, sum.saturating_add(f.size)));
     eprintln!(

@@ -251,6 +251,11 @@ esac
 cd "$(dirname "$0")"
 here=$(pwd)
 
+if grep -q '^base:' manifest.yaml 2>/dev/null; then
+    echo "error: this folder holds a delta bundle (cache-export --since), which lacks the files of its base bundle: complete it with \`cargo xtask cache-import --bundle DIR --base OLD\` (which writes the full bundle and imports it); nothing was loaded" >&2
+    exit 1
+fi
+
 if ! command -v docker >/dev/null 2>&1; then
     echo "error: docker is not installed or not on PATH" >&2
     exit 1
@@ -487,6 +492,7 @@ mod tests {
             }],
             files: Vec::new(),
             tool: None,
+            base: None,
         }
     }
 
@@ -758,6 +764,7 @@ mod tests {
         let m = Manifest {
             services: vec![service("web", Some("web")), service("api", None)],
             files: Vec::new(),
+            base: None,
             ..script_manifest(Compression::None, false)
         };
         let text = human_manifest(&m);

@@ -282,6 +282,7 @@ fn write(
             path: path.clone(),
             size,
             sha256,
+            from_base: false,
         });
     }
     let small = [
@@ -302,6 +303,7 @@ fn write(
             path: path.clone(),
             size: bytes.len() as u64,
             sha256: bundle::hex(&Sha256::digest(&bytes)),
+            from_base: false,
         });
         layout.entries.push(LayoutEntry {
             name: name.to_string(),

@@ -322,12 +322,21 @@ impl<'a> Docker<'a> {
         for (k, v) in env {
             c = c.env(k, v);
         }
-        c.run().map_err(|e| {
-            self.failed(
-                &format!("`docker compose build` of {}", services.join(", ")),
-                e,
-            )
-        })?;
+        // Its progress goes to our stderr: stdout is for `--json` alone.
+        let step = format!("`docker compose build` of {}", services.join(", "));
+        eprintln!("     Running {c}");
+        let mut command = std::process::Command::from(c);
+        let stderr = {
+            use std::os::fd::AsFd;
+            std::io::stderr().as_fd().try_clone_to_owned()?
+        };
+        command.stdout(stderr);
+        let status = command
+            .status()
+            .map_err(|e| self.failed(&step, anyhow::anyhow!("running it: {e}")))?;
+        if !status.success() {
+            return Err(self.failed(&step, anyhow::anyhow!("it exited with {status}")));
+        }
         Ok(())
     }
 }

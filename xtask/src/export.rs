@@ -86,9 +86,19 @@ pub struct Export<'a> {
     pub staging: Utf8PathBuf,
     /// The bundle's previous manifest, whose files are reused where nothing changed.
     pub previous: Option<Manifest>,
+    /// `--since`: the bundle this export is a delta of.
+    pub since: Option<crate::delta::Since>,
 }
 
 impl Export<'_> {
+    /// The folder of the bundle whose files are reused: `--since`'s, else the output's.
+    fn previous_dir(&self) -> &Utf8Path {
+        match self.since.as_ref().and_then(|s| s.dir.as_deref()) {
+            Some(dir) => dir,
+            None => &self.out,
+        }
+    }
+
     /// The steps, in order; returns the manifest written.
     pub fn write(&mut self) -> anyhow::Result<(Manifest, String)> {
         let args = self.args;
@@ -107,7 +117,11 @@ impl Export<'_> {
         // The previous bundle's dependency caches are reused where their inputs did not
         // change: refilling the npm cache rewrites its index (timestamps), which would
         // change the build context and miss the layer cache of every step after it.
-        self.previous = bundle::read_manifest(&self.out).ok();
+        // With --since, the previous bundle is that one (its folder, when it is one).
+        self.previous = match &self.since {
+            Some(since) if since.dir.is_some() => Some(since.manifest.clone()),
+            _ => bundle::read_manifest(&self.out).ok(),
+        };
         let mut services = Vec::new();
         for service in &self.plan.build_services {
             services.push(self.dependency_caches(service, &base_images)?);
@@ -145,6 +159,7 @@ impl Export<'_> {
             services,
             files: Vec::new(),
             tool: None,
+            base: None,
         };
         self.finish(manifest, files)
     }
@@ -224,7 +239,7 @@ impl Export<'_> {
         same_images: bool,
         entry: &mut ServiceEntry,
     ) -> anyhow::Result<()> {
-        let (out, staging, args) = (&self.out, &self.staging, self.args);
+        let (out, staging, args) = (self.previous_dir(), &self.staging, self.args);
         let rel = wheelhouse_dir(&service.name);
         let overridden = args.python_version.is_some() || !args.platforms.is_empty();
         let old = self
@@ -258,7 +273,7 @@ impl Export<'_> {
         same_images: bool,
         entry: &mut ServiceEntry,
     ) -> anyhow::Result<()> {
-        let (out, staging, previous) = (&self.out, &self.staging, self.previous.as_ref());
+        let (out, staging, previous) = (self.previous_dir(), &self.staging, self.previous.as_ref());
         let all_platforms = self.args.all_npm_platforms;
         let rel = npm_cache_dir(&service.name);
         let host_rel = npm_host_cache_dir(&service.name);
@@ -346,7 +361,7 @@ impl Export<'_> {
             recompress_build_cache(
                 docker,
                 &self.plan,
-                &self.out,
+                self.previous_dir(),
                 self.previous.as_ref(),
                 staging,
             )?;
@@ -383,7 +398,7 @@ impl Export<'_> {
         &self,
         images: &[ImageEntry],
     ) -> anyhow::Result<(Vec<FileEntry>, Option<ImageLayout>)> {
-        let (out, staging, compression) = (&self.out, &self.staging, self.compression);
+        let (out, staging, compression) = (self.previous_dir(), &self.staging, self.compression);
         let mut files = Vec::new();
         let mut image_layout = None;
         if !images.is_empty() && compression == Compression::None {
@@ -476,8 +491,31 @@ impl Export<'_> {
         )?;
         hash_pending(staging, &mut files)?;
         manifest.files = files;
+        if let Some(since) = &self.since {
+            manifest = self.thin(manifest, since)?;
+        }
         let digest = publish(&self.out, staging, &manifest)?;
         Ok((manifest, digest))
+    }
+
+    /// The full bundle staged as a delta of `since`: the files it holds already are taken
+    /// out of the staging folder (links, or the copies this export made), and the manifest
+    /// names it and the full bundle's digest.
+    fn thin(&self, full: Manifest, since: &crate::delta::Since) -> anyhow::Result<Manifest> {
+        let complete = format!("sha256:{}", bundle::digest_of(&full));
+        let delta = full.delta_of(&since.manifest, &since.digest, &complete);
+        for file in delta.expected_from_base() {
+            remove_path(&self.staging.join(&file.path))?;
+        }
+        eprintln!(
+            "       Delta of {}: carries {} of {} files ({} of {}); the full bundle is {complete}",
+            since.digest,
+            delta.carried().count(),
+            delta.files.len(),
+            human_bytes(delta.carried_size()),
+            human_bytes(delta.total_size())
+        );
+        Ok(delta)
     }
 }
 
@@ -490,7 +528,12 @@ fn hash_pending(staging: &Utf8Path, files: &mut Vec<FileEntry>) -> anyhow::Resul
     let hashed = bundle::hash_files(staging, &pending, &|_, _| {});
     for (path, result) in pending.into_iter().zip(hashed) {
         let (size, sha256) = result.with_context(|| format!("hashing {staging}/{path}"))?;
-        files.push(FileEntry { path, size, sha256 });
+        files.push(FileEntry {
+            path,
+            size,
+            sha256,
+            from_base: false,
+        });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(())
@@ -986,7 +1029,9 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
 /// Moves the staged bundle into `out`: the old manifest goes first, the new one last.
 /// Returns the bundle's digest.
 fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::Result<String> {
-    let old = bundle::read_manifest(out).ok();
+    let old = bundle::read_checked_any(out, &bundle::Trust::default())
+        .ok()
+        .map(|(m, _)| m);
     for name in [MANIFEST_FILE, SUMS_FILE, bundle::SIGNATURE_FILE] {
         let path = out.join(name);
         if path.exists() {
@@ -1005,8 +1050,7 @@ fn publish(out: &Utf8Path, staging: &Utf8Path, manifest: &Manifest) -> anyhow::R
         remove_path(&out.join(&top))?;
     }
     let mut tops: Vec<String> = manifest
-        .files
-        .iter()
+        .carried()
         .map(|f| layout::top_level(&f.path))
         .collect();
     tops.sort();

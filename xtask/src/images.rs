@@ -92,6 +92,7 @@ pub fn save_layout(
                     path: path.clone(),
                     size: n,
                     sha256,
+                    from_base: false,
                 });
                 written += n;
             }
@@ -236,6 +237,7 @@ pub fn save_images(
         path: rel.to_string(),
         size,
         sha256,
+        from_base: false,
     })
 }
 
@@ -593,6 +595,7 @@ mod tests {
                     path: format!("stored/{name}"),
                     size: data.len() as u64,
                     sha256: bundle::hex(&Sha256::digest(data)),
+                    from_base: false,
                 };
                 (name.to_string(), path, entry)
             })

@@ -17,6 +17,7 @@ pub mod cli;
 mod commands;
 mod content_store;
 mod context;
+mod delta;
 mod deps;
 mod docker;
 mod export;

@@ -20,8 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::normalize_entry_path;
 use crate::bundle::{
-    hex, human_bytes, read_manifest, temp_sibling, write_atomic, ChunkReader, HashingWriter,
-    ReadAhead, BUFFER,
+    hex, human_bytes, temp_sibling, write_atomic, ChunkReader, HashingWriter, ReadAhead, BUFFER,
 };
 use crate::model::manifest::{FileEntry, Manifest, IMPORT_SCRIPT, MANIFEST_FILE, SUMS_FILE};
 use crate::model::pack::{index_name, looks_like_part, part_name, PackIndex, PartEntry};
@@ -314,7 +313,8 @@ fn append_checked<W: Write>(
 /// Writes the bundle in `bundle` (absolute) as a pack at `target`, split into parts of at
 /// most `split` bytes if given. Nothing is left behind on failure.
 pub fn pack(bundle: &Utf8Path, target: &Target, split: Option<u64>) -> anyhow::Result<PackReport> {
-    let manifest = read_manifest(bundle)?;
+    // A delta packs too: what it carries (its base is named by its manifest).
+    let (manifest, _) = crate::bundle::read_checked_any(bundle, &Default::default())?;
     if target.dir.starts_with(bundle) {
         bail!(
             "{} is inside the bundle folder {bundle}: a pack there would become an unlisted \
@@ -334,7 +334,7 @@ pub fn pack(bundle: &Utf8Path, target: &Target, split: Option<u64>) -> anyhow::R
         tar.append_data(&mut header(bytes.len() as u64, false), name, &bytes[..])
             .with_context(|| format!("packing {name} into {}", target.dir))?;
     }
-    for entry in &manifest.files {
+    for entry in manifest.carried() {
         append_checked(&mut tar, bundle, entry)?;
     }
     let writer = tar
@@ -353,7 +353,7 @@ pub fn pack(bundle: &Utf8Path, target: &Target, split: Option<u64>) -> anyhow::R
     let mut report = PackReport {
         bundle: bundle.to_owned(),
         digest: digest.clone(),
-        files: manifest.files.len() + 2,
+        files: manifest.carried().count() + 2,
         total_size,
         tar: None,
         index: None,
@@ -663,6 +663,30 @@ pub fn read(
     })
 }
 
+/// The manifest and digest of the pack at `path` (absolute): its first two entries,
+/// `SHA256SUMS` and `manifest.yaml`, checked against each other, and nothing after them
+/// (what `cache-export --since` needs of a packed base: the files it lists).
+pub fn manifest_of(path: &Utf8Path) -> anyhow::Result<(Manifest, String)> {
+    let source = Source::open(path)?;
+    let stream = BufReader::with_capacity(BUFFER, source.stream()?);
+    let mut archive = tar::Archive::new(stream);
+    let mut entries = archive
+        .entries()
+        .with_context(|| format!("reading the tar of {path}"))?;
+    let (sums, manifest, _) = read_meta(&mut entries).with_context(|| format!("reading {path}"))?;
+    let digest = hex(&Sha256::digest(&sums));
+    if let Source::Parts { index, .. } = &source {
+        if index.bundle_digest != digest {
+            bail!(
+                "the bundle in {path} has digest {digest}, its index says {}: the parts are \
+                 not those of that index; copy them again",
+                index.bundle_digest
+            );
+        }
+    }
+    Ok((manifest, digest))
+}
+
 /// The entry's path, normalized (archive.rs's rules: no absolute path, no `..`).
 fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> anyhow::Result<String> {
     let raw = entry.path_bytes().into_owned();
@@ -785,11 +809,8 @@ fn read_tar<R: Read>(
     for (name, bytes) in [(SUMS_FILE, &sums), (MANIFEST_FILE, &manifest_bytes)] {
         take_file(dest, name, 0o644, &mut &bytes[..])?;
     }
-    let mut pending: BTreeMap<&str, &FileEntry> = manifest
-        .files
-        .iter()
-        .map(|f| (f.path.as_str(), f))
-        .collect();
+    let mut pending: BTreeMap<&str, &FileEntry> =
+        manifest.carried().map(|f| (f.path.as_str(), f)).collect();
     let mut bytes = (sums.len() + manifest_bytes.len()) as u64;
     let mut last = MANIFEST_FILE.to_string();
     for entry in entries {
@@ -830,7 +851,7 @@ fn read_tar<R: Read>(
             missing.join(", ")
         );
     }
-    Ok((digest, manifest.files.len() + 2, bytes))
+    Ok((digest, manifest.carried().count() + 2, bytes))
 }
 
 /// Unpacks `source` into `output` (absolute, must not exist): into a temporary folder

@@ -31,7 +31,12 @@ pub fn patched_texts(
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
-    let manifest = bundle::read_manifest(bundle_dir).ok();
+    // A delta is refused (it lacks its base's files); no bundle at all is not an error.
+    let manifest = match bundle::read_checked_any(bundle_dir, &bundle::Trust::default()) {
+        Ok((m, _)) if m.base.is_some() => return Err(bundle::needs_base(bundle_dir, &m)),
+        Ok((m, _)) => Some(m),
+        Err(_) => None,
+    };
     // A builder of a fleet reads a bundle of strategy local from the registry.
     let (strategy, local_cache) = match fleet {
         Some(_) => (Strategy::Local, true),

@@ -390,6 +390,7 @@ mod tests {
             path: TOOL_BINARY.into(),
             size,
             sha256: sha256.clone(),
+            from_base: false,
         });
         previous.tool = Some(entry.clone());
         let reused = |entry: &ToolEntry, handed: Option<&str>| {

@@ -26,7 +26,9 @@ use crate::tool::ToolChoice;
     cargo xtask cache-export --strategy inline --output /mnt/usb/docker-build-cache\n  \
     cargo xtask cache-export --tool-binary target/x86_64-unknown-linux-gnu/release/xtask\n  \
     cargo xtask cache-export --no-tool\n  \
-    cargo xtask cache-export --rehearse   # as root: then rebuild from it with no network")]
+    cargo xtask cache-export --rehearse   # as root: then rebuild from it with no network\n  \
+    cargo xtask cache-export --since /srv/bundles/2026-11 --output /mnt/usb/delta   # only what 2026-11 lacks\n  \
+    cargo xtask cache-export --since old.pack-index --output delta --json")]
 pub struct Args {
     /// Bundle folder to write (default: docker-build-cache/ beside the compose file)
     #[arg(short, long, value_name = "DIR")]
@@ -84,12 +86,42 @@ pub struct Args {
     /// network, as `cache-rehearse` does (needs root); exit 1 when it fails
     #[arg(long)]
     pub rehearse: bool,
+    /// Write a delta of the earlier bundle OLD (its folder, its pack: NAME.tar or
+    /// NAME.pack-index, or its manifest.yaml): only the files OLD lacks, naming OLD by its
+    /// digest. cache-import completes it with OLD (beside it, or --base OLD)
+    #[arg(long, value_name = "OLD")]
+    pub since: Option<Utf8PathBuf>,
+    /// Print what was written (folder, digest, files, bytes; for a delta, its base's
+    /// digest and what it carries) as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `--json` prints.
+#[derive(serde::Serialize)]
+struct Summary {
+    bundle: String,
+    /// `sha256:<hex>` of SHA256SUMS.
+    digest: String,
+    /// The files the bundle holds (a delta: those it carries), and their bytes.
+    files: usize,
+    bytes: u64,
+    /// A delta: its base, the full bundle it completes to, and what it carries.
+    delta: Option<crate::delta::DeltaSummary>,
+    seconds: f64,
 }
 
 impl Args {
     pub fn run(self, sh: &Shell, project_args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         if self.rehearse {
+            if self.since.is_some() {
+                anyhow::bail!(
+                    "--rehearse builds from a whole bundle, and --since writes a delta: rehearse \
+                     the full bundle (`cargo xtask cache-rehearse --bundle DIR`), or the delta \
+                     once `cache-import` has completed it"
+                );
+            }
             // Said before the export, not after it.
             crate::rehearse::check_root()?;
         }
@@ -116,6 +148,7 @@ impl Args {
         });
         let out = bundle_dir(sh, self.output.as_deref(), project_args)?;
         check_usable_by_builds(&out)?;
+        let since = self.since(sh, &out)?;
         eprintln!(
             "   Exporting {} ({} build services, {} base images) to {out}",
             project.name,
@@ -156,17 +189,34 @@ impl Args {
             out,
             staging,
             previous: None,
+            since,
         };
         let (manifest, digest) = export.write()?;
-        let out = &export.out;
-        let total = manifest.total_size();
+        let out = export.out.clone();
+        self.finish(sh, project_args, started, _lock, &out, &manifest, &digest)
+    }
+
+    /// After the export: what was written, the signature and digest file, the rehearsal,
+    /// and what to do next.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        sh: &Shell,
+        project_args: &ProjectArgs,
+        started: Instant,
+        lock: BundleLock,
+        out: &Utf8PathBuf,
+        manifest: &crate::model::manifest::Manifest,
+        digest: &str,
+    ) -> anyhow::Result<ExitCode> {
+        let total = manifest.carried_size();
         eprintln!(
             "    Finished export of {} files ({}) in {:.1}s: {out}",
-            manifest.files.len(),
+            manifest.carried().count(),
             human_bytes(total),
             started.elapsed().as_secs_f64()
         );
-        for (part, files, bytes) in parts(&manifest) {
+        for (part, files, bytes) in parts(manifest) {
             eprintln!(
                 "        Part {part} ({files} files, {})",
                 human_bytes(bytes)
@@ -182,13 +232,30 @@ impl Args {
             bundle::write_atomic(&file, format!("sha256:{digest}\n").as_bytes())?;
         }
         eprintln!("      Digest sha256:{digest} (SHA256SUMS, which lists every file; carry it apart from the bundle)");
-        let out = out.clone();
-        drop(_lock);
+        drop(lock);
+        if let Some(base) = &manifest.base {
+            eprintln!(
+                "        Note {out} is a delta of {}: import it where that bundle is (beside it, \
+                 or `cache-import --bundle {out} --base OLD`)",
+                base.digest
+            );
+        }
+        if self.json {
+            let summary = Summary {
+                bundle: out.to_string(),
+                digest: format!("sha256:{digest}"),
+                files: manifest.carried().count(),
+                bytes: manifest.carried_size(),
+                delta: crate::delta::DeltaSummary::of(manifest),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
         if self.rehearse {
             let options = crate::rehearse::Options {
                 bundle_dir: out.clone(),
                 trust: bundle::Trust {
-                    digest: Some(digest.clone()),
+                    digest: Some(digest.to_string()),
                     signers: None,
                 },
                 up: false,
@@ -202,6 +269,34 @@ impl Args {
         }
         eprintln!("        Next: copy {out} to the offline server, then run `cargo xtask cache-import --expect-digest sha256:{digest}` (or `sh {IMPORT_SCRIPT}`) there");
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// `--since OLD`, read (OLD is never written to: the delta goes to another folder).
+    fn since(&self, sh: &Shell, out: &Utf8PathBuf) -> anyhow::Result<Option<crate::delta::Since>> {
+        let Some(old) = &self.since else {
+            return Ok(None);
+        };
+        let old = crate::project::absolute(&crate::project::current_dir(sh)?, old);
+        let same = |a: &Utf8PathBuf, b: &Utf8PathBuf| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        let old_dir = if old.file_name() == Some(crate::model::manifest::MANIFEST_FILE) {
+            old.parent()
+                .map(|p| p.to_owned())
+                .unwrap_or_else(|| old.clone())
+        } else {
+            old.clone()
+        };
+        if same(&old_dir, out) {
+            anyhow::bail!(
+                "--since {old} is the output folder {out}: the delta goes to another folder, \
+                 and the base bundle is never modified; give --output DIR"
+            );
+        }
+        let since = crate::delta::read_since(&old)?;
+        eprintln!("       Since {old} ({})", since.digest);
+        Ok(Some(since))
     }
 
     /// What the export's steps read of the flags.
@@ -227,7 +322,7 @@ impl Args {
 /// `pip-cache/`, …) and each top-level file, with its file count and size.
 fn parts(manifest: &crate::model::manifest::Manifest) -> Vec<(String, usize, u64)> {
     let mut parts: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
-    for file in &manifest.files {
+    for file in manifest.carried() {
         let part = match file.path.split_once('/') {
             Some((dir, _)) => format!("{dir}/"),
             None => file.path.clone(),

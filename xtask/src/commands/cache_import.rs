@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use camino::Utf8Path;
+use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 use xshell::Shell;
 
@@ -24,7 +24,14 @@ use crate::project::ProjectArgs;
 /// Verify a bundle and load it into the Docker engine
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  cargo xtask cache-import\n  \
-    cargo xtask cache-import --bundle /mnt/usb/docker-build-cache --json")]
+    cargo xtask cache-import --bundle /mnt/usb/docker-build-cache --json
+  \
+    cargo xtask cache-import --bundle /mnt/usb/delta --base /srv/docker-build-cache   # a delta (cache-export --since)
+
+\
+    A delta bundle is completed with its base (--base, or the folder beside it whose digest \
+    it names) into a full bundle folder (--complete-into; files hard-linked, or copied, each \
+    checked), which is then imported; the base is never modified.")]
 pub struct Args {
     #[command(flatten)]
     pub bundle: BundleArg,
@@ -42,6 +49,14 @@ pub struct Args {
     pub force: bool,
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// For a delta bundle: the folder of the bundle it builds on (default: the folder
+    /// beside the delta whose digest is the one the delta names)
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<Utf8PathBuf>,
+    /// For a delta bundle: the folder to write the full bundle into (default: the delta's
+    /// folder name with `-full`, beside it); then patch-compose --bundle that folder
+    #[arg(long, value_name = "DIR")]
+    pub complete_into: Option<Utf8PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -55,6 +70,8 @@ struct Summary {
     digest: String,
     npm_images: Vec<String>,
     npm_merged_into: Vec<String>,
+    /// A delta: its base, the full bundle it completes to, what it carries.
+    delta: Option<crate::delta::DeltaSummary>,
     seconds: f64,
 }
 
@@ -64,8 +81,13 @@ impl Args {
         let dir = self.bundle.dir(sh, project)?;
         let trust = self.trust.trust(sh)?;
         let _lock = BundleLock::acquire(&dir, "cache-import", false)?;
-        let (manifest, digest) = bundle::read_checked_manifest(&dir, &trust)?;
+        let (manifest, digest) = bundle::read_checked_any(&dir, &trust)?;
         eprintln!("      Digest sha256:{digest}");
+        let delta = crate::delta::DeltaSummary::of(&manifest);
+        let (dir, manifest, digest) = match &manifest.base {
+            Some(_) => self.complete(sh, &dir, &manifest)?,
+            None => (dir, manifest, digest),
+        };
         // Where the npm caches go, known before anything is loaded.
         let npm_home = match self.no_host_caches {
             true => None,
@@ -119,7 +141,12 @@ impl Args {
             to_load.len(),
             present.len()
         );
-        eprintln!("        Next: `cargo xtask patch-compose`, then `docker compose build`");
+        match &delta {
+            Some(_) => eprintln!(
+                "        Next: `cargo xtask patch-compose --bundle {dir}`, then `docker compose build`"
+            ),
+            None => eprintln!("        Next: `cargo xtask patch-compose`, then `docker compose build`"),
+        }
         if self.json {
             let summary = Summary {
                 bundle: dir.to_string(),
@@ -131,11 +158,44 @@ impl Args {
                 digest: format!("sha256:{digest}"),
                 npm_images,
                 npm_merged_into: npm_merged,
+                delta,
                 seconds: secs,
             };
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Args {
+    /// The delta in `dir` completed with its base into a full bundle folder (checked as
+    /// it is written): that folder, its manifest and digest. The base is only read.
+    fn complete(
+        &self,
+        sh: &Shell,
+        dir: &Utf8Path,
+        delta: &Manifest,
+    ) -> anyhow::Result<(Utf8PathBuf, Manifest, String)> {
+        let cwd = crate::project::current_dir(sh)?;
+        let base_dir = self
+            .base
+            .as_ref()
+            .map(|b| crate::project::absolute(&cwd, b));
+        let (base_dir, _) = crate::delta::find_base(dir, delta, base_dir.as_deref())
+            .context("nothing was imported")?;
+        let dest = match &self.complete_into {
+            Some(d) => crate::project::absolute(&cwd, d),
+            None => dir.with_file_name(format!("{}-full", dir.file_name().unwrap_or("bundle"))),
+        };
+        crate::bundle_arg::check_usable_by_builds(&dest)?;
+        let (carried, total) = (delta.carried().count(), delta.files.len());
+        eprintln!(
+            "  Completing the delta ({carried} of {total} files) with its base {base_dir} into {dest}"
+        );
+        let (full, digest) =
+            crate::delta::complete(dir, delta, &base_dir, &dest).context("nothing was imported")?;
+        eprintln!("      Digest sha256:{digest} (the full bundle)");
+        Ok((dest, full, digest))
     }
 }
 

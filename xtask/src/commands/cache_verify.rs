@@ -12,7 +12,9 @@ use crate::project::{self, ProjectArgs};
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  cargo xtask cache-verify\n  \
     cargo xtask cache-verify --bundle /mnt/usb/docker-build-cache --json\n  \
-    cargo xtask cache-verify --pack /mnt/usb/docker-build-cache.pack-index   # packed, no copy on disk")]
+    cargo xtask cache-verify --pack /mnt/usb/docker-build-cache.pack-index   # packed, no copy on disk
+  \
+    cargo xtask cache-verify --bundle /mnt/usb/delta --base /srv/docker-build-cache   # a delta and its base")]
 pub struct Args {
     #[command(flatten)]
     pub bundle: BundleArg,
@@ -25,6 +27,10 @@ pub struct Args {
     pub json: bool,
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// For a delta bundle: the folder of the bundle it builds on (default: the folder
+    /// beside the delta whose digest is the one the delta names)
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<Utf8PathBuf>,
 }
 
 impl Args {
@@ -38,13 +44,32 @@ impl Args {
             return Ok(ExitCode::SUCCESS);
         }
         let dir = self.bundle.dir(sh, project)?;
+        let cwd = project::current_dir(sh)?;
         let trust = self.trust.trust(sh)?;
-        let (manifest, digest) = bundle::read_checked_manifest(&dir, &trust)?;
-        let report = verify_bundle(&dir, &manifest, !self.json, &[])?;
+        let (manifest, digest) = bundle::read_checked_any(&dir, &trust)?;
+        let mut report = verify_bundle(&dir, &manifest, !self.json, &[])?;
         eprintln!("      Digest sha256:{digest}");
+        let delta = crate::delta::DeltaSummary::of(&manifest);
+        let mut base_dir = None;
+        if manifest.base.is_some() {
+            // The delta verifies on its own; what it expects from its base must be there too.
+            let given = self.base.as_ref().map(|b| project::absolute(&cwd, b));
+            let (found, base) = crate::delta::find_base(&dir, &manifest, given.as_deref())?;
+            let base_report = verify_bundle(&found, &base, !self.json, &[])?;
+            report.problems.extend(base_report.problems);
+            report.files += base_report.files;
+            report.bytes = report.bytes.saturating_add(base_report.bytes);
+            eprintln!(
+                "        Base {found} ({})",
+                manifest.base.as_ref().map_or("", |b| b.digest.as_str())
+            );
+            base_dir = Some(found.to_string());
+        }
         if self.json {
             let mut value = serde_json::to_value(&report)?;
             value["digest"] = serde_json::Value::String(format!("sha256:{digest}"));
+            value["delta"] = serde_json::to_value(&delta)?;
+            value["base_dir"] = serde_json::to_value(&base_dir)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Ok(if report.ok() {

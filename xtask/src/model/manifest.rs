@@ -15,8 +15,12 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 1;
 /// Written by a bundle whose images are kept as an [`ImageLayout`] (no `base-images.tar`).
 pub const LAYOUT_FORMAT_VERSION: u32 = 2;
+/// Written by a delta bundle (`cache-export --since`): it carries only the files its base
+/// lacks, so a reader that does not know deltas must refuse it rather than call the files
+/// it expects from the base missing.
+pub const DELTA_FORMAT_VERSION: u32 = 3;
 /// The newest format this xtask reads.
-pub const MAX_FORMAT_VERSION: u32 = LAYOUT_FORMAT_VERSION;
+pub const MAX_FORMAT_VERSION: u32 = DELTA_FORMAT_VERSION;
 
 pub const MANIFEST_FILE: &str = "manifest.yaml";
 pub const SUMS_FILE: &str = "SHA256SUMS";
@@ -92,13 +96,28 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_layout: Option<ImageLayout>,
     pub services: Vec<ServiceEntry>,
-    /// Every file of the bundle but the manifest and SHA256SUMS themselves.
+    /// Every file of the bundle but the manifest and SHA256SUMS themselves. In a delta,
+    /// every file of the full bundle it completes to, those it does not carry marked
+    /// `from_base`.
     pub files: Vec<FileEntry>,
     /// The tool itself, carried so that a server with no cargo can import and patch
     /// (`bin/xtask`), and a server with Rust but no crates can build it (`tool/`). Absent
     /// in bundles made before it was carried, or with `cache-export --no-tool`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<ToolEntry>,
+    /// Set in a delta bundle only: the full bundle it builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+}
+
+/// The bundle a delta builds on, and the one it completes to, by their digests
+/// (`sha256:<hex>` of their SHA256SUMS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// The full bundle that holds every file marked `from_base`.
+    pub digest: String,
+    /// The full bundle's digest once the delta is completed with its base's files.
+    pub complete: String,
 }
 
 /// The bundled tool: a static binary and the crates its sources need.
@@ -218,6 +237,9 @@ pub struct FileEntry {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// In a delta: not carried, the base bundle holds it (same path, same sha256).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_base: bool,
 }
 
 impl Manifest {
@@ -269,6 +291,7 @@ impl Manifest {
             .map_err(|e| anyhow::anyhow!("manifest.yaml is malformed: {}", clip(&e.to_string())))?;
         manifest.check_paths()?;
         manifest.check_sizes()?;
+        manifest.check_delta()?;
         Ok(manifest)
     }
 
@@ -421,13 +444,124 @@ impl Manifest {
         Ok(())
     }
 
+    /// The files the bundle holds itself: all of them, but in a delta those `from_base`.
+    pub fn carried(&self) -> impl Iterator<Item = &FileEntry> + Clone {
+        self.files.iter().filter(|f| !f.from_base)
+    }
+
+    /// The files a delta expects from its base (none in a full bundle).
+    pub fn expected_from_base(&self) -> impl Iterator<Item = &FileEntry> + Clone {
+        self.files.iter().filter(|f| f.from_base)
+    }
+
+    /// The sum of the sizes of the files the bundle holds itself.
+    pub fn carried_size(&self) -> u64 {
+        self.carried()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
+    }
+
+    /// The digest (`sha256:<hex>`) of the full bundle this one describes: its own
+    /// (`digest`, hex) for a full bundle, the one it completes to for a delta.
+    pub fn full_digest(&self, digest: &str) -> String {
+        match &self.base {
+            Some(base) => base.complete.clone(),
+            None => format!("sha256:{digest}"),
+        }
+    }
+
+    /// This full bundle as a delta of `base` (whose full bundle's digest is
+    /// `base_digest`, `sha256:<hex>`): every file `base` lists with the same path, size
+    /// and sha256 (and holds, or expects from its own base) is marked `from_base`.
+    /// `complete` is this bundle's own digest, which the delta completes to.
+    pub fn delta_of(&self, base: &Manifest, base_digest: &str, complete: &str) -> Manifest {
+        let in_base: std::collections::BTreeSet<(&str, u64, &str)> = base
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.size, f.sha256.as_str()))
+            .collect();
+        let mut delta = self.clone();
+        delta.format_version = DELTA_FORMAT_VERSION;
+        delta.base = Some(BaseRef {
+            digest: base_digest.to_string(),
+            complete: complete.to_string(),
+        });
+        for file in &mut delta.files {
+            file.from_base =
+                in_base.contains(&(file.path.as_str(), file.size, file.sha256.as_str()));
+        }
+        delta
+    }
+
+    /// The full bundle a delta describes: every file its own, the format version the full
+    /// export wrote. A full bundle is returned as it is.
+    pub fn completed(&self) -> Manifest {
+        let mut full = self.clone();
+        if full.base.take().is_some() {
+            full.format_version = if full.image_layout.is_some() {
+                LAYOUT_FORMAT_VERSION
+            } else {
+                FORMAT_VERSION
+            };
+            for file in &mut full.files {
+                file.from_base = false;
+            }
+        }
+        full
+    }
+
+    /// The files this delta expects from its base that `base` does not list with the same
+    /// size and sha256 (none: `base` completes it).
+    pub fn missing_from<'a>(&'a self, base: &Manifest) -> Vec<&'a FileEntry> {
+        let in_base: BTreeMap<&str, (u64, &str)> = base
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), (f.size, f.sha256.as_str())))
+            .collect();
+        self.expected_from_base()
+            .filter(|f| in_base.get(f.path.as_str()) != Some(&(f.size, f.sha256.as_str())))
+            .collect()
+    }
+
+    /// A delta names its base and the bundle it completes to, and only a delta marks files
+    /// `from_base`; its format version says it is one.
+    fn check_delta(&self) -> anyhow::Result<()> {
+        let is_digest = |d: &str| {
+            d.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
+        };
+        match &self.base {
+            None if self.format_version == DELTA_FORMAT_VERSION => bail!(
+                "manifest.yaml has the format version of a delta bundle but names no base; \
+                 this bundle was not written by cache-export: do not import it"
+            ),
+            None if self.files.iter().any(|f| f.from_base) => bail!(
+                "manifest.yaml marks files from_base but is not a delta bundle; this bundle \
+                 was not written by cache-export: do not import it"
+            ),
+            None => Ok(()),
+            Some(base) if self.format_version != DELTA_FORMAT_VERSION => bail!(
+                "manifest.yaml names a base ({}) but has format version {}, not {DELTA_FORMAT_VERSION}; \
+                 this bundle was not written by cache-export: do not import it",
+                clip(&base.digest),
+                self.format_version
+            ),
+            Some(base) if !is_digest(&base.digest) || !is_digest(&base.complete) => bail!(
+                "manifest.yaml: its base {} (complete {}) is not a digest `sha256:<64 hex>`; \
+                 this bundle was not written by cache-export: do not import it",
+                clip(&base.digest),
+                clip(&base.complete)
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// `SHA256SUMS` text: `<hex>  <path>` lines, sorted by path, for every file of the
     /// bundle, `manifest.yaml` (whose sha256 is `manifest_sha256`) included: the digest of
     /// this text is the bundle's digest, which covers every byte the tool reads.
     pub fn sha256sums(&self, manifest_sha256: &str) -> String {
         let mut files: Vec<(&str, &str)> = self
-            .files
-            .iter()
+            .carried()
             .map(|f| (f.path.as_str(), f.sha256.as_str()))
             .chain([(MANIFEST_FILE, manifest_sha256)])
             .collect();
@@ -444,8 +578,7 @@ impl Manifest {
         let mut listed = parse_sha256sums(sums)?;
         check_manifest_listed(&mut listed, manifest_sha256)?;
         let ours: BTreeMap<&str, &str> = self
-            .files
-            .iter()
+            .carried()
             .map(|f| (f.path.as_str(), f.sha256.as_str()))
             .collect();
         let mut problems = Vec::new();
@@ -857,14 +990,17 @@ mod tests {
                     path: "base-images.tar".into(),
                     size: 3,
                     sha256: "a".repeat(64),
+                    from_base: false,
                 },
                 FileEntry {
                     path: "build-cache/backend/index.json".into(),
                     size: 2,
                     sha256: "b".repeat(64),
+                    from_base: false,
                 },
             ],
             tool: None,
+            base: None,
         }
     }
 
@@ -970,6 +1106,7 @@ mod tests {
                 path: path.into(),
                 size: 1,
                 sha256: "c".repeat(64),
+                from_base: false,
             });
         }
         m.tool = Some(ToolEntry {
@@ -1392,5 +1529,166 @@ mod tests {
         ] {
             assert!(!is_safe_relative_path(bad), "{bad}");
         }
+    }
+
+    fn file(path: &str, size: u64, hex: char) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size,
+            sha256: hex.to_string().repeat(64),
+            from_base: false,
+        }
+    }
+
+    /// A base and the full bundle after a one-line change: one blob and the cache's index
+    /// changed, the rest is the same.
+    fn base_and_next() -> (Manifest, Manifest) {
+        let mut base = sample();
+        base.format_version = LAYOUT_FORMAT_VERSION;
+        base.image_layout = Some(ImageLayout {
+            entries: vec![LayoutEntry {
+                name: "blobs/sha256/11".into(),
+                path: "build-cache/blobs/sha256/11".into(),
+            }],
+        });
+        base.files = vec![
+            file("build-cache/blobs/sha256/11", 100, '1'),
+            file("build-cache/blobs/sha256/22", 50, '2'),
+            file("build-cache/index.json", 7, '3'),
+            file("import-build-cache.sh", 9, '4'),
+        ];
+        let mut next = base.clone();
+        next.created = "2026-12-01T00:00:00Z".into();
+        next.files = vec![
+            file("build-cache/blobs/sha256/11", 100, '1'),
+            file("build-cache/blobs/sha256/33", 60, '5'),
+            file("build-cache/index.json", 8, '6'),
+            file("import-build-cache.sh", 9, '4'),
+        ];
+        (base, next)
+    }
+
+    const BASE: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const FULL: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn a_delta_carries_only_what_its_base_lacks_and_lists_the_whole_bundle() {
+        let (base, next) = base_and_next();
+        let delta = next.delta_of(&base, BASE, FULL);
+        let carried: Vec<&str> = delta.carried().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            carried,
+            ["build-cache/blobs/sha256/33", "build-cache/index.json"]
+        );
+        let from_base: Vec<&str> = delta
+            .expected_from_base()
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(
+            from_base,
+            ["build-cache/blobs/sha256/11", "import-build-cache.sh"]
+        );
+        assert_eq!(delta.files.len(), next.files.len());
+        assert_eq!(delta.carried_size(), 68);
+        assert_eq!(delta.format_version, DELTA_FORMAT_VERSION);
+        assert_eq!(
+            delta.base,
+            Some(BaseRef {
+                digest: BASE.into(),
+                complete: FULL.into()
+            })
+        );
+        // What it completes to is the full bundle, byte for byte the same manifest.
+        assert_eq!(delta.completed(), next);
+        assert_eq!(delta.completed().to_yaml(), next.to_yaml());
+        assert_eq!(delta.full_digest("cc"), FULL);
+        assert_eq!(next.full_digest("cc"), "sha256:cc");
+    }
+
+    #[test]
+    fn a_same_path_with_another_digest_or_size_is_carried() {
+        let (base, mut next) = base_and_next();
+        next.files[0].sha256 = "9".repeat(64);
+        next.files[3].size = 10;
+        let delta = next.delta_of(&base, BASE, FULL);
+        assert!(!delta.files[0].from_base);
+        assert!(!delta.files[3].from_base);
+    }
+
+    #[test]
+    fn a_delta_round_trips_and_its_sums_cover_what_it_carries() {
+        let (base, next) = base_and_next();
+        let delta = next.delta_of(&base, BASE, FULL);
+        let yaml = delta.to_yaml();
+        assert!(yaml.contains("from_base: true"), "{yaml}");
+        assert!(yaml.contains(&format!("digest: {BASE}")), "{yaml}");
+        assert!(!next.to_yaml().contains("from_base"));
+        let read = Manifest::from_yaml(&yaml).unwrap();
+        assert_eq!(read, delta);
+        let sums = delta.sha256sums(&"f".repeat(64));
+        assert_eq!(
+            sums,
+            format!(
+                "{}  build-cache/blobs/sha256/33\n{}  build-cache/index.json\n{}  manifest.yaml\n",
+                "5".repeat(64),
+                "6".repeat(64),
+                "f".repeat(64)
+            )
+        );
+        delta.check_sums_agree(&sums, &"f".repeat(64)).unwrap();
+        // SHA256SUMS that lists a file from the base disagrees with the delta.
+        let more = format!("{sums}{}  import-build-cache.sh\n", "4".repeat(64));
+        let err = delta.check_sums_agree(&more, &"f".repeat(64)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("import-build-cache.sh is in SHA256SUMS but not in manifest.yaml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_a_base_lacks_is_named() {
+        let (base, next) = base_and_next();
+        let delta = next.delta_of(&base, BASE, FULL);
+        assert!(delta.missing_from(&base).is_empty());
+        let mut other = base.clone();
+        other.files.retain(|f| f.path != "import-build-cache.sh");
+        other.files[0].sha256 = "0".repeat(64);
+        let missing: Vec<&str> = delta
+            .missing_from(&other)
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(
+            missing,
+            ["build-cache/blobs/sha256/11", "import-build-cache.sh"]
+        );
+    }
+
+    #[test]
+    fn a_delta_must_say_it_is_one_and_name_digests() {
+        let (base, next) = base_and_next();
+        let delta = next.delta_of(&base, BASE, FULL);
+        let yaml = delta.to_yaml();
+        let refused = |text: &str, why: &str| {
+            let err = format!("{:#}", Manifest::from_yaml(text).unwrap_err());
+            assert!(err.contains(why), "{err}");
+        };
+        refused(
+            &yaml.replace("format_version: 3", "format_version: 2"),
+            "names a base",
+        );
+        refused(
+            &yaml.replace(&format!("digest: {BASE}"), "digest: sha256:xyz"),
+            "is not a digest",
+        );
+        let no_base = next
+            .to_yaml()
+            .replace("format_version: 2", "format_version: 3");
+        refused(&no_base, "names no base");
+        let mut marked = next.clone();
+        marked.files[3].from_base = true;
+        let marked = marked.to_yaml();
+        refused(&marked, "marks files from_base");
     }
 }

@@ -8,6 +8,7 @@ mod support;
 mod bundle_e2e;
 mod cli;
 mod content_store;
+mod delta;
 mod docker_smoke;
 mod docs_examples;
 mod fleet;

@@ -323,9 +323,9 @@ fn a_bad_manifest_is_refused_with_what_to_do() {
     );
     // From a future format version, or format 0.
     check(
-        Some(&good.replace("format_version: 1", "format_version: 3")),
+        Some(&good.replace("format_version: 1", "format_version: 4")),
         Some(None),
-        &["format version 3", "update the repository"],
+        &["format version 4", "update the repository"],
     );
     check(
         Some(&good.replace("format_version: 1", "format_version: 0")),
