@@ -64,6 +64,9 @@ pub struct Report {
     /// with every step from the cache).
     pub ok: bool,
     pub strict: bool,
+    /// `docker pull` on the rehearsal engine, before the import: its error, in the
+    /// engine's words (the pull must fail for the rehearsal to go on).
+    pub offline_proof: String,
     pub services: Vec<ServiceReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub up: Option<UpReport>,
@@ -178,6 +181,13 @@ fn rehearse(sh: &Shell, project_args: &ProjectArgs, opts: &Options) -> anyhow::R
         if in_memory { "in memory" } else { "on disk" }
     );
     let engine = start_engine(containerd_store, in_memory)?;
+    // Offline, shown before anything else: a build that needed the network fails here.
+    let pull_error = crate::lab::netns::pull_fails(&engine)
+        .context("the rehearsal engine is not offline: nothing it built would prove anything")?;
+    eprintln!(
+        "    Offline: docker pull failed on the rehearsal engine ({})",
+        pull_error.lines().next().unwrap_or("no message")
+    );
     let esh = engine_shell(&engine)?;
     let import_started = Instant::now();
     import_into(&esh, dir, &manifest)?;
@@ -220,6 +230,7 @@ fn rehearse(sh: &Shell, project_args: &ProjectArgs, opts: &Options) -> anyhow::R
         digest: format!("sha256:{digest}"),
         ok,
         strict: opts.strict,
+        offline_proof: pull_error,
         services,
         up,
         import_seconds,

@@ -137,12 +137,9 @@ pub struct OfflineProof {
     pub container_error: Option<String>,
 }
 
-/// Shows that `engine` cannot reach out: a `docker pull` fails, and neither its own
-/// network namespace (where dockerd resolves and pulls) nor a container of `image` (which
-/// must have busybox's `nc`; `None` on an engine that has no image yet) can open a
-/// connection to an address on which the host itself is answering. Fails, saying what got through, otherwise. (`nc`, not busybox's `wget`:
-/// the static busybox's `wget` crashes before it connects, which would prove nothing.)
-pub fn prove_offline(engine: &Engine, image: Option<&str>) -> anyhow::Result<OfflineProof> {
+/// The first half of [`prove_offline`], which needs nothing but the engine: `docker pull`
+/// of an image from Docker Hub fails. Returns the engine's error; fails if the pull worked.
+pub fn pull_fails(engine: &Engine) -> anyhow::Result<String> {
     let sh = Shell::new()?;
     let pull = engine
         .docker(&sh, ["pull", "docker.io/library/hello-world:latest"])
@@ -155,7 +152,17 @@ pub fn prove_offline(engine: &Engine, image: Option<&str>) -> anyhow::Result<Off
             engine.name()
         );
     }
-    let pull_error = String::from_utf8_lossy(&pull.stderr).trim().to_owned();
+    Ok(String::from_utf8_lossy(&pull.stderr).trim().to_owned())
+}
+
+/// Shows that `engine` cannot reach out: a `docker pull` fails, and neither its own
+/// network namespace (where dockerd resolves and pulls) nor a container of `image` (which
+/// must have busybox's `nc`; `None` on an engine that has no image yet) can open a
+/// connection to an address on which the host itself is answering. Fails, saying what got through, otherwise. (`nc`, not busybox's `wget`:
+/// the static busybox's `wget` crashes before it connects, which would prove nothing.)
+pub fn prove_offline(engine: &Engine, image: Option<&str>) -> anyhow::Result<OfflineProof> {
+    let sh = Shell::new()?;
+    let pull_error = pull_fails(engine)?;
 
     let pid = engine
         .dockerd_pid()

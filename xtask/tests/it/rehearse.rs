@@ -143,6 +143,14 @@ fn a_fresh_bundle_rehearses_cached_and_a_stale_one_fails_naming_step_and_reason(
     );
     let report: serde_json::Value = serde_json::from_str(&fresh.stdout)?;
     ensure!(report["ok"] == true, "{report:#}");
+    // The engine showed it is offline before it imported anything: its pull failed on the
+    // name lookup or the connection, in the engine's words.
+    let proof = report["offline_proof"].as_str().unwrap_or_default();
+    ensure!(
+        proof.contains("hello-world") && fresh.stderr.contains("Offline: docker pull failed"),
+        "no failed pull shown before the rehearsal: {proof:?}\n{}",
+        fresh.stderr
+    );
     let services = report["services"].as_array().context("services")?;
     let summary: Vec<(String, u64, u64)> = services
         .iter()
