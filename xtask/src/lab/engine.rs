@@ -435,9 +435,15 @@ impl Engine {
     }
 
     /// The socket of the engine's containerd: dockerd's managed one and the engine's own
-    /// ([`EngineOptions::private_containerd`]) both listen under the exec root.
+    /// ([`EngineOptions::private_containerd`]) both listen under the exec root; where
+    /// neither does, dockerd found the machine's containerd (as with docker-ce) and uses
+    /// it, its images in namespace `moby` beside any other engine's.
     pub fn containerd_socket(&self) -> Utf8PathBuf {
-        self.root.join("x/containerd/containerd.sock")
+        let own = self.root.join("x/containerd/containerd.sock");
+        match own.exists() {
+            true => own,
+            false => Utf8PathBuf::from("/run/containerd/containerd.sock"),
+        }
     }
 
     /// `ctr ARGS…` on the engine's containerd, in dockerd's namespace `moby` (where the
