@@ -6,7 +6,7 @@
 //! no snapshot yet, and the first `docker create` unpacks it.
 
 use anyhow::ensure;
-use xshell::cmd;
+use xshell::{cmd, Shell};
 
 use crate::support::run::Scratch;
 use crate::support::{self, standins, EngineOptions};
@@ -67,7 +67,18 @@ fn ctr_import_on_the_engines_containerd_is_docker_load_in_two_steps() -> anyhow:
         listed()?
     );
     ensure!(snapshots()? > 0, "ctr images import unpacked nothing");
-    let said = cmd!(sh, "docker run --rm --network none {image} echo unpacked").read()?;
+    let said = printed(
+        &sh,
+        &[
+            "run",
+            "--detach",
+            "--network",
+            "none",
+            image,
+            "echo",
+            "unpacked",
+        ],
+    )?;
     ensure!(said == "unpacked", "{said:?}");
 
     // blobs only: the same image, unpacked on first use
@@ -90,7 +101,18 @@ fn ctr_import_on_the_engines_containerd_is_docker_load_in_two_steps() -> anyhow:
     ensure!(snapshots()? == 0, "--no-unpack unpacked");
     let container = cmd!(sh, "docker create --network none {image} echo deferred").read()?;
     ensure!(snapshots()? > 0, "docker create did not unpack the image");
-    let said = cmd!(sh, "docker start --attach {container}").read()?;
+    let said = printed(&sh, &["start", &container])?;
     ensure!(said == "deferred", "{said:?}");
     Ok(())
+}
+
+/// What the container that `docker ARGS` starts (detached, its ID printed) prints, read
+/// from its log after it exited: attached output can miss a container that exits at once.
+fn printed(sh: &Shell, args: &[&str]) -> anyhow::Result<String> {
+    let id = cmd!(sh, "docker {args...}").read()?;
+    let code = cmd!(sh, "docker wait {id}").read()?;
+    let printed = cmd!(sh, "docker logs {id}").read()?;
+    cmd!(sh, "docker rm {id}").quiet().ignore_stdout().run()?;
+    ensure!(code == "0", "the container exited with {code}: {printed}");
+    Ok(printed)
 }
