@@ -308,6 +308,10 @@ fn measure_import(
         Target::RatioAtMost(1.15),
     ));
     remove_image(&b.target)?;
+    // at most two runs: each is about five loads' worth of time
+    let rows = load_breakdown(b, big, exported.bytes, b.runs.min(2))?;
+    report.rows.extend(rows);
+    report.notes.push(LOAD_BREAKDOWN_NOTE.to_string());
     Ok((ours_stat.median, base_stat.median, peaks_of(&ours)))
 }
 
@@ -318,6 +322,7 @@ fn chart_points(b: &Bench, big: &Big, size: u64, report: &mut Report) -> anyhow:
         .map(|part| (size / part).max(32 * MIB))
         .collect();
     sizes.dedup();
+    let largest = sizes.iter().copied().max().unwrap_or_default();
     let (esh, xtask, bundle) = (&b.esh, &b.xtask, &big.bundle);
     for size in sizes {
         eprintln!("   Chart point: {} synthetic image", human_bytes(size));
@@ -336,6 +341,10 @@ fn chart_points(b: &Bench, big: &Big, size: u64, report: &mut Report) -> anyhow:
         remove_image(&b.target)?;
         let load = timed(load_cmd(b, big), &b.log, &[0])?;
         remove_image(&b.target)?;
+        if size == largest {
+            // where docker load's time goes at a second size (one extra, small with --quick)
+            report.rows.extend(load_breakdown(b, big, bytes, 1)?);
+        }
         remove(&big.saved)?;
         report.points.push(Point {
             bytes,
@@ -348,4 +357,134 @@ fn chart_points(b: &Bench, big: &Big, size: u64, report: &mut Report) -> anyhow:
     }
     report.points.sort_by_key(|p| p.bytes);
     Ok(())
+}
+
+const LOAD_BREAKDOWN_NOTE: &str = "Figure 3, where `docker load`'s time goes (the rows \
+    `3. Where docker load's time goes`): on the containerd image store, `docker load` writes \
+    the archive's blobs into containerd's content store, then unpacks each layer into the \
+    snapshotter (gzip decompression, then the files written). The same two steps are timed \
+    apart through the engine's own containerd (its socket under the exec root, namespace \
+    `moby`, as dockerd uses it): `ctr images import --no-unpack` of the same archive (the \
+    blobs only), `ctr images import` (blobs and unpacking: the end state of `docker load`, \
+    same image ID), and `ctr images import --no-unpack` followed by the first `docker \
+    create`, which unpacks on first use (what a user feels when unpacking is deferred). \
+    `gzip -t` of the layer blob (it decompresses all of it, writing nothing) is the decompression alone, single-threaded \
+    as containerd's own (it takes `unpigz` instead only when that is on the daemon's PATH); \
+    `cp` of the archive then `sync` is the disk's own copy speed, the physical limit of \
+    anything that writes the blobs. Each on an emptied engine, page cache warm.";
+
+/// Figure 3's breakdown of `docker load -i` of `big.saved` into the target engine, each
+/// part timed against `docker load -i` itself on an emptied engine, `runs` times: the
+/// blobs written (`ctr images import --no-unpack`), the blobs written and the layers
+/// unpacked (`ctr images import`, what `docker load` does), deferred unpacking (the first
+/// `docker create` after a `--no-unpack` import), the layer's gzip decompression alone,
+/// and the disk's copy speed.
+fn load_breakdown(b: &Bench, big: &Big, bytes: u64, runs: usize) -> anyhow::Result<Vec<Row>> {
+    eprintln!(
+        "   Measuring where docker load's time goes ({}): ctr images import on the target's \
+         containerd",
+        human_bytes(bytes)
+    );
+    let (tsh, saved) = (&b.tsh, big.saved.as_str());
+    let snapshotter = b
+        .target
+        .docker(tsh, ["info", "--format", "{{.Driver}}"])
+        .read()?;
+    let layer = largest_file(&big.bundle)?;
+    let copy = b.work.join("copy-of-saved.tar");
+    let mut series_of: [Vec<f64>; 6] = Default::default();
+    for run in 0..runs {
+        remove_image(&b.target)?;
+        let load = timed(load_cmd(b, big), &b.log, &[0])?.secs;
+        remove_image(&b.target)?;
+        let blobs = b
+            .target
+            .ctr(tsh, ["images", "import", "--no-unpack", saved]);
+        let blobs = timed(blobs, &b.log, &[0])?.secs;
+        let name = "xtb-first-use";
+        let create = [
+            "create",
+            "--name",
+            name,
+            "--network",
+            "none",
+            BIG_IMAGE,
+            "/none",
+        ];
+        let first_use = timed(b.target.docker(tsh, create), &b.log, &[0])?.secs;
+        b.target
+            .docker(tsh, ["rm", name])
+            .quiet()
+            .ignore_stdout()
+            .run()?;
+        remove_image(&b.target)?;
+        let args = ["images", "import", "--snapshotter", &snapshotter, saved];
+        let unpacked = timed(b.target.ctr(tsh, args), &b.log, &[0])?.secs;
+        remove_image(&b.target)?;
+        // `gzip -t` decompresses the whole layer and checks it, writing nothing
+        let gunzip = timed(cmd!(tsh, "gzip -t {layer}"), &b.log, &[0])?.secs;
+        remove(&copy)?;
+        let (src, dst) = (&big.saved, &copy);
+        let cp = timed(cmd!(tsh, "cp {src} {dst}"), &b.log, &[0])?.secs;
+        let sync = timed(cmd!(tsh, "sync {dst}"), &b.log, &[0])?.secs;
+        remove(&copy)?;
+        eprintln!(
+            "        run {}/{runs}: docker load {load:.2}s = blobs {blobs:.2}s + unpacking \
+             (first use {first_use:.2}s; ctr import with unpacking {unpacked:.2}s); gzip -t \
+             {gunzip:.2}s; cp + sync {:.2}s",
+            run + 1,
+            cp + sync
+        );
+        for (series, secs) in
+            series_of
+                .iter_mut()
+                .zip([load, blobs, unpacked, blobs + first_use, gunzip, cp + sync])
+        {
+            series.push(secs);
+        }
+    }
+    let [load, blobs, unpacked, deferred, gunzip, copied] =
+        series_of.map(|s| Stat::of(&s, Unit::Secs));
+    let size = human_bytes(bytes);
+    let row = |what: &str, stat: Stat| {
+        Row::new(
+            &format!("3. Where docker load's time goes, {size}: {what}"),
+            stat,
+            Some(("docker load -i", load.clone())),
+            Target::None,
+        )
+    };
+    Ok(vec![
+        row(
+            "blobs into the content store (`ctr images import --no-unpack`)",
+            blobs,
+        ),
+        row(
+            "blobs and layers unpacked (`ctr images import`, the end state of docker load)",
+            unpacked,
+        ),
+        row(
+            "deferred unpacking (`ctr images import --no-unpack` + the first `docker create`)",
+            deferred,
+        ),
+        row("the layer's decompression alone (`gzip -t`)", gunzip),
+        row(
+            "the disk's copy speed (`cp` of the archive + `sync`), the physical limit",
+            copied,
+        ),
+    ])
+}
+
+/// The largest file of a bundle: the synthetic image's one layer.
+fn largest_file(bundle: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
+    let mut best: Option<(u64, Utf8PathBuf)> = None;
+    for rel in crate::bundle::list_files(bundle)? {
+        let path = bundle.join(rel);
+        let len = std::fs::metadata(&path)?.len();
+        if best.as_ref().is_none_or(|(n, _)| len > *n) {
+            best = Some((len, path));
+        }
+    }
+    best.map(|(_, p)| p)
+        .ok_or_else(|| anyhow::anyhow!("{bundle} has no files"))
 }

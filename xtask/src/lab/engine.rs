@@ -434,6 +434,30 @@ impl Engine {
         command
     }
 
+    /// The socket of the engine's containerd: dockerd's managed one and the engine's own
+    /// ([`EngineOptions::private_containerd`]) both listen under the exec root; where
+    /// neither does, dockerd found the machine's containerd (as with docker-ce) and uses
+    /// it, its images in namespace `moby` beside any other engine's.
+    pub fn containerd_socket(&self) -> Utf8PathBuf {
+        let own = self.root.join("x/containerd/containerd.sock");
+        match own.exists() {
+            true => own,
+            false => Utf8PathBuf::from("/run/containerd/containerd.sock"),
+        }
+    }
+
+    /// `ctr ARGS…` on the engine's containerd, in dockerd's namespace `moby` (where the
+    /// containerd image store keeps its images): what the bench uses to take `docker
+    /// load` apart.
+    pub fn ctr<'a, I>(&self, sh: &'a Shell, args: I) -> xshell::Cmd<'a>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<OsStr>,
+    {
+        let socket = self.containerd_socket();
+        cmd!(sh, "ctr -a {socket} -n moby").args(args)
+    }
+
     /// The last lines of `dockerd`'s log, for error messages.
     pub fn log_tail(&self) -> String {
         tail(&self.root.join("dockerd.log"), 30)

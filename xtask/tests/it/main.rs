@@ -12,6 +12,7 @@ mod delta;
 mod docker_smoke;
 mod docs_examples;
 mod fleet;
+mod import_breakdown;
 mod offline_rebuild;
 mod operator;
 mod pack;
