@@ -48,14 +48,6 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, sh: &Shell, _project: &ProjectArgs) -> anyhow::Result<ExitCode> {
-        let output = match (&self.output, self.quick) {
-            (Some(file), _) => Some(crate::project::absolute(
-                &crate::project::current_dir(sh)?,
-                file,
-            )),
-            (None, false) => Some(crate::bench::repo_root()?.join("docs/benchmarks.md")),
-            (None, true) => None,
-        };
         let named = self.figures.is_some();
         let figures = self.figures.unwrap_or_default();
         let with_app = match named {
@@ -65,6 +57,14 @@ impl Args {
             }
             true => figures.needs_app(),
             false => self.app || !(self.quick || self.no_app),
+        };
+        let output = match (&self.output, self.quick) {
+            (Some(file), _) => Some(crate::project::absolute(
+                &crate::project::current_dir(sh)?,
+                file,
+            )),
+            (None, false) => Some(crate::bench::repo_root()?.join("docs/benchmarks.md")),
+            (None, true) => None,
         };
         crate::bench::run(&Settings {
             quick: self.quick,
