@@ -250,15 +250,17 @@ pub(super) fn measure_fleet(
         None,
         Target::None,
     ));
-    let republished: Vec<f64> = fleet_runs
+    // the most any run's re-publish pushed; the target, under one byte: nothing
+    let republished = fleet_runs
         .iter()
-        .map(|r| r.republish_bytes as f64)
-        .collect();
+        .map(|r| r.republish_bytes)
+        .max()
+        .unwrap_or(0);
     report.rows.push(Row::new(
-        "9. Re-publish of the unchanged app bundle: bytes pushed (`bytes_uploaded` of `cache-publish --json`)",
-        Stat::of(&republished, Unit::Bytes),
+        "9. Re-publish of the unchanged app bundle: bytes pushed (`bytes_uploaded` of `cache-publish --json`, the most of any run)",
+        Stat::of(&[republished as f64], Unit::Bytes),
         None,
-        Target::AtMost(0.0),
+        Target::AtMost(1.0),
     ));
     let last = fleet_runs.last().context("no run of the fleet")?;
     report.notes.push(format!(
