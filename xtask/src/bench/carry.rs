@@ -175,7 +175,6 @@ pub(super) fn measure_fleet(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     eprintln!("   Measuring a fleet of {BUILDERS} builders: one publish vs an import on each");
-    let xtask = b.xtask.as_str();
     let ns = SharedNamespace::create(&BENCH_SITE, "fleet")?;
     let address = format!("127.0.0.1:{REGISTRY_PORT}");
     let on_disk = EngineOptions {
@@ -199,35 +198,7 @@ pub(super) fn measure_fleet(
             fleet_runs.push(run);
             Ok(sample(secs))
         },
-        || {
-            for builder in &builders {
-                empty_engine(builder)?;
-            }
-            let (secs, each) = at_once(&builders, &dirs, |builder, d| {
-                let sh = builder.shell()?;
-                let (bundle, compose) = (
-                    &d.import_bundle,
-                    d.import_project.join("docker-compose.yml"),
-                );
-                let import = timed(
-                    cmd!(
-                        sh,
-                        "{xtask} cache-import --bundle {bundle} --no-host-caches"
-                    ),
-                    &d.log,
-                    &[0],
-                )?;
-                timed(
-                    cmd!(sh, "{xtask} -f {compose} patch-compose --bundle {bundle}"),
-                    &d.log,
-                    &[0],
-                )?;
-                cached_build(builder, &compose, &d.log)?;
-                Ok(import.secs)
-            })?;
-            imports.extend(each);
-            Ok(sample(secs))
-        },
+        || import_run(b, &builders, &dirs, &mut imports),
     )?;
     for builder in &builders {
         empty_engine(builder)?;
@@ -289,6 +260,45 @@ pub(super) fn measure_fleet(
         last.republish_secs,
     ));
     Ok(())
+}
+
+/// One run of the baseline: the builders emptied, then on each at the same time
+/// `cache-import` of its copy of the bundle, `patch-compose --bundle` and a build that
+/// must come from the cache. The wall time; each import's time is added to `imports`.
+fn import_run(
+    b: &Bench,
+    builders: &[Engine],
+    dirs: &[BuilderDirs],
+    imports: &mut Vec<f64>,
+) -> anyhow::Result<Sample> {
+    let xtask = b.xtask.as_str();
+    for builder in builders {
+        empty_engine(builder)?;
+    }
+    let (secs, each) = at_once(builders, dirs, |builder, d| {
+        let sh = builder.shell()?;
+        let (bundle, compose) = (
+            &d.import_bundle,
+            d.import_project.join("docker-compose.yml"),
+        );
+        let import = timed(
+            cmd!(
+                sh,
+                "{xtask} cache-import --bundle {bundle} --no-host-caches"
+            ),
+            &d.log,
+            &[0],
+        )?;
+        timed(
+            cmd!(sh, "{xtask} -f {compose} patch-compose --bundle {bundle}"),
+            &d.log,
+            &[0],
+        )?;
+        cached_build(builder, &compose, &d.log)?;
+        Ok(import.secs)
+    })?;
+    imports.extend(each);
+    Ok(sample(secs))
 }
 
 /// One run of the fleet: the builders emptied, a new registry, the publish, the three
