@@ -1,7 +1,8 @@
 //! The application stack's figures: the first export (0), the whole export against the
 //! v1.0 guide's steps (2), the offline rebuild against a cold build (4), and the rehearsal
 //! against an import plus a cached build (8), on the
-//! application's own compose project over the Debian stand-ins of its base images.
+//! application's own compose project over the Debian stand-ins of its base images; then,
+//! from the same bundle, the fleet and the packed and delta bundles (9, 10: `carry`).
 
 use anyhow::Context as _;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -10,7 +11,7 @@ use xshell::cmd;
 use super::files::{copy_project, copy_tree, dir_size, remove};
 use super::stats::{Row, Stat, Target, Unit};
 use super::timing::{alternate, peak_rows, peaks_of, series, timed, Sample};
-use super::{Bench, Report};
+use super::{Bench, Figures, Report};
 use crate::bundle::human_bytes;
 use crate::lab::standins::{load_standins_as, StandinLayer, APP_STANDINS};
 
@@ -43,8 +44,9 @@ impl App {
     }
 }
 
-/// Figures 0, 2 and 4.
-pub(super) fn measure_app(b: &Bench, report: &mut Report) -> anyhow::Result<()> {
+/// Figure 0 (the first export, which writes the bundle every other figure starts from),
+/// then those of 2, 4 and 8, 9 and 10 that `figures` asks for.
+pub(super) fn measure_app(b: &Bench, figures: &Figures, report: &mut Report) -> anyhow::Result<()> {
     load_standins_as(&b.export, StandinLayer::Gzip)?;
     let copy = b.work.join("app-export");
     copy_project(&b.repo, &copy)?;
@@ -55,6 +57,26 @@ pub(super) fn measure_app(b: &Bench, report: &mut Report) -> anyhow::Result<()> 
         v1: b.work.join("v1-guide"),
     };
     first_export(b, &app, report)?;
+    if figures.wants_any(&["2", "4", "8"]) {
+        measure_export_and_rebuild(b, &app, figures, report)?;
+    }
+    if figures.wants("9") {
+        super::carry::measure_fleet(b, &app.bundle, report)?;
+    }
+    if figures.wants("10") {
+        super::carry::measure_carry(b, &app.bundle, report)?;
+    }
+    Ok(())
+}
+
+/// Figures 2 (the whole export against the v1.0 guide's steps), 4 and 8 (the offline
+/// rebuild and the rehearsal).
+fn measure_export_and_rebuild(
+    b: &Bench,
+    app: &App,
+    figures: &Figures,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     // The v1.0 guide copies ~/.cache/pip and ~/.npm; the same bytes are the dependency
     // caches this export fetched, so the baseline copies those (same size, same files).
     std::fs::create_dir_all(&app.deps)?;
@@ -67,9 +89,14 @@ pub(super) fn measure_app(b: &Bench, report: &mut Report) -> anyhow::Result<()> 
             .quiet()
             .run()?;
     }
-    measure_whole_export(b, &app, report)?;
+    if figures.wants("2") {
+        measure_whole_export(b, app, report)?;
+    }
     remove(&app.v1)?;
-    measure_rebuild(b, &app.bundle, report)
+    if figures.wants_any(&["4", "8"]) {
+        measure_rebuild(b, &app.bundle, report)?;
+    }
+    Ok(())
 }
 
 /// `cache-export` of the app into `app.bundle`.
@@ -414,6 +441,17 @@ const CHANGED_LINES: [(&str, &str); 2] = [
     ),
 ];
 
+/// Appends [`CHANGED_LINES`] to a copy of the project (figures 4 and 10).
+pub(super) fn change_one_line(project: &Utf8Path) -> anyhow::Result<()> {
+    for (file, line) in CHANGED_LINES {
+        let path = project.join(file);
+        let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        text.push_str(line);
+        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
+    }
+    Ok(())
+}
+
 /// Figure 4's headline: what users rebuild offline for. A copy of the project with one
 /// line changed in backend/app and one in frontend/app, patched, rebuilt from the bundle's
 /// cache, against the same cold build as the unchanged case; the steps that must rerun,
@@ -427,12 +465,7 @@ fn measure_changed_rebuild(
     let (tsh, xtask, log) = (&b.tsh, &b.xtask, &b.log);
     let changed = b.work.join("app-changed");
     copy_project(&b.repo, &changed)?;
-    for (file, line) in CHANGED_LINES {
-        let path = changed.join(file);
-        let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        text.push_str(line);
-        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
-    }
+    change_one_line(&changed)?;
     let compose = changed.join("docker-compose.yml");
     timed(
         cmd!(tsh, "{xtask} -f {compose} patch-compose --bundle {bundle}"),

@@ -7,11 +7,16 @@ use super::files::write_fifty_services;
 use super::images::measure_images;
 use super::stats::{Row, Stat, Target, Unit};
 use super::timing::{alternate, series, timed};
-use super::{Bench, Report};
+use super::{Bench, Figures, Report};
 
 /// Every figure: the app stack's (when asked for), the synthetic image's, the quick
 /// commands'; the rows sorted by figure.
-pub(super) fn measure_all(b: &Bench, size: u64, with_app: bool) -> anyhow::Result<Report> {
+pub(super) fn measure_all(
+    b: &Bench,
+    size: u64,
+    with_app: bool,
+    figures: &Figures,
+) -> anyhow::Result<Report> {
     let mut report = Report {
         rows: Vec::new(),
         notes: Vec::new(),
@@ -33,20 +38,35 @@ pub(super) fn measure_all(b: &Bench, size: u64, with_app: bool) -> anyhow::Resul
     ));
     // The app first: it needs the network (wheelhouse, npm cache) and fails earliest.
     if with_app {
-        if let Err(err) = measure_app(b, &mut report) {
+        if let Err(err) = measure_app(b, figures, &mut report) {
             eprintln!("error: the app stack's figures failed: {err:#}");
             report
                 .notes
-                .push(format!("The app stack's figures (2, 4) failed: {err:#}"));
+                .push(format!("The app stack's figures failed: {err:#}"));
         }
     } else {
         report.notes.push(
-            "The application stack (figures 2 and 4) was left out (--quick or --no-app).".into(),
+            "The application stack (figures 0, 2, 4, 8, 9, 10) was left out (--quick, --no-app, \
+             or --figures without them)."
+                .into(),
         );
     }
-    measure_images(b, size, &mut report)?;
-    measure_quick_commands(b, &mut report)?;
-    report.rows.sort_by(|a, b| a.figure.cmp(&b.figure));
+    if figures.wants_any(&super::IMAGE_FIGURES) {
+        measure_images(b, size, &mut report)?;
+    }
+    if figures.wants_any(&super::COMMAND_FIGURES) {
+        measure_quick_commands(b, &mut report)?;
+    }
+    // by figure number ("10." after "9."), then by name as before
+    let number = |figure: &str| {
+        figure
+            .split_once(". ")
+            .and_then(|(n, _)| n.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    };
+    report
+        .rows
+        .sort_by(|a, b| (number(&a.figure), &a.figure).cmp(&(number(&b.figure), &b.figure)));
     Ok(report)
 }
 

@@ -17,9 +17,12 @@
 //! - `measure`: the order of the figures, and the quick commands (figure 7);
 //! - `images`: the synthetic image (figures 1, 3, 5, 6 and the chart);
 //! - `app`: the application stack (figures 0, 2, 4, 8);
+//! - `carry`: from the app's bundle, a fleet of builders from one publish (figure 9) and
+//!   the packed and delta bundles (figure 10);
 //! - `timing`, `stats`, `render`, `machine`, `files`: the parts they use.
 
 mod app;
+mod carry;
 mod files;
 mod images;
 mod machine;
@@ -61,6 +64,8 @@ pub struct Settings {
     pub size: u64,
     /// Measure the application stack too.
     pub with_app: bool,
+    /// The figures to produce (and expect): all of them, or those `--figures` names.
+    pub figures: Figures,
     /// Where to write the report (Markdown, and an SVG chart beside it); absolute.
     pub output: Option<Utf8PathBuf>,
 }
@@ -87,11 +92,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         if settings.with_app { ", app stack" } else { "" }
     );
     let bench = Bench::start(xtask, repo_root()?, settings.runs)?;
-    let report = measure::measure_all(&bench, settings.size, settings.with_app);
+    let report = measure::measure_all(&bench, settings.size, settings.with_app, &settings.figures);
     let machine = Machine::describe(&bench.export, &bench.work);
     drop(bench);
     let (mut report, machine) = (report?, machine?);
-    let verdict = Verdict::of(&report.rows, settings.with_app);
+    let verdict = Verdict::of(&report.rows, &settings.figures.expected(settings.with_app));
     if !verdict.missing.is_empty() {
         report.notes.push(format!(
             "Missing figures (their workload failed; see the notes above and the log): {}.",
@@ -130,9 +135,67 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
 
 /// The figures (by number) each workload produces: the app stack's, the synthetic
 /// image's, the quick commands'.
-const APP_FIGURES: [&str; 3] = ["0", "2", "4"];
+const APP_FIGURES: [&str; 6] = ["0", "2", "4", "8", "9", "10"];
 const IMAGE_FIGURES: [&str; 4] = ["1", "3", "5", "6"];
 const COMMAND_FIGURES: [&str; 1] = ["7"];
+
+/// The figures a run produces: every one (the default), or those `--figures` named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Figures {
+    only: Option<Vec<&'static str>>,
+}
+
+impl Figures {
+    /// `9,10`: figure numbers, each one the benchmark produces.
+    pub fn parse(text: &str) -> Result<Figures, String> {
+        let known = || {
+            APP_FIGURES
+                .iter()
+                .chain(&IMAGE_FIGURES)
+                .chain(&COMMAND_FIGURES)
+        };
+        let mut only: Vec<&'static str> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let figure = known().find(|k| **k == part).ok_or_else(|| {
+                let mut all: Vec<&str> = known().copied().collect();
+                all.sort_by_key(|n| n.parse::<u32>().unwrap_or(u32::MAX));
+                format!("no figure `{part}`: the figures are {}", all.join(", "))
+            })?;
+            if !only.contains(figure) {
+                only.push(figure);
+            }
+        }
+        if only.is_empty() {
+            return Err("name at least one figure, e.g. --figures 9,10".into());
+        }
+        Ok(Figures { only: Some(only) })
+    }
+
+    /// Whether the run produces figure `n`.
+    pub fn wants(&self, n: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(&n))
+    }
+
+    pub fn wants_any(&self, ns: &[&str]) -> bool {
+        ns.iter().any(|n| self.wants(n))
+    }
+
+    /// Whether a figure of the application stack is asked for.
+    pub fn needs_app(&self) -> bool {
+        self.wants_any(&APP_FIGURES)
+    }
+
+    /// The figures that must be in the report: those asked for, of the workloads that run.
+    fn expected(&self, with_app: bool) -> Vec<&'static str> {
+        IMAGE_FIGURES
+            .iter()
+            .chain(&COMMAND_FIGURES)
+            .chain(if with_app { &APP_FIGURES[..] } else { &[] })
+            .copied()
+            .filter(|n| self.wants(n))
+            .collect()
+    }
+}
 
 /// What a run's rows say: targets met and missed, and the figures that should be there and
 /// are not.
@@ -144,12 +207,9 @@ struct Verdict {
 }
 
 impl Verdict {
-    fn of(rows: &[Row], with_app: bool) -> Verdict {
-        let expected = IMAGE_FIGURES
-            .iter()
-            .chain(&COMMAND_FIGURES)
-            .chain(if with_app { &APP_FIGURES[..] } else { &[] });
+    fn of(rows: &[Row], expected: &[&'static str]) -> Verdict {
         let mut missing: Vec<&'static str> = expected
+            .iter()
             .filter(|n| {
                 !rows
                     .iter()
@@ -157,7 +217,7 @@ impl Verdict {
             })
             .copied()
             .collect();
-        missing.sort_unstable();
+        missing.sort_by_key(|n| n.parse::<u32>().unwrap_or(u32::MAX));
         Verdict {
             met: rows.iter().filter(|r| r.met == Some(true)).count(),
             missed: rows.iter().filter(|r| r.met == Some(false)).count(),
@@ -366,31 +426,39 @@ mod tests {
     #[test]
     fn a_missing_figure_and_a_missed_target_are_counted() {
         use stats::Target::{AtMost, None as Shown};
-        let all: Vec<Row> = ["0", "1", "2", "3", "4", "5", "6", "7"]
+        let all_figures = Figures::default();
+        let all: Vec<Row> = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]
             .iter()
             .map(|n| row(&format!("{n}. thing"), 1.0, AtMost(2.0)))
             .collect();
         assert_eq!(
-            Verdict::of(&all, true),
+            Verdict::of(&all, &all_figures.expected(true)),
             Verdict {
-                met: 8,
+                met: 11,
                 missed: 0,
                 missing: vec![]
             }
         );
         // the app stack failed: its rows are gone, and the verdict says which
+        let app = ["0.", "2.", "4.", "8.", "9.", "10."];
         let no_app: Vec<Row> = all
             .iter()
-            .filter(|r| !["0.", "2.", "4."].iter().any(|p| r.figure.starts_with(p)))
+            .filter(|r| !app.iter().any(|p| r.figure.starts_with(p)))
             .cloned()
             .collect();
-        assert_eq!(Verdict::of(&no_app, true).missing, ["0", "2", "4"]);
-        assert_eq!(Verdict::of(&no_app, false).missing, Vec::<&str>::new());
+        assert_eq!(
+            Verdict::of(&no_app, &all_figures.expected(true)).missing,
+            ["0", "2", "4", "8", "9", "10"]
+        );
+        assert_eq!(
+            Verdict::of(&no_app, &all_figures.expected(false)).missing,
+            Vec::<&str>::new()
+        );
         let mut slow = no_app.clone();
         slow.push(row("7. slow", 3.0, AtMost(2.0)));
         slow.push(row("7. shown", 3.0, Shown));
         assert_eq!(
-            Verdict::of(&slow, false),
+            Verdict::of(&slow, &all_figures.expected(false)),
             Verdict {
                 met: 5,
                 missed: 1,
@@ -399,7 +467,32 @@ mod tests {
         );
         // "10." is not figure 1
         let ten = vec![row("10. other", 1.0, Shown)];
-        assert!(Verdict::of(&ten, false).missing.contains(&"1"));
+        assert!(Verdict::of(&ten, &all_figures.expected(false))
+            .missing
+            .contains(&"1"));
+        // only figure 10 made, of 9 and 10 asked for
+        let some = Figures::parse("9,10").unwrap();
+        assert_eq!(Verdict::of(&ten, &some.expected(true)).missing, ["9"]);
+    }
+
+    #[test]
+    fn figures_asked_for() {
+        let some = Figures::parse("10, 9,10").unwrap();
+        assert_eq!(some.expected(true), ["9", "10"]);
+        assert!(some.needs_app() && some.wants("9") && !some.wants("1") && !some.wants("2"));
+        assert!(!some.wants_any(&["2", "4", "8"]));
+        let images = Figures::parse("3").unwrap();
+        assert!(!images.needs_app());
+        assert_eq!(images.expected(false), ["3"]);
+        let all = Figures::default();
+        assert!(all.needs_app() && all.wants("7"));
+        assert_eq!(all.expected(false), ["1", "3", "5", "6", "7"]);
+        let err = Figures::parse("11").unwrap_err();
+        assert!(
+            err.contains("no figure `11`: the figures are 0, 1, 2"),
+            "{err}"
+        );
+        assert!(Figures::parse(",").is_err());
     }
 
     #[test]

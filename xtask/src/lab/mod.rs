@@ -8,6 +8,8 @@
 //!   offline server, and the proof that they cannot reach out.
 //! - [`registry`]: a CNCF Distribution registry (Debian's `docker-registry`) in a shared
 //!   network namespace, for a fleet of builders.
+//! - [`fleet`]: builder engines of a fleet in that namespace, with the registry as their
+//!   mirror; `cache-publish` into it; which steps of a builder's log came from the cache.
 //! - [`standins`]: base images made locally (no registry is reachable): busybox, and
 //!   Debian-based stand-ins of the application's python, node and nginx images.
 //! - [`synthetic`]: generated images of any size, for throughput measurements.
@@ -19,6 +21,7 @@
 //! users go through [`Engine::docker`] and [`Engine::docker_command`].
 
 pub mod engine;
+pub mod fleet;
 pub mod fs;
 pub mod netns;
 pub mod registry;

@@ -583,3 +583,26 @@ fn the_repositorys_own_compose_file_patches_and_reverts_and_compose_accepts_it()
         original
     );
 }
+
+/// `bench --figures` names known figures only, and not app figures with --no-app; both
+/// refused before any engine starts.
+#[test]
+fn bench_figures_are_checked_before_anything_runs() {
+    let (_dir, root) = project(&[]);
+    let run = xtask(&root, &["bench", "--figures", "9,11"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("no figure `11`: the figures are 0, 1, 2"),
+        "{}",
+        run.stderr
+    );
+    let run = xtask(&root, &["bench", "--figures", "9", "--no-app"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--figures names figures of the app stack, which --no-app leaves out"),
+        "{}",
+        run.stderr
+    );
+}

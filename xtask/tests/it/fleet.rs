@@ -17,7 +17,7 @@ use xshell::{cmd, Shell};
 use crate::bundle_e2e::{compose_build, xtask, xtask_bin};
 use crate::support::run::Scratch;
 use crate::support::{self, standins, EngineOptions, TEST_SITE};
-use xtask::lab::{Engine, Registry, SharedNamespace};
+use xtask::lab::{fleet, Engine, Registry, SharedNamespace};
 
 /// A base image of another registry than Docker Hub (a stand-in: busybox under that name).
 const GHCR_BASE: &str = "ghcr.io/xtask-fleet/tools:1";
@@ -89,90 +89,18 @@ fn publish(
     dir: &Utf8Path,
     registry: &str,
 ) -> anyhow::Result<(String, serde_json::Value)> {
-    let out = ns
-        .command(xtask_bin())
-        .args([
-            "cache-publish",
-            "--registry",
-            registry,
-            "--insecure",
-            "--json",
-        ])
-        .current_dir(dir)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    ensure!(out.status.success(), "cache-publish failed:\n{stderr}");
-    let summary = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("cache-publish --json printed no JSON:\n{stderr}"))?;
-    Ok((stderr, summary))
-}
-
-/// How a step of a `--progress plain` log got its result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// `CACHED`.
-    Cached,
-    /// From the cache too: BuildKit downloaded the layers of the step's cached result
-    /// from the registry (the steps an image is made of), which it logs as the
-    /// downloads and `DONE` instead of `CACHED`. Nothing else: no output, no run.
-    Downloaded,
-    /// Anything else: the step ran.
-    Ran,
-}
-
-/// The RUN and COPY steps of a `--progress plain` log with their outcome, in order.
-fn outcomes(log: &str) -> Vec<(String, Outcome)> {
-    let mut steps: Vec<(String, String)> = Vec::new();
-    let mut lines: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for line in log.lines() {
-        let Some((id, text)) = line.strip_prefix('#').and_then(|r| r.split_once(' ')) else {
-            continue;
-        };
-        if text.starts_with('[') && (text.contains("] RUN ") || text.contains("] COPY ")) {
-            if !steps.iter().any(|(i, _)| i == id) {
-                steps.push((id.to_string(), text.to_string()));
-            }
-        } else {
-            lines
-                .entry(id.to_string())
-                .or_default()
-                .push(text.trim().to_string());
-        }
-    }
-    let is_download =
-        |l: &String| l.starts_with("sha256:") && l.ends_with(" done") && l.contains(" / ");
-    steps
-        .into_iter()
-        .map(|(id, text)| {
-            let said = lines.remove(&id).unwrap_or_default();
-            let outcome = if said.iter().any(|l| l == "CACHED") {
-                Outcome::Cached
-            } else if said.iter().any(is_download)
-                && said
-                    .iter()
-                    .all(|l| is_download(l) || l.starts_with("DONE ") || l == "...")
-            {
-                Outcome::Downloaded
-            } else {
-                Outcome::Ran
-            };
-            (text, outcome)
-        })
-        .collect()
+    let published = fleet::publish(ns, xtask_bin(), dir, registry, None)?;
+    Ok((published.stderr, published.summary))
 }
 
 /// Every step of the fixture is in the log, and none ran.
 fn ensure_from_cache(log: &str) -> anyhow::Result<()> {
-    let found = outcomes(log);
+    let found = fleet::outcomes(log);
     for wanted in STEPS {
         let step = found.iter().find(|(text, _)| text.contains(wanted));
         ensure!(step.is_some(), "no step {wanted:?} in the log:\n{log}");
     }
-    let ran: Vec<&String> = found
-        .iter()
-        .filter(|(_, o)| *o == Outcome::Ran)
-        .map(|(text, _)| text)
-        .collect();
+    let ran = fleet::steps_that_ran(log);
     ensure!(
         ran.is_empty(),
         "steps that ran instead of coming from the cache: {ran:#?}\n{log}"
@@ -181,33 +109,14 @@ fn ensure_from_cache(log: &str) -> anyhow::Result<()> {
 }
 
 #[test]
-fn a_step_that_ran_is_told_from_one_whose_cached_layers_were_downloaded() {
+fn a_log_without_the_fixture_steps_is_refused() {
     let log = "\
 #11 [api 2/3] RUN sleep 1 && echo api-ready | tee /api.txt
 #11 CACHED
-#15 [api 3/3] COPY hello.txt /hello.txt
-#15 ...
-#15 sha256:0982552f28ca501dcb8b0c662563a7dab74ad4707cca463115f3444cfc977453 108B / 108B 0.0s done
-#15 DONE 0.0s
-#17 [web final 3/3] RUN cat /out.txt > /copy.txt && echo copied
-#17 0.105 copied
-#17 DONE 0.1s
-#18 [web builder 1/2] COPY x /x
-#18 DONE 0.0s
 ";
-    let found: Vec<Outcome> = outcomes(log).into_iter().map(|(_, o)| o).collect();
-    assert_eq!(
-        found,
-        [
-            Outcome::Cached,
-            Outcome::Downloaded,
-            Outcome::Ran,
-            Outcome::Ran
-        ]
-    );
     let err = ensure_from_cache(log).unwrap_err().to_string();
     assert!(
-        err.starts_with("no step \"COPY package.json package-lock.json /app/\""),
+        err.starts_with("no step \"COPY hello.txt /hello.txt\""),
         "{err}"
     );
 }
@@ -222,14 +131,7 @@ fn publish_with_a_login(ns: &SharedNamespace, src: &Utf8Path, tmp: &Scratch) -> 
     let config = tmp.path().join("docker-config");
     std::fs::create_dir_all(&config)?;
     let run = |docker_config: &Utf8Path| {
-        ns.command(xtask_bin())
-            .args([
-                "cache-publish",
-                "--registry",
-                &address,
-                "--insecure",
-                "--json",
-            ])
+        fleet::publish_command(ns, xtask_bin(), &address)
             .current_dir(src)
             .env("DOCKER_CONFIG", docker_config)
             .output()
@@ -368,17 +270,14 @@ fn one_publish_serves_three_offline_builders_from_a_registry() -> anyhow::Result
     }
     ensure!(changed["blobs_present"].as_u64() > Some(0), "{changed:#}");
 
-    let builder_options = EngineOptions {
-        join_namespace: Some(ns.name().to_string()),
-        daemon_config: serde_json::json!({
-            "registry-mirrors": [format!("http://{address}")],
-            "insecure-registries": [address],
-        }),
-        ..EngineOptions::default()
-    };
-    let builders: Vec<Engine> = (1..=3)
-        .map(|i| suite.engine(&format!("fleet-builder-{i}"), builder_options.clone()))
-        .collect::<anyhow::Result<_>>()?;
+    let builders: Vec<Engine> = fleet::start_builders(
+        &TEST_SITE,
+        "fleet-builder",
+        3,
+        &ns,
+        &address,
+        EngineOptions::default(),
+    )?;
     let proof = builders[0].prove_offline(None)?;
     eprintln!("builder in the fleet's namespace: {proof:?}");
     for (i, builder) in builders.iter().enumerate() {
