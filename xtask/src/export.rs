@@ -187,7 +187,7 @@ impl Export<'_> {
         sh: &Shell,
         service: &BuildService,
         base_images: &[ImageEntry],
-    ) -> anyhow::Result<ServiceEntry> {
+    ) -> anyhow::Result<(ServiceEntry, NpmChecks)> {
         let mut entry = ServiceEntry {
             name: service.name.clone(),
             inputs: fingerprints(&self.project, service)?,
@@ -212,9 +212,10 @@ impl Export<'_> {
         if self.args.wants(Part::PipCache) && !service.python_requirements.is_empty() {
             self.wheelhouse(sh, service, same_images, &mut entry)?;
         }
+        let mut checks = NpmChecks::default();
         if self.args.wants(Part::NpmCache) {
             if let Some(lockfile) = service.node_lockfiles.first() {
-                self.npm_cache(sh, service, lockfile, same_images, &mut entry)?;
+                checks = self.npm_cache(sh, service, lockfile, same_images, &mut entry)?;
             }
         }
         // Only the caches exported now are handed to the build, so the target's build
@@ -225,7 +226,7 @@ impl Export<'_> {
                 Some(rel) == entry.wheelhouse.as_ref() || Some(rel) == entry.npm_cache.as_ref()
             })
             .collect();
-        Ok(entry)
+        Ok((entry, checks))
     }
 
     /// The previous bundle's folder `field` of the service, if its `inputs` have the same
@@ -291,7 +292,7 @@ impl Export<'_> {
         lockfile: &Utf8Path,
         same_images: bool,
         entry: &mut ServiceEntry,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<NpmChecks> {
         let (out, staging, previous) = (self.previous_dir(), &self.staging, self.previous.as_ref());
         let all_platforms = self.args.all_npm_platforms;
         let rel = npm_cache_dir(&service.name);
@@ -325,8 +326,8 @@ impl Export<'_> {
                 }
             }
         }
-        let (libc, with_host) = match reused {
-            Some(done) => done,
+        let (libc, with_host, checks) = match reused {
+            Some((libc, with_host)) => (libc, with_host, NpmChecks::default()),
             None => export_npm_cache(
                 sh,
                 &Docker::new(sh),
@@ -348,7 +349,7 @@ impl Export<'_> {
         entry.npm_cache = Some(rel);
         entry.npm_libc = libc;
         entry.npm_host_cache = with_host.then_some(host_rel);
-        Ok(())
+        Ok(checks)
     }
 
     /// The steps that need not wait for one another, run at once: the tool (bin/xtask and
@@ -391,39 +392,33 @@ impl Export<'_> {
                 })
             });
             let (tx, rx) = mpsc::channel();
+            let mut checks = Vec::new();
             for (i, service) in self.plan.build_services.iter().enumerate() {
                 let (sh, tx) = (sh.clone(), tx.clone());
-                s.spawn(move || {
-                    let result = if steps.stopped() {
-                        Err(anyhow::Error::new(Stopped))
-                    } else {
-                        let step = steps.live(
-                            "Fetching",
-                            &format!("the dependency caches of {}", service.name),
-                        );
-                        let result = self
-                            .dependency_caches(&sh, service, base_images)
-                            .with_context(|| {
-                                format!("step `dependency caches` of service {}", service.name)
-                            });
-                        let secs = step.secs();
-                        step.finish(Some(format!(
-                            "        Took {secs:.1}s: the dependency caches of {}",
-                            service.name
-                        )));
-                        result
-                    };
-                    if result.is_err() {
-                        steps.stop();
-                    }
-                    // The receiver is gone only when the builds failed: nothing to tell.
-                    let _ = tx.send((i, result));
-                });
+                checks.push(
+                    s.spawn(move || self.service_step(&sh, steps, i, service, base_images, tx)),
+                );
             }
             drop(tx);
             let builds = self.build_caches(sh, steps, &rx);
             if builds.is_err() {
                 steps.stop();
+            }
+            // The npm cache checks that ran beside the builds: a failure of one fails the
+            // export even when every build passed.
+            let mut checked: anyhow::Result<()> = Ok(());
+            for handle in checks {
+                let result = handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("step `dependency caches` panicked")));
+                if let Err(err) = result {
+                    if checked
+                        .as_ref()
+                        .map_or_else(|e| e.is::<Stopped>(), |_| true)
+                    {
+                        checked = Err(err);
+                    }
+                }
             }
             let tool = match tool {
                 Some(handle) => handle
@@ -433,12 +428,82 @@ impl Export<'_> {
             };
             // The first real failure: a step that only stopped because another failed is
             // not the cause.
-            match (builds, tool) {
-                (Ok((services, images)), Ok(tool)) => Ok((services, images, tool)),
-                (Err(err), Err(other)) if err.is::<Stopped>() => Err(other),
-                (Err(err), _) | (_, Err(err)) => Err(err),
+            match (builds, checked, tool) {
+                (Ok((services, images)), Ok(()), Ok(tool)) => Ok((services, images, tool)),
+                (builds, checked, tool) => {
+                    let mut first: Option<anyhow::Error> = None;
+                    for err in [builds.err(), checked.err(), tool.err()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        if first.as_ref().is_none_or(|f| f.is::<Stopped>()) {
+                            first = Some(err);
+                        }
+                    }
+                    Err(first.unwrap_or_else(|| anyhow::Error::new(Stopped)))
+                }
             }
         })
+    }
+
+    /// One service's dependency caches, handed to the builds on `tx` as soon as they are
+    /// there, then the npm cache's offline checks (which read copies, beside the build).
+    fn service_step(
+        &self,
+        sh: &Shell,
+        steps: &Steps,
+        i: usize,
+        service: &BuildService,
+        base_images: &[ImageEntry],
+        tx: mpsc::Sender<(usize, anyhow::Result<ServiceEntry>)>,
+    ) -> anyhow::Result<()> {
+        if steps.stopped() {
+            let _ = tx.send((i, Err(anyhow::Error::new(Stopped))));
+            return Err(anyhow::Error::new(Stopped));
+        }
+        let step = steps.live(
+            "Fetching",
+            &format!("the dependency caches of {}", service.name),
+        );
+        let result = self
+            .dependency_caches(sh, service, base_images)
+            .with_context(|| format!("step `dependency caches` of service {}", service.name));
+        let secs = step.secs();
+        step.finish(Some(format!(
+            "        Took {secs:.1}s: the dependency caches of {}",
+            service.name
+        )));
+        let (entry, npm_checks) = match result {
+            Ok(done) => done,
+            Err(err) => {
+                steps.stop();
+                // The receiver is gone only when the builds failed.
+                let _ = tx.send((i, Err(err)));
+                return Err(anyhow::Error::new(Stopped));
+            }
+        };
+        // The build may start: the checks read copies of the folders.
+        let _ = tx.send((i, Ok(entry)));
+        drop(tx);
+        if npm_checks.runs.is_empty() || steps.stopped() {
+            return Ok(());
+        }
+        let step = steps.live(
+            "Checking",
+            &format!("the npm cache of {} (npm ci --offline)", service.name),
+        );
+        let result = npm_checks
+            .run(sh)
+            .with_context(|| format!("step `npm cache check` of service {}", service.name));
+        if result.is_err() {
+            steps.stop();
+        }
+        let secs = step.secs();
+        step.finish(Some(format!(
+            "        Took {secs:.1}s: the offline check of the npm cache of {}",
+            service.name
+        )));
+        result
     }
 
     /// Builds every service into the build cache (or its cache images) as its dependency
@@ -773,13 +838,68 @@ impl Options {
     }
 }
 
-/// Every tarball of the lockfile for the engine's os and cpu, both libcs, checked with
-/// `npm ci --offline` for glibc and musl.
+/// The `npm ci --offline` runs that prove an exported npm cache, made after the fill and
+/// run apart from it ([`NpmChecks::run`]): each on its own scratch copy of the finished
+/// (normalized) folders, so that the build can read the folders meanwhile and the checks
+/// prove the very bytes the bundle carries; the runs of different platforms at once.
+#[derive(Debug, Default)]
+struct NpmChecks {
+    lockfile: Utf8PathBuf,
+    /// The folders merged into one cache, and the platforms to install for with it.
+    runs: Vec<(Vec<Utf8PathBuf>, Vec<npm_cache::NodePlatform>)>,
+}
+
+impl NpmChecks {
+    /// Every run, at once; the first failure is the error.
+    fn run(&self, sh: &Shell) -> anyhow::Result<()> {
+        let project_dir = self.lockfile.parent().unwrap_or(&self.lockfile);
+        let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .runs
+                .iter()
+                .map(|(dirs, platforms)| {
+                    let sh = sh.clone();
+                    s.spawn(move || {
+                        let tmp = sh.create_temp_dir()?;
+                        let copy = Utf8Path::from_path(tmp.path())
+                            .context("temporary directory is not UTF-8")?
+                            .join("npm-cache");
+                        for dir in dirs {
+                            npm_cache::merge_into(dir, &copy)
+                                .with_context(|| format!("copying {dir} to check it"))?;
+                        }
+                        npm_cache::verify(&sh, project_dir, &copy, platforms).with_context(|| {
+                            format!(
+                                "checking the npm cache of {} offline ({})",
+                                self.lockfile,
+                                dirs.iter()
+                                    .map(|d| d.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" + ")
+                            )
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("an npm cache check panicked")))
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+}
+
 /// Fills `out` with the tarballs the image's `npm ci` needs, for its libc only when a base
 /// image answers `node` (a smaller build context: BuildKit reads it whole to key the
-/// `npm ci` step), and `host_out` with the host's packages it lacks (for ~/.npm at import).
-/// Checked with `npm ci --offline` for the image's platform and, on both together, for the
-/// host. Returns the image's libc, and whether `host_out` was written.
+/// `npm ci` step), else every libc of the engine's os and cpu; and `host_out` with the
+/// host's packages it lacks (for ~/.npm at import). Returns the image's libc, whether
+/// `host_out` was written, and the checks still to run: `npm ci --offline` for the image's
+/// platform and, on both folders together, for the host (for every platform when no base
+/// image tells the libc).
 #[allow(clippy::too_many_arguments)]
 fn export_npm_cache(
     sh: &Shell,
@@ -790,11 +910,14 @@ fn export_npm_cache(
     out: &Utf8Path,
     host_out: &Utf8Path,
     all_platforms: bool,
-) -> anyhow::Result<(Option<String>, bool)> {
+) -> anyhow::Result<(Option<String>, bool, NpmChecks)> {
     crate::say!("   npm cache for {lockfile}");
     let platform = |libc: &str| npm_cache::NodePlatform::from_docker("linux", &engine.arch, libc);
-    let project_dir = lockfile.parent().unwrap_or(lockfile);
     let host = npm_cache::NodePlatform::host();
+    let mut checks = NpmChecks {
+        lockfile: lockfile.to_path_buf(),
+        runs: Vec::new(),
+    };
     // Filled, then its packuments cut to the lockfile's versions (checked by the
     // `npm ci --offline` runs that follow).
     let fill = |dir: &Utf8Path, selection: &npm_cache::Selection| {
@@ -803,10 +926,6 @@ fn export_npm_cache(
         npm_cache::trim_for_lockfile(dir, lockfile)
             .with_context(|| format!("cutting the packuments in {dir}"))?;
         anyhow::Ok(report)
-    };
-    let verify = |dir: &Utf8Path, platforms: &[npm_cache::NodePlatform]| {
-        npm_cache::verify(sh, project_dir, dir, platforms)
-            .with_context(|| format!("checking the npm cache of {lockfile} offline"))
     };
     let libc = if all_platforms {
         None
@@ -826,8 +945,16 @@ fn export_npm_cache(
             npm_cache::Selection::OsCpu(vec![platform("")])
         };
         fill(out, &selection)?;
-        verify(out, &[host, platform("glibc"), platform("musl")])?;
-        return Ok((None, false));
+        let mut platforms: Vec<npm_cache::NodePlatform> = Vec::new();
+        for p in [host, platform("glibc"), platform("musl")] {
+            if !platforms.contains(&p) {
+                platforms.push(p);
+            }
+        }
+        for p in platforms {
+            checks.runs.push((vec![out.to_path_buf()], vec![p]));
+        }
+        return Ok((None, false, checks));
     };
     let image = platform(&libc);
     crate::say!(
@@ -841,9 +968,11 @@ fn export_npm_cache(
             except: Vec::new(),
         },
     )?;
-    verify(out, std::slice::from_ref(&image))?;
+    checks
+        .runs
+        .push((vec![out.to_path_buf()], vec![image.clone()]));
     if host == image {
-        return Ok((Some(libc), false));
+        return Ok((Some(libc), false, checks));
     }
     let extra = npm_cache::Selection::Platforms {
         on: vec![host.clone()],
@@ -852,17 +981,13 @@ fn export_npm_cache(
     let report = fill(host_out, &extra)?;
     if report.tarballs.is_empty() {
         remove_path(host_out)?;
-        return Ok((Some(libc), false));
+        return Ok((Some(libc), false, checks));
     }
-    // The host's install needs both: check it on a scratch merge of the two.
-    let tmp = sh.create_temp_dir()?;
-    let both = Utf8Path::from_path(tmp.path())
-        .context("temporary directory is not UTF-8")?
-        .join("npm-cache");
-    npm_cache::merge_into(out, &both)?;
-    npm_cache::merge_into(host_out, &both)?;
-    verify(&both, &[host])?;
-    Ok((Some(libc), true))
+    // The host's install needs both: checked on a merge of the two.
+    checks
+        .runs
+        .push((vec![out.to_path_buf(), host_out.to_path_buf()], vec![host]));
+    Ok((Some(libc), true, checks))
 }
 
 fn present_images(docker: &Docker, plan: &Plan) -> anyhow::Result<Vec<ImageEntry>> {
