@@ -48,6 +48,17 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// The first error that is not a mere [`Stopped`] (the cause), else the first.
+fn first_failure(errors: impl IntoIterator<Item = anyhow::Error>) -> anyhow::Error {
+    let mut first: Option<anyhow::Error> = None;
+    for err in errors {
+        if first.as_ref().is_none_or(|f| f.is::<Stopped>()) {
+            first = Some(err);
+        }
+    }
+    first.unwrap_or_else(|| anyhow::Error::new(Stopped))
+}
+
 /// A part of the bundle (`cache-export --only`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Part {
@@ -1373,4 +1384,27 @@ fn set_executable(path: &Utf8Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("making {path} executable"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failed_step_is_the_error_not_the_steps_it_stopped() {
+        let stopped = || anyhow::Error::new(Stopped);
+        let real = || anyhow::anyhow!("step `tool`: cargo failed");
+        for errors in [
+            vec![stopped(), real()],
+            vec![real(), stopped()],
+            vec![stopped(), stopped(), real()],
+        ] {
+            let err = first_failure(errors);
+            assert_eq!(err.to_string(), "step `tool`: cargo failed");
+        }
+        let two = first_failure([anyhow::anyhow!("first"), anyhow::anyhow!("second")]);
+        assert_eq!(two.to_string(), "first");
+        assert!(first_failure([stopped()]).is::<Stopped>());
+        assert!(first_failure(Vec::new()).is::<Stopped>());
+    }
 }
