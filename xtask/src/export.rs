@@ -441,18 +441,11 @@ impl Export<'_> {
             // not the cause.
             match (builds, checked, tool) {
                 (Ok((services, images)), Ok(()), Ok(tool)) => Ok((services, images, tool)),
-                (builds, checked, tool) => {
-                    let mut first: Option<anyhow::Error> = None;
-                    for err in [builds.err(), checked.err(), tool.err()]
+                (builds, checked, tool) => Err(first_failure(
+                    [builds.err(), checked.err(), tool.err()]
                         .into_iter()
-                        .flatten()
-                    {
-                        if first.as_ref().is_none_or(|f| f.is::<Stopped>()) {
-                            first = Some(err);
-                        }
-                    }
-                    Err(first.unwrap_or_else(|| anyhow::Error::new(Stopped)))
-                }
+                        .flatten(),
+                )),
             }
         })
     }
