@@ -71,13 +71,15 @@ impl Steps {
     /// Starts a step that prints its own plain lines: only its live line, on a terminal.
     pub fn live(&self, status: &str, label: &str) -> Step {
         let bar = self.multi.as_ref().map(|multi| {
-            let bar = multi.add(ProgressBar::new_spinner());
+            let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {prefix:>12.cyan.bold} {msg} ({elapsed})")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.set_prefix(status.to_string());
             bar.set_message(label.to_string());
+            // Added once it says what it is: its first drawing is already right.
+            let bar = multi.add(bar);
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
