@@ -64,14 +64,14 @@ pub fn save_layout(
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),
     };
-    eprintln!(
+    crate::say!(
         "      Saving {} images to {IMAGES_DIR}/ from the engine's containerd content store \
          ({store})",
         images.len()
     );
     let (layout, files, bytes) = write(store, staging, &archive_images, &blobs)?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    crate::say!(
         "       Saved {} images from the content store: {} linked or copied and checked in \
          {secs:.1}s ({}/s)",
         images.len(),

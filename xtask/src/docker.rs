@@ -324,7 +324,26 @@ impl<'a> Docker<'a> {
         }
         // Its progress goes to our stderr: stdout is for `--json` alone.
         let step = format!("`docker compose build` of {}", services.join(", "));
-        eprintln!("     Running {c}");
+        crate::say!("     Running {c}");
+        if crate::steps::live() {
+            // Live step lines are on the terminal: compose's own display would be drawn
+            // over them, so its output is kept and shown only if the build fails.
+            let output = c
+                .quiet()
+                .ignore_status()
+                .output()
+                .map_err(|e| self.failed(&step, anyhow::anyhow!("running it: {e}")))?;
+            if !output.status.success() {
+                let text = String::from_utf8_lossy(&output.stderr);
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(self.failed(
+                    &step,
+                    anyhow::anyhow!("it exited with {}:\n{}", output.status, tail.join("\n")),
+                ));
+            }
+            return Ok(());
+        }
         let mut command = std::process::Command::from(c);
         let stderr = {
             use std::os::fd::AsFd;

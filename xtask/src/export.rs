@@ -8,6 +8,7 @@
 //! leaves a bundle that verifies.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -26,12 +27,37 @@ use crate::model::layout::{
 };
 use crate::model::manifest::{
     Compression, EngineSummary, FileEntry, ImageEntry, ImageLayout, ImageRole, Manifest,
-    ServiceEntry, Strategy, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
+    ServiceEntry, Strategy, ToolEntry, FORMAT_VERSION, HUMAN_MANIFEST_FILE, IMPORT_SCRIPT,
     LAYOUT_FORMAT_VERSION, MANIFEST_FILE, SUMS_FILE,
 };
 use crate::model::plan::{BuildService, Plan};
 use crate::project::Project;
 use crate::recompress;
+use crate::steps::Steps;
+
+/// A step that did not run, or stopped at a boundary, because another step failed (that
+/// one's error is the export's).
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped: another step of the export failed")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// The first error that is not a mere [`Stopped`] (the cause), else the first.
+fn first_failure(errors: impl IntoIterator<Item = anyhow::Error>) -> anyhow::Error {
+    let mut first: Option<anyhow::Error> = None;
+    for err in errors {
+        if first.as_ref().is_none_or(|f| f.is::<Stopped>()) {
+            first = Some(err);
+        }
+    }
+    first.unwrap_or_else(|| anyhow::Error::new(Stopped))
+}
 
 /// A part of the bundle (`cache-export --only`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -75,8 +101,6 @@ impl Options {
 /// everything is written to `staging` first, then published.
 pub struct Export<'a> {
     pub args: &'a Options,
-    pub sh: &'a Shell,
-    pub docker: Docker<'a>,
     pub engine: EngineInfo,
     pub project: Project,
     pub plan: Plan,
@@ -100,14 +124,15 @@ impl Export<'_> {
     }
 
     /// The steps, in order; returns the manifest written.
-    pub fn write(&mut self) -> anyhow::Result<(Manifest, String)> {
+    pub fn write(&mut self, sh: &Shell) -> anyhow::Result<(Manifest, String)> {
+        let docker = Docker::new(sh);
         let args = self.args;
         // Builds need every base image. Dependency caches alone do not: the Python is then
         // asked of the images that are here, and read from the name of the others.
         let base_images = if args.wants(Part::BaseImages) || args.wants(Part::BuildCache) {
-            ensure_base_images(&self.docker, &self.plan, args.pull)?
+            ensure_base_images(&docker, &self.plan, args.pull)?
         } else {
-            present_images(&self.docker, &self.plan)?
+            present_images(&docker, &self.plan)?
         };
         let mut images = if args.wants(Part::BaseImages) || self.strategy != Strategy::Local {
             base_images.clone()
@@ -122,13 +147,12 @@ impl Export<'_> {
             Some(since) if since.dir.is_some() => Some(since.manifest.clone()),
             _ => bundle::read_manifest(&self.out).ok(),
         };
-        let mut services = Vec::new();
-        for service in &self.plan.build_services {
-            services.push(self.dependency_caches(service, &base_images)?);
-        }
-        for name in &self.build_caches(&mut services)? {
-            let id = self
-                .docker
+        // The dependency caches of every service, the builds and the tool at once where
+        // one does not need the other (one live line each on a terminal, steps.rs).
+        let steps = Steps::new();
+        let (services, cache_images, tool) = self.concurrent_steps(sh, &steps, &base_images)?;
+        for name in &cache_images {
+            let id = docker
                 .image_id(name)?
                 .with_context(|| format!("the cache image {name} vanished after its build"))?;
             images.push(ImageEntry {
@@ -137,7 +161,10 @@ impl Export<'_> {
                 role: ImageRole::BuildCache,
             });
         }
-        let (files, image_layout) = self.save_images(&images)?;
+        let saving = steps.live("Saving", &format!("{} images", images.len()));
+        let (files, image_layout) = self.save_images(sh, &images)?;
+        saving.finish(None);
+        drop(steps);
         let manifest = Manifest {
             format_version: if image_layout.is_some() {
                 LAYOUT_FORMAT_VERSION
@@ -158,7 +185,7 @@ impl Export<'_> {
             images,
             services,
             files: Vec::new(),
-            tool: None,
+            tool,
             base: None,
         };
         self.finish(manifest, files)
@@ -168,9 +195,10 @@ impl Export<'_> {
     /// inputs did not change), as its manifest entry.
     fn dependency_caches(
         &self,
+        sh: &Shell,
         service: &BuildService,
         base_images: &[ImageEntry],
-    ) -> anyhow::Result<ServiceEntry> {
+    ) -> anyhow::Result<(ServiceEntry, NpmChecks)> {
         let mut entry = ServiceEntry {
             name: service.name.clone(),
             inputs: fingerprints(&self.project, service)?,
@@ -193,11 +221,12 @@ impl Export<'_> {
             })
         });
         if self.args.wants(Part::PipCache) && !service.python_requirements.is_empty() {
-            self.wheelhouse(service, same_images, &mut entry)?;
+            self.wheelhouse(sh, service, same_images, &mut entry)?;
         }
+        let mut checks = NpmChecks::default();
         if self.args.wants(Part::NpmCache) {
             if let Some(lockfile) = service.node_lockfiles.first() {
-                self.npm_cache(service, lockfile, same_images, &mut entry)?;
+                checks = self.npm_cache(sh, service, lockfile, same_images, &mut entry)?;
             }
         }
         // Only the caches exported now are handed to the build, so the target's build
@@ -208,7 +237,7 @@ impl Export<'_> {
                 Some(rel) == entry.wheelhouse.as_ref() || Some(rel) == entry.npm_cache.as_ref()
             })
             .collect();
-        Ok(entry)
+        Ok((entry, checks))
     }
 
     /// The previous bundle's folder `field` of the service, if its `inputs` have the same
@@ -235,6 +264,7 @@ impl Export<'_> {
 
     fn wheelhouse(
         &self,
+        sh: &Shell,
         service: &BuildService,
         same_images: bool,
         entry: &mut ServiceEntry,
@@ -252,11 +282,11 @@ impl Export<'_> {
             .filter(|_| same_images && !overridden);
         match old {
             Some(old) if reuse(out, &old, self.previous.as_ref(), &staging.join(&rel))? => {
-                eprintln!("     Reusing {rel} (requirements and base image unchanged)");
+                crate::say!("     Reusing {rel} (requirements and base image unchanged)");
             }
             _ => args.export_wheelhouse(
-                self.sh,
-                &self.docker,
+                sh,
+                &Docker::new(sh),
                 &self.engine,
                 service,
                 &staging.join(&rel),
@@ -268,11 +298,12 @@ impl Export<'_> {
 
     fn npm_cache(
         &self,
+        sh: &Shell,
         service: &BuildService,
         lockfile: &Utf8Path,
         same_images: bool,
         entry: &mut ServiceEntry,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<NpmChecks> {
         let (out, staging, previous) = (self.previous_dir(), &self.staging, self.previous.as_ref());
         let all_platforms = self.args.all_npm_platforms;
         let rel = npm_cache_dir(&service.name);
@@ -296,7 +327,7 @@ impl Export<'_> {
                     Some(h) => reuse(out, h, previous, &host_dest)?,
                 };
                 if host_ok {
-                    eprintln!("     Reusing {rel} (lockfile and base images unchanged)");
+                    crate::say!("     Reusing {rel} (lockfile and base images unchanged)");
                     reused = Some((
                         old_entry.npm_libc.clone(),
                         old_entry.npm_host_cache.is_some(),
@@ -306,11 +337,11 @@ impl Export<'_> {
                 }
             }
         }
-        let (libc, with_host) = match reused {
-            Some(done) => done,
+        let (libc, with_host, checks) = match reused {
+            Some((libc, with_host)) => (libc, with_host, NpmChecks::default()),
             None => export_npm_cache(
-                self.sh,
-                &self.docker,
+                sh,
+                &Docker::new(sh),
                 &self.engine,
                 service,
                 lockfile,
@@ -329,35 +360,244 @@ impl Export<'_> {
         entry.npm_cache = Some(rel);
         entry.npm_libc = libc;
         entry.npm_host_cache = with_host.then_some(host_rel);
-        Ok(())
+        Ok(checks)
     }
 
-    /// Builds every service into the build cache (or its cache images); returns the cache
-    /// images made.
-    fn build_caches(&self, services: &mut [ServiceEntry]) -> anyhow::Result<Vec<String>> {
-        let mut cache_images = Vec::new();
-        if !self.args.wants(Part::BuildCache) {
-            return Ok(cache_images);
-        }
-        let (docker, project, staging) = (&self.docker, &self.project, &self.staging);
-        // Images that other services start FROM are built first (the plan's build order):
-        // a build never looks for an image of the project's own that is not there yet.
-        let mut pairs: Vec<(&BuildService, &mut ServiceEntry)> =
-            self.plan.build_services.iter().zip(services).collect();
-        let rank = |name: &str| self.plan.build_order.iter().position(|s| s == name);
-        pairs.sort_by_key(|(service, _)| rank(&service.name));
-        for (service, entry) in pairs {
-            match self.strategy {
-                Strategy::Local => {
-                    build_local(docker, &self.engine, project, service, entry, staging)?
-                }
-                Strategy::Inline | Strategy::Legacy => {
-                    build_cache_images(docker, project, service, self.strategy, entry, staging)?;
-                    cache_images.extend(entry.cache_images.iter().cloned());
+    /// The steps that need not wait for one another, run at once: the tool (bin/xtask and
+    /// its crates), each service's dependency caches (wheelhouse, npm cache and its offline
+    /// check), and the builds, one at a time in the plan's rounds, each as soon as its own
+    /// dependency caches are there (a build reads them) and every service of an earlier
+    /// round is built (it may start FROM their images); then the build cache's layers are
+    /// recompressed. Returns the services' entries (in the plan's order), the cache images
+    /// made, and the tool's entry. When a step fails the others stop at their next step
+    /// boundary, and the first failure is the error (the staging folder is never published).
+    #[allow(clippy::type_complexity)]
+    fn concurrent_steps(
+        &self,
+        sh: &Shell,
+        steps: &Steps,
+        base_images: &[ImageEntry],
+    ) -> anyhow::Result<(Vec<ServiceEntry>, Vec<String>, Option<ToolEntry>)> {
+        std::thread::scope(|s| {
+            let tool = self.args.wants(Part::Tool).then(|| {
+                let sh = sh.clone();
+                s.spawn(move || {
+                    if steps.stopped() {
+                        return Err(anyhow::Error::new(Stopped));
+                    }
+                    let step = steps.live("Tool", "bin/xtask and tool/ (static build, crates)");
+                    let result = crate::tool::export(
+                        &sh,
+                        &self.args.tool,
+                        &self.out,
+                        &self.staging,
+                        self.previous.as_ref(),
+                    )
+                    .context("step `tool` (bin/xtask and tool/xtask-vendor.tar.gz)");
+                    if result.is_err() {
+                        steps.stop();
+                    }
+                    let secs = step.secs();
+                    step.finish(Some(format!("        Took {secs:.1}s: the tool")));
+                    result
+                })
+            });
+            let (tx, rx) = mpsc::channel();
+            let mut checks = Vec::new();
+            for (i, service) in self.plan.build_services.iter().enumerate() {
+                let (sh, tx) = (sh.clone(), tx.clone());
+                checks.push(
+                    s.spawn(move || self.service_step(&sh, steps, i, service, base_images, tx)),
+                );
+            }
+            drop(tx);
+            let builds = self.build_caches(sh, steps, &rx);
+            if builds.is_err() {
+                steps.stop();
+            }
+            // The npm cache checks that ran beside the builds: a failure of one fails the
+            // export even when every build passed.
+            let mut checked: anyhow::Result<()> = Ok(());
+            for handle in checks {
+                let result = handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("step `dependency caches` panicked")));
+                if let Err(err) = result {
+                    if checked
+                        .as_ref()
+                        .map_or_else(|e| e.is::<Stopped>(), |_| true)
+                    {
+                        checked = Err(err);
+                    }
                 }
             }
+            let tool = match tool {
+                Some(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("step `tool` panicked"))),
+                None => Ok(None),
+            };
+            // The first real failure: a step that only stopped because another failed is
+            // not the cause.
+            match (builds, checked, tool) {
+                (Ok((services, images)), Ok(()), Ok(tool)) => Ok((services, images, tool)),
+                (builds, checked, tool) => Err(first_failure(
+                    [builds.err(), checked.err(), tool.err()]
+                        .into_iter()
+                        .flatten(),
+                )),
+            }
+        })
+    }
+
+    /// One service's dependency caches, handed to the builds on `tx` as soon as they are
+    /// there, then the npm cache's offline checks (which read copies, beside the build).
+    fn service_step(
+        &self,
+        sh: &Shell,
+        steps: &Steps,
+        i: usize,
+        service: &BuildService,
+        base_images: &[ImageEntry],
+        tx: mpsc::Sender<(usize, anyhow::Result<ServiceEntry>)>,
+    ) -> anyhow::Result<()> {
+        if steps.stopped() {
+            let _ = tx.send((i, Err(anyhow::Error::new(Stopped))));
+            return Err(anyhow::Error::new(Stopped));
         }
-        if self.strategy == Strategy::Local {
+        let step = steps.live(
+            "Fetching",
+            &format!("the dependency caches of {}", service.name),
+        );
+        let result = self
+            .dependency_caches(sh, service, base_images)
+            .with_context(|| format!("step `dependency caches` of service {}", service.name));
+        let secs = step.secs();
+        step.finish(Some(format!(
+            "        Took {secs:.1}s: the dependency caches of {}",
+            service.name
+        )));
+        let (entry, npm_checks) = match result {
+            Ok(done) => done,
+            Err(err) => {
+                steps.stop();
+                // The receiver is gone only when the builds failed.
+                let _ = tx.send((i, Err(err)));
+                return Err(anyhow::Error::new(Stopped));
+            }
+        };
+        // The build may start: the checks read copies of the folders.
+        let _ = tx.send((i, Ok(entry)));
+        drop(tx);
+        if npm_checks.runs.is_empty() || steps.stopped() {
+            return Ok(());
+        }
+        let step = steps.live(
+            "Checking",
+            &format!("the npm cache of {} (npm ci --offline)", service.name),
+        );
+        let result = npm_checks
+            .run(sh)
+            .with_context(|| format!("step `npm cache check` of service {}", service.name));
+        if result.is_err() {
+            steps.stop();
+        }
+        let secs = step.secs();
+        step.finish(Some(format!(
+            "        Took {secs:.1}s: the offline check of the npm cache of {}",
+            service.name
+        )));
+        result
+    }
+
+    /// Builds every service into the build cache (or its cache images) as its dependency
+    /// caches arrive on `ready`; returns every service's entry and the cache images made.
+    #[allow(clippy::type_complexity)]
+    fn build_caches(
+        &self,
+        sh: &Shell,
+        steps: &Steps,
+        ready: &mpsc::Receiver<(usize, anyhow::Result<ServiceEntry>)>,
+    ) -> anyhow::Result<(Vec<ServiceEntry>, Vec<String>)> {
+        let services = &self.plan.build_services;
+        let mut entries: Vec<Option<ServiceEntry>> = services.iter().map(|_| None).collect();
+        let mut built = vec![false; services.len()];
+        let mut cache_images = Vec::new();
+        let building = self.args.wants(Part::BuildCache);
+        let docker = &Docker::new(sh);
+        let (project, staging) = (&self.project, &self.staging);
+        // Images that other services start FROM are built first (the plan's rounds): a
+        // build never looks for an image of the project's own that is not there yet.
+        let rounds = &self.plan.build_rounds;
+        let round = |name: &str| {
+            rounds
+                .iter()
+                .position(|r| r.iter().any(|s| s == name))
+                .unwrap_or(rounds.len())
+        };
+        let rank = |name: &str| self.plan.build_order.iter().position(|s| s == name);
+        let mut received = 0;
+        while built.iter().any(|b| !b) {
+            let next = (0..services.len())
+                .filter(|&i| !built[i] && entries[i].is_some())
+                .filter(|&i| {
+                    let r = round(&services[i].name);
+                    (0..services.len()).all(|j| built[j] || round(&services[j].name) >= r)
+                })
+                .min_by_key(|&i| rank(&services[i].name));
+            let Some(i) = next else {
+                if received == services.len() {
+                    bail!("no service can be built: the build rounds name services the plan lacks");
+                }
+                let (i, result) = ready
+                    .recv()
+                    .context("a dependency-cache step ended without a result")?;
+                received += 1;
+                match result {
+                    Ok(entry) => entries[i] = Some(entry),
+                    Err(err) => {
+                        // The others stop at their next boundary; wait for them, and
+                        // report a failure that is not just a stop.
+                        steps.stop();
+                        let mut first = err;
+                        for (_, other) in ready.iter() {
+                            if let (Err(other), true) = (other, first.is::<Stopped>()) {
+                                first = other;
+                            }
+                        }
+                        return Err(first);
+                    }
+                }
+                continue;
+            };
+            if steps.stopped() {
+                return Err(anyhow::Error::new(Stopped));
+            }
+            let (service, entry) = (&services[i], entries[i].as_mut().expect("received"));
+            if building {
+                let step = steps.live("Building", &service.name);
+                match self.strategy {
+                    Strategy::Local => {
+                        build_local(docker, &self.engine, project, service, entry, staging)?
+                    }
+                    Strategy::Inline | Strategy::Legacy => {
+                        build_cache_images(
+                            docker,
+                            project,
+                            service,
+                            self.strategy,
+                            entry,
+                            staging,
+                        )?;
+                        cache_images.extend(entry.cache_images.iter().cloned());
+                    }
+                }
+                step.finish(None);
+            }
+            built[i] = true;
+        }
+        if building && self.strategy == Strategy::Local {
+            let step = steps.live("Compressing", "the build cache's layers");
             recompress_build_cache(
                 docker,
                 &self.plan,
@@ -365,8 +605,13 @@ impl Export<'_> {
                 self.previous.as_ref(),
                 staging,
             )?;
+            step.finish(None);
         }
-        Ok(cache_images)
+        let entries = entries
+            .into_iter()
+            .map(|e| e.expect("every service built"))
+            .collect();
+        Ok((entries, cache_images))
     }
 
     /// The images as `docker save`'s files: straight from the engine's containerd content
@@ -374,6 +619,7 @@ impl Export<'_> {
     /// through `docker save`; says which.
     fn save_layout(
         &self,
+        sh: &Shell,
         images: &[ImageEntry],
         names: &[String],
     ) -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
@@ -388,14 +634,15 @@ impl Export<'_> {
             }
             Err(why) => why,
         };
-        eprintln!("        Note {why}: saving the images with `docker save`");
-        images::save_layout(&self.docker, names, &self.staging)
+        crate::say!("        Note {why}: saving the images with `docker save`");
+        images::save_layout(&Docker::new(sh), names, &self.staging)
     }
 
     /// Saves the images (or reuses the previous bundle's, if they are the same): the
     /// files written and, without compression, the layout they form.
     fn save_images(
         &self,
+        sh: &Shell,
         images: &[ImageEntry],
     ) -> anyhow::Result<(Vec<FileEntry>, Option<ImageLayout>)> {
         let (out, staging, compression) = (self.previous_dir(), &self.staging, self.compression);
@@ -416,10 +663,10 @@ impl Export<'_> {
             };
             let (layout, entries) = match reused {
                 Some(done) => {
-                    eprintln!("     Reusing the saved images (same names, same IDs)");
+                    crate::say!("     Reusing the saved images (same names, same IDs)");
                     done
                 }
-                None => self.save_layout(images, &names)?,
+                None => self.save_layout(sh, images, &names)?,
             };
             files.extend(entries);
             image_layout = Some(layout);
@@ -436,11 +683,11 @@ impl Export<'_> {
                 .and_then(|p| p.files.iter().find(|f| f.path == archive));
             match old {
                 Some(old) if reuse_file(out, old, staging)? => {
-                    eprintln!("     Reusing {archive} (same images, same IDs)");
+                    crate::say!("     Reusing {archive} (same images, same IDs)");
                     files.push(old.clone());
                 }
                 _ => files.push(images::save_images(
-                    &self.docker,
+                    &Docker::new(sh),
                     &names,
                     compression,
                     &staging.join(&archive),
@@ -465,15 +712,6 @@ impl Export<'_> {
                 &self.plan.build_services,
                 &self.engine.arch,
                 staging,
-            )?;
-        }
-        if self.args.wants(Part::Tool) {
-            manifest.tool = crate::tool::export(
-                self.sh,
-                &self.args.tool,
-                &self.out,
-                staging,
-                self.previous.as_ref(),
             )?;
         }
         std::fs::write(
@@ -507,7 +745,7 @@ impl Export<'_> {
         for file in delta.expected_from_base() {
             remove_path(&self.staging.join(&file.path))?;
         }
-        eprintln!(
+        crate::say!(
             "       Delta of {}: carries {} of {} files ({} of {}); the full bundle is {complete}",
             since.digest,
             delta.carried().count(),
@@ -559,7 +797,7 @@ impl Options {
                     found = Some((target, image.clone()));
                     break;
                 }
-                Err(err) => eprintln!("        Note {image} has no Python to ask ({err:#})"),
+                Err(err) => crate::say!("        Note {image} has no Python to ask ({err:#})"),
             }
         }
         if found.is_none() {
@@ -583,7 +821,7 @@ impl Options {
                 service.base_images.join(", ")
             ),
         };
-        eprintln!("  Wheelhouse {} for {}", service.name, target.describe());
+        crate::say!("  Wheelhouse {} for {}", service.name, target.describe());
         let sdists = if image.is_empty() {
             wheelhouse::Sdists::Refuse
         } else {
@@ -604,13 +842,68 @@ impl Options {
     }
 }
 
-/// Every tarball of the lockfile for the engine's os and cpu, both libcs, checked with
-/// `npm ci --offline` for glibc and musl.
+/// The `npm ci --offline` runs that prove an exported npm cache, made after the fill and
+/// run apart from it ([`NpmChecks::run`]): each on its own scratch copy of the finished
+/// (normalized) folders, so that the build can read the folders meanwhile and the checks
+/// prove the very bytes the bundle carries; the runs of different platforms at once.
+#[derive(Debug, Default)]
+struct NpmChecks {
+    lockfile: Utf8PathBuf,
+    /// The folders merged into one cache, and the platforms to install for with it.
+    runs: Vec<(Vec<Utf8PathBuf>, Vec<npm_cache::NodePlatform>)>,
+}
+
+impl NpmChecks {
+    /// Every run, at once; the first failure is the error.
+    fn run(&self, sh: &Shell) -> anyhow::Result<()> {
+        let project_dir = self.lockfile.parent().unwrap_or(&self.lockfile);
+        let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .runs
+                .iter()
+                .map(|(dirs, platforms)| {
+                    let sh = sh.clone();
+                    s.spawn(move || {
+                        let tmp = sh.create_temp_dir()?;
+                        let copy = Utf8Path::from_path(tmp.path())
+                            .context("temporary directory is not UTF-8")?
+                            .join("npm-cache");
+                        for dir in dirs {
+                            npm_cache::merge_into(dir, &copy)
+                                .with_context(|| format!("copying {dir} to check it"))?;
+                        }
+                        npm_cache::verify(&sh, project_dir, &copy, platforms).with_context(|| {
+                            format!(
+                                "checking the npm cache of {} offline ({})",
+                                self.lockfile,
+                                dirs.iter()
+                                    .map(|d| d.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" + ")
+                            )
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("an npm cache check panicked")))
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+}
+
 /// Fills `out` with the tarballs the image's `npm ci` needs, for its libc only when a base
 /// image answers `node` (a smaller build context: BuildKit reads it whole to key the
-/// `npm ci` step), and `host_out` with the host's packages it lacks (for ~/.npm at import).
-/// Checked with `npm ci --offline` for the image's platform and, on both together, for the
-/// host. Returns the image's libc, and whether `host_out` was written.
+/// `npm ci` step), else every libc of the engine's os and cpu; and `host_out` with the
+/// host's packages it lacks (for ~/.npm at import). Returns the image's libc, whether
+/// `host_out` was written, and the checks still to run: `npm ci --offline` for the image's
+/// platform and, on both folders together, for the host (for every platform when no base
+/// image tells the libc).
 #[allow(clippy::too_many_arguments)]
 fn export_npm_cache(
     sh: &Shell,
@@ -621,11 +914,14 @@ fn export_npm_cache(
     out: &Utf8Path,
     host_out: &Utf8Path,
     all_platforms: bool,
-) -> anyhow::Result<(Option<String>, bool)> {
-    eprintln!("   npm cache for {lockfile}");
+) -> anyhow::Result<(Option<String>, bool, NpmChecks)> {
+    crate::say!("   npm cache for {lockfile}");
     let platform = |libc: &str| npm_cache::NodePlatform::from_docker("linux", &engine.arch, libc);
-    let project_dir = lockfile.parent().unwrap_or(lockfile);
     let host = npm_cache::NodePlatform::host();
+    let mut checks = NpmChecks {
+        lockfile: lockfile.to_path_buf(),
+        runs: Vec::new(),
+    };
     // Filled, then its packuments cut to the lockfile's versions (checked by the
     // `npm ci --offline` runs that follow).
     let fill = |dir: &Utf8Path, selection: &npm_cache::Selection| {
@@ -635,10 +931,6 @@ fn export_npm_cache(
             .with_context(|| format!("cutting the packuments in {dir}"))?;
         anyhow::Ok(report)
     };
-    let verify = |dir: &Utf8Path, platforms: &[npm_cache::NodePlatform]| {
-        npm_cache::verify(sh, project_dir, dir, platforms)
-            .with_context(|| format!("checking the npm cache of {lockfile} offline"))
-    };
     let libc = if all_platforms {
         None
     } else {
@@ -646,7 +938,7 @@ fn export_npm_cache(
     };
     let Some(libc) = libc else {
         if !all_platforms {
-            eprintln!(
+            crate::say!(
                 "        No base image of {} runs `node`: keeping the packages of every libc",
                 service.name
             );
@@ -657,11 +949,19 @@ fn export_npm_cache(
             npm_cache::Selection::OsCpu(vec![platform("")])
         };
         fill(out, &selection)?;
-        verify(out, &[host, platform("glibc"), platform("musl")])?;
-        return Ok((None, false));
+        let mut platforms: Vec<npm_cache::NodePlatform> = Vec::new();
+        for p in [host, platform("glibc"), platform("musl")] {
+            if !platforms.contains(&p) {
+                platforms.push(p);
+            }
+        }
+        for p in platforms {
+            checks.runs.push((vec![out.to_path_buf()], vec![p]));
+        }
+        return Ok((None, false, checks));
     };
     let image = platform(&libc);
-    eprintln!(
+    crate::say!(
         "        The image's npm installs for {image} (asked of its node): its packages go to \
          the build context"
     );
@@ -672,9 +972,11 @@ fn export_npm_cache(
             except: Vec::new(),
         },
     )?;
-    verify(out, std::slice::from_ref(&image))?;
+    checks
+        .runs
+        .push((vec![out.to_path_buf()], vec![image.clone()]));
     if host == image {
-        return Ok((Some(libc), false));
+        return Ok((Some(libc), false, checks));
     }
     let extra = npm_cache::Selection::Platforms {
         on: vec![host.clone()],
@@ -683,17 +985,13 @@ fn export_npm_cache(
     let report = fill(host_out, &extra)?;
     if report.tarballs.is_empty() {
         remove_path(host_out)?;
-        return Ok((Some(libc), false));
+        return Ok((Some(libc), false, checks));
     }
-    // The host's install needs both: check it on a scratch merge of the two.
-    let tmp = sh.create_temp_dir()?;
-    let both = Utf8Path::from_path(tmp.path())
-        .context("temporary directory is not UTF-8")?
-        .join("npm-cache");
-    npm_cache::merge_into(out, &both)?;
-    npm_cache::merge_into(host_out, &both)?;
-    verify(&both, &[host])?;
-    Ok((Some(libc), true))
+    // The host's install needs both: checked on a merge of the two.
+    checks
+        .runs
+        .push((vec![out.to_path_buf(), host_out.to_path_buf()], vec![host]));
+    Ok((Some(libc), true, checks))
 }
 
 fn present_images(docker: &Docker, plan: &Plan) -> anyhow::Result<Vec<ImageEntry>> {
@@ -720,9 +1018,9 @@ fn ensure_base_images(
     for image in &plan.base_images {
         let mut id = docker.image_id(image)?;
         if id.is_none() && pull == PullPolicy::Missing {
-            eprintln!("     Pulling {image}");
+            crate::say!("     Pulling {image}");
             if let Err(err) = docker.pull(image) {
-                eprintln!("warning: pulling {image} failed: {err:#}");
+                crate::say!("warning: pulling {image} failed: {err:#}");
             }
             id = docker.image_id(image)?;
         }
@@ -793,7 +1091,7 @@ fn build_local(
         &override_file,
         layout::export_override(&service.name, &build, &cache_to)?,
     )?;
-    eprintln!("    Building {} (cache to {rel})", service.name);
+    crate::say!("    Building {} (cache to {rel})", service.name);
     let started = Instant::now();
     docker
         .compose_build(
@@ -805,7 +1103,7 @@ fn build_local(
         )
         .with_context(|| format!("building service {} for its build cache", service.name))?;
     std::fs::remove_file(&override_file)?;
-    eprintln!(
+    crate::say!(
         "       Built {} in {:.1}s",
         service.name,
         started.elapsed().as_secs_f64()
@@ -867,11 +1165,11 @@ fn recompress_build_cache(
         };
         Ok(bundle::link_checked(out, &[entry], |_| dest.to_path_buf())?.then(|| blob.clone()))
     };
-    eprintln!(" Compressing the build cache's layers (zstd; long window for builder stages)");
+    crate::say!(" Compressing the build cache's layers (zstd; long window for builder stages)");
     let started = Instant::now();
     let report = recompress::recompress(&dir, &keep, &finals, &reuse)
         .with_context(|| format!("recompressing the layers of {dir}"))?;
-    eprintln!(
+    crate::say!(
         "  Compressed {} layer(s), {} of them taken from the previous bundle: {} -> {} in {:.1}s",
         report.layers,
         report.reused,
@@ -915,7 +1213,7 @@ fn build_cache_images(
             &service.name,
             if last { None } else { Some(stage) },
         );
-        eprintln!("    Building {} stage {stage} → {tag}", service.name);
+        crate::say!("    Building {} stage {stage} → {tag}", service.name);
         let target = if last {
             service.target.as_deref()
         } else {
@@ -1005,7 +1303,7 @@ fn reuse(
     }
     let linked = bundle::link_checked(out, &entries, |e| dest.join(&e.path[prefix.len()..]))?;
     if !linked {
-        eprintln!("warning: the previous {old}/ does not match its manifest; filling it again");
+        crate::say!("warning: the previous {old}/ does not match its manifest; filling it again");
     }
     Ok(linked)
 }
@@ -1018,7 +1316,7 @@ fn reuse_file(out: &Utf8Path, old: &FileEntry, staging: &Utf8Path) -> anyhow::Re
     }
     let linked = bundle::link_checked(out, &[old], |f| staging.join(&f.path))?;
     if !linked {
-        eprintln!(
+        crate::say!(
             "warning: the previous {} does not match its manifest; saving the images again",
             old.path
         );
@@ -1079,4 +1377,27 @@ fn set_executable(path: &Utf8Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("making {path} executable"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failed_step_is_the_error_not_the_steps_it_stopped() {
+        let stopped = || anyhow::Error::new(Stopped);
+        let real = || anyhow::anyhow!("step `tool`: cargo failed");
+        for errors in [
+            vec![stopped(), real()],
+            vec![real(), stopped()],
+            vec![stopped(), stopped(), real()],
+        ] {
+            let err = first_failure(errors);
+            assert_eq!(err.to_string(), "step `tool`: cargo failed");
+        }
+        let two = first_failure([anyhow::anyhow!("first"), anyhow::anyhow!("second")]);
+        assert_eq!(two.to_string(), "first");
+        assert!(first_failure([stopped()]).is::<Stopped>());
+        assert!(first_failure(Vec::new()).is::<Stopped>());
+    }
 }

@@ -25,7 +25,7 @@ pub fn save_layout(
     names: &[String],
     staging: &Utf8Path,
 ) -> anyhow::Result<(ImageLayout, Vec<FileEntry>)> {
-    eprintln!(
+    crate::say!(
         "      Saving {} images to {IMAGES_DIR}/ (layers in {BUILD_CACHE_DIR}/blobs/)",
         names.len()
     );
@@ -116,7 +116,7 @@ pub fn save_layout(
         .context("reading the images that `docker save` streamed")
         .map_err(|e| docker.failed("`docker save` of the images", e))?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    crate::say!(
         "       Saved {} images: {} streamed, {} written (the rest was in the build cache) in \
          {secs:.1}s ({}/s)",
         names.len(),
@@ -148,7 +148,7 @@ pub fn reuse_layout(
         .filter(|f| !staging.join(&f.path).exists())
         .collect();
     if !bundle::link_checked(out, &todo, |f| staging.join(&f.path))? {
-        eprintln!(
+        crate::say!(
             "warning: the previous saved images do not match their manifest; saving them again"
         );
         return Ok(None);
@@ -164,7 +164,7 @@ pub fn save_images(
     path: &Utf8Path,
     rel: &str,
 ) -> anyhow::Result<FileEntry> {
-    eprintln!("      Saving {} images to {rel}", names.len());
+    crate::say!("      Saving {} images to {rel}", names.len());
     let started = Instant::now();
     let mut child = docker.spawn_save(names)?;
     let stdout = child.stdout.take().context("docker save has no stdout")?;
@@ -226,7 +226,7 @@ pub fn save_images(
         .map_err(|e| e.into_error())?
         .sync_all()?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    crate::say!(
         "       Saved {} images: {} → {} in {secs:.1}s ({}/s)",
         names.len(),
         human_bytes(raw),
@@ -252,7 +252,7 @@ pub fn load_images(
     compression: Compression,
 ) -> anyhow::Result<()> {
     let archive = dir.join(&entry.path);
-    eprintln!(
+    crate::say!(
         "     Loading images from {archive} ({})",
         human_bytes(entry.size)
     );
@@ -320,12 +320,12 @@ pub fn name_damaged_streamed(dir: &Utf8Path, manifest: &Manifest, streamed: &[St
     match bundle::verify(dir, &only, &[], &|_, _| {}) {
         Ok(report) => {
             for problem in &report.problems {
-                eprintln!("error: {problem}");
+                crate::say!("error: {problem}");
             }
             report.problems.len()
         }
         Err(e) => {
-            eprintln!("error: checking the saved images: {e:#}");
+            crate::say!("error: checking the saved images: {e:#}");
             1
         }
     }
@@ -361,7 +361,7 @@ pub fn load_layout(
     let total: u64 = files
         .iter()
         .fold(0, |sum, (_, _, f)| sum.saturating_add(f.size));
-    eprintln!(
+    crate::say!(
         "     Loading images from {dir} ({} files, {})",
         files.len(),
         human_bytes(total)
@@ -375,7 +375,7 @@ pub fn load_layout(
             None => Ok(()),
             Some(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 for problem in e.to_string().lines() {
-                    eprintln!("error: {problem}");
+                    crate::say!("error: {problem}");
                 }
                 bail!(
                     "the saved images do not verify ({} damaged, named above); nothing was \

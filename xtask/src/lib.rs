@@ -33,4 +33,5 @@ mod recompress;
 mod registry;
 mod rehearse;
 mod secrets;
+mod steps;
 mod tool;

@@ -25,7 +25,8 @@ impl Progress {
             done: 0,
             started: now,
             last: now,
-            terminal: std::io::stderr().is_terminal(),
+            // Not in place under the live step lines (steps.rs): a plain line then.
+            terminal: std::io::stderr().is_terminal() && !crate::steps::live(),
             printed: false,
         }
     }
@@ -60,7 +61,8 @@ impl Progress {
         if self.terminal {
             let _ = write!(err, "\r\x1b[2K{line}");
         } else {
-            let _ = writeln!(err, "{line}");
+            drop(err);
+            crate::steps::say(&line);
         }
         self.printed = true;
     }

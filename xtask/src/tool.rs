@@ -97,7 +97,7 @@ pub fn build_static(
     let target = host_platform().target;
     let target_dir = target_dir.map_or_else(|| root.join("target"), Utf8Path::to_path_buf);
     let manifest = root.join("Cargo.toml");
-    eprintln!("    Building the static xtask for {target} (cargo build --release; minutes the first time)");
+    crate::say!("    Building the static xtask for {target} (cargo build --release; minutes the first time)");
     cmd!(
         sh,
         "cargo build --release --locked -p xtask --target {target} --manifest-path {manifest} --target-dir {target_dir}"
@@ -166,7 +166,7 @@ fn vendor(sh: &Shell, root: &Utf8Path, staging: &Utf8Path) -> anyhow::Result<()>
     let scratch = staging.join(".xtask-vendor");
     let dir = scratch.join(VENDOR_DIR);
     let manifest = root.join("Cargo.toml");
-    eprintln!("   Vendoring the crates of xtask (cargo vendor)");
+    crate::say!("   Vendoring the crates of xtask (cargo vendor)");
     cmd!(
         sh,
         "cargo vendor --locked --versioned-dirs --manifest-path {manifest} {dir}"
@@ -210,7 +210,7 @@ fn vendor_cached(
     if kept.is_file() {
         std::fs::create_dir_all(staging.join("tool"))?;
         std::fs::copy(&kept, &out).with_context(|| format!("copying {kept} to {out}"))?;
-        eprintln!("     Reusing {kept} (same xtask sources)");
+        crate::say!("     Reusing {kept} (same xtask sources)");
         return Ok(());
     }
     vendor(sh, root, staging)?;
@@ -222,7 +222,7 @@ fn vendor_cached(
         .and_then(|_| std::fs::rename(&tmp, &kept));
     if let Err(err) = kept_ok {
         let _ = std::fs::remove_file(&tmp);
-        eprintln!("warning: keeping a copy of the vendored crates in {kept}: {err}");
+        crate::say!("warning: keeping a copy of the vendored crates in {kept}: {err}");
     }
     Ok(())
 }
@@ -263,7 +263,7 @@ pub fn export(
     // A binary handed over is reused only if it is the very file the bundle has.
     let handed = binary.map(|b| hash(b)).transpose()?;
     if reuse(out, previous, &entry, handed.as_deref(), staging)? {
-        eprintln!("     Reusing {TOOL_BINARY} and {TOOL_VENDOR} (same xtask sources)");
+        crate::say!("     Reusing {TOOL_BINARY} and {TOOL_VENDOR} (same xtask sources)");
         return Ok(Some(entry));
     }
     let binary = match (binary, &root) {

@@ -179,8 +179,6 @@ impl Args {
         let options = self.options(&crate::project::current_dir(sh)?);
         let mut export = Export {
             args: &options,
-            sh,
-            docker,
             engine,
             project,
             plan,
@@ -191,7 +189,7 @@ impl Args {
             previous: None,
             since,
         };
-        let (manifest, digest) = export.write()?;
+        let (manifest, digest) = export.write(sh)?;
         let out = export.out.clone();
         self.finish(sh, project_args, started, _lock, &out, &manifest, &digest)
     }

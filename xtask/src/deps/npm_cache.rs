@@ -397,7 +397,7 @@ pub fn fill(
     let _dir = sh.push_dir(lockfile.parent().unwrap_or(&lockfile));
     let logs = sh.create_temp_dir()?;
     let logs = logs.path();
-    eprintln!(
+    crate::say!(
         "npm cache: adding {} tarballs of {lockfile} to {cache}{}",
         tarballs.len(),
         if left_out.is_empty() {
@@ -415,14 +415,14 @@ pub fn fill(
         .map(|t| t.spec())
         .collect();
     if specs.len() < tarballs.len() {
-        eprintln!(
+        crate::say!(
             "npm cache: {} already in {cache}",
             tarballs.len() - specs.len()
         );
     }
     for (i, batch) in specs.chunks(BATCH).enumerate() {
         if specs.len() > BATCH {
-            eprintln!("npm cache: batch {}/{}", i + 1, specs.len().div_ceil(BATCH));
+            crate::say!("npm cache: batch {}/{}", i + 1, specs.len().div_ceil(BATCH));
         }
         let output = cmd!(
             sh,
@@ -470,7 +470,7 @@ pub fn fill(
         tarball_bytes,
         seconds: started.elapsed().as_secs_f64(),
     };
-    eprintln!(
+    crate::say!(
         "npm cache: {} tarballs, {:.1} MB in {:.1} s",
         report.tarballs.len(),
         tarball_bytes as f64 / 1e6,
@@ -581,7 +581,7 @@ pub fn verify(
                 names.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
-        eprintln!(
+        crate::say!(
             "npm cache: `npm ci --offline` for {label} ({wanted}) passed in {:.1} s",
             started.elapsed().as_secs_f64()
         );
@@ -928,7 +928,7 @@ pub fn trim_for_lockfile(cache: &Utf8Path, lockfile: &Utf8Path) -> anyhow::Resul
     let tarballs = parse_lockfile(&text).with_context(|| format!("reading {lockfile}"))?;
     let report = trim_packuments(cache, &tarballs)?;
     if report.packuments > 0 {
-        eprintln!(
+        crate::say!(
             "npm cache: {} packuments cut to the lockfile's versions: {:.1} MB -> {:.1} MB",
             report.packuments,
             report.bytes_before as f64 / 1e6,
@@ -1398,7 +1398,7 @@ mod tests {
         let cache = work.join("npm-cache-linux-x64");
         let linux_x64 = Selection::OsCpu(vec![NodePlatform::from_docker("linux", "amd64", "")]);
         let report = fill(&sh, &project.join("package-lock.json"), &cache, &linux_x64).unwrap();
-        eprintln!("{}", serde_json::to_string(&report).unwrap());
+        crate::say!("{}", serde_json::to_string(&report).unwrap());
         for name in ["@next/swc-linux-x64-gnu@", "@next/swc-linux-x64-musl@"] {
             assert!(
                 report.tarballs.iter().any(|t| t.starts_with(name)),

@@ -389,7 +389,7 @@ pub fn ensure(
             loaded: false,
         });
     }
-    eprintln!(
+    crate::say!(
         "     Making {reference} from {dir} ({}), the npm cache as an image",
         crate::bundle::human_bytes(layer.size)
     );

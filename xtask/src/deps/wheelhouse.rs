@@ -356,7 +356,7 @@ pub fn export(
     std::fs::create_dir_all(&out).with_context(|| format!("creating {out}"))?;
     let req_args = requirement_args(&requirements);
     let target_args = target.pip_args();
-    eprintln!(
+    crate::say!(
         "wheelhouse: downloading wheels for {} from {} into {out}",
         target.describe(),
         display_list(&requirements)
@@ -392,7 +392,7 @@ pub fn export(
                     .iter()
                     .any(|b| requirement_name(b) == package) =>
             {
-                eprintln!(
+                crate::say!(
                     "wheelhouse: {missing} has no wheel for {}; building it in {image}",
                     target.abi
                 );
@@ -412,7 +412,7 @@ pub fn export(
     complete_for_target(sh, &requirements, target, &out)?;
     let files = list_files(&out)?;
     let total_bytes = files.iter().map(|f| f.size).sum();
-    eprintln!(
+    crate::say!(
         "wheelhouse: {} files, {:.1} MB; checking it alone satisfies the requirements",
         files.len(),
         total_bytes as f64 / 1e6
@@ -421,7 +421,7 @@ pub fn export(
         .err()
         .map(|e| format!("{e:#}"));
     if let Some(err) = &verify_error {
-        eprintln!("wheelhouse: verify FAILED: {err}");
+        crate::say!("wheelhouse: verify FAILED: {err}");
     }
     Ok(WheelhouseReport {
         target: target.clone(),
@@ -612,7 +612,7 @@ fn complete_for_target(
         if missing.is_empty() {
             return Ok(());
         }
-        eprintln!(
+        crate::say!(
             "wheelhouse: adding what {} needs and the host's pip left out: {}",
             target.describe(),
             missing.join(", ")
@@ -1009,7 +1009,7 @@ mod tests {
     fn probe_script_runs_on_host_python() {
         let sh = Shell::new().unwrap();
         let Ok(out) = cmd!(sh, "python3 -c {PROBE_SCRIPT}").quiet().read() else {
-            eprintln!("SKIPPED probe_script_runs_on_host_python: no python3 on this host");
+            crate::say!("SKIPPED probe_script_runs_on_host_python: no python3 on this host");
             return;
         };
         let t = target_from_probe(&out).unwrap();
