@@ -90,7 +90,12 @@ pub const APP_STANDINS: [StandIn; 3] = [
         exposed_ports: &["80/tcp"],
         stop_signal: Some("SIGQUIT"),
         keep: &["nginx-light"],
-        own: &["etc/nginx", "var/log/nginx", "usr/share/nginx", "var/lib/nginx"],
+        own: &[
+            "etc/nginx",
+            "var/log/nginx",
+            "usr/share/nginx",
+            "var/lib/nginx",
+        ],
         alpine: true,
     },
 ];
@@ -355,7 +360,10 @@ fn gzip_layers(rootfs: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
             .map(|standin| scope.spawn(move || gzip_layer(rootfs, standin.slug)))
             .collect();
         jobs.into_iter()
-            .map(|job| job.join().map_err(|_| anyhow::anyhow!("gzip thread panicked"))?)
+            .map(|job| {
+                job.join()
+                    .map_err(|_| anyhow::anyhow!("gzip thread panicked"))?
+            })
             .collect()
     })
 }
@@ -487,8 +495,11 @@ fn derive_image(rootfs: &Utf8Path, out: &Utf8Path, standin: &StandIn) -> anyhow:
         .iter()
         .filter(|other| other.slug != standin.slug)
         .flat_map(|other| other.own.iter());
-    let alpine = standin.alpine.then_some(NOT_IN_ALPINE).unwrap_or_default();
-    for rel in others.chain(alpine).chain(["var/cache/apt", "var/log/apt"].iter()) {
+    let alpine: &[&str] = if standin.alpine { NOT_IN_ALPINE } else { &[] };
+    for rel in others
+        .chain(alpine)
+        .chain(["var/cache/apt", "var/log/apt"].iter())
+    {
         let path = copy.join(rel);
         if path.is_dir() && !path.is_symlink() {
             remove_tree(&path)?;
