@@ -3,14 +3,20 @@
 //!
 //! - busybox: the host's static busybox and its applets, made in memory and imported
 //!   (`docker import`) in well under a second; for small fixture projects (`FROM busybox`).
-//! - Debian bookworm with Python 3.11, pip, Node.js 18, npm 10 and nginx, made once by
-//!   debootstrap (minutes, most of it downloading) and cached as a tar across runs;
-//!   loaded under the real names the application's Dockerfiles use (`python:3.9-slim`,
-//!   `node:18-alpine`, `nginx:alpine`), adjusted to behave like those official images
-//!   where the application can tell, so that the application builds unchanged. They are
-//!   loaded with `docker load` of an archive written on the fly, whose three images share
-//!   the one layer: three `docker import`s of the same tar would each compress the whole
-//!   layer into the containerd store, one load stores it once.
+//! - The application's base images (`python:3.9-slim`, `node:18-alpine`, `nginx:alpine`,
+//!   [`APP_STANDINS`]), loaded under those real names and adjusted to behave like the
+//!   official images where the application can tell, so that the application builds
+//!   unchanged. One debootstrap of Debian bookworm with Python 3.11, pip, venv, Node.js 18,
+//!   npm 10 and nginx (minutes, most of it downloading), then one copy per image, in
+//!   parallel, with every package that image does not need purged by apt (Debian's
+//!   required packages stay), the other images' own files removed and, for the two
+//!   Alpine-named images, also Debian's package manager, perl and the gconv, locale and
+//!   time zone data that Alpine images lack. Each image is one layer of its own: the real
+//!   images share no layer, and a bundle that stores base images must pay for all three
+//!   (gzip sizes come out near, somewhat above, the real images': the benchmark's notes
+//!   give them). The layers and the whole rootfs (the tool-bundle tests' bare server) are
+//!   cached as tars across runs, and loaded with one `docker load` of an archive written
+//!   on the fly.
 
 use std::{io::Write, os::unix::fs::symlink, process::Stdio, sync::OnceLock, time::Instant};
 
