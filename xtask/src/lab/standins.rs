@@ -11,7 +11,8 @@
 //!   parallel, with every package that image does not need purged by apt (Debian's
 //!   required packages stay), the other images' own files removed and, for the two
 //!   Alpine-named images, also Debian's package manager, perl and the gconv, locale and
-//!   time zone data that Alpine images lack. Each image is one layer of its own: the real
+//!   time zone data that Alpine images lack; compiled bytecode (`__pycache__`) is removed
+//!   as the official python image removes it. Each image is one layer of its own: the real
 //!   images share no layer, and a bundle that stores base images must pay for all three
 //!   (gzip sizes come out near, somewhat above, the real images': the benchmark's notes
 //!   give them). The layers and the whole rootfs (the tool-bundle tests' bare server) are
@@ -34,7 +35,7 @@ use super::{
 pub const BUSYBOX: &str = "busybox:latest";
 
 /// Change this when the recipe of [`debian_rootfs`] changes: it names the cached rootfs.
-const DEBIAN_RECIPE: &str = "bookworm-py311-node18-npm10.8.2-nginx-v4-split";
+const DEBIAN_RECIPE: &str = "bookworm-py311-node18-npm10.8.2-nginx-v5-split-nopyc";
 /// npm of the official `node:18` images (Debian's own npm package has hundreds of
 /// dependencies that debootstrap cannot order).
 const NPM_VERSION: &str = "10.8.2";
@@ -525,6 +526,14 @@ fn derive_image(rootfs: &Utf8Path, out: &Utf8Path, standin: &StandIn) -> anyhow:
                 }
             }
         }
+    }
+    // as the official python image does: no compiled bytecode (Debian's python3 compiles
+    // the whole standard library when it is installed)
+    let pycache = cmd!(sh, "find {copy} -depth -type d -name __pycache__")
+        .quiet()
+        .read()?;
+    for dir in pycache.lines() {
+        remove_tree(Utf8Path::new(dir))?;
     }
     pack_rootfs(&sh, &copy, out, standin.slug)?;
     remove_tree(&copy)
