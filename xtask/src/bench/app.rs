@@ -341,8 +341,9 @@ fn describe_exports(
         "Figure 2, node_modules on each side. Ours: no node_modules folder is carried; the \
          frontend build stage's `npm ci` layer is in build-cache/ ({} layer(s) with files \
          under /app/node_modules: {} carried, {} of node_modules files unpacked), beside \
-         the npm cache it was installed from (npm-cache/, {}), from which an offline \
-         `npm ci` makes it again when package-lock.json changes. The v1.0 guide's steps: \
+         the npm cache it was installed from (npm-cache/, {}), from which the \
+         Dockerfile's offline `npm ci` makes it again when that layer misses (a changed \
+         package.json or lockfile whose packages the cache holds). The v1.0 guide's steps: \
          {}; its cache images are the final images (the frontend's is nginx with the static \
          site), which hold no node_modules; its npm cache copy is {}.",
         layers.layers,
