@@ -13,7 +13,7 @@ use super::stats::{Row, Stat, Target, Unit};
 use super::timing::{alternate, peak_rows, peaks_of, series, timed, Sample};
 use super::{Bench, Figures, Report};
 use crate::bundle::human_bytes;
-use crate::lab::standins::{load_standins_as, StandinLayer, APP_STANDINS};
+use crate::lab::standins::{debian_rootfs, load_standins_as, StandinLayer, APP_STANDINS};
 
 const APP_BUILT: [&str; 2] = ["llm-chat-backend:latest", "llm-chat-frontend:latest"];
 /// The v1.0 guide's names of the build-cache images.
@@ -48,6 +48,21 @@ impl App {
 /// then those of 2, 4 and 8, 9 and 10 that `figures` asks for.
 pub(super) fn measure_app(b: &Bench, figures: &Figures, report: &mut Report) -> anyhow::Result<()> {
     load_standins_as(&b.export, StandinLayer::Gzip)?;
+    let rootfs = debian_rootfs()?;
+    let mut sizes = Vec::new();
+    for standin in &APP_STANDINS {
+        let layer = rootfs.join(format!("{}.tar.gz", standin.slug));
+        let size = std::fs::metadata(&layer)
+            .with_context(|| format!("{layer}"))?
+            .len();
+        sizes.push(format!("{} {}", standin.image, human_bytes(size)));
+    }
+    report.notes.push(format!(
+        "The app's base images are stand-ins made from Debian bookworm (no registry is \
+         reachable here), one layer each and none shared, as the real images share none; \
+         their layers as carried (gzip): {}.",
+        sizes.join(", ")
+    ));
     let copy = b.work.join("app-export");
     copy_project(&b.repo, &copy)?;
     let app = App {
@@ -245,6 +260,65 @@ fn parts(dir: &Utf8Path, rels: &[&str]) -> anyhow::Result<String> {
     Ok(listed.join(", "))
 }
 
+/// What of the frontend's node_modules a build cache (an OCI layout) carries: the layers
+/// with files under `app/node_modules/` (the frontend Dockerfile's `WORKDIR /app`, its
+/// `npm ci` step), their number, their size as carried (compressed) and the bytes of the
+/// node_modules files in them.
+#[derive(Debug, Default)]
+struct NodeModulesLayers {
+    layers: usize,
+    carried: u64,
+    files: u64,
+}
+
+fn node_modules_layers(cache: &Utf8Path) -> anyhow::Result<NodeModulesLayers> {
+    let blob = |digest: &str| -> anyhow::Result<Utf8PathBuf> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .with_context(|| format!("digest {digest}"))?;
+        Ok(cache.join("blobs/sha256").join(hex))
+    };
+    let json = |path: &Utf8Path| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    };
+    let mut found = NodeModulesLayers::default();
+    let mut seen = std::collections::BTreeSet::new();
+    let index = json(&cache.join("index.json"))?;
+    let lists = index["manifests"].as_array().cloned().unwrap_or_default();
+    for list in lists {
+        let list = json(&blob(list["digest"].as_str().unwrap_or_default())?)?;
+        for layer in list["manifests"].as_array().cloned().unwrap_or_default() {
+            let media = layer["mediaType"].as_str().unwrap_or_default();
+            let digest = layer["digest"].as_str().unwrap_or_default().to_owned();
+            if !media.contains(".layer.") || !seen.insert(digest.clone()) {
+                continue;
+            }
+            let path = blob(&digest)?;
+            let file = std::io::BufReader::new(std::fs::File::open(&path)?);
+            let reader: Box<dyn std::io::Read> = if media.ends_with("+gzip") {
+                Box::new(flate2::read::GzDecoder::new(file))
+            } else if media.ends_with("+zstd") {
+                Box::new(zstd::Decoder::with_buffer(file)?)
+            } else {
+                Box::new(file)
+            };
+            let mut files = None;
+            for entry in tar::Archive::new(reader).entries()? {
+                let entry = entry?;
+                if entry.path()?.starts_with("app/node_modules") {
+                    *files.get_or_insert(0) += entry.size();
+                }
+            }
+            if let Some(files) = files {
+                found.layers += 1;
+                found.carried += std::fs::metadata(&path)?.len();
+                found.files += files;
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Figure 2's notes: what each bundle holds, and what each export does.
 fn describe_exports(
     b: &Bench,
@@ -260,6 +334,8 @@ fn describe_exports(
         "npm-cache",
         "npm-host-cache",
         "pip-cache",
+        "bin",
+        "tool",
     ];
     let v1_parts = [
         "base-images.tar",
@@ -286,6 +362,32 @@ fn describe_exports(
             .into(),
     );
     let node_modules = b.repo.join("frontend/node_modules");
+    let layers = node_modules_layers(&app.bundle.join("build-cache"))?;
+    let v1_node_modules = v1_dir.join("node_modules.tar.gz");
+    report.notes.push(format!(
+        "Figure 2, node_modules on each side. Ours: no node_modules folder is carried; the \
+         frontend build stage's `npm ci` layer is in build-cache/ ({} layer(s) with files \
+         under /app/node_modules: {} carried, {} of node_modules files unpacked), beside \
+         the npm cache it was installed from (npm-cache/, {}), from which the \
+         Dockerfile's offline `npm ci` makes it again when that layer misses (a changed \
+         package.json or lockfile whose packages the cache holds). The v1.0 guide's steps: \
+         {}; its cache images are the final images (the frontend's is nginx with the static \
+         site), which hold no node_modules; its npm cache copy is {}.",
+        layers.layers,
+        human_bytes(layers.carried),
+        human_bytes(layers.files),
+        human_bytes(dir_size(&app.bundle.join("npm-cache"))?),
+        match std::fs::metadata(&v1_node_modules) {
+            Ok(meta) => format!(
+                "`tar czf` of frontend/node_modules to node_modules.tar.gz ({})",
+                human_bytes(meta.len())
+            ),
+            Err(_) => "no node_modules.tar.gz, as frontend/node_modules is absent from the \
+                       repository it ran on"
+                .into(),
+        },
+        human_bytes(dir_size(&v1_dir.join("npm-cache"))?),
+    ));
     report.notes.push(format!(
         "Figure 2 baseline, timed as a whole: `docker save` of the three base images to \
          base-images.tar and of the two built images (tagged {}) to build-cache.tar, `cp -r` \
@@ -537,4 +639,69 @@ fn measure_changed_rebuild(
             .join(", ")
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+
+    fn layer_tar(paths: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, data) in paths {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            tar.append_data(&mut header, path, *data).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    /// A blob in `dir`'s layout; returns its descriptor.
+    fn put(dir: &Utf8Path, media: &str, bytes: &[u8]) -> serde_json::Value {
+        let hex = format!("{:x}", Sha256::digest(bytes));
+        std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        serde_json::json!({"mediaType": media, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+    }
+
+    #[test]
+    fn node_modules_layers_are_found_whatever_their_compression() {
+        let dir = Utf8PathBuf::from(format!("/tmp/xtask-nm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        let modules = layer_tar(&[
+            ("app/package.json", b"{}"),
+            ("app/node_modules/a/index.js", b"12345"),
+            ("app/node_modules/b/index.js", b"123"),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&modules).unwrap();
+        let gz = gz.finish().unwrap();
+        // npm's own node_modules in the base image is not the app's
+        let base = layer_tar(&[("usr/local/lib/node_modules/npm/node_modules/x", b"1")]);
+        let base = zstd::encode_all(&base[..], 3).unwrap();
+        let built = zstd::encode_all(&layer_tar(&[("app/out/index.html", b"<p>")])[..], 3).unwrap();
+        let layers = vec![
+            put(&dir, "application/vnd.oci.image.layer.v1.tar+zstd", &base),
+            put(&dir, "application/vnd.oci.image.layer.v1.tar+gzip", &gz),
+            put(&dir, "application/vnd.oci.image.layer.v1.tar+zstd", &built),
+            put(&dir, "application/vnd.buildkit.cacheconfig.v0", b"{}"),
+        ];
+        let list = serde_json::json!({"schemaVersion": 2, "manifests": layers});
+        let list = put(
+            &dir,
+            "application/vnd.oci.image.index.v1+json",
+            list.to_string().as_bytes(),
+        );
+        // the same list twice: its layers count once
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [list.clone(), list]});
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+
+        let found = node_modules_layers(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.layers, 1, "{found:?}");
+        assert_eq!(found.carried, gz.len() as u64);
+        assert_eq!(found.files, 8);
+    }
 }

@@ -180,9 +180,28 @@ fn standins_behave_like_the_official_images() -> anyhow::Result<()> {
             cmd!(sh, "docker image inspect --format {format} {image}").read()
         })
         .collect::<Result<_, _>>()?;
-    ensure!(
-        layers.iter().all(|l| *l == layers[0]),
-        "stand-ins do not share their layer: {layers:?}"
-    );
+    // like the real images: no layer in common, and none carries another's program
+    for (i, a) in layers.iter().enumerate() {
+        for b in &layers[i + 1..] {
+            let shared: Vec<&str> = a
+                .trim_matches(['[', ']'])
+                .split_whitespace()
+                .filter(|layer| b.contains(layer))
+                .collect();
+            ensure!(shared.is_empty(), "stand-ins share layers {shared:?}");
+        }
+    }
+    for (image, absent) in [
+        ("python:3.9-slim", ["/usr/bin/node", "/usr/sbin/nginx"]),
+        ("node:18-alpine", ["/usr/bin/python3", "/usr/sbin/nginx"]),
+        ("nginx:alpine", ["/usr/bin/python3", "/usr/bin/node"]),
+    ] {
+        let found = cmd!(sh, "docker run --rm {image} ls {absent...}")
+            .quiet()
+            .ignore_stderr()
+            .ignore_status()
+            .read()?;
+        ensure!(found.is_empty(), "{image} carries {found:?}");
+    }
     Ok(())
 }
