@@ -352,8 +352,10 @@ fn describe_exports(
     ));
     report.notes.push(
         "Figure 2, the two exports: each run exports into an empty folder (timed as \
-         \"into an empty folder\": wheelhouse download, npm cache fill and its two \
-         `npm ci --offline` checks, builds against the warm engine, `docker save`), then \
+         \"into an empty folder\": wheelhouse download, npm cache fill and its offline check \
+         (`npm ci --offline` once per platform the cache serves, beside the builds), builds \
+         against the warm engine, `docker save`; the steps that do not depend on each other \
+         at once), then \
          exports again into the bundle it wrote, nothing changed (timed as \"re-export\": \
          the wheelhouse, npm cache and base-images archive are checked against the previous \
          manifest and reused, the builds hit the layer cache, the build cache is exported \
