@@ -436,14 +436,7 @@ fn clean_target(b: &Bench) -> anyhow::Result<()> {
 fn measure_rebuild(b: &Bench, bundle: &Utf8Path, report: &mut Report) -> anyhow::Result<()> {
     let (tsh, xtask, log) = (&b.tsh, &b.xtask, &b.log);
     eprintln!("   Importing the app bundle into the target engine");
-    let import = timed(
-        cmd!(
-            tsh,
-            "{xtask} cache-import --bundle {bundle} --no-host-caches"
-        ),
-        log,
-        &[0],
-    )?;
+    let import = timed(super::import_into_target(b, bundle), log, &[0])?;
     let app_target = b.work.join("app-target");
     copy_project(&b.repo, &app_target)?;
     let target_compose = app_target.join("docker-compose.yml");

@@ -526,26 +526,12 @@ fn measure_packed_import(
                 log,
                 &[0],
             )?;
-            let import = timed(
-                cmd!(
-                    tsh,
-                    "{xtask} cache-import --bundle {unpacked} --no-host-caches"
-                ),
-                log,
-                &[0],
-            )?;
+            let import = timed(super::import_into_target(b, &unpacked), log, &[0])?;
             Ok(sample(unpack.secs + import.secs))
         },
         || {
             empty_engine(&b.target)?;
-            timed(
-                cmd!(
-                    tsh,
-                    "{xtask} cache-import --bundle {bundle} --no-host-caches"
-                ),
-                log,
-                &[0],
-            )
+            timed(super::import_into_target(b, bundle), log, &[0])
         },
     )?;
     remove(&unpacked)?;

@@ -262,11 +262,7 @@ fn measure_verify(
 
 /// `cache-import` of `big.bundle` into the target engine.
 fn import_cmd<'a>(b: &'a Bench, big: &Big) -> xshell::Cmd<'a> {
-    let (tsh, xtask, bundle) = (&b.tsh, &b.xtask, &big.bundle);
-    cmd!(
-        tsh,
-        "{xtask} cache-import --bundle {bundle} --no-host-caches"
-    )
+    super::import_into_target(b, &big.bundle)
 }
 
 /// `docker load -i` of `big.saved` into the target engine.

@@ -54,6 +54,16 @@ const BENCH_SITE: Site = Site {
 
 const MIB: u64 = 1 << 20;
 
+/// `cache-import` of `bundle` into the target engine, as every import the bench times runs it
+/// (the host's caches left alone).
+fn import_into_target<'a>(b: &'a Bench, bundle: &camino::Utf8Path) -> xshell::Cmd<'a> {
+    let (tsh, xtask) = (&b.tsh, &b.xtask);
+    xshell::cmd!(
+        tsh,
+        "{xtask} cache-import --bundle {bundle} --no-host-caches"
+    )
+}
+
 /// What to measure, from the command line.
 pub struct Settings {
     /// The short CI run (only changes what the report says).
