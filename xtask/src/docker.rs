@@ -508,22 +508,30 @@ pub struct StageBuild<'p> {
     pub contexts: &'p [(String, camino::Utf8PathBuf)],
 }
 
+impl StageBuild<'_> {
+    /// `--target`, `--build-arg` and `--cache-from`: the flags both builders take alike.
+    fn common_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(target) = self.target {
+            flags.extend(["--target".to_string(), target.to_string()]);
+        }
+        for (k, v) in self.args {
+            flags.extend(["--build-arg".to_string(), format!("{k}={v}")]);
+        }
+        for c in self.cache_from {
+            flags.extend(["--cache-from".to_string(), c.clone()]);
+        }
+        flags
+    }
+}
+
 impl Docker<'_> {
     /// `DOCKER_BUILDKIT=0 docker build`: the classic builder, whose cache survives
     /// `docker save`/`docker load` on every engine.
     pub fn build_legacy(&self, b: &StageBuild<'_>) -> anyhow::Result<()> {
         let sh = self.sh;
         let (context, dockerfile, tag) = (b.context, b.dockerfile, b.tag);
-        let mut extra = Vec::new();
-        if let Some(target) = b.target {
-            extra.extend(["--target".to_string(), target.to_string()]);
-        }
-        for (k, v) in b.args {
-            extra.extend(["--build-arg".to_string(), format!("{k}={v}")]);
-        }
-        for c in b.cache_from {
-            extra.extend(["--cache-from".to_string(), c.clone()]);
-        }
+        let extra = b.common_flags();
         if !b.contexts.is_empty() {
             let names: Vec<&str> = b.contexts.iter().map(|(n, _)| n.as_str()).collect();
             bail!(
@@ -548,16 +556,7 @@ impl Docker<'_> {
     pub fn build_inline(&self, b: &StageBuild<'_>) -> anyhow::Result<()> {
         let sh = self.sh;
         let (context, dockerfile, tag) = (b.context, b.dockerfile, b.tag);
-        let mut extra = Vec::new();
-        if let Some(target) = b.target {
-            extra.extend(["--target".to_string(), target.to_string()]);
-        }
-        for (k, v) in b.args {
-            extra.extend(["--build-arg".to_string(), format!("{k}={v}")]);
-        }
-        for c in b.cache_from {
-            extra.extend(["--cache-from".to_string(), c.clone()]);
-        }
+        let mut extra = b.common_flags();
         for (name, dir) in b.contexts {
             extra.extend(["--build-context".to_string(), format!("{name}={dir}")]);
         }
