@@ -879,6 +879,68 @@ pub fn unpack(
     result
 }
 
+/// Unpacks `source` into the bundle folder `dir` (absolute): as [`unpack`] when `dir` does
+/// not exist; into a folder that exists but holds no bundle (a project's
+/// `docker-build-cache/` with only its README, say), through a folder beside it whose
+/// entries are then moved in, none of them replacing anything. A folder that holds a
+/// bundle (or any name the pack brings) is refused and left as it is.
+pub fn unpack_into(
+    source: &Source,
+    dir: &Utf8Path,
+    expect_digest: Option<&str>,
+) -> anyhow::Result<ReadReport> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return unpack(source, dir, expect_digest),
+        Err(e) => return Err(e).with_context(|| format!("reading {dir}")),
+        Ok(meta) => meta,
+    };
+    if !meta.is_dir() {
+        bail!("{dir} exists and is not a folder: give another bundle folder");
+    }
+    for name in [MANIFEST_FILE, SUMS_FILE] {
+        if std::fs::symlink_metadata(dir.join(name)).is_ok() {
+            bail!(
+                "{dir} already holds a bundle ({name}): a pack unpacks into a folder without \
+                 one. Give another with --bundle DIR (then `patch-compose --bundle DIR`), or \
+                 move {dir} away first"
+            );
+        }
+    }
+    let name = dir.file_name().unwrap_or("bundle");
+    let beside = dir.with_file_name(format!(".{name}.unpack-{}", std::process::id()));
+    let report = unpack(source, &beside, expect_digest)?;
+    let moved = move_entries_in(&beside, dir);
+    let _ = std::fs::remove_dir_all(&beside);
+    moved?;
+    Ok(report)
+}
+
+/// Moves every entry of `from` into `dir`, refusing before the first move if one is there
+/// already; the manifest and SHA256SUMS last, so that a move cut short leaves no bundle.
+fn move_entries_in(from: &Utf8Path, dir: &Utf8Path) -> anyhow::Result<()> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {from}"))? {
+        let name = entry?.file_name();
+        let name = name
+            .to_str()
+            .with_context(|| format!("a name in {from} is not UTF-8"))?
+            .to_string();
+        if std::fs::symlink_metadata(dir.join(&name)).is_ok() {
+            bail!(
+                "{dir} already has {name}, which the pack brings too: give another bundle \
+                 folder with --bundle DIR, or move {dir}/{name} away first"
+            );
+        }
+        names.push(name);
+    }
+    names.sort_by_key(|n| (n == MANIFEST_FILE || n == SUMS_FILE, n.clone()));
+    for name in names {
+        std::fs::rename(from.join(&name), dir.join(&name))
+            .with_context(|| format!("moving {name} into {dir}"))?;
+    }
+    Ok(())
+}
+
 /// Verifies the pack at `path` (absolute) as it streams, writing nothing; reports on stderr.
 pub fn verify_pack(path: &Utf8Path) -> anyhow::Result<ReadReport> {
     let source = Source::open(path)?;

@@ -26,7 +26,18 @@ use crate::project::ProjectArgs;
 #[command(after_help = "Examples:\n  cargo xtask cache-import\n  \
     cargo xtask cache-import --bundle /mnt/usb/docker-build-cache --json
   \
+    cargo xtask cache-import --pack /mnt/usb/docker-build-cache.pack-index   # parts of cache-pack --split
+  \
     cargo xtask cache-import --bundle /mnt/usb/delta --base /srv/docker-build-cache   # a delta (cache-export --since)
+
+\
+    With --pack, the pack (one tar, or the parts its index names) is unpacked into the \
+    bundle folder (--bundle; it must hold no bundle yet, and nothing there is replaced), \
+    every part and file checked as it streams, as `cache-unpack` does; that folder is then \
+    imported. The builds read their \
+    cache from that folder, so it is the one copy on this disk; the pack can stay on its \
+    medium. A missing, extra, reordered or damaged part is refused by name before anything \
+    is loaded, and leaves no folder.
 
 \
     A delta bundle is completed with its base (--base, or the folder beside it whose digest \
@@ -35,6 +46,10 @@ use crate::project::ProjectArgs;
 pub struct Args {
     #[command(flatten)]
     pub bundle: BundleArg,
+    /// Import from a pack (NAME.pack-index with its parts beside it, or NAME.tar from
+    /// cache-pack): unpacked, checked, into the bundle folder (--bundle), then imported
+    #[arg(long, value_name = "INDEX_OR_TAR")]
+    pub pack: Option<Utf8PathBuf>,
     /// Print a summary as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -62,6 +77,9 @@ pub struct Args {
 #[derive(Serialize)]
 struct Summary {
     bundle: String,
+    /// The pack it was unpacked from (--pack).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unpacked_from: Option<String>,
     verified_files: usize,
     verified_bytes: u64,
     images_loaded: Vec<String>,
@@ -80,6 +98,13 @@ impl Args {
         let started = Instant::now();
         let dir = self.bundle.dir(sh, project)?;
         let trust = self.trust.trust(sh)?;
+        let unpacked_from = match &self.pack {
+            Some(_) if trust.signers.is_some() => bail!(
+                "a pack does not carry SHA256SUMS.sig, so --allowed-signers cannot be checked                  on it: unpack it with `cargo xtask cache-unpack`, put the signature beside                  its SHA256SUMS, then import that folder with --allowed-signers"
+            ),
+            Some(pack) => Some(unpack_pack(sh, pack, &dir, trust.digest.as_deref())?),
+            None => None,
+        };
         let _lock = BundleLock::acquire(&dir, "cache-import", false)?;
         let (manifest, digest) = bundle::read_checked_any(&dir, &trust)?;
         eprintln!("      Digest sha256:{digest}");
@@ -150,6 +175,7 @@ impl Args {
         if self.json {
             let summary = Summary {
                 bundle: dir.to_string(),
+                unpacked_from: unpacked_from.map(|p| p.to_string()),
                 verified_files: report.files,
                 verified_bytes: report.bytes,
                 images_loaded: to_load,
@@ -197,6 +223,31 @@ impl Args {
         eprintln!("      Digest sha256:{digest} (the full bundle)");
         Ok((dest, full, digest))
     }
+}
+
+/// Unpacks the pack at `pack` into the bundle folder `dir`, which holds no bundle (the
+/// parts and files checked as they stream, the bundle digest against `expect` before any
+/// file is read); returns the pack's absolute path.
+fn unpack_pack(
+    sh: &Shell,
+    pack: &Utf8Path,
+    dir: &Utf8Path,
+    expect: Option<&str>,
+) -> anyhow::Result<Utf8PathBuf> {
+    let pack = crate::project::absolute(&crate::project::current_dir(sh)?, pack);
+    crate::bundle_arg::check_usable_by_builds(dir)?;
+    let source = crate::pack::Source::open(&pack)
+        .with_context(|| format!("nothing was imported from {pack}"))?;
+    eprintln!("   Unpacking {pack} into {dir}");
+    let report = crate::pack::unpack_into(&source, dir, expect)
+        .with_context(|| format!("nothing was imported from {pack}"))?;
+    eprintln!(
+        "    Unpacked {} files, {} in {:.2}s, every part and file checked",
+        report.files,
+        bundle::human_bytes(report.bytes),
+        report.seconds
+    );
+    Ok(pack)
 }
 
 /// `~/.npm`, when the bundle has npm caches to merge there: HOME must be set, and absolute

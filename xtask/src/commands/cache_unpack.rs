@@ -52,7 +52,7 @@ impl Args {
         let expect = self
             .expect_digest
             .as_deref()
-            .map(parse_digest)
+            .map(crate::bundle::parse_digest)
             .transpose()?;
         let report = pack::unpack(&source, &output, expect.as_deref())?;
         eprintln!(
@@ -66,22 +66,5 @@ impl Args {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-/// A sha256 as 64 hex digits (`sha256:` allowed before), lower-cased. Checked when the
-/// command runs, not by clap, so that `--expect-digest "$(…)"` in the docs parses.
-fn parse_digest(text: &str) -> anyhow::Result<String> {
-    let text = text
-        .trim()
-        .trim_start_matches("sha256:")
-        .to_ascii_lowercase();
-    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(text)
-    } else {
-        anyhow::bail!(
-            "--expect-digest `{text}` is not a sha256 (64 hex digits); copy it from \
-             bundle-digest.txt or the release page"
-        )
     }
 }

@@ -1,7 +1,8 @@
 //! The application itself, end to end with no network: the repository's backend, frontend
 //! and gateway (stand-in base images under the real names) are exported on an "online"
 //! private engine, which builds all three images. On an "offline" one, which has no way
-//! out, the bundle is imported and the compose file patched; then, the reason people
+//! out, the bundle is imported straight from the parts of `cache-pack --split` (into a
+//! docker-build-cache/ that holds a README) and the compose file patched; then, the reason people
 //! rebuild offline, one line of backend and one of frontend code change: `docker compose
 //! build` succeeds, the dependency layers come from the cache and the code layers rebuild;
 //! the stack starts from those cache-built images and answers `/api/health` through nginx,
@@ -254,10 +255,44 @@ fn a_changed_application_rebuilds_offline_from_the_bundle() -> anyhow::Result<()
 
     rehearse_the_application(&release)?;
 
+    // Carried as a pack in parts (`cache-pack --split`, as for a release page or a FAT32
+    // disk), imported straight from the parts into the server's docker-build-cache/, which
+    // holds only the guide's README, as in this repository.
+    let usb = root.join("usb");
+    xtask(
+        &online_sh,
+        &release,
+        &[
+            "cache-pack",
+            "--split",
+            "100M",
+            "--output",
+            &format!("{usb}/"),
+        ],
+    )?;
+    let parts = std::fs::read_dir(&usb)?
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().contains(".tar.part-"))
+        })
+        .count();
+    ensure!(parts > 1, "cache-pack --split 100M wrote {parts} part(s)");
     let server = root.join("server");
     cmd!(online_sh, "cp -a {release} {server}").quiet().run()?;
+    std::fs::remove_dir_all(server.join("docker-build-cache"))?;
+    std::fs::create_dir(server.join("docker-build-cache"))?;
+    std::fs::write(server.join("docker-build-cache/README.md"), "the guide\n")?;
     let sh = offline.shell()?;
-    xtask(&sh, &server, &["cache-import", "--no-host-caches"])?;
+    let index = usb.join("docker-build-cache.pack-index");
+    xtask(
+        &sh,
+        &server,
+        &["cache-import", "--no-host-caches", "--pack", index.as_str()],
+    )?;
+    ensure!(
+        std::fs::read_to_string(server.join("docker-build-cache/README.md"))? == "the guide\n",
+        "the import from the pack changed the README beside the bundle"
+    );
     xtask(&sh, &server, &["patch-compose"])?;
     let compose_file = server.join("docker-compose.yml");
     let npm_image = manifest

@@ -1,14 +1,14 @@
 //! `cache-pack` → `cache-unpack` → `cache-verify` on a synthetic bundle (no Docker), and
 //! every way a split pack can arrive broken: a damaged, missing, extra or reordered part
 //! is refused by name (by `cache-unpack` and by `cache-verify --pack`) and leaves
-//! nothing behind. `scripts/release-bundle.sh` runs the
+//! nothing behind (`cache-import --pack` too). `scripts/release-bundle.sh` runs the
 //! same commands in CI (its pack and verify steps are run here too).
 
 use camino::{Utf8Path, Utf8PathBuf};
 use sha2::Digest;
 use xshell::{cmd, Shell};
 
-use crate::support::run::{xtask, Scratch};
+use crate::support::run::{xtask, xtask_env, Scratch};
 
 fn sha256(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes)
@@ -115,6 +115,32 @@ fn refused(scratch: &Scratch, index: &Utf8Path, part: &str, why: &str) {
         .filter(|n| n.contains("restored"))
         .collect();
     assert!(left.is_empty(), "a refused unpack left {left:?}");
+    // `cache-import --pack` refuses it the same way, before the engine is asked anything:
+    // none answers at this DOCKER_HOST, so reaching it would fail with another error.
+    let run = xtask_env(
+        scratch.path(),
+        &[
+            "cache-import",
+            "--pack",
+            index.as_str(),
+            "--bundle",
+            "restored",
+        ],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(part)
+            && run.stderr.contains(why)
+            && run.stderr.contains("nothing was imported")
+            && !run.stderr.contains("does not answer"),
+        "cache-import --pack does not refuse naming {part} with {why:?}:\n{}",
+        run.stderr
+    );
+    assert!(
+        !scratch.path().join("restored").exists(),
+        "a refused import left its folder"
+    );
     let run = xtask(scratch.path(), &["cache-verify", "--pack", index.as_str()]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
@@ -235,6 +261,25 @@ fn one_tar_unpacks_and_an_existing_file_is_never_overwritten() {
     );
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+    // `cache-import --pack` into the default bundle folder, which holds a bundle: refused,
+    // the folder untouched.
+    let sums = std::fs::read(scratch.path().join("docker-build-cache/SHA256SUMS")).unwrap();
+    let run = xtask(
+        scratch.path(),
+        &["cache-import", "--pack", "docker-build-cache.tar"],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("already holds a bundle (manifest.yaml)")
+            && run.stderr.contains("--bundle DIR"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read(scratch.path().join("docker-build-cache/SHA256SUMS")).unwrap(),
+        sums
+    );
 }
 
 #[test]
@@ -429,4 +474,63 @@ fn the_digest_is_checked_against_the_index_and_the_one_published() {
         &format!("has digest {right}"),
         "its index says",
     );
+}
+
+/// `cache-import --pack` into a folder that holds no bundle but other files (a project's
+/// `docker-build-cache/` with its README): the bundle is unpacked beside them, nothing of
+/// theirs changes; a folder with a name the pack brings is refused before anything moves.
+#[test]
+fn a_pack_imports_into_a_folder_without_a_bundle_and_replaces_nothing() {
+    let scratch = synthetic_bundle("into-readme");
+    let run = xtask(scratch.path(), &["cache-pack", "--output", "carried/"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pack = scratch.path().join("carried/docker-build-cache.tar");
+    let no_engine = [("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
+    let import_into = |dir: &str| {
+        xtask_env(
+            scratch.path(),
+            &["cache-import", "--pack", pack.as_str(), "--bundle", dir],
+            &no_engine,
+        )
+    };
+    // A file the pack brings is there: refused, the folder as it was, nothing left beside.
+    let taken = scratch.path().join("taken");
+    std::fs::create_dir_all(&taken).unwrap();
+    std::fs::write(taken.join("import-build-cache.sh"), "mine\n").unwrap();
+    let run = import_into("taken");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("already has import-build-cache.sh, which the pack brings too"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(taken.join("import-build-cache.sh")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(std::fs::read_dir(&taken).unwrap().count(), 1);
+    let beside: Vec<String> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("unpack") || n.contains(".tmp-"))
+        .collect();
+    assert!(beside.is_empty(), "a refused import left {beside:?}");
+    // Beside a README: unpacked, checked, then the engine is asked (none answers here).
+    let readme = scratch.path().join("with-readme");
+    std::fs::create_dir_all(&readme).unwrap();
+    std::fs::write(readme.join("README.md"), "the guide\n").unwrap();
+    let run = import_into("with-readme");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Unpacked 8 files") && run.stderr.contains("does not answer"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(readme.join("README.md")).unwrap(),
+        "the guide\n"
+    );
+    let run = xtask(scratch.path(), &["cache-verify", "--bundle", "with-readme"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
 }
