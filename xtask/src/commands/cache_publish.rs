@@ -331,10 +331,14 @@ impl Publisher<'_> {
         }
     }
 
-    /// The digest to publish for `digest`: itself, or for an index of which the bundle
-    /// holds only some platforms (as `docker save` keeps a pulled image), the manifest of
-    /// this machine's platform.
-    fn choose_platform(&self, blobs: &str, digest: &str, what: &str) -> anyhow::Result<String> {
+    /// The image index or manifest `digest` of the blob store `blobs`, checked against the
+    /// manifest and its digest: its bytes and what it says (`what` names it in an error).
+    fn stored_document(
+        &self,
+        blobs: &str,
+        digest: &str,
+        what: &str,
+    ) -> anyhow::Result<(Vec<u8>, names::Document)> {
         let bytes = read_document(
             self.dir,
             &self.files,
@@ -342,6 +346,14 @@ impl Publisher<'_> {
             Some(digest),
         )?;
         let doc = names::parse_document(&bytes).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        Ok((bytes, doc))
+    }
+
+    /// The digest to publish for `digest`: itself, or for an index of which the bundle
+    /// holds only some platforms (as `docker save` keeps a pulled image), the manifest of
+    /// this machine's platform.
+    fn choose_platform(&self, blobs: &str, digest: &str, what: &str) -> anyhow::Result<String> {
+        let (_, doc) = self.stored_document(blobs, digest, what)?;
         let missing = |d: &&Descriptor| {
             names::is_manifest(d)
                 && !self
@@ -402,13 +414,7 @@ impl Publisher<'_> {
         digest: &str,
         blobs: &str,
     ) -> anyhow::Result<(Vec<u8>, String)> {
-        let bytes = read_document(
-            self.dir,
-            &self.files,
-            &blob_path(blobs, digest),
-            Some(digest),
-        )?;
-        let doc = names::parse_document(&bytes).map_err(|e| anyhow::anyhow!("{digest}: {e}"))?;
+        let (bytes, doc) = self.stored_document(blobs, digest, digest)?;
         for child in &doc.manifests {
             if names::is_manifest(child) {
                 let (child_bytes, media_type) = self.push_document(repo, &child.digest, blobs)?;
