@@ -359,36 +359,49 @@ fn is_seq_item(s: &str) -> bool {
     s == "-" || s.starts_with("- ") || s.starts_with("-\t")
 }
 
+/// Steps over `c` when it is inside a quoted scalar (`quote`: the opening mark): a
+/// doubled `''` in single quotes, an escaped character in double quotes; clears `quote`
+/// at the closing mark. False when `c` is outside quotes, for the caller to look at.
+fn in_quotes(
+    quote: &mut Option<char>,
+    c: char,
+    rest: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+) -> bool {
+    match *quote {
+        Some('\'') => {
+            if c == '\'' {
+                if rest.peek().map(|&(_, n)| n) == Some('\'') {
+                    rest.next();
+                } else {
+                    *quote = None;
+                }
+            }
+            true
+        }
+        Some(_) => {
+            if c == '\\' {
+                rest.next();
+            } else if c == '"' {
+                *quote = None;
+            }
+            true
+        }
+        None => false,
+    }
+}
+
 /// The part of `s` before a comment (quote-aware, approximately: the final parse checks).
 fn strip_comment(s: &str) -> &str {
     let mut prev: Option<char> = None;
     let mut quote: Option<char> = None;
     let mut iter = s.char_indices().peekable();
     while let Some((i, c)) = iter.next() {
-        match quote {
-            Some('\'') => {
-                if c == '\'' {
-                    if iter.peek().map(|&(_, n)| n) == Some('\'') {
-                        iter.next();
-                    } else {
-                        quote = None;
-                    }
-                }
+        if !in_quotes(&mut quote, c, &mut iter) {
+            if c == '#' && prev.is_none_or(|p| p == ' ' || p == '\t') {
+                return &s[..i];
             }
-            Some(_) => {
-                if c == '\\' {
-                    iter.next();
-                } else if c == '"' {
-                    quote = None;
-                }
-            }
-            None => {
-                if c == '#' && prev.is_none_or(|p| p == ' ' || p == '\t') {
-                    return &s[..i];
-                }
-                if (c == '\'' || c == '"') && prev.is_none_or(|p| " \t[{,:-?".contains(p)) {
-                    quote = Some(c);
-                }
+            if (c == '\'' || c == '"') && prev.is_none_or(|p| " \t[{,:-?".contains(p)) {
+                quote = Some(c);
             }
         }
         prev = Some(c);
@@ -1771,34 +1784,19 @@ fn flow_closes_at_end(body: &str) -> bool {
     let mut quote: Option<char> = None;
     let mut chars = body.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
-        match quote {
-            Some('\'') => {
-                if c == '\'' {
-                    if chars.peek().map(|&(_, n)| n) == Some('\'') {
-                        chars.next();
-                    } else {
-                        quote = None;
-                    }
+        if in_quotes(&mut quote, c, &mut chars) {
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '[' | '{' => depth += 1,
+            ']' | '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + c.len_utf8() == body.len();
                 }
             }
-            Some(_) => {
-                if c == '\\' {
-                    chars.next();
-                } else if c == '"' {
-                    quote = None;
-                }
-            }
-            None => match c {
-                '\'' | '"' => quote = Some(c),
-                '[' | '{' => depth += 1,
-                ']' | '}' => {
-                    depth = depth.saturating_sub(1);
-                    if depth == 0 {
-                        return i + c.len_utf8() == body.len();
-                    }
-                }
-                _ => {}
-            },
+            _ => {}
         }
     }
     false
@@ -1907,6 +1905,24 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+
+    /// A `#` or a bracket inside a quoted scalar is text: single quotes doubled inside
+    /// single quotes, and an escaped quote inside double quotes, do not end the scalar.
+    #[test]
+    fn quoted_scalars_hide_comments_and_brackets() {
+        assert_eq!(
+            strip_comment("a: 'it''s # not' # note"),
+            "a: 'it''s # not' "
+        );
+        assert_eq!(
+            strip_comment(r#"a: "say \" # not" # note"#),
+            r#"a: "say \" # not" "#
+        );
+        assert_eq!(strip_comment("a: b#c # note"), "a: b#c ");
+        assert!(flow_closes_at_end("['it''s ]', \"x]\"]"));
+        assert!(flow_closes_at_end(r#"{a: "b \" ]"}"#));
+        assert!(!flow_closes_at_end("[a] # b"));
+    }
 
     fn golden_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/patch-compose")
