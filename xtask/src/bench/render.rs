@@ -51,8 +51,8 @@ pub(super) fn render_markdown(
          ours and the baseline ran in turns on the same machine, each command on \
          private Docker engines started for the run (containerd image store, data root on \
          the disk below). Ours is the `xtask` binary users run (`cargo xtask` = \
-         target/debug/xtask, a {} build in which sha2, zstd, flate2 and tar are compiled at \
-         opt-level 3). Synthetic image: {}.\n",
+         target/debug/xtask, a {} build in which xtask itself is compiled at opt-level 1, \
+         and sha2, zstd, flate2, tar, serde_json and serde_yaml at 3). Synthetic image: {}.\n",
         if quick { " --quick" } else { "" },
         m.date,
         profile(),
