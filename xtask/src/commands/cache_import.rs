@@ -100,7 +100,9 @@ impl Args {
         let trust = self.trust.trust(sh)?;
         let unpacked_from = match &self.pack {
             Some(_) if trust.signers.is_some() => bail!(
-                "a pack does not carry SHA256SUMS.sig, so --allowed-signers cannot be checked                  on it: unpack it with `cargo xtask cache-unpack`, put the signature beside                  its SHA256SUMS, then import that folder with --allowed-signers"
+                "a pack does not carry SHA256SUMS.sig, so --allowed-signers cannot be checked \
+                 on it: unpack it with `cargo xtask cache-unpack`, put the signature beside \
+                 its SHA256SUMS, then import that folder with --allowed-signers"
             ),
             Some(pack) => Some(unpack_pack(sh, pack, &dir, trust.digest.as_deref())?),
             None => None,

@@ -534,3 +534,40 @@ fn a_pack_imports_into_a_folder_without_a_bundle_and_replaces_nothing() {
     let run = xtask(scratch.path(), &["cache-verify", "--bundle", "with-readme"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+/// A pack carries no `SHA256SUMS.sig`: `cache-import --pack` with `--allowed-signers` is
+/// refused before the pack is read, saying how to check a signature instead.
+#[test]
+fn a_pack_is_not_imported_with_a_signature_it_cannot_carry() {
+    let scratch = synthetic_bundle("pack-signers");
+    let run = xtask(scratch.path(), &["cache-pack", "--output", "carried/"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    std::fs::write(
+        scratch.path().join("allowed"),
+        "release@example.com ssh-ed25519 AAAA\n",
+    )
+    .unwrap();
+    let run = xtask(
+        scratch.path(),
+        &[
+            "cache-import",
+            "--pack",
+            "carried/docker-build-cache.tar",
+            "--bundle",
+            "signed",
+            "--allowed-signers",
+            "allowed",
+            "--signer-identity",
+            "release@example.com",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "a pack does not carry SHA256SUMS.sig, so --allowed-signers cannot be checked on it"
+        ) && run.stderr.contains("cargo xtask cache-unpack"),
+        "{}",
+        run.stderr
+    );
+    assert!(!scratch.path().join("signed").exists());
+}
