@@ -411,22 +411,7 @@ fn load_breakdown(b: &Bench, big: &Big, bytes: u64, runs: usize) -> anyhow::Resu
             .target
             .ctr(tsh, ["images", "import", "--no-unpack", saved]);
         let blobs = timed(blobs, &b.log, &[0])?.secs;
-        let name = "xtb-first-use";
-        let create = [
-            "create",
-            "--name",
-            name,
-            "--network",
-            "none",
-            BIG_IMAGE,
-            "/none",
-        ];
-        let first_use = timed(b.target.docker(tsh, create), &b.log, &[0])?.secs;
-        b.target
-            .docker(tsh, ["rm", name])
-            .quiet()
-            .ignore_stdout()
-            .run()?;
+        let first_use = first_use(b)?;
         remove_image(&b.target)?;
         let args = ["images", "import", "--snapshotter", &snapshotter, saved];
         let unpacked = timed(b.target.ctr(tsh, args), &b.log, &[0])?.secs;
@@ -507,6 +492,28 @@ fn load_breakdown(b: &Bench, big: &Big, bytes: u64, runs: usize) -> anyhow::Resu
             copied,
         ),
     ])
+}
+
+/// The first `docker create` of BIG_IMAGE on the target engine, timed (it unpacks the
+/// layers a load left packed); the container is removed.
+fn first_use(b: &Bench) -> anyhow::Result<f64> {
+    let name = "xtb-first-use";
+    let create = [
+        "create",
+        "--name",
+        name,
+        "--network",
+        "none",
+        BIG_IMAGE,
+        "/none",
+    ];
+    let secs = timed(b.target.docker(&b.tsh, create), &b.log, &[0])?.secs;
+    b.target
+        .docker(&b.tsh, ["rm", name])
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    Ok(secs)
 }
 
 /// The ID of the target engine's BIG_IMAGE.
@@ -601,22 +608,7 @@ fn load_with_blobs_placed(
     )?
     .secs;
     // The first use pays for any unpacking the load left undone.
-    let name = "xtb-placed-first-use";
-    let create = [
-        "create",
-        "--name",
-        name,
-        "--network",
-        "none",
-        BIG_IMAGE,
-        "/none",
-    ];
-    let first_use = timed(b.target.docker(tsh, create), &b.log, &[0])?.secs;
-    b.target
-        .docker(tsh, ["rm", name])
-        .quiet()
-        .ignore_stdout()
-        .run()?;
+    let first_use = first_use(b)?;
     remove(&small)?;
     remove(&archive)?;
     Ok((placed, rest + first_use))
