@@ -683,15 +683,52 @@ pub fn stream_into_load(
     reader: Box<dyn Read + Send>,
     check: impl FnOnce(Option<std::io::Error>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let child = docker.spawn_load()?;
+    feed_load(child, what, reader, true, check).map_err(|e| e.with_engine(docker))
+}
+
+/// How a [`feed_load`] failed: the engine's side (mapped by [`Docker::failed`] once back
+/// on the thread that has the shell), or the stream's (what `check` said).
+pub enum LoadFailure {
+    Engine { step: String, err: anyhow::Error },
+    Stream(anyhow::Error),
+}
+
+impl LoadFailure {
+    /// The error to report: an engine that went away is named as such.
+    pub fn with_engine(self, docker: &Docker) -> anyhow::Error {
+        match self {
+            LoadFailure::Engine { step, err } => docker.failed(&step, err),
+            LoadFailure::Stream(err) => err,
+        }
+    }
+}
+
+/// Streams `reader` into a started `docker load` (any thread): the last chunk is held
+/// back until `check` has seen how the stream ended, so that a stream it refuses never
+/// reaches its end and nothing of it is tagged. `progress`: print the byte count while
+/// streaming (off when several loads run at once, each then one step line).
+pub fn feed_load(
+    mut child: std::process::Child,
+    what: &str,
+    reader: Box<dyn Read + Send>,
+    progress: bool,
+    check: impl FnOnce(Option<std::io::Error>) -> anyhow::Result<()>,
+) -> Result<(), LoadFailure> {
     let started = Instant::now();
-    let mut child = docker.spawn_load()?;
-    let mut stdin = child.stdin.take().context("docker load has no stdin")?;
-    let stdout = child.stdout.take().context("docker load has no stdout")?;
-    let stderr = child.stderr.take().context("docker load has no stderr")?;
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(LoadFailure::Stream(anyhow::anyhow!(
+            "`docker load` started without its pipes"
+        )));
+    };
     let out_reader = bundle::read_in_background(stdout);
     let err_reader = bundle::read_in_background(stderr);
     let ahead = bundle::ReadAhead::new(reader);
-    let mut progress = crate::progress::Progress::new("Loading", None);
+    let mut shown = progress.then(|| crate::progress::Progress::new("Loading", None));
     let mut pending: Option<Vec<u8>> = None;
     let mut streamed = 0u64;
     let mut failure: Option<std::io::Error> = None;
@@ -705,7 +742,9 @@ pub fn stream_into_load(
                         break;
                     }
                     streamed += previous.len() as u64;
-                    progress.set(streamed);
+                    if let Some(shown) = &mut shown {
+                        shown.set(streamed);
+                    }
                     ahead.recycle(previous);
                 }
             }
@@ -716,7 +755,9 @@ pub fn stream_into_load(
         }
     }
     drop(ahead);
-    progress.done();
+    if let Some(shown) = shown {
+        shown.done();
+    }
     if let Some(e) = load_failed {
         // docker load stopped reading: the engine went away or refused the stream. The
         // bundle is not to blame; what docker load said is the message.
@@ -732,33 +773,43 @@ pub fn stream_into_load(
                 err.trim()
             }
         );
-        return Err(docker.failed(&format!("`docker load` of {what}"), err));
+        return Err(LoadFailure::Engine {
+            step: format!("`docker load` of {what}"),
+            err,
+        });
     }
     if let Err(err) = check(failure) {
         // Killed before the end of the stream: nothing gets tagged.
         let _ = child.kill();
         let _ = child.wait();
-        return Err(err);
+        return Err(LoadFailure::Stream(err));
     }
     if let Some(last) = pending.take() {
         stdin
             .write_all(&last)
-            .with_context(|| format!("streaming {what} into docker load"))?;
+            .with_context(|| format!("streaming {what} into docker load"))
+            .map_err(LoadFailure::Stream)?;
         streamed += last.len() as u64;
     }
     drop(stdin);
-    let status = child.wait()?;
+    let status = child
+        .wait()
+        .context("waiting for docker load")
+        .map_err(LoadFailure::Stream)?;
     let out = out_reader.join().unwrap_or_default();
     let err = err_reader.join().unwrap_or_default();
     if !status.success() {
         let err = anyhow::anyhow!("`docker load` of {what} failed: {}", err.trim());
-        return Err(docker.failed(&format!("`docker load` of {what}"), err));
+        return Err(LoadFailure::Engine {
+            step: format!("`docker load` of {what}"),
+            err,
+        });
     }
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        eprintln!("      {}", line.trim());
+        crate::say!("      {}", line.trim());
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    crate::say!(
         "      Loaded {} (verified while streaming) in {secs:.1}s ({}/s)",
         human_bytes(streamed),
         human_bytes((streamed as f64 / secs.max(1e-6)) as u64)

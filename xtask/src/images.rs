@@ -12,8 +12,9 @@ use camino::Utf8Path;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{self, human_bytes, HashingWriter};
-use crate::docker::{stream_into_load, Docker};
+use crate::docker::{feed_load, stream_into_load, Docker, LoadFailure};
 use crate::model::layout::{self, BUILD_CACHE_DIR, IMAGES_DIR};
+use crate::model::load_split::LoadShare;
 use crate::model::manifest::{Compression, FileEntry, ImageLayout, LayoutEntry, Manifest};
 
 /// One `docker save` of every image, split into its entries as it streams: each blob goes
@@ -350,9 +351,17 @@ pub fn layout_files(
         .collect()
 }
 
+/// How many `docker load`s at most run at once (one per core up to this).
+const MAX_LOADS: usize = 4;
+/// The largest blob read whole to see whether it is an index or a manifest.
+const SMALL_BLOB: u64 = 256 << 10;
+
 /// Streams the saved images back into `docker load` as the tar `docker save` wrote, built
 /// here from the layout's files, each checked against the manifest as it streams (the last
-/// chunk is held back as for an archive).
+/// chunk is held back as for an archive). Images that share no blob are loaded by
+/// separate `docker load`s at once (`model::load_split`), one core each: every stream
+/// holds back its end until all of them have verified every byte, so a damaged file
+/// anywhere leaves nothing tagged.
 pub fn load_layout(
     docker: &Docker,
     dir: &camino::Utf8Path,
@@ -361,6 +370,25 @@ pub fn load_layout(
     let total: u64 = files
         .iter()
         .fold(0, |sum, (_, _, f)| sum.saturating_add(f.size));
+    let streams = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_LOADS);
+    let shares = match split_layout(&files, streams) {
+        Ok(shares) => shares,
+        Err(why) => {
+            crate::say!("        Note the images load as one archive: {why:#}");
+            Vec::new()
+        }
+    };
+    if shares.len() > 1 {
+        crate::say!(
+            "     Loading images from {dir} ({} files, {}) as {} archives at once",
+            files.len(),
+            human_bytes(total),
+            shares.len()
+        );
+        return load_shares(docker, dir, files, shares);
+    }
     crate::say!(
         "     Loading images from {dir} ({} files, {})",
         files.len(),
@@ -370,32 +398,246 @@ pub fn load_layout(
     stream_into_load(
         docker,
         &what,
-        Box::new(LayoutTar::new(files)),
-        |failure| match failure {
-            None => Ok(()),
-            Some(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                for problem in e.to_string().lines() {
-                    crate::say!("error: {problem}");
-                }
-                bail!(
-                    "the saved images do not verify ({} damaged, named above); nothing was \
-                     loaded. Copy the named files again from the export machine",
-                    match e.to_string().lines().count() {
-                        1 => "one file".to_string(),
-                        n => format!("{n} files"),
-                    }
-                )
-            }
-            Some(e) => bail!("reading {what}: {e}; nothing was loaded"),
-        },
+        Box::new(LayoutTar::new(files, Vec::new(), None)),
+        |failure| refuse_damaged(&what, failure),
     )
+}
+
+/// What a stream of the layout's files ended with, as the error to report: damaged files
+/// (one problem a line), another stream's failure, or a read error.
+fn refuse_damaged(what: &str, failure: Option<std::io::Error>) -> anyhow::Result<()> {
+    match failure {
+        None => Ok(()),
+        Some(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            for problem in e.to_string().lines() {
+                crate::say!("error: {problem}");
+            }
+            bail!(
+                "the saved images do not verify ({} damaged, named above); nothing was \
+                 loaded. Copy the named files again from the export machine",
+                match e.to_string().lines().count() {
+                    1 => "one file".to_string(),
+                    n => format!("{n} files"),
+                }
+            )
+        }
+        Some(e) if e.get_ref().is_some_and(|r| r.is::<OtherStreamFailed>()) => {
+            Err(anyhow::Error::new(OtherStreamFailed))
+        }
+        Some(e) => bail!("reading {what}: {e}; nothing was loaded"),
+    }
+}
+
+/// The layout cut into shares for `streams` loads at once, read from the bundle's small
+/// files, each checked against the manifest before it is parsed. One share (or an error:
+/// then the layout loads whole, which names any damaged file) when it cannot be cut.
+fn split_layout(
+    files: &[(String, camino::Utf8PathBuf, FileEntry)],
+    streams: usize,
+) -> anyhow::Result<Vec<LoadShare>> {
+    if streams < 2 {
+        return Ok(Vec::new());
+    }
+    let read = |path: &Utf8Path, entry: &FileEntry| -> anyhow::Result<Vec<u8>> {
+        let bytes = bundle::read_capped(path, 4 << 20).with_context(|| entry.path.clone())?;
+        if bytes.len() as u64 != entry.size || bundle::hex(&Sha256::digest(&bytes)) != entry.sha256
+        {
+            bail!("{} does not match the manifest", entry.path);
+        }
+        Ok(bytes)
+    };
+    let (mut index, mut manifest) = (None, None);
+    let mut sizes = std::collections::BTreeMap::new();
+    let mut small = std::collections::BTreeMap::new();
+    for (name, path, entry) in files {
+        match name.as_str() {
+            "index.json" => index = Some(read(path, entry)?),
+            "manifest.json" => manifest = Some(read(path, entry)?),
+            "oci-layout" => {}
+            _ => {
+                let hex = name
+                    .strip_prefix("blobs/sha256/")
+                    .filter(|hex| *hex == entry.sha256)
+                    .with_context(|| {
+                        format!("the layout's entry {name} is not a blob named by its digest")
+                    })?;
+                sizes.insert(hex.to_string(), entry.size);
+                if entry.size <= SMALL_BLOB {
+                    small.insert(hex.to_string(), read(path, entry)?);
+                }
+            }
+        }
+    }
+    let index = index.context("the layout has no index.json")?;
+    crate::model::load_split::split_for_load(&index, manifest.as_deref(), &sizes, &small, streams)
+}
+
+/// The shares loaded at once, one `docker load` each (started here, fed on threads).
+fn load_shares(
+    docker: &Docker,
+    dir: &camino::Utf8Path,
+    files: Vec<(String, camino::Utf8PathBuf, FileEntry)>,
+    shares: Vec<LoadShare>,
+) -> anyhow::Result<()> {
+    let gate = Arc::new(Gate::new(shares.len()));
+    let mut loads = Vec::new();
+    for (n, share) in shares.into_iter().enumerate() {
+        let mine: Vec<_> = files
+            .iter()
+            .filter(|(name, _, _)| match name.strip_prefix("blobs/sha256/") {
+                Some(hex) => share.blobs.contains(hex),
+                None => name == "oci-layout",
+            })
+            .cloned()
+            .collect();
+        let mut made = vec![("index.json".to_string(), share.index)];
+        made.extend(share.manifest.map(|m| ("manifest.json".to_string(), m)));
+        let names = image_names(&made[0].1);
+        let what = format!(
+            "the saved images in {dir} (part {} of {})",
+            n + 1,
+            gate.count
+        );
+        let child = match docker.spawn_load() {
+            Ok(child) => child,
+            Err(e) => {
+                gate.fail();
+                return Err(e);
+            }
+        };
+        let reader = LayoutTar::new(mine, made, Some(gate.clone()));
+        loads.push((child, what, names, share.bytes, reader));
+    }
+    let steps = crate::steps::Steps::new();
+    let results: Vec<Result<(), LoadFailure>> = std::thread::scope(|scope| {
+        let running: Vec<_> = loads
+            .into_iter()
+            .map(|(child, what, names, bytes, reader)| {
+                let step = steps.live("Loading", &format!("{names} ({})", human_bytes(bytes)));
+                let gate = gate.clone();
+                scope.spawn(move || {
+                    let result = feed_load(child, &what, Box::new(reader), false, |failure| {
+                        refuse_damaged(&what, failure)
+                    });
+                    if result.is_err() {
+                        gate.fail();
+                    }
+                    step.finish(None);
+                    result
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(LoadFailure::Stream(anyhow::anyhow!(
+                        "a load thread panicked"
+                    )))
+                })
+            })
+            .collect()
+    });
+    drop(steps);
+    // Damaged files first (each stream named its own), then any other failure; a stream
+    // that only stopped because another failed says nothing of its own.
+    let mut damaged = Vec::new();
+    let mut other = None;
+    for result in results {
+        match result.map_err(|e| e.with_engine(docker)) {
+            Ok(()) => {}
+            Err(e) if e.is::<OtherStreamFailed>() => {}
+            Err(e) if e.to_string().starts_with("the saved images do not verify") => {
+                damaged.push(e)
+            }
+            Err(e) => other = other.or(Some(e)),
+        }
+    }
+    match (damaged.len(), other) {
+        (0, None) => Ok(()),
+        (0, Some(e)) => Err(e),
+        (1, _) => Err(damaged.remove(0)),
+        (_, _) => bail!(
+            "the saved images do not verify (the damaged files named above); nothing was \
+             loaded. Copy the named files again from the export machine"
+        ),
+    }
+}
+
+/// The image names an `index.json` lists, for the step line.
+fn image_names(index: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(index).unwrap_or_default();
+    let names: Vec<String> = value["manifests"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|e| e["annotations"]["io.containerd.image.name"].as_str())
+                .map(crate::model::oci::familiar)
+                .collect()
+        })
+        .unwrap_or_default();
+    match names.is_empty() {
+        true => "images".to_string(),
+        false => names.join(", "),
+    }
+}
+
+/// A stream stopped before its end because another stream of the same load failed.
+#[derive(Debug)]
+struct OtherStreamFailed;
+
+impl std::fmt::Display for OtherStreamFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped: another part of the images failed")
+    }
+}
+
+impl std::error::Error for OtherStreamFailed {}
+
+/// Where the loads that run at once wait for each other before ending their streams:
+/// a stream's end (what makes `docker load` tag its images) passes only once every stream
+/// has verified all its files, and none does once one has failed.
+struct Gate {
+    count: usize,
+    state: Mutex<(usize, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    fn new(count: usize) -> Gate {
+        Gate {
+            count,
+            state: Mutex::new((0, false)),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// This stream verified everything: waits for the others; whether all did.
+    fn arrive(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 += 1;
+        self.changed.notify_all();
+        while state.0 < self.count && !state.1 {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        !state.1
+    }
+
+    fn fail(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 = true;
+        self.changed.notify_all();
+    }
 }
 
 /// A tar of the layout's files, made as it is read: a header, the file's bytes (hashed as
 /// they go; a file that does not match the manifest ends the stream with `InvalidData`),
-/// padding, and at the end the two zero blocks.
+/// padding; then the entries made here (a share's `index.json` and `manifest.json`); at
+/// the end the two zero blocks, once the gate (if any) lets it.
 struct LayoutTar {
     files: std::vec::IntoIter<(String, camino::Utf8PathBuf, FileEntry)>,
+    made: std::vec::IntoIter<(String, Vec<u8>)>,
+    gate: Option<Arc<Gate>>,
     parts: std::collections::VecDeque<Part>,
     ended: bool,
 }
@@ -411,9 +653,15 @@ enum Part {
 }
 
 impl LayoutTar {
-    fn new(files: Vec<(String, camino::Utf8PathBuf, FileEntry)>) -> LayoutTar {
+    fn new(
+        files: Vec<(String, camino::Utf8PathBuf, FileEntry)>,
+        made: Vec<(String, Vec<u8>)>,
+        gate: Option<Arc<Gate>>,
+    ) -> LayoutTar {
         LayoutTar {
             files: files.into_iter(),
+            made: made.into_iter(),
+            gate,
             parts: Default::default(),
             ended: false,
         }
@@ -424,6 +672,9 @@ impl LayoutTar {
     /// hashed, so that one import names every damaged file. `InvalidData`, one problem a
     /// line.
     fn damaged(&mut self, first: String) -> std::io::Error {
+        if let Some(gate) = &self.gate {
+            gate.fail();
+        }
         let mut problems = vec![first];
         self.parts.clear();
         self.ended = true;
@@ -452,6 +703,19 @@ impl LayoutTar {
         std::io::Error::new(std::io::ErrorKind::InvalidData, problems.join("\n"))
     }
 
+    fn queue_header(&mut self, name: &str, size: u64) -> std::io::Result<()> {
+        let mut header = tar::Header::new_ustar();
+        header.set_path(name)?;
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        self.parts
+            .push_back(Part::Bytes(header.as_bytes().to_vec(), 0));
+        Ok(())
+    }
+
     /// Queues the next file's header, body and padding, or the trailer; false at the end.
     fn queue_next(&mut self) -> std::io::Result<bool> {
         use std::io::{Error, ErrorKind};
@@ -459,16 +723,29 @@ impl LayoutTar {
             if self.ended {
                 return Ok(false);
             }
+            if let Some((name, bytes)) = self.made.next() {
+                let size = bytes.len() as u64;
+                self.queue_header(&name, size)?;
+                self.parts.push_back(Part::Bytes(bytes, 0));
+                let pad = ((512 - size % 512) % 512) as usize;
+                self.parts.push_back(Part::Bytes(vec![0u8; pad], 0));
+                return Ok(true);
+            }
             self.ended = true;
+            if let Some(gate) = &self.gate {
+                if !gate.arrive() {
+                    return Err(Error::other(OtherStreamFailed));
+                }
+            }
             self.parts.push_back(Part::Bytes(vec![0u8; 1024], 0));
             return Ok(true);
         };
-        let file = match File::open(&path) {
+        let file = match bundle::open_regular(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(self.damaged(format!("{}: missing", entry.path)))
             }
-            Err(e) => return Err(Error::new(e.kind(), format!("{path}: {e}"))),
+            Err(e) => return Err(self.damaged(format!("{}: {e}", entry.path))),
         };
         let size = file.metadata()?.len();
         if size != entry.size {
@@ -477,15 +754,7 @@ impl LayoutTar {
                 entry.path, entry.size
             )));
         }
-        let mut header = tar::Header::new_ustar();
-        header.set_path(&name)?;
-        header.set_size(size);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        self.parts
-            .push_back(Part::Bytes(header.as_bytes().to_vec(), 0));
+        self.queue_header(&name, size)?;
         self.parts.push_back(Part::Body {
             file,
             hasher: Sha256::new(),
@@ -602,6 +871,17 @@ mod tests {
             .collect()
     }
 
+    /// The entries of [`layout_files`] for files already written (as they are now).
+    fn layout_files_kept(dir: &camino::Utf8Path) -> Vec<(String, camino::Utf8PathBuf, FileEntry)> {
+        let fresh = temp_dir(&format!("kept-{}", dir.file_name().unwrap()));
+        let entries = layout_files(&fresh);
+        std::fs::remove_dir_all(&fresh).unwrap();
+        entries
+            .into_iter()
+            .map(|(name, path, entry)| (name, dir.join(path.file_name().unwrap()), entry))
+            .collect()
+    }
+
     fn temp_dir(tag: &str) -> camino::Utf8PathBuf {
         crate::lab::test_dir(&format!("layout-{tag}"))
     }
@@ -613,7 +893,7 @@ mod tests {
         let files = layout_files(&dir);
         let mut tar_bytes = Vec::new();
         // Small reads, as a pipe may do, must give the same stream.
-        let mut reader = LayoutTar::new(files.clone());
+        let mut reader = LayoutTar::new(files.clone(), Vec::new(), None);
         let mut buf = [0u8; 333];
         loop {
             let n = reader.read(&mut buf).unwrap();
@@ -649,7 +929,7 @@ mod tests {
         data[1000] ^= 1;
         std::fs::write(&files[1].1, &data).unwrap();
         let mut out = Vec::new();
-        let err = LayoutTar::new(files.clone())
+        let err = LayoutTar::new(files.clone(), Vec::new(), None)
             .read_to_end(&mut out)
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
@@ -660,7 +940,7 @@ mod tests {
         // Nothing after the damaged file: its header and bytes at most.
         assert!(out.len() <= 512 * 3 + data.len());
         std::fs::write(&files[1].1, &data[..500]).unwrap();
-        let err = LayoutTar::new(files.clone())
+        let err = LayoutTar::new(files.clone(), Vec::new(), None)
             .read_to_end(&mut out)
             .unwrap_err();
         assert!(
@@ -672,7 +952,9 @@ mod tests {
         std::fs::write(&files[0].1, b"{}").unwrap();
         std::fs::remove_file(&files[2].1).unwrap();
         let mut out = Vec::new();
-        let err = LayoutTar::new(files).read_to_end(&mut out).unwrap_err();
+        let err = LayoutTar::new(files, Vec::new(), None)
+            .read_to_end(&mut out)
+            .unwrap_err();
         let lines: Vec<String> = err.to_string().lines().map(str::to_string).collect();
         assert_eq!(lines.len(), 3, "{err}");
         assert!(lines[0].starts_with("stored/index.json: 2 bytes"), "{err}");
@@ -680,5 +962,88 @@ mod tests {
         assert_eq!(lines[2], "stored/oci-layout: missing");
         assert!(out.is_empty(), "{} bytes handed on", out.len());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Streams loaded at once: each holds back its end (the two zero blocks that make
+    /// docker load tag its images) until every stream has verified all its files, and
+    /// none ends once one found a damaged file. A made entry (a share's own index.json)
+    /// is in the tar before the end.
+    #[test]
+    fn streams_at_once_end_only_when_all_verified() {
+        let read_all = |mut tar: LayoutTar| -> (Vec<u8>, Option<std::io::Error>) {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match tar.read(&mut buf) {
+                    Ok(0) => return (out, None),
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        };
+        let ends_with_trailer =
+            |out: &[u8]| out.len() >= 1024 && out[out.len() - 1024..] == [0u8; 1024];
+
+        // All good: both end, with the made entry inside.
+        let (dir_a, dir_b) = (temp_dir("gate-a"), temp_dir("gate-b"));
+        let gate = Arc::new(Gate::new(2));
+        let a = LayoutTar::new(
+            layout_files(&dir_a),
+            vec![("index.json".into(), b"{\"made\":1}".to_vec())],
+            Some(gate.clone()),
+        );
+        let b = LayoutTar::new(layout_files(&dir_b), Vec::new(), Some(gate.clone()));
+        let ((out_a, err_a), (out_b, err_b)) = std::thread::scope(|s| {
+            let ta = s.spawn(|| read_all(a));
+            let tb = s.spawn(|| read_all(b));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        assert!(err_a.is_none() && err_b.is_none(), "{err_a:?} {err_b:?}");
+        assert!(ends_with_trailer(&out_a) && ends_with_trailer(&out_b));
+        let mut names = Vec::new();
+        for entry in tar::Archive::new(&out_a[..]).entries().unwrap() {
+            names.push(
+                entry
+                    .unwrap()
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        assert_eq!(
+            names,
+            ["index.json", "blobs/sha256/aa", "oci-layout", "index.json"]
+        );
+
+        // One damaged: it names its file; the other verified all of its own but stops
+        // before its end, saying why.
+        let mut bad = std::fs::read(dir_b.join("blobs_sha256_aa")).unwrap();
+        bad[10] ^= 1;
+        std::fs::write(dir_b.join("blobs_sha256_aa"), &bad).unwrap();
+        let gate = Arc::new(Gate::new(2));
+        let a = LayoutTar::new(layout_files_kept(&dir_a), Vec::new(), Some(gate.clone()));
+        let b = LayoutTar::new(layout_files_kept(&dir_b), Vec::new(), Some(gate.clone()));
+        let ((out_a, err_a), (_, err_b)) = std::thread::scope(|s| {
+            let ta = s.spawn(|| read_all(a));
+            let tb = s.spawn(|| read_all(b));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        let err_b = err_b.expect("the damaged stream fails");
+        assert_eq!(err_b.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            err_b
+                .to_string()
+                .starts_with("stored/blobs/sha256/aa: sha256"),
+            "{err_b}"
+        );
+        let err_a = err_a.expect("the good stream stops too");
+        assert!(
+            err_a.get_ref().is_some_and(|r| r.is::<OtherStreamFailed>()),
+            "{err_a}"
+        );
+        assert!(!ends_with_trailer(&out_a), "the good stream must not end");
+        std::fs::remove_dir_all(&dir_a).unwrap();
+        std::fs::remove_dir_all(&dir_b).unwrap();
     }
 }

@@ -72,6 +72,9 @@ pub(super) fn measure_app(b: &Bench, figures: &Figures, report: &mut Report) -> 
         v1: b.work.join("v1-guide"),
     };
     first_export(b, &app, report)?;
+    if figures.wants("3") {
+        measure_base_images_import(b, &app, report)?;
+    }
     if figures.wants_any(&["2", "4", "8"]) {
         measure_export_and_rebuild(b, &app, figures, report)?;
     }
@@ -81,6 +84,76 @@ pub(super) fn measure_app(b: &Bench, figures: &Figures, report: &mut Report) -> 
     if figures.wants("10") {
         super::carry::measure_carry(b, &app.bundle, report)?;
     }
+    Ok(())
+}
+
+/// Figure 3 on the app's own base images (three, no layer shared, as the real ones):
+/// `cache-import` of a bundle of them (`cache-export --only base-images`) against `docker
+/// load -i` of `docker save` of the same three, each on an emptied target engine.
+fn measure_base_images_import(b: &Bench, app: &App, report: &mut Report) -> anyhow::Result<()> {
+    let (esh, tsh, xtask, log) = (&b.esh, &b.tsh, &b.xtask, &b.log);
+    let (bundle, saved) = (
+        b.work.join("app-base-images"),
+        b.work.join("app-base-images.tar"),
+    );
+    remove(&bundle)?;
+    remove(&saved)?;
+    let compose = &app.compose;
+    timed(
+        cmd!(
+            esh,
+            "{xtask} -f {compose} cache-export --only base-images --pull never --output {bundle}"
+        ),
+        log,
+        &[0],
+    )?;
+    let images: Vec<&str> = APP_STANDINS.iter().map(|s| s.image).collect();
+    let save = b
+        .export
+        .docker(esh, ["save"])
+        .args(&images)
+        .args(["-o", saved.as_str()]);
+    timed(save, log, &[0])?;
+    eprintln!("   Measuring import of the app's base images: cache-import vs docker load -i");
+    let empty = || super::carry::empty_engine(&b.target);
+    let (ours, base) = alternate(
+        b.runs,
+        || {
+            empty()?;
+            timed(super::import_into_target(b, &bundle), log, &[0])
+        },
+        || {
+            empty()?;
+            timed(
+                b.target.docker(tsh, ["load", "-i", saved.as_str()]),
+                log,
+                &[0],
+            )
+        },
+    )?;
+    let size = std::fs::metadata(&saved)?.len();
+    report.rows.push(Row::new(
+        &format!(
+            "3. Import of the app's {} base images ({}; verification included)",
+            images.len(),
+            human_bytes(size)
+        ),
+        Stat::of(&series(&ours), Unit::Secs),
+        Some(("docker load -i", Stat::of(&series(&base), Unit::Secs))),
+        Target::SpeedupAtLeast(1.3),
+    ));
+    report.notes.push(format!(
+        "Figure 3, the app's base images ({}): `cache-import` of a bundle of the three \
+         (`cache-export --only base-images`; its images share no blob, so they load as \
+         separate `docker load`s at once, one a core, each stream ending only once all \
+         are verified) against `docker load -i` of `docker save` of the same three \
+         ({}), each on an emptied target engine.",
+        images.join(", "),
+        human_bytes(size)
+    ));
+    empty()?;
+    remove(&bundle)?;
+    remove(&saved)?;
     Ok(())
 }
 

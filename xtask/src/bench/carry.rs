@@ -25,7 +25,7 @@ const REGISTRY_PORT: u16 = 5000;
 const FLEET_BUNDLE_PARTS: [&str; 3] = ["manifest.yaml", "SHA256SUMS", "pip-cache"];
 
 /// Removes every image and the builder cache of `engine`.
-fn empty_engine(engine: &Engine) -> anyhow::Result<()> {
+pub(super) fn empty_engine(engine: &Engine) -> anyhow::Result<()> {
     let sh = engine.shell()?;
     let ids = engine.docker(&sh, ["images", "--all", "--quiet"]).read()?;
     let mut ids: Vec<&str> = ids.split_whitespace().collect();

@@ -9,6 +9,7 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod interpolate;
 pub mod layout;
+pub mod load_split;
 pub mod manifest;
 pub mod oci;
 pub mod pack;

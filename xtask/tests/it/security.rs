@@ -945,6 +945,124 @@ fn import_refuses_a_damaged_bundle_before_loading_anything() -> anyhow::Result<(
     Ok(())
 }
 
+/// A bundle whose base images share no layer loads them with one `docker load` each, at
+/// once: a damaged layer in one of them leaves neither image tagged (each stream holds its
+/// end back until every stream has verified all its files), and once repaired both load
+/// with the IDs they had on the export engine.
+#[test]
+fn images_loaded_at_once_are_all_refused_when_one_file_is_damaged() -> anyhow::Result<()> {
+    let Some(suite) = support::docker_suite() else {
+        return Ok(());
+    };
+    let online = suite.engine("par-online", EngineOptions::default())?;
+    standins::load_busybox(&online)?;
+    // A second base image with a layer of its own: one file.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    let note = vec![b'n'; 300_000];
+    header.set_size(note.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "note.txt", &note[..])?;
+    let layer = tar.into_inner()?;
+    let sh = online.shell()?;
+    cmd!(sh, "docker import - par-note:1")
+        .stdin(layer)
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    let offline = suite.offline_engine("par-offline", EngineOptions::default())?;
+    let scratch = Scratch::new("par-load");
+    let src = scratch.path().join("release");
+    write_fixture(&src)?;
+    std::fs::create_dir_all(src.join("web"))?;
+    std::fs::write(
+        src.join("web/Dockerfile"),
+        "FROM par-note:1\nCOPY hello.txt /hello.txt\n",
+    )?;
+    std::fs::write(src.join("web/hello.txt"), "web\n")?;
+    std::fs::write(
+        src.join("compose.yaml"),
+        format!("{COMPOSE}  web:\n    build: ./web\n    image: sec-web:latest\n"),
+    )?;
+    ok(xtask_on(&online, &src, &["cache-export"], &[]), "export")?;
+    let bundle = src.join("docker-build-cache");
+    let ids = |engine: &support::Engine| -> anyhow::Result<Vec<String>> {
+        let sh = engine.shell()?;
+        let format = "{{.Id}}";
+        let out = cmd!(
+            sh,
+            "docker image inspect --format {format} busybox:latest par-note:1"
+        )
+        .quiet()
+        .read()?;
+        Ok(out.lines().map(str::to_string).collect())
+    };
+    let expected = ids(&online)?;
+
+    // busybox's layer: the biggest blob of the images' layout.
+    let manifest = std::fs::read_to_string(bundle.join("manifest.yaml"))?;
+    let blobs: Vec<String> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("path: "))
+        .map(|p| p.trim_matches('\'').to_string())
+        .filter(|p| p.contains("blobs/sha256/"))
+        .collect();
+    let victim = blobs
+        .iter()
+        .max_by_key(|p| {
+            std::fs::metadata(bundle.join(p))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .context("no blobs in the manifest")?
+        .clone();
+    let path = bundle.join(&victim);
+    let mut bytes = std::fs::read(&path)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&path, &bytes)?;
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let run = xtask_on(&offline, &src, &["cache-import"], &[]);
+    ensure!(run.code == 1, "the import succeeded:\n{}", run.stderr);
+    if parallel {
+        ensure!(
+            run.stderr.contains("as 2 archives at once"),
+            "the images were not loaded at once:\n{}",
+            run.stderr
+        );
+    }
+    ensure!(
+        run.stderr.contains(&format!("error: {victim}: sha256")),
+        "the damaged file is not named:\n{}",
+        run.stderr
+    );
+    ensure!(
+        run.stderr
+            .contains("the saved images do not verify (one file damaged"),
+        "{}",
+        run.stderr
+    );
+    ensure!(
+        images(&offline)?.is_empty(),
+        "images were tagged: {}",
+        images(&offline)?
+    );
+
+    bytes[middle] ^= 1;
+    std::fs::write(&path, &bytes)?;
+    let out = ok(xtask_on(&offline, &src, &["cache-import"], &[]), "import")?;
+    if parallel {
+        ensure!(out.contains("as 2 archives at once"), "{out}");
+    }
+    ensure!(
+        ids(&offline)? == expected,
+        "IDs differ: {:?} vs {expected:?}",
+        ids(&offline)?
+    );
+    Ok(())
+}
+
 /// Issue 15, point 6 on a real engine: a bundle on a read-only mount imports, checked
 /// against the digest the export wrote with --digest-file.
 #[test]
