@@ -301,7 +301,7 @@ fn measure_import(
         ),
         ours_stat.clone(),
         Some(("docker load -i", base_stat.clone())),
-        Target::RatioAtMost(1.15),
+        Target::RatioAtMost(1.10),
     ));
     remove_image(&b.target)?;
     // at most two runs: each is about five loads' worth of time

@@ -99,9 +99,15 @@ impl Row {
             }
             (Target::SpeedupAtLeast(min), Some(b)) => {
                 let r = ratio_of(b, ours.median);
+                // A target such as 1.3× is shown, and the ratio beside it, to the
+                // hundredth: 1.26× must not read as the 1.3× it misses.
+                let (ratio, target) = match min.fract() == 0.0 {
+                    true => (format!("{r:.1}"), format!("{min:.0}")),
+                    false => (format!("{r:.2}"), format!("{min:.1}")),
+                };
                 (
-                    format!("{r:.1}× faster"),
-                    format!("≥ {min:.0}× faster"),
+                    format!("{ratio}× faster"),
+                    format!("≥ {target}× faster"),
                     Some(r >= min),
                 )
             }
@@ -168,6 +174,16 @@ mod tests {
             Target::SpeedupAtLeast(5.0),
         );
         assert_eq!((row.ratio.as_str(), row.met), ("4.0× faster", Some(false)));
+        let row = Row::new(
+            "x",
+            secs(10.0),
+            Some(("b", secs(12.6))),
+            Target::SpeedupAtLeast(1.3),
+        );
+        assert_eq!(
+            (row.ratio.as_str(), row.target.as_str(), row.met),
+            ("1.26× faster", "≥ 1.3× faster", Some(false))
+        );
         let row = Row::new(
             "x",
             Stat::of(&[0.02], Unit::Millis),
