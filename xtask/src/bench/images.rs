@@ -373,7 +373,11 @@ const LOAD_BREAKDOWN_NOTE: &str = "Figure 3, where `docker load`'s time goes (th
     it present and commits without writing), then `docker load` of the archive without its \
     layers (index, manifest, config), which finds the layers present and unpacks them, \
     and the first `docker create` (which would pay for any unpacking left undone). Each on \
-    an emptied engine, page cache warm.";
+    an emptied engine, page cache warm. The synthetic bundle holds one image of one layer, \
+    so `cache-import` streams it into one `docker load` (what it does whenever the images \
+    cannot be cut into shares that share no blob): the fall-back path, held to 1.10× of \
+    `docker load -i`; a bundle of several independent images (the app's base images, its \
+    own row) loads as one `docker load` a core.";
 
 /// Figure 3's breakdown of `docker load -i` of `big.saved` into the target engine, each
 /// part timed against `docker load -i` itself on an emptied engine, `runs` times: the

@@ -1060,6 +1060,34 @@ fn images_loaded_at_once_are_all_refused_when_one_file_is_damaged() -> anyhow::R
         "IDs differ: {:?} vs {expected:?}",
         ids(&offline)?
     );
+
+    // The classic store reads each share's own manifest.json: both images load there too.
+    let classic = suite.engine(
+        "par-classic",
+        EngineOptions {
+            containerd_store: false,
+            ..EngineOptions::default()
+        },
+    )?;
+    let out = ok(
+        xtask_on(&classic, &src, &["cache-import"], &[]),
+        "import (classic store)",
+    )?;
+    if parallel {
+        ensure!(out.contains("as 2 archives at once"), "{out}");
+    }
+    let sh = classic.shell()?;
+    let format = "{{.RepoTags}}";
+    let tags = cmd!(
+        sh,
+        "docker image inspect --format {format} busybox:latest par-note:1"
+    )
+    .quiet()
+    .read()?;
+    ensure!(
+        tags == "[busybox:latest]\n[par-note:1]",
+        "the classic store has: {tags}"
+    );
     Ok(())
 }
 
