@@ -398,45 +398,39 @@ mod tests {
     /// whose config no image has.
     #[test]
     fn what_cannot_be_split_is_refused() {
-        let mut a = archive(&[
-            ("python", 'a', 'b', &[('1', 45)]),
-            ("node", 'c', 'd', &[('2', 55)]),
-        ]);
+        let two = || {
+            archive(&[
+                ("python", 'a', 'b', &[('1', 45)]),
+                ("node", 'c', 'd', &[('2', 55)]),
+            ])
+        };
+        let refused = |a: &Archive, manifest: &[u8]| {
+            split_for_load(&a.index, Some(manifest), &a.sizes, &a.small, 2)
+                .unwrap_err()
+                .to_string()
+        };
+        let mut a = two();
         a.sizes.remove(&hex('2'));
-        let err = split_for_load(&a.index, Some(&a.manifest), &a.sizes, &a.small, 2)
-            .unwrap_err()
-            .to_string();
         assert_eq!(
-            err,
+            refused(&a, &a.manifest),
             format!(
                 "the archive lacks the blob {}, which an image needs",
                 hex('2')
             )
         );
-        let mut b = archive(&[
-            ("python", 'a', 'b', &[('1', 45)]),
-            ("node", 'c', 'd', &[('2', 55)]),
-        ]);
+        let mut b = two();
         b.small.remove(&hex('c'));
-        let err = split_for_load(&b.index, Some(&b.manifest), &b.sizes, &b.small, 2)
-            .unwrap_err()
-            .to_string();
+        let err = refused(&b, &b.manifest);
         assert!(
             err.starts_with(&format!("the blob {} (", hex('c'))),
             "{err}"
         );
-        let c = archive(&[
-            ("python", 'a', 'b', &[('1', 45)]),
-            ("node", 'c', 'd', &[('2', 55)]),
-        ]);
+        let c = two();
         let stray = String::from_utf8(c.manifest.clone())
             .unwrap()
             .replace(&hex('d'), &hex('8'));
-        let err = split_for_load(&c.index, Some(stray.as_bytes()), &c.sizes, &c.small, 2)
-            .unwrap_err()
-            .to_string();
         assert_eq!(
-            err,
+            refused(&c, stray.as_bytes()),
             format!(
                 "manifest.json names the config {}, which no image of index.json has",
                 hex('8')
