@@ -48,34 +48,7 @@ pub fn split_for_load(
         .map(|entry| reached(entry, sizes, small))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    // Images that share a blob are one group (union-find on the blobs' first owner).
-    let mut parent: Vec<usize> = (0..entries.len()).collect();
-    fn root(parent: &mut [usize], mut i: usize) -> usize {
-        while parent[i] != i {
-            parent[i] = parent[parent[i]];
-            i = parent[i];
-        }
-        i
-    }
-    let mut owner: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, blobs) in reach.iter().enumerate() {
-        for blob in blobs {
-            match owner.get(blob.as_str()) {
-                Some(&j) => {
-                    let (a, b) = (root(&mut parent, i), root(&mut parent, j));
-                    parent[a] = b;
-                }
-                None => {
-                    owner.insert(blob, i);
-                }
-            }
-        }
-    }
-    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for i in 0..entries.len() {
-        let r = root(&mut parent, i);
-        groups.entry(r).or_default().push(i);
-    }
+    let groups = groups_sharing_blobs(&reach);
     let size_of = |blobs: &BTreeSet<String>| -> u64 {
         blobs
             .iter()
@@ -155,6 +128,39 @@ pub fn split_for_load(
             })
         })
         .collect()
+}
+
+/// The images (indexes into `reach`, each image's blobs) grouped so that images sharing
+/// a blob are in one group: union-find on each blob's first owner. Keyed by group root.
+fn groups_sharing_blobs(reach: &[BTreeSet<String>]) -> BTreeMap<usize, Vec<usize>> {
+    let mut parent: Vec<usize> = (0..reach.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut owner: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, blobs) in reach.iter().enumerate() {
+        for blob in blobs {
+            match owner.get(blob.as_str()) {
+                Some(&j) => {
+                    let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                    parent[a] = b;
+                }
+                None => {
+                    owner.insert(blob, i);
+                }
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..reach.len() {
+        let r = root(&mut parent, i);
+        groups.entry(r).or_default().push(i);
+    }
+    groups
 }
 
 /// The hex of a `manifest.json` entry's `Config` (`blobs/sha256/<hex>`).
