@@ -412,14 +412,9 @@ fn refuse_damaged(what: &str, failure: Option<std::io::Error>) -> anyhow::Result
             for problem in e.to_string().lines() {
                 crate::say!("error: {problem}");
             }
-            bail!(
-                "the saved images do not verify ({} damaged, named above); nothing was \
-                 loaded. Copy the named files again from the export machine",
-                match e.to_string().lines().count() {
-                    1 => "one file".to_string(),
-                    n => format!("{n} files"),
-                }
-            )
+            Err(anyhow::Error::new(ImagesDamaged {
+                files: Some(e.to_string().lines().count()),
+            }))
         }
         Some(e) if e.get_ref().is_some_and(|r| r.is::<OtherStreamFailed>()) => {
             Err(anyhow::Error::new(OtherStreamFailed))
@@ -547,9 +542,7 @@ fn load_shares(
         match result.map_err(|e| e.with_engine(docker)) {
             Ok(()) => {}
             Err(e) if e.is::<OtherStreamFailed>() => {}
-            Err(e) if e.to_string().starts_with("the saved images do not verify") => {
-                damaged.push(e)
-            }
+            Err(e) if e.is::<ImagesDamaged>() => damaged.push(e),
             Err(e) => other = other.or(Some(e)),
         }
     }
@@ -557,12 +550,33 @@ fn load_shares(
         (0, None) => Ok(()),
         (0, Some(e)) => Err(e),
         (1, _) => Err(damaged.remove(0)),
-        (_, _) => bail!(
-            "the saved images do not verify (the damaged files named above); nothing was \
-             loaded. Copy the named files again from the export machine"
-        ),
+        (_, _) => Err(anyhow::Error::new(ImagesDamaged { files: None })),
     }
 }
+
+/// The saved images did not verify: how many files were damaged (named above), when one
+/// stream counted them all.
+#[derive(Debug)]
+struct ImagesDamaged {
+    files: Option<usize>,
+}
+
+impl std::fmt::Display for ImagesDamaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how_many = match self.files {
+            Some(1) => "one file damaged, named above".to_string(),
+            Some(n) => format!("{n} files damaged, named above"),
+            None => "the damaged files named above".to_string(),
+        };
+        write!(
+            f,
+            "the saved images do not verify ({how_many}); nothing was loaded. Copy the \
+             named files again from the export machine"
+        )
+    }
+}
+
+impl std::error::Error for ImagesDamaged {}
 
 /// The image names an `index.json` lists, for the step line.
 fn image_names(index: &[u8]) -> String {
@@ -716,6 +730,12 @@ impl LayoutTar {
         Ok(())
     }
 
+    /// The zeros that fill an entry of `size` bytes up to the tar's 512-byte blocks.
+    fn queue_padding(&mut self, size: u64) {
+        let pad = ((512 - size % 512) % 512) as usize;
+        self.parts.push_back(Part::Bytes(vec![0u8; pad], 0));
+    }
+
     /// Queues the next file's header, body and padding, or the trailer; false at the end.
     fn queue_next(&mut self) -> std::io::Result<bool> {
         use std::io::{Error, ErrorKind};
@@ -727,8 +747,7 @@ impl LayoutTar {
                 let size = bytes.len() as u64;
                 self.queue_header(&name, size)?;
                 self.parts.push_back(Part::Bytes(bytes, 0));
-                let pad = ((512 - size % 512) % 512) as usize;
-                self.parts.push_back(Part::Bytes(vec![0u8; pad], 0));
+                self.queue_padding(size);
                 return Ok(true);
             }
             self.ended = true;
@@ -761,8 +780,7 @@ impl LayoutTar {
             left: size,
             entry,
         });
-        let pad = ((512 - size % 512) % 512) as usize;
-        self.parts.push_back(Part::Bytes(vec![0u8; pad], 0));
+        self.queue_padding(size);
         Ok(true)
     }
 }
