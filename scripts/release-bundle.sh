@@ -15,7 +15,8 @@
 #                    bundle on a throwaway engine with no network (needs root, or sudo without
 #                    a password; dockerd, ip, nsenter); a failed rehearsal publishes nothing.
 #                    Its report goes to DIR/rehearsal.json
-# Writes into DIR: NAME.tar.part-001..., NAME.pack-index, pack.json (what cache-pack wrote:
+# Writes into DIR: NAME.tar.part-001..., NAME.pack-index, import-NAME.sh (imports the parts on
+# a server with sh and Docker alone), pack.json (what cache-pack wrote:
 # paths, sizes, sha256s, the digest) and bundle-digest.txt. The last line on stdout is the
 # bundle digest (sha256 of the bundle's SHA256SUMS); everything else goes to stderr.
 # XTASK names the xtask binary to run (default: `cargo xtask`).

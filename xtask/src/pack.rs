@@ -23,7 +23,9 @@ use crate::bundle::{
     hex, human_bytes, temp_sibling, write_atomic, ChunkReader, HashingWriter, ReadAhead, BUFFER,
 };
 use crate::model::manifest::{FileEntry, Manifest, IMPORT_SCRIPT, MANIFEST_FILE, SUMS_FILE};
-use crate::model::pack::{index_name, looks_like_part, part_name, PackIndex, PartEntry};
+use crate::model::pack::{
+    index_name, looks_like_part, part_name, script_name, PackIndex, PartEntry,
+};
 
 /// The largest `SHA256SUMS` or `manifest.yaml` read from a pack into memory.
 const MAX_META_BYTES: u64 = 256 << 20;
@@ -57,6 +59,8 @@ pub struct PackReport {
     pub index: Option<Utf8PathBuf>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<WrittenFile>,
+    /// `import-NAME.sh`: imports the pack on a server with sh and Docker alone.
+    pub script: Utf8PathBuf,
 }
 
 /// Where a pack goes: a folder and a name (`NAME.tar`, or `NAME.pack-index` and parts).
@@ -103,7 +107,7 @@ impl Target {
     /// The files this pack would write; refuses when one exists, or a part of an
     /// earlier pack of this name lies there (it would read as an extra part).
     fn check_free(&self, split: bool) -> anyhow::Result<()> {
-        let mut taken: Vec<Utf8PathBuf> = Vec::new();
+        let mut taken: Vec<Utf8PathBuf> = vec![self.dir.join(script_name(&self.name))];
         if split {
             taken.push(self.dir.join(index_name(&self.name)));
             if let Ok(entries) = self.dir.read_dir_utf8() {
@@ -358,9 +362,10 @@ pub fn pack(bundle: &Utf8Path, target: &Target, split: Option<u64>) -> anyhow::R
         tar: None,
         index: None,
         parts: Vec::new(),
+        script: target.dir.join(script_name(&target.name)),
     };
     match split {
-        None => report.tar = written.into_iter().next(),
+        None => report.tar = written.first().cloned(),
         Some(part_size) => {
             let index = PackIndex {
                 name: target.name.clone(),
@@ -377,8 +382,14 @@ pub fn pack(bundle: &Utf8Path, target: &Target, split: Option<u64>) -> anyhow::R
                 return Err(e);
             }
             report.index = Some(path);
-            report.parts = written;
+            report.parts = written.clone();
         }
+    }
+    if let Err(e) = write_atomic(&report.script, crate::model::pack::IMPORT_SCRIPT.as_bytes()) {
+        for file in written.iter().map(|w| &w.path).chain(&report.index) {
+            let _ = std::fs::remove_file(file);
+        }
+        return Err(e);
     }
     Ok(report)
 }

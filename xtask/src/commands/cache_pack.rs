@@ -18,7 +18,9 @@ use crate::project::{self, ProjectArgs};
     entries come in a fixed order: SHA256SUMS, manifest.yaml, then every file manifest.yaml \
     lists, in its order, and nothing else. With --split, the parts are NAME.tar.part-001, \
     NAME.tar.part-002, ... (`cat` joins them into NAME.tar) and NAME.pack-index names each \
-    with its size and sha256, and the bundle's digest (the sha256 of SHA256SUMS).\n\n\
+    with its size and sha256, and the bundle's digest (the sha256 of SHA256SUMS). Beside \
+    them, import-NAME.sh imports the pack on a server with sh and Docker alone (it checks \
+    every part, unpacks, checks every file, then runs the bundle's import-build-cache.sh).\n\n\
     Examples:\n  cargo xtask cache-pack                       # docker-build-cache.tar beside the bundle\n  \
     cargo xtask cache-pack --output /mnt/usb/      # /mnt/usb/docker-build-cache.tar\n  \
     cargo xtask cache-pack --split 1900M --output dist/ --json   # parts under GitHub's 2 GiB limit\n  \
@@ -57,6 +59,17 @@ impl Args {
         if let Some(index) = &report.index {
             eprintln!("       Wrote {index} ({} parts)", report.parts.len());
         }
+        eprintln!(
+            "       Wrote {} (imports the pack with sh and Docker alone: sh {} --pack {})",
+            report.script,
+            report.script.file_name().unwrap_or_default(),
+            report
+                .index
+                .as_ref()
+                .or(report.tar.as_ref().map(|t| &t.path))
+                .and_then(|p| p.file_name())
+                .unwrap_or_default()
+        );
         eprintln!(
             "      Packed {} files, {}; bundle digest (sha256 of SHA256SUMS) {}",
             report.files,

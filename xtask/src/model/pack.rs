@@ -80,6 +80,18 @@ pub fn index_name(name: &str) -> String {
     format!("{name}{INDEX_SUFFIX}")
 }
 
+/// The file name of the script `cache-pack` writes beside the pack `name`:
+/// `import-NAME.sh`, which imports it on a server with sh and Docker alone.
+pub fn script_name(name: &str) -> String {
+    format!("import-{name}.sh")
+}
+
+/// That script (POSIX sh, the same for every pack): checks every part against the index,
+/// lists the tar and refuses any entry that is not a regular file under a plain relative
+/// name, unpacks into a new folder, checks every file against `SHA256SUMS`, then runs the
+/// bundle's own `import-build-cache.sh` from it.
+pub const IMPORT_SCRIPT: &str = include_str!("import_pack.sh");
+
 /// A pack name: letters, digits, `.`, `_`, `-`, not starting with `.` or `-`.
 pub fn is_safe_name(name: &str) -> bool {
     !name.is_empty()

@@ -21,7 +21,9 @@
 //!   subcommand (that example fails);
 //! - `sh …/import-build-cache.sh` lines pass only what the script the export writes
 //!   (`bundle_text::import_script`) reads: the digest to require (`sha256:HEX`),
-//!   `--patch-compose FILE` and `--no-tool`, each at most once.
+//!   `--patch-compose FILE` and `--no-tool`, each at most once; `sh …/import-NAME.sh`
+//!   lines (the pack importer cache-pack writes) take `--pack FILE` once, `--bundle DIR`
+//!   at most once, and those.
 //!
 //! One rule for `docker compose` lines, a slip the guide made: `--progress` is a global
 //! option of compose and goes before the subcommand (`docker compose --progress plain
@@ -50,6 +52,8 @@ enum Kind {
     Xtask(Vec<String>),
     /// The bundle's import script with these arguments.
     ImportScript(Vec<String>),
+    /// `sh import-NAME.sh …`: the importer cache-pack writes beside a pack.
+    PackScript(Vec<String>),
     /// `docker compose` with these arguments.
     Compose(Vec<String>),
     /// A placeholder or an ellipsis: not checked.
@@ -262,11 +266,16 @@ fn classify(words: &[Option<String>]) -> Option<Kind> {
             _ => 0,
         };
         let name = words.get(at).map(program)?;
-        if !script(name) {
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let kind: fn(Vec<String>) -> Kind = if script(name) {
+            Kind::ImportScript
+        } else if base.starts_with("import-") && base.ends_with(".sh") {
+            Kind::PackScript
+        } else {
             return None;
-        }
+        };
         return Some(match collect(&words[at + 1..]) {
-            Some(args) => Kind::ImportScript(args),
+            Some(args) => kind(args),
             None => Kind::Skipped,
         });
     };
@@ -316,6 +325,21 @@ fn import_script_args_ok(args: &[String]) -> bool {
     true
 }
 
+/// The pack importer's arguments: `--pack FILE` once, `--bundle DIR` at most once, and
+/// what the bundle's script takes (it passes them on).
+fn pack_script_args_ok(args: &[String]) -> bool {
+    let (mut pack, mut bundle, mut passed) = (0, 0, Vec::new());
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--pack" if rest.next().is_some() => pack += 1,
+            "--bundle" if rest.next().is_some() => bundle += 1,
+            _ => passed.push(arg.clone()),
+        }
+    }
+    pack == 1 && bundle <= 1 && import_script_args_ok(&passed)
+}
+
 /// What is wrong with an example, if anything.
 fn check(bin: &Path, dir: &Path, example: &Example) -> Option<String> {
     match &example.kind {
@@ -323,6 +347,14 @@ fn check(bin: &Path, dir: &Path, example: &Example) -> Option<String> {
         // The script takes the digest to require, `sha256:HEX` (a placeholder such as
         // `sha256:…` is skipped before this), `--patch-compose FILE` and `--no-tool`.
         Kind::ImportScript(args) if import_script_args_ok(args) => None,
+        Kind::PackScript(args) if pack_script_args_ok(args) => None,
+        Kind::PackScript(args) => Some(format!(
+            "{}: `{}`: the pack importer takes --pack FILE, --bundle DIR and what \
+             import-build-cache.sh takes (given: {})",
+            example.at,
+            example.text,
+            args.join(" ")
+        )),
         Kind::Compose(args) => {
             let progress = args.iter().position(|a| a.starts_with("--progress"))?;
             let subcommand = args
@@ -499,6 +531,8 @@ sh import-build-cache.sh --patch-compose docker-compose.yml sha256:$DIGEST
 cargo xtask cache-export -o /mnt/usb/docker-build-cache
 docker compose build --progress plain
 docker compose --progress plain -f x.yml build
+sh import-docker-build-cache.sh --bundle srv --no-tool
+sh dist/import-docker-build-cache.sh --pack x.pack-index --bundle d --no-tool sha256:$D
 ```
 ";
     let examples = extract("bad.md", doc);
@@ -518,7 +552,8 @@ docker compose --progress plain -f x.yml build
             "bad.md:8",
             "bad.md:9",
             "bad.md:10",
-            "bad.md:13"
+            "bad.md:13",
+            "bad.md:15"
         ],
         "{bad:#?}"
     );
@@ -530,4 +565,9 @@ docker compose --progress plain -f x.yml build
         bad[7]
     );
     assert!(bad[8].contains("global option"), "{}", bad[8]);
+    assert!(
+        bad[9].contains("the pack importer takes --pack"),
+        "{}",
+        bad[9]
+    );
 }

@@ -46,7 +46,8 @@ fn synthetic_bundle(what: &str) -> Scratch {
         ),
         (
             "import-build-cache.sh".into(),
-            b"#!/bin/sh\nset -eu\n".to_vec(),
+            b"#!/bin/sh\necho \"bundle script ran in $(cd \"$(dirname \"$0\")\" && pwd) with: $*\"\n"
+                .to_vec(),
         ),
     ];
     let bundle = root.join("docker-build-cache");
@@ -570,4 +571,295 @@ fn a_pack_is_not_imported_with_a_signature_it_cannot_carry() {
         run.stderr
     );
     assert!(!scratch.path().join("signed").exists());
+}
+
+/// `sh import-NAME.sh ARGS` (what cache-pack writes beside a pack) run in `dir`: its exit
+/// code, and stdout and stderr together.
+fn sh_import(dir: &Utf8Path, script: &Utf8Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("sh")
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The names in `dir` (one level) that contain `part`.
+fn names_with(dir: &Utf8Path, part: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.contains(part))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// On a server with sh and Docker but no xtask, the importer cache-pack writes beside the
+/// pack checks the parts, unpacks the bundle into a new folder and runs the bundle's own
+/// import-build-cache.sh there, with the arguments it was given and the checked digest;
+/// the same from one tar. (The Docker half: tool_bundle.rs imports a real pack this way
+/// on a bare server.)
+#[test]
+fn the_sh_importer_unpacks_parts_or_a_tar_then_runs_the_bundles_script() {
+    let scratch = synthetic_bundle("sh-import");
+    let index = pack_split(&scratch);
+    let script = scratch.path().join("out/import-docker-build-cache.sh");
+    let sh = Shell::new().unwrap();
+    cmd!(sh, "shellcheck --shell=sh {script}")
+        .quiet()
+        .run()
+        .unwrap();
+    let bundle = scratch.path().join("docker-build-cache");
+    let sums = std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap();
+    let digest = sha256(sums.as_bytes());
+    let (code, out) = sh_import(
+        scratch.path(),
+        &script,
+        &[
+            "--pack",
+            index.as_str(),
+            "--bundle",
+            "srv/bundle",
+            "--patch-compose",
+            "compose.yaml",
+            "--no-tool",
+            &format!("sha256:{digest}"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let srv = scratch.path().join("srv");
+    let ran = format!(
+        "bundle script ran in {srv}/bundle with: --patch-compose compose.yaml --no-tool sha256:{digest}"
+    );
+    assert!(out.contains(&ran), "no {ran:?} in:\n{out}");
+    let parts = names_with(&scratch.path().join("out"), ".tar.part-").len();
+    let checking = format!("Checking {parts} parts against docker-build-cache.pack-index...");
+    assert!(out.contains(&checking), "no {checking:?} in:\n{out}");
+    for path in sums.lines().map(|l| &l[66..]).chain(["SHA256SUMS"]) {
+        assert_eq!(
+            std::fs::read(srv.join("bundle").join(path)).unwrap(),
+            std::fs::read(bundle.join(path)).unwrap(),
+            "{path} unpacked differs"
+        );
+    }
+    assert_eq!(names_with(&srv, ""), ["bundle"], "left beside the bundle");
+
+    // One tar; the default folder is ./NAME, which must not exist yet.
+    let run = xtask(scratch.path(), &["cache-pack", "--output", "one/"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("import-docker-build-cache.sh"),
+        "{}",
+        run.stderr
+    );
+    let script = scratch.path().join("one/import-docker-build-cache.sh");
+    let tar = scratch.path().join("one/docker-build-cache.tar");
+    let (code, out) = sh_import(scratch.path(), &script, &["--pack", tar.as_str()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{bundle} already exists")),
+        "the bundle folder was not kept: {out}"
+    );
+    let server = scratch.path().join("server");
+    std::fs::create_dir(&server).unwrap();
+    let (code, out) = sh_import(&server, &script, &["--pack", tar.as_str()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "bundle script ran in {server}/docker-build-cache with: sha256:{digest}"
+        )),
+        "{out}"
+    );
+}
+
+/// The importer refuses a damaged, reordered, missing, truncated or extra part, and a
+/// bundle other than the one published, by name, before it unpacks anything.
+#[test]
+fn the_sh_importer_refuses_a_broken_pack_by_name_and_writes_nothing() {
+    let scratch = synthetic_bundle("sh-refuse");
+    let index = pack_split(&scratch);
+    let script = scratch.path().join("out/import-docker-build-cache.sh");
+    let (p2, p3) = (part(&scratch, 2), part(&scratch, 3));
+    let (good2, good3) = (std::fs::read(&p2).unwrap(), std::fs::read(&p3).unwrap());
+    let check = |what: &str, args: &[&str], says: &str| {
+        let mut all = vec!["--pack", index.as_str(), "--bundle", "srv/bundle"];
+        all.extend_from_slice(args);
+        let (code, out) = sh_import(scratch.path(), &script, &all);
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains(says), "{what}: no {says:?} in:\n{out}");
+        assert!(
+            !out.contains("bundle script ran"),
+            "{what}: the bundle's script ran"
+        );
+        assert!(!scratch.path().join("srv").exists(), "{what}: srv/ written");
+    };
+    let mut damaged = good2.clone();
+    damaged[100] ^= 1;
+    std::fs::write(&p2, &damaged).unwrap();
+    check(
+        "damaged",
+        &[],
+        "docker-build-cache.tar.part-002 is damaged (sha256 ",
+    );
+    std::fs::write(&p2, &good3).unwrap();
+    check(
+        "reordered",
+        &[],
+        "docker-build-cache.tar.part-002 holds the bytes of docker-build-cache.tar.part-003",
+    );
+    std::fs::write(&p2, &good2[..1000]).unwrap();
+    check(
+        "truncated",
+        &[],
+        "docker-build-cache.tar.part-002 is 1000 bytes, the index says 4096",
+    );
+    std::fs::write(&p2, &good2).unwrap();
+    std::fs::remove_file(&p3).unwrap();
+    check(
+        "missing",
+        &[],
+        "docker-build-cache.tar.part-003 is missing (the index names it)",
+    );
+    std::fs::write(&p3, &good3).unwrap();
+    let extra = scratch.path().join("out/docker-build-cache.tar.part-099");
+    std::fs::write(&extra, b"x").unwrap();
+    check(
+        "extra",
+        &[],
+        "docker-build-cache.tar.part-099 is beside docker-build-cache.pack-index but the index does not name it",
+    );
+    std::fs::remove_file(&extra).unwrap();
+    let other = format!("sha256:{}", "0".repeat(64));
+    check(
+        "another bundle",
+        &[&other],
+        &format!("not {other}: this is not the bundle that was published"),
+    );
+    // Repaired, it unpacks.
+    let (code, out) = sh_import(
+        scratch.path(),
+        &script,
+        &["--pack", index.as_str(), "--bundle", "srv/bundle"],
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+/// An entry of a hand-made tar: its name, its content (or link target), its type.
+type RawEntry<'a> = (&'a str, &'a [u8], tar::EntryType);
+
+/// A tar of `entries` (name, content or link target, type), the name's bytes written as
+/// given (no check of the tar crate's): what a hostile hand could pack.
+fn hostile_tar(path: &Utf8Path, entries: &[RawEntry]) {
+    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data, kind) in entries {
+        let mut header = tar::Header::new_ustar();
+        header.as_mut_bytes()[..100].fill(0);
+        header.as_mut_bytes()[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+        header.set_mtime(0);
+        if kind.is_symlink() || kind.is_hard_link() {
+            header
+                .set_link_name(std::str::from_utf8(data).unwrap())
+                .unwrap();
+            header.set_size(0);
+            header.set_cksum();
+            builder.append(&header, std::io::empty()).unwrap();
+        } else {
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            builder.append(&header, *data).unwrap();
+        }
+    }
+    builder.finish().unwrap();
+}
+
+/// Whatever a pack holds besides the regular files its SHA256SUMS lists (a link, a
+/// folder, a name outside the bundle, an unlisted file) is refused before it is unpacked,
+/// and nothing lands outside the new folder.
+#[test]
+fn the_sh_importer_unpacks_nothing_a_bundle_cannot_hold() {
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    let scratch = synthetic_bundle("sh-hostile");
+    let run = xtask(scratch.path(), &["cache-pack", "--output", "one/"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let script = scratch.path().join("one/import-docker-build-cache.sh");
+    let manifest: &[u8] = b"format_version: 1\n";
+    let file: &[u8] = b"data\n";
+    let sums = format!(
+        "{}  a.txt\n{}  manifest.yaml\n",
+        sha256(file),
+        sha256(manifest)
+    );
+    let outside = scratch.path().join("outside");
+    let outside_target = format!("{outside}/x");
+    let cases: Vec<(&str, RawEntry, &str)> = vec![
+        (
+            "symlink",
+            ("link", outside.as_str().as_bytes(), Symlink),
+            "entry 4 of the pack: link -> ",
+        ),
+        (
+            "hard link",
+            ("hard", b"/etc/passwd", Link),
+            "entry 4 of the pack: hard link to etc/passwd is not a regular file",
+        ),
+        (
+            "folder",
+            ("dir/", b"", Directory),
+            "is not a regular file of mode 644 or 755",
+        ),
+        (
+            "parent",
+            ("../escape.txt", file, Regular),
+            "the name ../escape.txt is not a plain relative path",
+        ),
+        (
+            "unlisted",
+            ("extra.txt", file, Regular),
+            "not listed: extra.txt",
+        ),
+    ];
+    for (what, hostile, says) in cases {
+        let tar = scratch.path().join(format!("{what}.tar").replace(' ', "-"));
+        let mut entries = vec![
+            ("SHA256SUMS", sums.as_bytes(), Regular),
+            ("manifest.yaml", manifest, Regular),
+            ("a.txt", file, Regular),
+            hostile,
+        ];
+        if what == "symlink" {
+            // A file through the link, were it made.
+            entries.push(("link/x", file, Regular));
+        }
+        hostile_tar(&tar, &entries);
+        let (code, out) = sh_import(
+            scratch.path(),
+            &script,
+            &["--pack", tar.as_str(), "--bundle", "srv/bundle"],
+        );
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains(says), "{what}: no {says:?} in:\n{out}");
+        assert!(!scratch.path().join("srv/bundle").exists(), "{what}: kept");
+        assert!(
+            names_with(&scratch.path().join("srv"), "unpacking").is_empty(),
+            "{what}: left a folder"
+        );
+        assert!(!outside.exists() && !Utf8Path::new(&outside_target).exists());
+        assert!(!scratch.path().join("escape.txt").exists(), "{what}");
+    }
+    // Not a pack at all: the first entry is not SHA256SUMS.
+    let tar = scratch.path().join("first.tar");
+    hostile_tar(&tar, &[("a.txt", file, Regular)]);
+    let (code, out) = sh_import(scratch.path(), &script, &["--pack", tar.as_str()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not start with SHA256SUMS"), "{out}");
 }

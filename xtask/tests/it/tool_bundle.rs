@@ -1,8 +1,10 @@
 //! Issue 17: the tool travels with the bundle. On a server as bare as the real ones (a
 //! Debian root filesystem with sh, coreutils, Docker's client and its compose and buildx
 //! plugins, and no cargo, no rustc, no ~/.cargo: a chroot talking to an engine in a
-//! network namespace with only loopback), the bundle's `sh import-build-cache.sh
-//! --patch-compose FILE` loads, runs the bundled static xtask and patches; `docker compose
+//! network namespace with only loopback), the bundle arrives packed in parts, and
+//! `sh import-docker-build-cache.sh --pack INDEX --patch-compose FILE` (written beside the
+//! parts by cache-pack) checks and unpacks them, then the bundle's own
+//! import-build-cache.sh loads, runs the bundled static xtask and patches; `docker compose
 //! build` then takes every step from the cache, and the built stack answers. On the same
 //! offline network, with Rust but an empty CARGO_HOME, `cargo xtask` builds from the
 //! bundle's vendored crates and checks the patched file.
@@ -230,6 +232,21 @@ fn a_bare_server_imports_patches_and_builds_with_what_the_bundle_carries() -> an
     let app = root.join("srv/app");
     std::fs::create_dir_all(root.join("srv"))?;
     cmd!(sh, "cp -a {src} {app}").quiet().run()?;
+    // The bundle arrives packed in parts (a release page, a USB disk) with the sh importer
+    // cache-pack writes beside them; the server has no xtask to unpack them with.
+    std::fs::remove_dir_all(app.join("docker-build-cache"))?;
+    let usb = root.join("media/usb");
+    xtask(
+        &online_sh,
+        &src,
+        &[
+            "cache-pack",
+            "--split",
+            "8M",
+            "--output",
+            &format!("{usb}/"),
+        ],
+    )?;
     // The digest to require: the re-export's (its manifest has a new `created:`).
     let digest = again
         .lines()
@@ -243,14 +260,20 @@ fn a_bare_server_imports_patches_and_builds_with_what_the_bundle_carries() -> an
         &root,
         &[
             "sh",
-            "/srv/app/docker-build-cache/import-build-cache.sh",
+            "/media/usb/import-docker-build-cache.sh",
+            "--pack",
+            "/media/usb/docker-build-cache.pack-index",
+            "--bundle",
+            "/srv/app/docker-build-cache",
             "--patch-compose",
             "/srv/app/compose.yaml",
             &digest,
         ],
     )?;
-    eprintln!("import-build-cache.sh on the bare server:\n{import}");
+    eprintln!("import-docker-build-cache.sh on the bare server:\n{import}");
     for said in [
+        "parts against docker-build-cache.pack-index...",
+        format!("Unpacked bundle {digest} into /srv/app/docker-build-cache").as_str(),
         "Checking bin/xtask (its sha256 in SHA256SUMS) before running it...",
         "Digest ",
         "Finished import of",
