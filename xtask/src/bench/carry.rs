@@ -474,7 +474,7 @@ fn measure_pack(b: &Bench, bundle: &Utf8Path, report: &mut Report) -> anyhow::Re
         Target::None,
     ));
     report.rows.push(Row::new(
-        &format!("10. `cache-pack --split {SPLIT}` of the app bundle: size (parts and index)"),
+        &format!("10. `cache-pack --split {SPLIT}` of the app bundle: size (parts, index and sh importer)"),
         Stat::of(&[split_size as f64], Unit::Bytes),
         Some(("the bundle folder", folder_stat)),
         Target::RatioAtMost(1.01),
