@@ -7,6 +7,7 @@
 //! takes is checked against the manifest as it lands, and only files the manifest lists
 //! are taken. The base is never written to (its files are hard-linked, or copied).
 
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 
 use anyhow::{bail, Context as _};
@@ -15,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{self, human_bytes, read_checked_any, Trust};
+use crate::docker::Docker;
 use crate::model::manifest::{escape, FileEntry, Manifest, MANIFEST_FILE, SUMS_FILE};
 
 /// The bundle a delta is made against (`--since OLD`).
@@ -104,13 +106,14 @@ impl DeltaSummary {
 }
 
 /// The base of the delta in `delta_dir`, checked: `given` (`--base`), else the folder
-/// beside the delta whose `SHA256SUMS` has the digest the delta names. It must hold every
-/// file the delta expects from it. Errors say what is missing, by name.
+/// beside the delta whose `SHA256SUMS` has the digest the delta names (`None`: there is
+/// none; [`missing_base`] says what is missing). It must hold every file the delta expects
+/// from it. Errors say what is wrong, by name.
 pub fn find_base(
     delta_dir: &Utf8Path,
     delta: &Manifest,
     given: Option<&Utf8Path>,
-) -> anyhow::Result<(Utf8PathBuf, Manifest)> {
+) -> anyhow::Result<Option<(Utf8PathBuf, Manifest)>> {
     let want = &delta.base.as_ref().context("not a delta bundle")?.digest;
     let hex = want.trim_start_matches("sha256:").to_string();
     let trust = Trust {
@@ -121,7 +124,7 @@ pub fn find_base(
         Some(dir) => dir.to_owned(),
         None => match beside(delta_dir, &hex) {
             Some(dir) => dir,
-            None => bail!("{}", missing_base(delta_dir, delta)),
+            None => return Ok(None),
         },
     };
     let (base, _) = read_checked_any(&dir, &trust).with_context(|| {
@@ -139,7 +142,86 @@ pub fn find_base(
             names(&missing)
         );
     }
-    Ok((dir, base))
+    Ok(Some((dir, base)))
+}
+
+/// With no base folder, the engine stands in for the base where it can: the delta's
+/// images that the engine holds with the same ID are saved (`docker save`) into `staging`,
+/// in the bundle's layout, when every file the delta expects from its base is a file of
+/// those images (their blobs, `index.json`, …; each is checked against the manifest as
+/// the delta is completed). Otherwise nothing is saved, and the error names the files no
+/// engine holds (the build cache's own blobs, wheels, npm caches: only the base folder
+/// has them) and the images the engine does or does not hold.
+pub fn base_from_engine(
+    docker: &Docker,
+    delta_dir: &Utf8Path,
+    delta: &Manifest,
+    staging: &Utf8Path,
+) -> anyhow::Result<usize> {
+    let expected: Vec<&FileEntry> = delta.expected_from_base().collect();
+    let image_paths: BTreeSet<&str> = delta
+        .image_layout
+        .iter()
+        .flat_map(|l| l.entries.iter().map(|e| e.path.as_str()))
+        .collect();
+    let mut held = Vec::new();
+    let mut not_held = Vec::new();
+    for image in &delta.images {
+        match docker.image_id(&image.name)? {
+            Some(id) if id == image.id => held.push(image.name.clone()),
+            _ => not_held.push(format!("{} ({})", image.name, image.id)),
+        }
+    }
+    let engine = match (held.is_empty(), not_held.is_empty()) {
+        (true, _) => "the engine holds none of the delta's images".to_string(),
+        (false, true) => format!("the engine holds its images ({})", held.join(", ")),
+        (false, false) => format!(
+            "the engine holds {} of its images, not {}",
+            held.join(", "),
+            not_held.join(", ")
+        ),
+    };
+    let lacking = |staging: Option<&Utf8Path>| -> Vec<&FileEntry> {
+        expected
+            .iter()
+            .copied()
+            .filter(|f| match staging {
+                None => !image_paths.contains(f.path.as_str()),
+                Some(dir) => std::fs::symlink_metadata(dir.join(&f.path))
+                    .map_or(true, |m| !m.is_file() || m.len() != f.size),
+            })
+            .collect()
+    };
+    let outside = lacking(None);
+    if held.is_empty() || !outside.is_empty() {
+        bail!(
+            "{}\nThe engine cannot stand in for the base: {engine}{}",
+            missing_base(delta_dir, delta),
+            if outside.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", and {} of the files are in no image (the build cache's own blobs, \
+                     wheels, npm caches: only the base folder has them): {}",
+                    outside.len(),
+                    names(&outside)
+                )
+            }
+        );
+    }
+    crate::images::save_layout(docker, &held, staging)
+        .context("saving the base's images from the engine")?;
+    let still = lacking(Some(staging));
+    if !still.is_empty() {
+        bail!(
+            "{}\nThe engine cannot stand in for the base: {engine}, but saved they lack {} \
+             of the files (its image store keeps other blobs, e.g. the classic store): {}",
+            missing_base(delta_dir, delta),
+            still.len(),
+            names(&still)
+        );
+    }
+    Ok(expected.len())
 }
 
 /// A folder beside `delta_dir` whose `SHA256SUMS` has the digest `hex`.
@@ -196,7 +278,8 @@ pub fn missing_base(delta_dir: &Utf8Path, delta: &Manifest) -> String {
         "{delta_dir} is a delta of {want}; it needs its base: the {} file(s) ({}) it \
          expects from that bundle are not here: {}{images}. Copy that bundle (the folder \
          whose `cargo xtask cache-verify` says Digest {want}) beside {delta_dir}, or give \
-         its folder with --base",
+         its folder with --base (an engine that holds the base's images stands in for a \
+         base whose files are all files of those images)",
         from_base.len(),
         human_bytes(bytes),
         names(&from_base)
@@ -401,7 +484,9 @@ mod tests {
         let (_, read_digest) = read_checked_any(&root.join("delta"), &Trust::default()).unwrap();
         assert_eq!(read_digest, bundle::digest_of(&delta));
         let base_before = std::fs::read(root.join("base/SHA256SUMS")).unwrap();
-        let (dir, _) = find_base(&root.join("delta"), &delta, None).unwrap();
+        let (dir, _) = find_base(&root.join("delta"), &delta, None)
+            .unwrap()
+            .unwrap();
         assert_eq!(dir, root.join("base"));
         let dest = root.join("full");
         let (full, digest) = complete(&root.join("delta"), &delta, &dir, &dest).unwrap();
@@ -432,10 +517,10 @@ mod tests {
         std::fs::rename(root.join("base"), root.join("elsewhere-not-beside")).unwrap();
         std::fs::create_dir_all(root.join("lonely")).unwrap();
         std::fs::rename(root.join("delta"), root.join("lonely/delta")).unwrap();
-        let err = format!(
-            "{:#}",
-            find_base(&root.join("lonely/delta"), &delta, None).unwrap_err()
-        );
+        assert!(find_base(&root.join("lonely/delta"), &delta, None)
+            .unwrap()
+            .is_none());
+        let err = missing_base(&root.join("lonely/delta"), &delta);
         let want = &delta.base.as_ref().unwrap().digest;
         assert!(
             err.contains(&format!("is a delta of {want}; it needs its base")),
@@ -470,7 +555,9 @@ mod tests {
         let root = scratch.path();
         let delta = base_and_delta(root);
         std::fs::write(root.join("base/blobs/a"), b"layer A").unwrap();
-        let (dir, _) = find_base(&root.join("delta"), &delta, None).unwrap();
+        let (dir, _) = find_base(&root.join("delta"), &delta, None)
+            .unwrap()
+            .unwrap();
         let dest = root.join("full");
         let err = format!(
             "{:#}",

@@ -42,7 +42,10 @@ use crate::project::ProjectArgs;
 \
     A delta bundle is completed with its base (--base, or the folder beside it whose digest \
     it names) into a full bundle folder (--complete-into; files hard-linked, or copied, each \
-    checked), which is then imported; the base is never modified.")]
+    checked), which is then imported; the base is never modified. With no base folder, the \
+    engine stands in for it when every file the delta expects from its base is a file of \
+    images the engine holds with the same IDs (saved from the engine, each checked); \
+    otherwise the error names the files only the base folder has.")]
 pub struct Args {
     #[command(flatten)]
     pub bundle: BundleArg,
@@ -209,7 +212,7 @@ impl Args {
             .base
             .as_ref()
             .map(|b| crate::project::absolute(&cwd, b));
-        let (base_dir, _) = crate::delta::find_base(dir, delta, base_dir.as_deref())
+        let found = crate::delta::find_base(dir, delta, base_dir.as_deref())
             .context("nothing was imported")?;
         let dest = match &self.complete_into {
             Some(d) => crate::project::absolute(&cwd, d),
@@ -217,11 +220,41 @@ impl Args {
         };
         crate::bundle_arg::check_usable_by_builds(&dest)?;
         let (carried, total) = (delta.carried().count(), delta.files.len());
-        eprintln!(
-            "  Completing the delta ({carried} of {total} files) with its base {base_dir} into {dest}"
-        );
-        let (full, digest) =
-            crate::delta::complete(dir, delta, &base_dir, &dest).context("nothing was imported")?;
+        // No base folder: the engine's images stand in for it where they can.
+        let staging = dest.with_file_name(format!(
+            ".{}.from-engine-{}",
+            dest.file_name().unwrap_or("bundle"),
+            std::process::id()
+        ));
+        let base_dir = match found {
+            Some((base_dir, _)) => {
+                eprintln!(
+                    "  Completing the delta ({carried} of {total} files) with its base {base_dir} into {dest}"
+                );
+                base_dir
+            }
+            None => {
+                let docker = Docker::new(sh);
+                let taken = crate::delta::base_from_engine(&docker, dir, delta, &staging);
+                let taken = match taken {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&staging);
+                        return Err(e).context("nothing was imported");
+                    }
+                };
+                eprintln!(
+                    "  Completing the delta ({carried} of {total} files) with the {taken} files \
+                     of its base that are files of the engine's images, into {dest}"
+                );
+                staging.clone()
+            }
+        };
+        let completed = crate::delta::complete(dir, delta, &base_dir, &dest);
+        if base_dir == staging {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        let (full, digest) = completed.context("nothing was imported")?;
         eprintln!("      Digest sha256:{digest} (the full bundle)");
         Ok((dest, full, digest))
     }

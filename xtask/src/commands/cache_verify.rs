@@ -54,7 +54,10 @@ impl Args {
         if manifest.base.is_some() {
             // The delta verifies on its own; what it expects from its base must be there too.
             let given = self.base.as_ref().map(|b| project::absolute(&cwd, b));
-            let (found, base) = crate::delta::find_base(&dir, &manifest, given.as_deref())?;
+            let Some((found, base)) = crate::delta::find_base(&dir, &manifest, given.as_deref())?
+            else {
+                anyhow::bail!("{}", crate::delta::missing_base(&dir, &manifest));
+            };
             let base_report = verify_bundle(&found, &base, !self.json, &[])?;
             report.problems.extend(base_report.problems);
             report.files += base_report.files;

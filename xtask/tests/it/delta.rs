@@ -4,7 +4,10 @@
 //! build` takes every step from the cache, the changed one included (the delta carries it). Without its base, or with a base of another digest,
 //! it is refused, naming the base's digest and the files it lacks, and nothing is loaded.
 //! The sizes are printed (`delta sizes:`) for docs: one-line change, and a change of the
-//! builder stage's install step (a dependency bump in the fixture).
+//! builder stage's install step (a dependency bump in the fixture). Then, with the base's
+//! image in the offline engine: a delta of a base-images bundle imports with no base
+//! folder, the engine standing in for it, while the local-strategy delta is still refused,
+//! naming the files no engine holds.
 
 use anyhow::{ensure, Context};
 use camino::Utf8Path;
@@ -272,5 +275,119 @@ fn a_delta_imports_on_its_base_and_is_refused_without_it() -> anyhow::Result<()>
          {files_carried} files; builder install step changed {bump_bytes} B in {bump_files} files"
     );
     ensure!(bump_bytes * 10 < full_size, "{bump:#}");
+
+    engine_stands_in_for_a_base_of_images(&sh, &offline_sh, &root, &src, &lonely)
+}
+
+/// The second half: the offline engine now holds the base's image (busybox, imported
+/// above). A delta whose base files are all files of images the engine holds imports with
+/// no base folder, its base taken from the engine; the local-strategy delta is still
+/// refused, naming what no engine holds.
+fn engine_stands_in_for_a_base_of_images(
+    sh: &Shell,
+    offline_sh: &Shell,
+    root: &Utf8Path,
+    src: &Utf8Path,
+    lonely: &Utf8Path,
+) -> anyhow::Result<()> {
+    let err = refused(offline_sh, lonely, &["cache-import", "--bundle", "delta"])?;
+    for said in [
+        "The engine cannot stand in for the base: the engine holds its images (busybox:latest)",
+        "of the files are in no image (the build cache's own blobs, wheels, npm caches",
+    ] {
+        ensure!(err.contains(said), "no {said:?} in:\n{err}");
+    }
+    let left: Vec<String> = std::fs::read_dir(lonely)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("full") || n.contains("from-engine"))
+        .collect();
+    ensure!(left.is_empty(), "a refused import left {left:?}");
+
+    // A bundle of the base images only, then a new base image and its delta.
+    let images_base = root.join("images-base");
+    xtask(
+        sh,
+        src,
+        &[
+            "cache-export",
+            "--only",
+            "base-images",
+            "--output",
+            images_base.as_str(),
+        ],
+    )?;
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    let note = vec![b'd'; 200_000];
+    header.set_size(note.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    layer.append_data(&mut header, "note.txt", &note[..])?;
+    cmd!(sh, "docker import - delta-note:1")
+        .stdin(layer.into_inner()?)
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    std::fs::create_dir_all(src.join("note"))?;
+    std::fs::write(src.join("note/Dockerfile"), "FROM delta-note:1\n")?;
+    let compose = std::fs::read_to_string(src.join("compose.yaml"))?;
+    std::fs::write(
+        src.join("compose.yaml"),
+        format!("{compose}  note:\n    build: ./note\n    image: delta-note-app:latest\n"),
+    )?;
+    let images_delta = lonely.join("images-delta");
+    let bin = crate::bundle_e2e::xtask_bin();
+    {
+        let _cd = sh.push_dir(src);
+        cmd!(
+            sh,
+            "{bin} cache-export --only base-images --since {images_base} --output {images_delta}"
+        )
+        .quiet()
+        .run()?;
+    }
+    let id_format = "{{.Id}}";
+    ensure!(
+        image_files(&images_delta).is_ok(),
+        "the delta has no image layout"
+    );
+    let import = {
+        let _cd = offline_sh.push_dir(lonely);
+        cmd!(offline_sh, "{bin} cache-import --bundle images-delta")
+            .ignore_status()
+            .output()?
+    };
+    let stderr = String::from_utf8_lossy(&import.stderr);
+    ensure!(import.status.success(), "import failed:\n{stderr}");
+    ensure!(
+        stderr.contains("of its base that are files of the engine's images"),
+        "{stderr}"
+    );
+    for image in ["busybox:latest", "delta-note:1"] {
+        let online = cmd!(sh, "docker image inspect --format {id_format} {image}").read()?;
+        let offline = cmd!(
+            offline_sh,
+            "docker image inspect --format {id_format} {image}"
+        )
+        .read()
+        .with_context(|| format!("{image} was not loaded"))?;
+        ensure!(
+            online == offline,
+            "{image}: {offline} here, {online} exported"
+        );
+    }
+    let full = lonely.join("images-delta-full");
+    xtask(
+        offline_sh,
+        lonely,
+        &["cache-verify", "--bundle", full.as_str()],
+    )?;
+    let left: Vec<String> = std::fs::read_dir(lonely)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("from-engine"))
+        .collect();
+    ensure!(left.is_empty(), "the engine's files were left in {left:?}");
     Ok(())
 }
