@@ -192,6 +192,31 @@ pub fn load_busybox(engine: &Engine) -> anyhow::Result<()> {
         .with_context(|| format!("importing the busybox stand-in into {}", engine.name()))
 }
 
+/// Imports into `engine`, as `reference`, an image of one layer holding one file,
+/// `note.txt`, of `size` bytes `fill`: a base image with a layer of its own, in a second.
+pub fn import_note_image(
+    engine: &Engine,
+    reference: &str,
+    fill: u8,
+    size: usize,
+) -> anyhow::Result<()> {
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    let note = vec![fill; size];
+    header.set_size(note.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    layer.append_data(&mut header, "note.txt", &note[..])?;
+    let sh = Shell::new()?;
+    engine
+        .docker(&sh, ["import", "-", reference])
+        .stdin(layer.into_inner()?)
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("importing {reference} into {}", engine.name()))
+}
+
 /// A tar of a busybox root filesystem: `/bin/busybox`, a link for every applet where
 /// busybox would install it, `/tmp`, and the `root` and `nobody` users.
 pub fn busybox_rootfs_tar() -> anyhow::Result<Vec<u8>> {

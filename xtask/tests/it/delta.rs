@@ -276,7 +276,7 @@ fn a_delta_imports_on_its_base_and_is_refused_without_it() -> anyhow::Result<()>
     );
     ensure!(bump_bytes * 10 < full_size, "{bump:#}");
 
-    engine_stands_in_for_a_base_of_images(&sh, &offline_sh, &root, &src, &lonely)
+    engine_stands_in_for_a_base_of_images(&online, &sh, &offline_sh, &root, &src, &lonely)
 }
 
 /// The second half: the offline engine now holds the base's image (busybox, imported
@@ -284,6 +284,7 @@ fn a_delta_imports_on_its_base_and_is_refused_without_it() -> anyhow::Result<()>
 /// no base folder, its base taken from the engine; the local-strategy delta is still
 /// refused, naming what no engine holds.
 fn engine_stands_in_for_a_base_of_images(
+    online: &support::Engine,
     sh: &Shell,
     offline_sh: &Shell,
     root: &Utf8Path,
@@ -317,18 +318,7 @@ fn engine_stands_in_for_a_base_of_images(
             images_base.as_str(),
         ],
     )?;
-    let mut layer = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_ustar();
-    let note = vec![b'd'; 200_000];
-    header.set_size(note.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    layer.append_data(&mut header, "note.txt", &note[..])?;
-    cmd!(sh, "docker import - delta-note:1")
-        .stdin(layer.into_inner()?)
-        .quiet()
-        .ignore_stdout()
-        .run()?;
+    standins::import_note_image(online, "delta-note:1", b'd', 200_000)?;
     std::fs::create_dir_all(src.join("note"))?;
     std::fs::write(src.join("note/Dockerfile"), "FROM delta-note:1\n")?;
     let compose = std::fs::read_to_string(src.join("compose.yaml"))?;

@@ -957,20 +957,7 @@ fn images_loaded_at_once_are_all_refused_when_one_file_is_damaged() -> anyhow::R
     let online = suite.engine("par-online", EngineOptions::default())?;
     standins::load_busybox(&online)?;
     // A second base image with a layer of its own: one file.
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_ustar();
-    let note = vec![b'n'; 300_000];
-    header.set_size(note.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "note.txt", &note[..])?;
-    let layer = tar.into_inner()?;
-    let sh = online.shell()?;
-    cmd!(sh, "docker import - par-note:1")
-        .stdin(layer)
-        .quiet()
-        .ignore_stdout()
-        .run()?;
+    standins::import_note_image(&online, "par-note:1", b'n', 300_000)?;
     let offline = suite.offline_engine("par-offline", EngineOptions::default())?;
     let scratch = Scratch::new("par-load");
     let src = scratch.path().join("release");
