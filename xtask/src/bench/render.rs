@@ -48,8 +48,9 @@ pub(super) fn render_markdown(
         "Written by `cargo xtask bench{}` on {}. A figure shown with a range is the median of \
          {runs} run(s) [min–max]; figure 0 and the bundle sizes are one measurement, each peak \
          RSS is the highest of its runs, and the throughput table below is one run per size; \
-         ours and the baseline ran in turns on the same machine, each command on \
-         private Docker engines started for the run (containerd image store, data root on \
+         ours and the baseline ran in turns on the same machine (with more than one run, \
+         each once untimed first, so that neither pays for the settling of the phase \
+         before), each command on private Docker engines started for the run (containerd image store, data root on \
          the disk below). Ours is the `xtask` binary users run (`cargo xtask` = \
          target/debug/xtask, a {} build in which xtask itself is compiled at opt-level 1, \
          and sha2, zstd, flate2, tar, serde_json and serde_yaml at 3). Synthetic image: {}.\n",

@@ -151,12 +151,23 @@ fn vm_hwm(pid: u32) -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
-/// Runs `ours` and `baseline` `runs` times each, in turns.
+/// Runs `ours` and `baseline` `runs` times each, in turns (ours first, then the baseline
+/// first, and so on). With more than one run, each runs once untimed before: the first
+/// command of a series pays for what the phase before left to settle (its writeback, the
+/// engine's clean-up of removed images), 1.3-1.5× its later runs in the runs of
+/// 2026-12-05, and that would always be ours.
 pub(super) fn alternate(
     runs: usize,
     mut ours: impl FnMut() -> anyhow::Result<Sample>,
     mut baseline: impl FnMut() -> anyhow::Result<Sample>,
 ) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
+    if runs > 1 {
+        let (warm_ours, warm_base) = (ours()?, baseline()?);
+        eprintln!(
+            "        warm-up (not counted): ours {:.2}s, baseline {:.2}s",
+            warm_ours.secs, warm_base.secs
+        );
+    }
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for run in 0..runs {
         if run % 2 == 0 {
