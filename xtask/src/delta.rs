@@ -181,18 +181,11 @@ pub fn base_from_engine(
             not_held.join(", ")
         ),
     };
-    let lacking = |staging: Option<&Utf8Path>| -> Vec<&FileEntry> {
-        expected
-            .iter()
-            .copied()
-            .filter(|f| match staging {
-                None => !image_paths.contains(f.path.as_str()),
-                Some(dir) => std::fs::symlink_metadata(dir.join(&f.path))
-                    .map_or(true, |m| !m.is_file() || m.len() != f.size),
-            })
-            .collect()
-    };
-    let outside = lacking(None);
+    let outside: Vec<&FileEntry> = expected
+        .iter()
+        .copied()
+        .filter(|f| !image_paths.contains(f.path.as_str()))
+        .collect();
     if held.is_empty() || !outside.is_empty() {
         bail!(
             "{}\nThe engine cannot stand in for the base: {engine}{}",
@@ -211,7 +204,14 @@ pub fn base_from_engine(
     }
     crate::images::save_layout(docker, &held, staging)
         .context("saving the base's images from the engine")?;
-    let still = lacking(Some(staging));
+    let still: Vec<&FileEntry> = expected
+        .iter()
+        .copied()
+        .filter(|f| {
+            std::fs::symlink_metadata(staging.join(&f.path))
+                .map_or(true, |m| !m.is_file() || m.len() != f.size)
+        })
+        .collect();
     if !still.is_empty() {
         bail!(
             "{}\nThe engine cannot stand in for the base: {engine}, but saved they lack {} \

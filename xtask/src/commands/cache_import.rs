@@ -226,6 +226,7 @@ impl Args {
             dest.file_name().unwrap_or("bundle"),
             std::process::id()
         ));
+        let from_engine = found.is_none();
         let base_dir = match found {
             Some((base_dir, _)) => {
                 eprintln!(
@@ -251,7 +252,7 @@ impl Args {
             }
         };
         let completed = crate::delta::complete(dir, delta, &base_dir, &dest);
-        if base_dir == staging {
+        if from_engine {
             let _ = std::fs::remove_dir_all(&staging);
         }
         let (full, digest) = completed.context("nothing was imported")?;
