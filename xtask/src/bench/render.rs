@@ -50,8 +50,8 @@ pub(super) fn render_markdown(
          RSS is the highest of its runs, and the throughput table below is one run per size; \
          ours and the baseline ran in turns on the same machine (with more than one run, \
          each once untimed first, so that neither pays for the settling of the phase \
-         before), each command on private Docker engines started for the run (containerd image store, data root on \
-         the disk below). Ours is the `xtask` binary users run (`cargo xtask` = \
+         before), each command on private Docker engines started for the run (containerd \
+         image store, data root on the disk below). Ours is the `xtask` binary users run (`cargo xtask` = \
          target/debug/xtask, a {} build in which xtask itself is compiled at opt-level 1, \
          and sha2, zstd, flate2, tar, serde_json and serde_yaml at 3). Synthetic image: {}.\n",
         if quick { " --quick" } else { "" },
